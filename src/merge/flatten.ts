@@ -1,0 +1,243 @@
+/**
+ * FHIR JSON ↔ leaves addressed by element path.
+ *
+ * tidegate never nests Y.Maps or Y.Arrays: two replicas that each create the same nested Y type
+ * under one key lose one side (yjs issues #301, #306). Instead a resource is flattened into leaves,
+ * each addressed by an element path, and each leaf holds one JSON value as text (so decimals keep
+ * their lexical form, https://hl7.org/fhir/R4/json.html#primitive).
+ *
+ * Path grammar (segments joined with `/`):
+ * - an object member is its element name, e.g. `name`, `birthDate`;
+ * - a repeating-element item is `name[KEY]`, KEY being `id:<element id>`, `k:<natural key>` (from
+ *   the merge policy) or `h:<content hash>`, URI-encoded, with `~N` appended for the N-th duplicate;
+ * - `@o` under an item holds its order number; `@v` under an item holds a primitive item's value;
+ * - an atomic leaf holds a whole JSON subtree: primitive arrays that have a `_name` companion (or
+ *   contain null), and their companions, so the two stay aligned.
+ */
+import { createHash } from 'node:crypto';
+import { canonicalStringify, isJsonObject, isLosslessNumber, parseFhirJson } from '../fhir/json.ts';
+import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
+import type { MergePolicy } from './policy.ts';
+
+/** Leaves of a resource: element path → canonical JSON text of the value. */
+export type Leaves = Map<string, string>;
+
+/** Order-number leaf name under an array item. */
+export const ORDER = '@o';
+/** Value leaf name under a primitive array item. */
+export const VALUE = '@v';
+/** Paths of server-managed elements that are never merged. */
+const SERVER_MANAGED = new Set(['meta/versionId', 'meta/lastUpdated']);
+
+function isPrimitive(v: FhirJson): boolean {
+  return v === null || typeof v === 'string' || typeof v === 'boolean' || isLosslessNumber(v);
+}
+
+function contentHash(v: FhirJson): string {
+  return createHash('sha256').update(canonicalStringify(v)).digest('base64url').slice(0, 16);
+}
+
+/** Identity key of an array item under element `name` (see module doc). */
+export function itemKey(name: string, item: FhirJson, policy: MergePolicy): string {
+  if (isJsonObject(item)) {
+    if (typeof item.id === 'string' && item.id !== '') return `id:${item.id}`;
+    const fields = policy.arrayKeys[name];
+    if (fields) {
+      const parts = fields.map((f) => item[f]);
+      if (parts.every((p) => typeof p === 'string' || isLosslessNumber(p))) {
+        return `k:${parts.map((p) => (typeof p === 'string' ? p : canonicalStringify(p))).join('|')}`;
+      }
+    }
+  }
+  return `h:${contentHash(item)}`;
+}
+
+function itemSegment(name: string, key: string): string {
+  return `${name}[${encodeURIComponent(key)}]`;
+}
+
+/** Arrays stored as one atomic leaf: primitive arrays with a companion, companions, arrays with null. */
+function isAtomicArray(obj: FhirJsonObject, name: string, arr: FhirJson[]): boolean {
+  if (name.startsWith('_')) return true;
+  if (arr.some((v) => v === null)) return true;
+  return arr.every(isPrimitive) && Array.isArray(obj[`_${name}`]);
+}
+
+/**
+ * Flattens a resource into leaves.
+ *
+ * @param resource - parsed FHIR JSON resource (numbers as LosslessNumber).
+ * @param policy - the merge policy, for array item keys.
+ * @param orders - order numbers of existing items by item path (from the base version); items not
+ *   found get an order number between their neighbours. Units: dimensionless floats.
+ * @returns Leaves keyed by element path; `meta.versionId` and `meta.lastUpdated` are left out.
+ */
+export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: ReadonlyMap<string, number> = new Map()): Leaves {
+  const out: Leaves = new Map();
+  const walk = (obj: FhirJsonObject, prefix: string): void => {
+    for (const [name, value] of Object.entries(obj)) {
+      const path = prefix ? `${prefix}/${name}` : name;
+      if (SERVER_MANAGED.has(path)) continue;
+      if (Array.isArray(value)) {
+        if (value.length === 0) continue;
+        if (isAtomicArray(obj, name, value)) {
+          out.set(path, canonicalStringify(value));
+          continue;
+        }
+        const seen = new Map<string, number>();
+        const items: Array<{ itemPath: string; value: FhirJson }> = [];
+        for (const item of value) {
+          const base = itemKey(name, item, policy);
+          const n = (seen.get(base) ?? 0) + 1;
+          seen.set(base, n);
+          const key = n === 1 ? base : `${base}~${n}`;
+          const itemPath = prefix ? `${prefix}/${itemSegment(name, key)}` : itemSegment(name, key);
+          items.push({ itemPath, value: item });
+        }
+        const assigned = assignOrders(items.map((i) => i.itemPath), orders);
+        items.forEach((item, i) => {
+          out.set(`${item.itemPath}/${ORDER}`, String(assigned[i]));
+          if (isJsonObject(item.value)) walk(item.value, item.itemPath);
+          else out.set(`${item.itemPath}/${VALUE}`, canonicalStringify(item.value));
+        });
+      } else if (isJsonObject(value)) {
+        walk(value, path);
+      } else if (value !== null && value !== '') {
+        out.set(path, canonicalStringify(value));
+      }
+    }
+  };
+  walk(resource, '');
+  return out;
+}
+
+/**
+ * Order numbers for items in their new order: an item keeps its old number while that keeps the
+ * sequence increasing; otherwise it gets the midpoint between its neighbours' numbers.
+ */
+function assignOrders(itemPaths: string[], orders: ReadonlyMap<string, number>): number[] {
+  const result: number[] = [];
+  let prev = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < itemPaths.length; i++) {
+    const old = orders.get(itemPaths[i]!);
+    let o: number;
+    if (old !== undefined && old > prev) {
+      o = old;
+    } else {
+      let next: number | undefined;
+      for (let j = i + 1; j < itemPaths.length; j++) {
+        const cand = orders.get(itemPaths[j]!);
+        if (cand !== undefined && cand > prev) {
+          next = cand;
+          break;
+        }
+      }
+      if (prev === Number.NEGATIVE_INFINITY) o = next === undefined ? 0 : next - 1;
+      else o = next === undefined ? prev + 1 : (prev + next) / 2;
+    }
+    result.push(o);
+    prev = o;
+  }
+  return result;
+}
+
+/** Splits a path into segments, keeping `[...]` keys (which are URI-encoded, so contain no `/`). */
+export function splitPath(path: string): string[] {
+  return path.split('/');
+}
+
+/**
+ * Order numbers of every array item present in `leaves`, by item path.
+ * @param leaves - leaves as produced by {@link flatten} or rendered from a document.
+ */
+export function ordersOf(leaves: ReadonlyMap<string, string>): Map<string, number> {
+  const orders = new Map<string, number>();
+  for (const [path, text] of leaves) {
+    if (path.endsWith(`/${ORDER}`)) orders.set(path.slice(0, -ORDER.length - 1), Number(text));
+  }
+  return orders;
+}
+
+interface Node {
+  value?: FhirJson; // atomic or primitive leaf
+  children: Map<string, Node>; // by element name, or by item segment for array items
+  order?: number;
+}
+
+const ITEM = /^([^[\]]+)\[([^[\]]*)\]$/;
+
+/**
+ * Rebuilds FHIR JSON from leaves. Array items are ordered by order number, then by key. Array
+ * items without a live order leaf are left out (the item was removed). Empty objects and arrays
+ * are never produced.
+ *
+ * @param leaves - element path → JSON text.
+ * @returns The resource, and the paths of leaves that were dropped because their item was removed.
+ */
+export function unflatten(leaves: ReadonlyMap<string, string>): { resource: FhirJsonObject; orphans: string[] } {
+  const root: Node = { children: new Map() };
+  for (const [path, text] of leaves) {
+    let node = root;
+    for (const seg of splitPath(path)) {
+      let child = node.children.get(seg);
+      if (!child) {
+        child = { children: new Map() };
+        node.children.set(seg, child);
+      }
+      node = child;
+    }
+    node.value = parseFhirJson(text);
+  }
+  const orphans: string[] = [];
+  const collectOrphans = (node: Node, path: string): void => {
+    if (node.value !== undefined) orphans.push(path);
+    for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`);
+  };
+  const build = (node: Node, path: string): FhirJson | undefined => {
+    if (node.value !== undefined && node.children.size === 0) return node.value;
+    if (node.value !== undefined) {
+      // An atomic leaf beside structured children (concurrent switch of representation): the
+      // atomic value wins deterministically; the structured leaves are reported as orphans.
+      for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`);
+      return node.value;
+    }
+    const obj: FhirJsonObject = {};
+    const arrays = new Map<string, Array<{ key: string; order: number; value: FhirJson }>>();
+    for (const [seg, child] of node.children) {
+      const childPath = path ? `${path}/${seg}` : seg;
+      const m = ITEM.exec(seg);
+      if (m) {
+        const [, name, key] = m as unknown as [string, string, string];
+        const orderNode = child.children.get(ORDER);
+        const order = orderNode?.value !== undefined ? Number(canonicalStringify(orderNode.value)) : undefined;
+        if (order === undefined || Number.isNaN(order)) {
+          collectOrphans(child, childPath);
+          continue;
+        }
+        child.children.delete(ORDER);
+        const valueNode = child.children.get(VALUE);
+        let item: FhirJson | undefined;
+        if (valueNode && child.children.size === 1) item = valueNode.value;
+        else item = build(child, childPath);
+        if (item === undefined) continue;
+        let list = arrays.get(name);
+        if (!list) arrays.set(name, (list = []));
+        list.push({ key, order, value: item });
+      } else {
+        const v = build(child, childPath);
+        if (v !== undefined) obj[seg] = v;
+      }
+    }
+    for (const [name, list] of arrays) {
+      if (obj[name] !== undefined) {
+        for (const it of list) orphans.push(`${path ? `${path}/` : ''}${name}[${it.key}]`);
+        continue;
+      }
+      list.sort((a, b) => a.order - b.order || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      obj[name] = list.map((it) => it.value);
+    }
+    return Object.keys(obj).length === 0 ? undefined : obj;
+  };
+  const resource = build(root, '');
+  return { resource: isJsonObject(resource) ? resource : {}, orphans };
+}

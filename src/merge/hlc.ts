@@ -1,0 +1,78 @@
+/**
+ * Hybrid logical clock (HLC): Kulkarni et al., "Logical Physical Clocks and Consistent Snapshots
+ * in Globally Distributed Databases" (2014), https://cse.buffalo.edu/tech-reports/2014-04.pdf.
+ *
+ * A timestamp is the string `MMMMMMMMMMMMMMM.CCCCCC`: wall-clock milliseconds since the epoch,
+ * zero-padded to 15 digits, a dot, and a logical counter zero-padded to 6 digits. The padding makes
+ * string order equal time order, so timestamps compare with `<`. Ties between nodes are broken by
+ * node id where they are compared (see `compareStamps` in doc.ts).
+ */
+
+/** An HLC timestamp string, see module doc. */
+export type HlcStamp = string;
+
+const STAMP = /^(\d{15})\.(\d{6})$/;
+
+/** Builds a stamp from wall ms and counter. */
+export function formatStamp(ms: number, counter: number): HlcStamp {
+  return `${String(ms).padStart(15, '0')}.${String(counter).padStart(6, '0')}`;
+}
+
+/**
+ * Splits a stamp into its parts.
+ * @param stamp - an {@link HlcStamp}.
+ * @returns `{ ms, counter }`; ms are milliseconds since 1970-01-01T00:00:00Z.
+ * @throws Error when the stamp is malformed.
+ */
+export function parseStamp(stamp: HlcStamp): { ms: number; counter: number } {
+  const m = STAMP.exec(stamp);
+  if (!m) throw new Error('Malformed HLC stamp');
+  return { ms: Number(m[1]), counter: Number(m[2]) };
+}
+
+/** True when `s` is a well-formed {@link HlcStamp}. */
+export function isStamp(s: unknown): s is HlcStamp {
+  return typeof s === 'string' && STAMP.test(s);
+}
+
+/**
+ * A hybrid logical clock. `now()` never goes backwards, even if the wall clock does, and after
+ * `observe(remote)` every later `now()` is greater than `remote`.
+ */
+export class HybridLogicalClock {
+  private lastMs = 0;
+  private counter = 0;
+  private readonly wallClock: () => number;
+
+  /** @param wallClock - source of wall time in ms (injectable for tests); defaults to Date.now. */
+  constructor(wallClock: () => number = Date.now) {
+    this.wallClock = wallClock;
+  }
+
+  /** Returns a new stamp, strictly greater than any stamp returned or observed before. */
+  now(): HlcStamp {
+    const wall = this.wallClock();
+    if (wall > this.lastMs) {
+      this.lastMs = wall;
+      this.counter = 0;
+    } else {
+      this.counter++;
+    }
+    return formatStamp(this.lastMs, this.counter);
+  }
+
+  /**
+   * Moves the clock past a stamp seen from another node (receive event of the HLC algorithm).
+   * @param stamp - a remote {@link HlcStamp}; malformed stamps are ignored.
+   */
+  observe(stamp: HlcStamp): void {
+    if (!isStamp(stamp)) return;
+    const { ms, counter } = parseStamp(stamp);
+    if (ms > this.lastMs) {
+      this.lastMs = ms;
+      this.counter = counter;
+    } else if (ms === this.lastMs && counter > this.counter) {
+      this.counter = counter;
+    }
+  }
+}

@@ -1,0 +1,212 @@
+/**
+ * The merge engine of one node: applies local writes and remote Yjs updates to resource documents,
+ * renders versions, and answers the gossip layer's questions about state vectors.
+ *
+ * Every call is synchronous from load to store, so two merges of one resource never interleave.
+ */
+import * as Y from 'yjs';
+import { canonicalStringify } from '../fhir/json.ts';
+import type { FhirJsonObject } from '../fhir/json.ts';
+import type { ResourceRecord, ResourceStore, VersionRecord } from '../store/store.ts';
+import { HybridLogicalClock } from './hlc.ts';
+import { loadDoc, maxStampOf, readPaths, render, writeResource } from './doc.ts';
+import type { ConflictRecord, Rendered } from './doc.ts';
+import type { MergePolicy } from './policy.ts';
+
+/** Raised when a write names a base version this node does not hold. */
+export class UnknownVersionError extends Error {
+  readonly code = 'ERR_UNKNOWN_VERSION';
+  override readonly name = 'UnknownVersionError';
+}
+
+/** Raised when a remote update is not a valid Yjs update. */
+export class MalformedUpdateError extends Error {
+  readonly code = 'ERR_MALFORMED_UPDATE';
+  override readonly name = 'MalformedUpdateError';
+}
+
+/** Result of a local write. */
+export interface LocalWriteResult {
+  /** The version after the write (unchanged when the write changed nothing). */
+  version: VersionRecord;
+  /** True when the resource did not exist (or was deleted) before. */
+  created: boolean;
+  /** The Yjs update to gossip, or undefined when nothing changed. Bytes, v1 encoding. */
+  update?: Uint8Array;
+}
+
+/** Options of {@link Replica}. */
+export interface ReplicaOptions {
+  nodeId: string;
+  store: ResourceStore;
+  policy: MergePolicy;
+  clock?: HybridLogicalClock;
+  /** Called after each new version (local or remote), e.g. to write it to the hospital server. */
+  onVersion?: (key: string, version: VersionRecord) => void;
+}
+
+function splitKey(key: string): [string, string] {
+  const i = key.indexOf('/');
+  return [key.slice(0, i), key.slice(i + 1)];
+}
+
+/** The node's merge engine. See module doc. */
+export class Replica {
+  readonly nodeId: string;
+  private readonly store: ResourceStore;
+  private readonly policy: MergePolicy;
+  private readonly clock: HybridLogicalClock;
+  private readonly onVersion: ((key: string, version: VersionRecord) => void) | undefined;
+
+  constructor(opts: ReplicaOptions) {
+    this.nodeId = opts.nodeId;
+    this.store = opts.store;
+    this.policy = opts.policy;
+    this.clock = opts.clock ?? new HybridLogicalClock();
+    this.onVersion = opts.onVersion;
+  }
+
+  /** The current version of `Type/id`, or undefined when never written here. */
+  current(key: string): VersionRecord | undefined {
+    const rec = this.store.get(key);
+    return rec?.versions[rec.versions.length - 1];
+  }
+
+  /** A specific version, or undefined. */
+  version(key: string, versionId: string): VersionRecord | undefined {
+    return this.store.get(key)?.versions.find((v) => v.versionId === versionId);
+  }
+
+  /** All versions, newest first (FHIR `_history` order). */
+  history(key: string): VersionRecord[] {
+    return [...(this.store.get(key)?.versions ?? [])].reverse();
+  }
+
+  /** Conflict records of the current version of `key` (empty when none). */
+  conflicts(key: string): ConflictRecord[] {
+    const rec = this.store.get(key);
+    return rec ? render(loadDoc(rec.state, this.nodeId)).conflicts : [];
+  }
+
+  /**
+   * Writes a resource body (or deletes it) as a diff against the version the client edited.
+   *
+   * @param key - `Type/id`.
+   * @param body - new resource JSON (id and resourceType already checked), or null to delete.
+   * @param opts.baseVersionId - the version the client edited (If-Match or meta.versionId); the
+   *   current version when absent.
+   * @param opts.author - who wrote it, kept in the entries for conflict records.
+   * @returns The resulting version, whether it was a create, and the Yjs update to gossip.
+   * @throws {@link UnknownVersionError} when `baseVersionId` is not a version of this resource.
+   */
+  write(key: string, body: FhirJsonObject | null, opts: { baseVersionId?: string; author?: string } = {}): LocalWriteResult {
+    const rec = this.store.get(key);
+    const doc = loadDoc(rec?.state, this.nodeId);
+    const before = rec?.versions[rec.versions.length - 1];
+    let basePaths = readPaths(doc);
+    if (opts.baseVersionId !== undefined && opts.baseVersionId !== before?.versionId) {
+      const base = rec?.versions.find((v) => v.versionId === opts.baseVersionId);
+      if (!base) throw new UnknownVersionError(`Version ${opts.baseVersionId} of ${key} is not known to this node`);
+      basePaths = readPaths(loadDoc(base.state, this.nodeId));
+    }
+    const sv = Y.encodeStateVector(doc);
+    const ctx = { nodeId: this.nodeId, stamp: this.clock.now(), ...(opts.author ? { author: opts.author } : {}) };
+    const written = writeResource(doc, basePaths, body, this.policy, ctx);
+    const created = !before || before.deleted;
+    if (written === 0 && before) return { version: before, created: false };
+    const update = Y.encodeStateAsUpdate(doc, sv);
+    const version = this.commit(key, doc, rec);
+    return { version, created, update };
+  }
+
+  /**
+   * Applies a Yjs update from another node. Idempotent: an update already held changes nothing.
+   * @param key - `Type/id`.
+   * @param update - Yjs update bytes (v1).
+   * @returns The new version, or undefined when nothing visible changed.
+   * @throws {@link MalformedUpdateError} when the bytes are not a Yjs update.
+   */
+  applyRemote(key: string, update: Uint8Array): VersionRecord | undefined {
+    const rec = this.store.get(key);
+    const doc = loadDoc(rec?.state, this.nodeId);
+    const before = Y.encodeStateVector(doc);
+    try {
+      Y.applyUpdate(doc, update, 'remote');
+    } catch (err) {
+      throw new MalformedUpdateError(`Update for ${key} is not a valid Yjs update: ${(err as Error).message}`);
+    }
+    const stamp = maxStampOf(doc);
+    if (stamp) this.clock.observe(stamp);
+    const after = Y.encodeStateVector(doc);
+    if (rec && Buffer.compare(before, after) === 0) {
+      // Nothing new integrated; keep any pending structs the update carried.
+      const state = Y.encodeStateAsUpdate(doc);
+      if (state.length !== rec.state.length) this.store.set(key, { ...rec, state });
+      return undefined;
+    }
+    return this.commit(key, doc, rec);
+  }
+
+  /** Stores the document and, when its rendered version is new, a version record. */
+  private commit(key: string, doc: Y.Doc, rec: ResourceRecord | undefined): VersionRecord {
+    const state = Y.encodeStateAsUpdate(doc);
+    const r: Rendered = render(doc);
+    const last = rec?.versions[rec.versions.length - 1];
+    if (last && last.versionId === r.versionId) {
+      this.store.set(key, { state, versions: rec!.versions });
+      return last;
+    }
+    const version: VersionRecord = {
+      versionId: r.versionId,
+      lastUpdated: r.lastUpdated,
+      deleted: r.deleted || r.resource === null,
+      body: r.deleted || r.resource === null ? null : withMeta(r.resource, r.versionId, r.lastUpdated),
+      state,
+    };
+    this.store.set(key, { state, versions: [...(rec?.versions ?? []), version] });
+    this.onVersion?.(key, version);
+    return version;
+  }
+
+  // ---- questions asked by the gossip layer (src/tide) ----
+
+  /** Every resource key held. */
+  keys(): IterableIterator<string> {
+    return this.store.keys();
+  }
+
+  /** Y.encodeStateVector of a resource document, or undefined when not held. */
+  stateVector(key: string): Uint8Array | undefined {
+    const rec = this.store.get(key);
+    return rec ? Y.encodeStateVectorFromUpdate(rec.state) : undefined;
+  }
+
+  /**
+   * The Yjs update a holder of `remoteStateVector` lacks for `key` (https://docs.yjs.dev/api/document-updates).
+   * @returns Update bytes, or undefined when the remote lacks nothing.
+   */
+  diffFor(key: string, remoteStateVector: Uint8Array | undefined): Uint8Array | undefined {
+    const rec = this.store.get(key);
+    if (!rec) return undefined;
+    if (!remoteStateVector) return rec.state;
+    // Deletions in a resource document always come with an insertion by the same client in the same
+    // transaction (a node overwriting its own slot), so a state vector that covers ours lacks nothing.
+    const local = Y.decodeStateVector(Y.encodeStateVectorFromUpdate(rec.state));
+    const remote = Y.decodeStateVector(remoteStateVector);
+    let lacks = false;
+    for (const [client, clock] of local) if ((remote.get(client) ?? 0) < clock) lacks = true;
+    return lacks ? Y.diffUpdate(rec.state, remoteStateVector) : undefined;
+  }
+
+  /** Splits a key into resource type and id. */
+  static splitKey = splitKey;
+}
+
+/**
+ * Canonical JSON of a resource with server-managed meta set.
+ * @param resource - merged resource without versionId/lastUpdated.
+ */
+export function withMeta(resource: FhirJsonObject, versionId: string, lastUpdated: string): string {
+  const meta = { ...((resource.meta as FhirJsonObject | undefined) ?? {}), versionId, lastUpdated };
+  return canonicalStringify({ ...resource, meta });
+}
