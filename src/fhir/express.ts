@@ -1,0 +1,112 @@
+/**
+ * Express adapter for {@link FhirService}: routing, body text, headers, and the one error handler
+ * that turns anything thrown into an OperationOutcome (https://hl7.org/fhir/R4/http.html).
+ */
+import express from 'express';
+import type { NextFunction, Request, Response, Router } from 'express';
+import type { Logger } from 'pino';
+import { FhirService } from './service.ts';
+import type { FhirResult } from './service.ts';
+import { methodNotAllowed, notImplemented, toOutcome, badRequest, notFound } from './outcomes.ts';
+import { canonicalStringify } from './json.ts';
+
+const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+/** Max accepted request body, bytes. */
+export const MAX_BODY_BYTES = 16 * 1024 * 1024;
+
+function send(res: Response, result: FhirResult): void {
+  res.status(result.status);
+  for (const [k, v] of Object.entries(result.headers)) res.setHeader(k, v);
+  if (result.body === undefined) {
+    res.end();
+    return;
+  }
+  res.setHeader('Content-Type', FHIR_JSON);
+  res.send(typeof result.body === 'string' ? result.body : canonicalStringify(result.body));
+}
+
+function baseUrlOf(req: Request): string {
+  return `${req.protocol}://${req.get('host') ?? 'localhost'}${req.baseUrl}`;
+}
+
+function header(req: Request, name: string): string | undefined {
+  const v = req.get(name);
+  return v === undefined || v === '' ? undefined : v;
+}
+
+/**
+ * Builds the `/fhir` router.
+ * @param service - the node's FHIR interactions.
+ * @param log - pino logger; request bodies are never logged (PHI).
+ */
+export function fhirRouter(service: FhirService, log: Logger): Router {
+  const r = express.Router();
+  r.use(express.text({ type: () => true, limit: MAX_BODY_BYTES }));
+  const h = (fn: (req: Request) => FhirResult) => (req: Request, res: Response, next: NextFunction) => {
+    try {
+      send(res, fn(req));
+    } catch (err) {
+      next(err);
+    }
+  };
+  const p = (req: Request, name: string): string => String(req.params[name]);
+  const writeReq = (req: Request) => ({
+    type: p(req, 'type'),
+    text: typeof req.body === 'string' ? req.body : '',
+    contentType: header(req, 'content-type'),
+    ifMatch: header(req, 'if-match'),
+    author: header(req, 'x-tidegate-author'),
+  });
+
+  r.get('/metadata', h((req) => service.metadata(baseUrlOf(req))));
+  r.all('/metadata', h(() => { throw methodNotAllowed('Only GET is allowed on /metadata'); }));
+  r.get('/:type', h((req) => { throw notImplemented(`Search on ${p(req, 'type')} is not supported by this node yet`); }));
+  r.post('/:type', h((req) => {
+    if (p(req, 'type').startsWith('$') || p(req, 'type').startsWith('_')) throw notImplemented(`Operation ${p(req, 'type')} is not supported`);
+    return service.create(writeReq(req));
+  }));
+  r.post('/', h(() => { throw notImplemented('Batch and transaction Bundles are not supported by this node yet'); }));
+  r.get('/', h(() => { throw notImplemented('System-level search is not supported by this node yet'); }));
+  r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'))));
+  r.put('/:type/:id', h((req) => service.update({ ...writeReq(req), id: p(req, 'id') })));
+  r.delete('/:type/:id', h((req) => service.delete(p(req, 'type'), p(req, 'id'), header(req, 'x-tidegate-author'))));
+  r.patch('/:type/:id', h(() => { throw notImplemented('PATCH is not supported by this node yet'); }));
+  r.get('/:type/:id/_history', h((req) => service.history(p(req, 'type'), p(req, 'id'), baseUrlOf(req))));
+  r.get('/:type/:id/_history/:vid', h((req) => service.vread(p(req, 'type'), p(req, 'id'), p(req, 'vid'))));
+  r.get('/:type/:id/:op', h((req) => {
+    if (p(req, 'op') === '$conflicts') return service.conflicts(p(req, 'type'), p(req, 'id'));
+    throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
+  }));
+  r.all('/{*rest}', h((req) => {
+    if (['GET', 'POST', 'PUT', 'DELETE', 'PATCH'].includes(req.method)) throw notFound(`No FHIR interaction at ${req.path}`);
+    throw methodNotAllowed(`Method ${req.method} is not allowed`);
+  }));
+  r.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const e = err as { type?: string; status?: number };
+    let result;
+    if (e?.type === 'entity.too.large') result = toOutcome(badRequest(`Body larger than ${MAX_BODY_BYTES} bytes`));
+    else if (e?.type && typeof e.status === 'number' && e.status < 500) result = toOutcome(badRequest('Unreadable request body'));
+    else result = toOutcome(err);
+    if (result.status >= 500) log.error({ err: { name: (err as Error)?.name, code: (err as { code?: string })?.code }, method: req.method, path: req.path }, 'FHIR request failed');
+    send(res, { status: result.status, headers: {}, body: result.outcome });
+  });
+  return r;
+}
+
+/**
+ * An express application serving the FHIR API under `/fhir` and a liveness probe at `/healthz`.
+ * @param service - the node's FHIR interactions.
+ * @param log - pino logger.
+ * @param health - optional readiness details merged into the `/healthz` JSON.
+ */
+export function fhirApp(service: FhirService, log: Logger, health: () => object = () => ({})): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok', ...health() });
+  });
+  app.use('/fhir', fhirRouter(service, log));
+  return app;
+}
