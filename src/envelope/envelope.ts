@@ -1,0 +1,410 @@
+/**
+ * tidegate-env/1: a single-recipient, sender-signed, post-quantum hybrid envelope.
+ *
+ *   X-Wing KEM (draft-connolly-cfrg-xwing-kem; ML-KEM-768 per FIPS 203 + X25519)
+ *   → HKDF-SHA256 (RFC 5869) → AES-256-GCM (NIST SP 800-38D), AAD = canonical header
+ *   → ML-DSA-65 signature (FIPS 204) over header, KEM ciphertext, nonce and ciphertext.
+ *
+ * The serialization borrows from the JWE/JWS flattened JSON serializations (RFC 7516 §7.2.2,
+ * RFC 7515 §7.2.2): base64url `protected` header plus base64url binary members. It is NOT JOSE:
+ * no JOSE library can read it. See docs/envelope.md for the normative description.
+ */
+import { gcm } from '@noble/ciphers/aes.js';
+import { hkdf } from '@noble/hashes/hkdf.js';
+import { sha256 } from '@noble/hashes/sha2.js';
+import { randomBytes } from '@noble/hashes/utils.js';
+import { ml_dsa65 } from '@noble/post-quantum/ml-dsa.js';
+import { ml_kem768_x25519 } from '@noble/post-quantum/hybrid.js';
+import { EnvelopeError } from './errors.ts';
+import { keyIdOf } from './keys.ts';
+import type { NodePublicKeys, NodeSecretKeys } from './keys.ts';
+import { b64uDecodeStrict, b64uEncode, hasExactKeys, KEY_ID_RE, NODE_ID_RE, SUITE, utf8 } from './suite.ts';
+
+/** The authenticated (signed, and used as AAD) envelope header. */
+export interface EnvelopeHeader {
+  /** Format version. */
+  v: 'tidegate-env/1';
+  kem: 'X-Wing';
+  kdf: 'HKDF-SHA256';
+  aead: 'A256GCM';
+  sig: 'ML-DSA-65';
+  /** Sender node id. */
+  sender: string;
+  /** Kid of the sender's ML-DSA-65 public key. */
+  senderKid: string;
+  /** Recipient node id. */
+  recipient: string;
+  /** Kid of the recipient's X-Wing public key the envelope was encapsulated to. */
+  recipientKid: string;
+  /** Sender-chosen unique id, `^[A-Za-z0-9._:-]{1,128}$` (e.g. a UUID); for dedupe/replay checks. */
+  messageId: string;
+  /** Application message kind, `^[A-Za-z0-9._:/-]{1,64}$`. */
+  kind: string;
+  /** FHIR `Type/id` keys the payload concerns, in sender order, at most 10 000. */
+  resources: string[];
+  /** Creation time, integer milliseconds since the Unix epoch (sender's clock, not verified). */
+  createdAt: number;
+}
+
+/** Input of {@link seal}. */
+export interface SealInput {
+  kind: string;
+  messageId: string;
+  resources: string[];
+  /** Payload bytes (any length, including 0). */
+  plaintext: Uint8Array;
+  /** Integer ms since the Unix epoch; defaults to `Date.now()`. */
+  createdAt?: number;
+}
+
+/** Result of {@link open}. */
+export interface OpenResult {
+  header: EnvelopeHeader;
+  plaintext: Uint8Array;
+}
+
+const MESSAGE_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+const KIND_RE = /^[A-Za-z0-9._:/-]{1,64}$/;
+/** FHIR R4 resource type name / FHIR id (https://hl7.org/fhir/R4/datatypes.html#id). */
+const RESOURCE_RE = /^[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9.-]{1,64}$/;
+const MAX_RESOURCES = 10_000;
+
+const HEADER_KEYS = [
+  'aead', 'createdAt', 'kdf', 'kem', 'kind', 'messageId', 'recipient', 'recipientKid', 'resources',
+  'sender', 'senderKid', 'sig', 'v',
+] as const;
+const ENVELOPE_KEYS = ['protected', 'ek', 'iv', 'ct', 'sig'] as const;
+
+const KDF_INFO = utf8(SUITE.kdfInfo);
+const SIG_CONTEXT = utf8(SUITE.sigContext);
+const SIG_LABEL = utf8(SUITE.sigLabel);
+
+/**
+ * Canonical header bytes: UTF-8 of compact JSON with member names sorted by code unit, which for
+ * this ASCII-only header coincides with RFC 8785 (JCS).
+ */
+function canonicalHeaderBytes(h: EnvelopeHeader): Uint8Array {
+  const parts = [...HEADER_KEYS].sort().map((k) => `${JSON.stringify(k)}:${JSON.stringify(h[k])}`);
+  return utf8(`{${parts.join(',')}}`);
+}
+
+/**
+ * Builds the byte string the sender signs (ML-DSA-65 message `M`, FIPS 204 §5.2, with
+ * `ctx` = "tidegate-env/1"):
+ *
+ *   "tidegate-env/1 signature" || 0x00 || LP(protected) || LP(ek) || LP(iv) || LP(ct)
+ *
+ * where LP(x) = 8-byte big-endian length of x || x, and every argument is the decoded byte string.
+ * Exposed for interop tests and independent implementations.
+ *
+ * @param protectedHeader - Canonical header bytes (the decoded `protected` member).
+ * @param ek - X-Wing ciphertext, 1120 bytes.
+ * @param iv - GCM nonce, 12 bytes.
+ * @param ct - GCM ciphertext with the 16-byte tag appended.
+ * @returns The signature input bytes.
+ */
+export function signatureInput(protectedHeader: Uint8Array, ek: Uint8Array, iv: Uint8Array, ct: Uint8Array): Uint8Array {
+  const fields = [protectedHeader, ek, iv, ct];
+  const total = SIG_LABEL.length + 1 + fields.reduce((n, f) => n + 8 + f.length, 0);
+  const out = new Uint8Array(total);
+  const view = new DataView(out.buffer);
+  out.set(SIG_LABEL, 0);
+  let off = SIG_LABEL.length + 1; // the 0x00 separator is already zero
+  for (const f of fields) {
+    view.setBigUint64(off, BigInt(f.length), false);
+    off += 8;
+    out.set(f, off);
+    off += f.length;
+  }
+  return out;
+}
+
+function deriveContentKey(sharedSecret: Uint8Array): Uint8Array {
+  // salt absent = 32 zero bytes (RFC 5869 §2.2); X-Wing's shared secret already binds its ciphertext
+  // and the recipient public key (draft-connolly-cfrg-xwing-kem combiner), so salt adds nothing.
+  return hkdf(sha256, sharedSecret, undefined, KDF_INFO, SUITE.lengths.contentKey);
+}
+
+function checkSealInput(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys): EnvelopeHeader {
+  const fail = (msg: string): never => {
+    throw new TypeError(`seal: ${msg}`);
+  };
+  if (typeof input.kind !== 'string' || !KIND_RE.test(input.kind)) fail(`kind must match ${KIND_RE.source}`);
+  if (typeof input.messageId !== 'string' || !MESSAGE_ID_RE.test(input.messageId)) {
+    fail(`messageId must match ${MESSAGE_ID_RE.source}`);
+  }
+  if (!Array.isArray(input.resources) || input.resources.length > MAX_RESOURCES) {
+    fail(`resources must be an array of at most ${MAX_RESOURCES} entries`);
+  }
+  for (const r of input.resources) {
+    if (typeof r !== 'string' || !RESOURCE_RE.test(r)) fail('each resource must be a FHIR "Type/id" key');
+  }
+  if (!(input.plaintext instanceof Uint8Array)) fail('plaintext must be a Uint8Array');
+  const createdAt = input.createdAt ?? Date.now();
+  if (!Number.isSafeInteger(createdAt) || createdAt < 0) fail('createdAt must be a non-negative integer (ms)');
+  if (!NODE_ID_RE.test(sender.nodeId) || !KEY_ID_RE.test(sender.sigKeyId)) fail('invalid sender nodeId / sigKeyId');
+  if (!(sender.sigSecretKey instanceof Uint8Array) || sender.sigSecretKey.length !== SUITE.lengths.sigSecretKey) {
+    fail(`sender.sigSecretKey must be ${SUITE.lengths.sigSecretKey} bytes`);
+  }
+  if (!NODE_ID_RE.test(recipient.nodeId)) fail('invalid recipient nodeId');
+  if (!(recipient.kemPublicKey instanceof Uint8Array) || recipient.kemPublicKey.length !== SUITE.lengths.kemPublicKey) {
+    fail(`recipient.kemPublicKey must be ${SUITE.lengths.kemPublicKey} bytes`);
+  }
+  if (recipient.kemKeyId !== keyIdOf(recipient.kemPublicKey)) fail('recipient.kemKeyId does not match recipient.kemPublicKey');
+  return {
+    v: SUITE.v,
+    kem: SUITE.kem,
+    kdf: SUITE.kdf,
+    aead: SUITE.aead,
+    sig: SUITE.sig,
+    sender: sender.nodeId,
+    senderKid: sender.sigKeyId,
+    recipient: recipient.nodeId,
+    recipientKid: recipient.kemKeyId,
+    messageId: input.messageId,
+    kind: input.kind,
+    resources: [...input.resources],
+    createdAt,
+  };
+}
+
+/**
+ * Seals `input.plaintext` for one recipient and signs it as `sender` (format tidegate-env/1).
+ *
+ * 1. (ek, ss) = X-Wing.Encaps(recipient.kemPublicKey) — draft-connolly-cfrg-xwing-kem (ML-KEM-768, FIPS 203);
+ *    ek 1120 bytes, ss 32 bytes.
+ * 2. key = HKDF-SHA256(ikm = ss, salt = absent (32 zero bytes), info = "tidegate-env/1 A256GCM", L = 32) — RFC 5869.
+ * 3. iv = 12 random bytes; ct = AES-256-GCM(key, iv, AAD = canonical header bytes) with the
+ *    16-byte tag appended — NIST SP 800-38D.
+ * 4. sig = ML-DSA-65.Sign(sender.sigSecretKey, {@link signatureInput}(header, ek, iv, ct),
+ *    ctx = "tidegate-env/1"), hedged — FIPS 204; 3309 bytes.
+ * 5. Output compact JSON `{"protected","ek","iv","ct","sig"}`, each unpadded base64url
+ *    (RFC 4648 §5), in the style of the RFC 7516 / RFC 7515 flattened JSON serializations.
+ *
+ * `ss` and `key` are zeroed in `finally` (best effort: JS gives no guarantee about other copies).
+ *
+ * @param input - kind, messageId, resources (`Type/id`), plaintext bytes, createdAt (ms since epoch, default now).
+ * @param sender - This node's secret keys (only nodeId, sigKeyId and sigSecretKey are used).
+ * @param recipient - The recipient's public keys (nodeId, kemKeyId, kemPublicKey are used).
+ * @returns The serialized envelope (ASCII JSON text, ~ 4/3 × (plaintext + 4.5 KiB) characters).
+ * @throws `TypeError` when the input or keys are invalid (bad kind/messageId/resources pattern,
+ *   wrong key lengths, recipient kid not matching its key). Never an {@link EnvelopeError}.
+ */
+export function seal(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys): string {
+  const header = checkSealInput(input, sender, recipient);
+  const protectedBytes = canonicalHeaderBytes(header);
+  let sharedSecret: Uint8Array | undefined;
+  let key: Uint8Array | undefined;
+  try {
+    const enc = ml_kem768_x25519.encapsulate(recipient.kemPublicKey);
+    sharedSecret = enc.sharedSecret;
+    const ek = enc.cipherText;
+    key = deriveContentKey(sharedSecret);
+    const iv = randomBytes(SUITE.lengths.nonce);
+    const ct = gcm(key, iv, protectedBytes).encrypt(input.plaintext);
+    const sig = ml_dsa65.sign(signatureInput(protectedBytes, ek, iv, ct), sender.sigSecretKey, { context: SIG_CONTEXT });
+    return JSON.stringify({
+      protected: b64uEncode(protectedBytes),
+      ek: b64uEncode(ek),
+      iv: b64uEncode(iv),
+      ct: b64uEncode(ct),
+      sig: b64uEncode(sig),
+    });
+  } finally {
+    sharedSecret?.fill(0);
+    key?.fill(0);
+  }
+}
+
+interface ParsedEnvelope {
+  header: EnvelopeHeader;
+  protectedBytes: Uint8Array;
+  ek: Uint8Array;
+  iv: Uint8Array;
+  ct: Uint8Array;
+  sig: Uint8Array;
+}
+
+function malformed(msg: string): never {
+  throw new EnvelopeError('ERR_ENVELOPE_MALFORMED', `Malformed envelope: ${msg}`);
+}
+
+function decodeMember(obj: Record<string, unknown>, name: string): Uint8Array {
+  const text = obj[name];
+  if (typeof text !== 'string') malformed(`"${name}" must be a string`);
+  const bytes = b64uDecodeStrict(text);
+  if (bytes === undefined) malformed(`"${name}" is not unpadded base64url`);
+  return bytes;
+}
+
+function checkHeaderSchema(h: Record<string, unknown>): EnvelopeHeader {
+  for (const k of ['kem', 'kdf', 'aead', 'sig', 'sender', 'senderKid', 'recipient', 'recipientKid', 'messageId', 'kind']) {
+    if (typeof h[k] !== 'string') malformed(`header "${k}" must be a string`);
+  }
+  const str = (k: string): string => h[k] as string;
+  if (!NODE_ID_RE.test(str('sender'))) malformed('header "sender" is not a node id');
+  if (!NODE_ID_RE.test(str('recipient'))) malformed('header "recipient" is not a node id');
+  if (!KEY_ID_RE.test(str('senderKid'))) malformed('header "senderKid" is not a key id');
+  if (!KEY_ID_RE.test(str('recipientKid'))) malformed('header "recipientKid" is not a key id');
+  if (!MESSAGE_ID_RE.test(str('messageId'))) malformed('header "messageId" has an invalid form');
+  if (!KIND_RE.test(str('kind'))) malformed('header "kind" has an invalid form');
+  const resources = h['resources'];
+  if (!Array.isArray(resources) || resources.length > MAX_RESOURCES) {
+    malformed(`header "resources" must be an array of at most ${MAX_RESOURCES} entries`);
+  }
+  for (const r of resources as unknown[]) {
+    if (typeof r !== 'string' || !RESOURCE_RE.test(r)) malformed('header "resources" entries must be "Type/id"');
+  }
+  const createdAt = h['createdAt'];
+  if (typeof createdAt !== 'number' || !Number.isSafeInteger(createdAt) || createdAt < 0) {
+    malformed('header "createdAt" must be a non-negative integer');
+  }
+  // Algorithm allowlist (after the schema, so the types are known to be strings).
+  for (const k of ['kem', 'kdf', 'aead', 'sig'] as const) {
+    if (h[k] !== SUITE[k]) {
+      throw new EnvelopeError('ERR_UNSUPPORTED_ALGORITHM', `Unsupported ${k} "${str(k)}" for ${SUITE.v}`);
+    }
+  }
+  return {
+    v: SUITE.v,
+    kem: SUITE.kem,
+    kdf: SUITE.kdf,
+    aead: SUITE.aead,
+    sig: SUITE.sig,
+    sender: str('sender'),
+    senderKid: str('senderKid'),
+    recipient: str('recipient'),
+    recipientKid: str('recipientKid'),
+    messageId: str('messageId'),
+    kind: str('kind'),
+    resources: [...(resources as string[])],
+    createdAt: createdAt as number,
+  };
+}
+
+function parseEnvelope(serialized: string): ParsedEnvelope {
+  if (typeof serialized !== 'string') malformed('expected a string');
+  let outer: unknown;
+  try {
+    outer = JSON.parse(serialized);
+  } catch {
+    malformed('not JSON');
+  }
+  if (!hasExactKeys(outer, ENVELOPE_KEYS)) malformed(`expected exactly the members ${ENVELOPE_KEYS.join(', ')}`);
+  for (const k of ENVELOPE_KEYS) {
+    if (typeof outer[k] !== 'string') malformed(`"${k}" must be a string`);
+  }
+
+  const protectedBytes = decodeMember(outer, 'protected');
+  let headerValue: unknown;
+  try {
+    headerValue = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(protectedBytes));
+  } catch {
+    malformed('protected header is not UTF-8 JSON');
+  }
+  if (typeof headerValue !== 'object' || headerValue === null || Array.isArray(headerValue)) {
+    malformed('protected header is not a JSON object');
+  }
+  const h = headerValue as Record<string, unknown>;
+  // Version first: the field set below is specific to tidegate-env/1.
+  if (typeof h['v'] !== 'string') malformed('header "v" must be a string');
+  if (h['v'] !== SUITE.v) throw new EnvelopeError('ERR_UNSUPPORTED_ALGORITHM', `Unsupported envelope version "${h['v']}"`);
+  if (!hasExactKeys(h, HEADER_KEYS)) malformed(`header must have exactly the fields ${HEADER_KEYS.join(', ')}`);
+  const header = checkHeaderSchema(h);
+  // One byte string per header: reject whitespace, key reordering, escapes, duplicate names, etc.
+  if (Buffer.compare(canonicalHeaderBytes(header), protectedBytes) !== 0) malformed('protected header is not canonical');
+
+  const ek = decodeMember(outer, 'ek');
+  const iv = decodeMember(outer, 'iv');
+  const ct = decodeMember(outer, 'ct');
+  const sig = decodeMember(outer, 'sig');
+  const L = SUITE.lengths;
+  if (ek.length !== L.kemCipherText) malformed(`"ek" must be ${L.kemCipherText} bytes`);
+  if (iv.length !== L.nonce) malformed(`"iv" must be ${L.nonce} bytes`);
+  if (ct.length < L.tag) malformed(`"ct" must be at least ${L.tag} bytes`);
+  if (sig.length !== L.signature) malformed(`"sig" must be ${L.signature} bytes`);
+  return { header, protectedBytes, ek, iv, ct, sig };
+}
+
+/**
+ * Parses an envelope and returns its header WITHOUT verifying the signature or decrypting.
+ * The result is attacker-controlled: use it only for logging, metrics and routing, never for
+ * authorization. Performs the same strict parsing as {@link open}.
+ *
+ * @param serialized - A tidegate-env/1 envelope string.
+ * @returns A fresh copy of the header (createdAt in ms since epoch).
+ * @throws {@link EnvelopeError} `ERR_ENVELOPE_MALFORMED` or `ERR_UNSUPPORTED_ALGORITHM`.
+ */
+export function peekHeader(serialized: string): EnvelopeHeader {
+  return parseEnvelope(serialized).header;
+}
+
+/**
+ * Verifies and decrypts a tidegate-env/1 envelope addressed to this node.
+ *
+ * Checks, in this order (first failure wins):
+ * 1. strict parse: JSON object with exactly `protected`, `ek`, `iv`, `ct`, `sig` (strings, canonical
+ *    unpadded base64url, RFC 4648 §5); header is canonical JSON with exactly the tidegate-env/1 fields;
+ *    ek 1120, iv 12, sig 3309 bytes, ct ≥ 16 bytes → `ERR_ENVELOPE_MALFORMED`
+ *    (a header `v` other than "tidegate-env/1" → `ERR_UNSUPPORTED_ALGORITHM`, checked before the field set);
+ * 2. `kem`/`kdf`/`aead`/`sig` ids in the allowlist → `ERR_UNSUPPORTED_ALGORITHM`;
+ * 3. `peers.get(sender)` exists, its nodeId equals `sender` and its sigKeyId equals `senderKid`
+ *    → `ERR_UNKNOWN_PEER`;
+ * 4. ML-DSA-65 verify (FIPS 204, ctx "tidegate-env/1") of {@link signatureInput} → `ERR_SIGNATURE_INVALID`;
+ * 5. `recipient` === self.nodeId and `recipientKid` === self.kemKeyId → `ERR_NOT_FOR_THIS_NODE`
+ *    (X-Wing/ML-KEM decapsulation never fails — implicit rejection returns an unrelated secret —
+ *    so addressing is decided from the signed header ids);
+ * 6. X-Wing decapsulation, HKDF-SHA256 (RFC 5869), AES-256-GCM decryption with AAD = protected
+ *    header bytes (NIST SP 800-38D) → `ERR_DECRYPT_FAILED`.
+ *
+ * No replay or freshness check is made: callers dedupe on `messageId` and judge `createdAt`.
+ * Error messages never include plaintext. The decapsulated secret and content key are zeroed.
+ *
+ * @param serialized - A tidegate-env/1 envelope string.
+ * @param self - This node's secret keys.
+ * @param peers - Known peers' public keys, keyed by nodeId.
+ * @returns The verified header and the plaintext bytes.
+ * @throws {@link EnvelopeError} with the codes above.
+ */
+export function open(serialized: string, self: NodeSecretKeys, peers: ReadonlyMap<string, NodePublicKeys>): OpenResult {
+  const { header, protectedBytes, ek, iv, ct, sig } = parseEnvelope(serialized);
+
+  const peer = peers.get(header.sender);
+  if (peer === undefined || peer.nodeId !== header.sender) {
+    throw new EnvelopeError('ERR_UNKNOWN_PEER', `Unknown sender "${header.sender}"`);
+  }
+  if (peer.sigKeyId !== header.senderKid) {
+    throw new EnvelopeError('ERR_UNKNOWN_PEER', `Sender "${header.sender}" key id ${header.senderKid} is not the configured key`);
+  }
+
+  let valid = false;
+  try {
+    valid = ml_dsa65.verify(sig, signatureInput(protectedBytes, ek, iv, ct), peer.sigPublicKey, { context: SIG_CONTEXT });
+  } catch {
+    valid = false;
+  }
+  if (!valid) {
+    throw new EnvelopeError('ERR_SIGNATURE_INVALID', `Signature by "${header.sender}" does not verify (message ${header.messageId})`);
+  }
+
+  if (header.recipient !== self.nodeId || header.recipientKid !== self.kemKeyId) {
+    throw new EnvelopeError(
+      'ERR_NOT_FOR_THIS_NODE',
+      `Envelope ${header.messageId} is for "${header.recipient}" key ${header.recipientKid}, not "${self.nodeId}" key ${self.kemKeyId}`,
+    );
+  }
+
+  let sharedSecret: Uint8Array | undefined;
+  let key: Uint8Array | undefined;
+  try {
+    sharedSecret = ml_kem768_x25519.decapsulate(ek, self.kemSecretKey);
+    key = deriveContentKey(sharedSecret);
+    const plaintext = gcm(key, iv, protectedBytes).decrypt(ct);
+    return { header, plaintext };
+  } catch {
+    throw new EnvelopeError('ERR_DECRYPT_FAILED', `Decryption of envelope ${header.messageId} failed`);
+  } finally {
+    sharedSecret?.fill(0);
+    key?.fill(0);
+  }
+}

@@ -1,0 +1,749 @@
+/**
+ * tidegate's client for the hospital's own FHIR R4 server (the node's downstream), over HTTP with
+ * fhir-kit-client.
+ *
+ * The node keeps canonical resources under node ids (`Type/id`). A hospital may accept those ids
+ * (update-as-create, https://hl7.org/fhir/R4/http.html#upsert) or insist on assigning its own
+ * (https://hl7.org/fhir/R4/http.html#create). {@link HospitalClient} hides the difference: it keeps
+ * a {@link HospitalIdMap} between node and hospital ids, rewrites `reference`s on the way out and
+ * back, and always hands callers resources in node-id form.
+ *
+ * Precision: bodies are sent as text produced by `canonicalStringify`, so decimals leave the node
+ * in their lexical form (`1.50`). fhir-kit-client parses responses with `JSON.parse`, so what comes
+ * back carries the shortest round-trip form (`1.5`); results are converted to {@link FhirJson}
+ * (LosslessNumber) with `toFhirJson`.
+ */
+import { Client } from 'fhir-kit-client';
+import type { FhirResource, RequestOptions } from 'fhir-kit-client';
+import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
+import { canonicalStringify, isJsonObject, toFhirJson, toPlainJson } from '../fhir/json.ts';
+import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
+
+/** Stable error codes of {@link HospitalError}. */
+export type HospitalErrorCode = 'ERR_HOSPITAL_UNREACHABLE' | 'ERR_HOSPITAL_REJECTED';
+
+/** The FHIR interaction that failed (https://hl7.org/fhir/R4/http.html). */
+export type HospitalOperation = 'read' | 'update' | 'create' | 'delete' | 'search';
+
+/** Details carried by a {@link HospitalError}. */
+export interface HospitalErrorDetails {
+  /** The interaction that failed. */
+  operation: HospitalOperation;
+  /** HTTP status of the hospital's answer; `undefined` when there was no answer. */
+  status?: number | undefined;
+  /** Issues of the OperationOutcome the hospital returned (empty when it sent none). */
+  issues?: readonly OperationOutcomeIssue[] | undefined;
+  /** Resource type of the request, when there was one. */
+  resourceType?: string | undefined;
+  /** Underlying network error (never a response body). */
+  cause?: unknown;
+}
+
+/** HTTP statuses that mean "try again later" rather than "the hospital refused this request". */
+const TRANSIENT_STATUSES: ReadonlySet<number> = new Set([408, 429, 502, 503, 504]);
+
+/**
+ * Failure talking to a hospital FHIR server.
+ *
+ * - `ERR_HOSPITAL_UNREACHABLE`: no usable answer: connection refused/reset, DNS failure, timeout
+ *   (`timeoutMs`), or a transient HTTP status (408, 429, 502, 503, 504; then `status` is set).
+ *   Retrying later may succeed.
+ * - `ERR_HOSPITAL_REJECTED`: the hospital answered and refused (any other non-2xx status, e.g.
+ *   400/422 validation, 409/412 conflicts, 500), or answered with something that is not the
+ *   expected FHIR JSON. `status` and the OperationOutcome `issues` are carried.
+ *
+ * The message names the operation, resource type, status and issue codes only; it never contains
+ * resource content or ids (they may be PHI). Issue `diagnostics` are in {@link issues}, not in the
+ * message.
+ */
+export class HospitalError extends Error {
+  override readonly name = 'HospitalError';
+  /** Stable machine-readable code. */
+  readonly code: HospitalErrorCode;
+  /** HTTP status, or `undefined` when no response was received. */
+  readonly status: number | undefined;
+  /** OperationOutcome issues returned by the hospital (https://hl7.org/fhir/R4/operationoutcome.html). */
+  readonly issues: readonly OperationOutcomeIssue[];
+  /** The interaction that failed. */
+  readonly operation: HospitalOperation;
+  /** Resource type involved, if any. */
+  readonly resourceType: string | undefined;
+
+  /**
+   * @param code - stable error code.
+   * @param message - human-readable summary without PHI.
+   * @param details - operation, status, issues, resource type, cause.
+   */
+  constructor(code: HospitalErrorCode, message: string, details: HospitalErrorDetails) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.code = code;
+    this.status = details.status;
+    this.issues = details.issues ?? [];
+    this.operation = details.operation;
+    this.resourceType = details.resourceType;
+  }
+}
+
+type Awaitable<T> = T | Promise<T>;
+
+/**
+ * Bidirectional map between node references and hospital references, both as relative
+ * `Type/id` strings (https://hl7.org/fhir/R4/references.html#literal). Only ids that differ are
+ * stored: an unmapped `Type/id` means "same id on both sides". Implementations may be synchronous
+ * (in memory) or asynchronous (persisted); {@link HospitalClient} awaits every call. The map must
+ * stay one-to-one: `set` replaces any previous pairing of either side.
+ */
+export interface HospitalIdMap {
+  /** Hospital `Type/id` for a node `Type/id`, or `undefined` when unmapped. */
+  toHospital(nodeRef: string): Awaitable<string | undefined>;
+  /** Node `Type/id` for a hospital `Type/id`, or `undefined` when unmapped. */
+  toNode(hospitalRef: string): Awaitable<string | undefined>;
+  /** Records that node `nodeRef` is stored at the hospital as `hospitalRef` (same type). */
+  set(nodeRef: string, hospitalRef: string): Awaitable<void>;
+  /** Forgets the pairing of node `nodeRef`, if any. */
+  delete(nodeRef: string): Awaitable<void>;
+}
+
+/** In-memory {@link HospitalIdMap}. `entries()` gives a snapshot to persist; the constructor restores one. */
+export class MemoryHospitalIdMap implements HospitalIdMap {
+  readonly #toHospital = new Map<string, string>();
+  readonly #toNode = new Map<string, string>();
+
+  /** @param entries - initial `[nodeRef, hospitalRef]` pairs, e.g. from {@link entries}. */
+  constructor(entries: Iterable<readonly [string, string]> = []) {
+    for (const [nodeRef, hospitalRef] of entries) this.set(nodeRef, hospitalRef);
+  }
+
+  /** @inheritDoc */
+  toHospital(nodeRef: string): string | undefined {
+    return this.#toHospital.get(nodeRef);
+  }
+
+  /** @inheritDoc */
+  toNode(hospitalRef: string): string | undefined {
+    return this.#toNode.get(hospitalRef);
+  }
+
+  /** @inheritDoc */
+  set(nodeRef: string, hospitalRef: string): void {
+    this.delete(nodeRef);
+    const previousNode = this.#toNode.get(hospitalRef);
+    if (previousNode !== undefined) this.#toHospital.delete(previousNode);
+    this.#toHospital.set(nodeRef, hospitalRef);
+    this.#toNode.set(hospitalRef, nodeRef);
+  }
+
+  /** @inheritDoc */
+  delete(nodeRef: string): void {
+    const hospitalRef = this.#toHospital.get(nodeRef);
+    if (hospitalRef === undefined) return;
+    this.#toHospital.delete(nodeRef);
+    this.#toNode.delete(hospitalRef);
+  }
+
+  /** Number of stored (non-identity) pairings. */
+  get size(): number {
+    return this.#toHospital.size;
+  }
+
+  /** Snapshot of all pairings as `[nodeRef, hospitalRef]`. */
+  entries(): Array<[string, string]> {
+    return [...this.#toHospital.entries()];
+  }
+}
+
+/** Options of {@link HospitalClient}. */
+export interface HospitalClientOptions {
+  /** FHIR base URL of the hospital, http or https, e.g. `http://127.0.0.1:8080/fhir` (trailing `/` ignored). */
+  baseUrl: string;
+  /** Per-HTTP-request timeout in milliseconds (default 10000). `readAll` applies it to each page. */
+  timeoutMs?: number;
+  /** Node ↔ hospital id map (default: a new {@link MemoryHospitalIdMap}). */
+  idMap?: HospitalIdMap;
+  /** `_count` used by {@link HospitalClient.readAll} (default 1000, 1–10000). */
+  pageSize?: number;
+}
+
+/** A resource as accepted by {@link HospitalClient}: FHIR JSON (LosslessNumber numbers) or plain JS. */
+export type HospitalResourceInput = FhirJsonObject | { readonly resourceType: string; readonly id?: string; readonly [key: string]: unknown };
+
+/** Search parameters (https://hl7.org/fhir/R4/search.html); repeated parameters as arrays. */
+export type HospitalSearchParams = Readonly<Record<string, string | readonly string[]>>;
+
+/** Options of {@link comparableForm}. */
+export interface ComparableFormOptions {
+  /**
+   * Rewrite every number in the shortest round-trip form that a `JSON.parse`-based server
+   * returns (`1.50` → `1.5`, `1e2` → `100`). Use when comparing the node's lexical form with what
+   * a hospital gives back; leave off (default) to compare hospitals with each other.
+   */
+  normalizeNumbers?: boolean;
+}
+
+/**
+ * `meta` elements that servers manage and that differ between two servers holding the same
+ * content: FHIR's `versionId`/`lastUpdated` (https://hl7.org/fhir/R4/resource.html#Meta) and the
+ * fields Medplum adds to `Meta` (`author`, `onBehalfOf`, `project`, `account`, `accounts`,
+ * `compartment`, `deleted`; see @medplum/fhirtypes `Meta`).
+ */
+export const SERVER_MANAGED_META_FIELDS: readonly string[] = Object.freeze([
+  'versionId',
+  'lastUpdated',
+  'author',
+  'onBehalfOf',
+  'project',
+  'account',
+  'accounts',
+  'compartment',
+  'deleted',
+]);
+
+const TYPE_RE = /^[A-Z][A-Za-z]{1,63}$/;
+/** FHIR `id` (https://hl7.org/fhir/R4/datatypes.html#id). */
+const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
+/** Relative literal reference `Type/id`, optionally versioned. */
+const REF_RE = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
+/** `Location` of a created resource: `…/Type/id[/_history/vid]`. */
+const LOCATION_RE = /\/([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?\/?$/;
+/** PUT failures after which a resource without a known hospital id is created with POST instead. */
+const CREATE_FALLBACK_STATUSES: ReadonlySet<number> = new Set([400, 404, 405, 410, 422, 501]);
+/** PUT failures on a mapped hospital id meaning the hospital copy is gone: recreate with POST. */
+const GONE_STATUSES: ReadonlySet<number> = new Set([404, 410]);
+
+/**
+ * Client for one hospital FHIR R4 server, built on fhir-kit-client over HTTP(S).
+ *
+ * All methods take and return node ids; the {@link HospitalIdMap} translates. Every resource
+ * returned is {@link FhirJson} (numbers as LosslessNumber) in node-id form. Concurrent
+ * `upsert`/`remove` calls for the same `Type/id` are serialized.
+ */
+export class HospitalClient {
+  /** Normalized base URL (no trailing slash). */
+  readonly baseUrl: string;
+  /** Per-request timeout in ms. */
+  readonly timeoutMs: number;
+  /** `_count` of `readAll`. */
+  readonly pageSize: number;
+  /** The id map in use. */
+  readonly idMap: HospitalIdMap;
+  readonly #fhir: Client;
+  readonly #origin: URL;
+  /** Set once a PUT with a client id failed and a POST then succeeded: the server assigns ids. */
+  #assignsOwnIds = false;
+  readonly #queues = new Map<string, Promise<void>>();
+
+  /**
+   * @param options - base URL, timeout (ms), id map, page size.
+   * @throws TypeError when `baseUrl` is not an absolute http(s) URL, or `timeoutMs`/`pageSize` is out of range.
+   */
+  constructor(options: HospitalClientOptions) {
+    let url: URL;
+    try {
+      url = new URL(options.baseUrl);
+    } catch {
+      throw new TypeError('HospitalClient: baseUrl is not an absolute URL');
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new TypeError('HospitalClient: baseUrl must be http or https');
+    }
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new TypeError('HospitalClient: timeoutMs must be > 0');
+    const pageSize = options.pageSize ?? 1000;
+    if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 10_000) {
+      throw new TypeError('HospitalClient: pageSize must be an integer in 1..10000');
+    }
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.#origin = url;
+    this.timeoutMs = timeoutMs;
+    this.pageSize = pageSize;
+    this.idMap = options.idMap ?? new MemoryHospitalIdMap();
+    this.#fhir = new Client({ baseUrl: this.baseUrl });
+  }
+
+  /**
+   * Writes the node's canonical resource to the hospital and returns the id it has there.
+   *
+   * Known hospital id: `PUT Type/{hospitalId}` (https://hl7.org/fhir/R4/http.html#update); if the
+   * hospital copy is gone (404/410) it is recreated with POST. Unknown: `PUT Type/{nodeId}`
+   * (update-as-create, https://hl7.org/fhir/R4/http.html#upsert); if the server refuses
+   * (400, 404, 405, 410, 422, 501) the resource is created with `POST Type` without an id
+   * (https://hl7.org/fhir/R4/http.html#create) and the server's id is remembered; later new
+   * resources go straight to POST. A PUT answered with a different id is remembered too. Every
+   * `reference` of form `Type/id` is rewritten to hospital ids first (absolute URLs, `#contained`
+   * and `urn:` references are left alone; version suffixes are kept as is). Reference targets
+   * should be upserted before the resources pointing at them. The body is sent as
+   * `application/fhir+json` text from `canonicalStringify`, so decimals keep their lexical form.
+   *
+   * @param resource - a resource with `resourceType` and `id` (node id).
+   * @returns `{ hospitalId }`: the id (no type) of the resource at the hospital.
+   * @throws TypeError (as a rejection) when `resourceType` or `id` is missing or not a valid FHIR type/id.
+   * @throws HospitalError `ERR_HOSPITAL_REJECTED` (e.g. 400 validation, with issues) or `ERR_HOSPITAL_UNREACHABLE`.
+   *   When both the PUT and the fallback POST are refused and the PUT said 400/422, the PUT's error is thrown.
+   */
+  async upsert(resource: HospitalResourceInput): Promise<{ hospitalId: string }> {
+    const node = toFhirJson(resource);
+    if (!isJsonObject(node)) throw new TypeError('upsert: resource must be an object');
+    const type = node['resourceType'];
+    const id = node['id'];
+    if (typeof type !== 'string' || !TYPE_RE.test(type)) throw new TypeError('upsert: invalid resourceType');
+    if (typeof id !== 'string' || !ID_RE.test(id)) throw new TypeError('upsert: missing or invalid id');
+    return this.#serialized(`${type}/${id}`, () => this.#upsert(type, id, node));
+  }
+
+  /**
+   * Reads a resource by node id (https://hl7.org/fhir/R4/http.html#read).
+   *
+   * @param type - resource type, e.g. `Patient`.
+   * @param id - node id.
+   * @returns The resource in node-id form, or `undefined` when the hospital answers 404/410 or does not hold it.
+   * @throws TypeError (as a rejection) for an invalid type or id.
+   * @throws HospitalError `ERR_HOSPITAL_REJECTED` / `ERR_HOSPITAL_UNREACHABLE`.
+   */
+  async read(type: string, id: string): Promise<FhirJsonObject | undefined> {
+    assertTypeAndId(type, id);
+    const hospitalRef = await this.#hospitalRefOf(`${type}/${id}`);
+    if (hospitalRef === undefined) return undefined;
+    let raw: FhirResource;
+    try {
+      raw = await this.#request('read', type, hospitalRef, 'GET');
+    } catch (err) {
+      if (err instanceof HospitalError && err.code === 'ERR_HOSPITAL_REJECTED' && GONE_STATUSES.has(err.status ?? 0)) {
+        return undefined;
+      }
+      throw err;
+    }
+    const resource = expectResource(raw, type, 'read');
+    const [nodeForm] = await this.#toNodeForms([resource]);
+    return nodeForm?.['id'] === id ? nodeForm : undefined;
+  }
+
+  /**
+   * Deletes a resource by node id (https://hl7.org/fhir/R4/http.html#delete) and forgets its id
+   * mapping. Idempotent: 404/410 from the hospital count as success.
+   *
+   * @param type - resource type.
+   * @param id - node id.
+   * @throws TypeError (as a rejection) for an invalid type or id.
+   * @throws HospitalError `ERR_HOSPITAL_REJECTED` (e.g. 409 referential integrity) / `ERR_HOSPITAL_UNREACHABLE`.
+   */
+  async remove(type: string, id: string): Promise<void> {
+    assertTypeAndId(type, id);
+    const nodeRef = `${type}/${id}`;
+    return this.#serialized(nodeRef, async () => {
+      const hospitalRef = await this.#hospitalRefOf(nodeRef);
+      if (hospitalRef === undefined) return;
+      try {
+        await this.#request('delete', type, hospitalRef, 'DELETE');
+      } catch (err) {
+        if (!(err instanceof HospitalError && err.code === 'ERR_HOSPITAL_REJECTED' && GONE_STATUSES.has(err.status ?? 0))) {
+          throw err;
+        }
+      }
+      await this.idMap.delete(nodeRef);
+    });
+  }
+
+  /**
+   * Type-level search, one page (https://hl7.org/fhir/R4/http.html#search). Parameter values that
+   * are exactly `Type/id`, and the ids of `_id`, are translated to hospital ids; everything else is
+   * sent verbatim. Resources in `entry[].resource` are returned in node-id form; `fullUrl` and
+   * `link` are the hospital's.
+   *
+   * @param type - resource type.
+   * @param params - search parameters (default none).
+   * @returns The searchset Bundle.
+   * @throws TypeError (as a rejection) for an invalid type.
+   * @throws HospitalError `ERR_HOSPITAL_REJECTED` (e.g. unknown parameter) / `ERR_HOSPITAL_UNREACHABLE`.
+   */
+  async search(type: string, params: HospitalSearchParams = {}): Promise<FhirJsonObject> {
+    assertType(type);
+    const query = new URLSearchParams();
+    for (const [name, value] of Object.entries(params)) {
+      for (const v of typeof value === 'string' ? [value] : value) {
+        query.append(name, await this.#searchValueToHospital(type, name, v));
+      }
+    }
+    const qs = query.toString();
+    const bundle = expectBundle(await this.#request('search', type, qs ? `${type}?${qs}` : type, 'GET'));
+    const entries = Array.isArray(bundle['entry']) ? bundle['entry'] : [];
+    const resources = entries.flatMap((e) => (isJsonObject(e) && isJsonObject(e['resource']) ? [e['resource']] : []));
+    const converted = await this.#toNodeForms(resources);
+    let i = 0;
+    for (const e of entries) {
+      if (isJsonObject(e) && isJsonObject(e['resource'])) e['resource'] = converted[i++]!;
+    }
+    return bundle;
+  }
+
+  /**
+   * Reads every resource of the given types: `GET Type?_count={pageSize}` and then each `next`
+   * link (https://hl7.org/fhir/R4/http.html#paging). `next` links are followed on this client's
+   * scheme/host/port only (a server behind a proxy may advertise its internal host). Only
+   * `search.mode` `match` entries are kept; duplicates across pages are dropped.
+   *
+   * @param types - resource types, e.g. `['Patient', 'Observation']`.
+   * @returns Resources in node-id form, grouped in the order of `types`, each group sorted by id (UTF-16 code units).
+   * @throws TypeError (as a rejection) for an invalid type.
+   * @throws HospitalError `ERR_HOSPITAL_UNREACHABLE` / `ERR_HOSPITAL_REJECTED` (also when paging repeats a page).
+   */
+  async readAll(types: readonly string[]): Promise<FhirJsonObject[]> {
+    types.forEach(assertType);
+    const out: FhirJsonObject[] = [];
+    for (const type of types) {
+      const byRef = new Map<string, FhirJsonObject>();
+      const seen = new Set<string>();
+      let next: string | undefined = `${type}?_count=${this.pageSize}`;
+      while (next !== undefined) {
+        if (seen.has(next)) {
+          throw new HospitalError('ERR_HOSPITAL_REJECTED', `Hospital search paging loops for ${type}`, {
+            operation: 'search',
+            resourceType: type,
+          });
+        }
+        seen.add(next);
+        const bundle = expectBundle(await this.#request('search', type, next, 'GET'));
+        for (const entry of Array.isArray(bundle['entry']) ? bundle['entry'] : []) {
+          if (!isJsonObject(entry) || !isJsonObject(entry['resource'])) continue;
+          const mode = isJsonObject(entry['search']) ? entry['search']['mode'] : undefined;
+          if (mode !== undefined && mode !== 'match') continue;
+          const r = entry['resource'];
+          if (r['resourceType'] !== type || typeof r['id'] !== 'string') continue;
+          byRef.set(r['id'], r);
+        }
+        next = this.#nextLink(bundle);
+      }
+      const converted = await this.#toNodeForms([...byRef.values()]);
+      converted.sort((a, b) => compareIds(a['id'], b['id']));
+      out.push(...converted);
+    }
+    return out;
+  }
+
+  /**
+   * Same as the module function {@link comparableForm}.
+   *
+   * @param resource - a resource.
+   * @param options - see {@link ComparableFormOptions}.
+   * @returns Canonical text without server-managed meta.
+   */
+  comparableForm(resource: HospitalResourceInput, options?: ComparableFormOptions): string {
+    return comparableForm(resource, options);
+  }
+
+  async #upsert(type: string, id: string, node: FhirJsonObject): Promise<{ hospitalId: string }> {
+    const nodeRef = `${type}/${id}`;
+    const mapped = await this.idMap.toHospital(nodeRef);
+    // Without a mapping the node id is used at the hospital, unless another node resource holds it there.
+    const claimedBy = mapped === undefined ? await this.idMap.toNode(nodeRef) : undefined;
+    const target = mapped ?? (claimedBy === undefined || claimedBy === nodeRef ? nodeRef : undefined);
+    const tryPut = target !== undefined && (mapped !== undefined || !this.#assignsOwnIds);
+    let putError: HospitalError | undefined;
+    if (tryPut) {
+      const hospitalId = target.slice(type.length + 1);
+      const body = await this.#toHospitalForm(node, hospitalId);
+      try {
+        const res = await this.#request('update', type, target, 'PUT', canonicalStringify(body));
+        const gotId = createdIdOf(res, type) ?? hospitalId;
+        await this.#remember(nodeRef, `${type}/${gotId}`);
+        return { hospitalId: gotId };
+      } catch (err) {
+        const fallback = mapped !== undefined ? GONE_STATUSES : CREATE_FALLBACK_STATUSES;
+        if (!(err instanceof HospitalError && err.code === 'ERR_HOSPITAL_REJECTED' && fallback.has(err.status ?? 0))) {
+          throw err;
+        }
+        putError = err;
+      }
+    }
+    const body = await this.#toHospitalForm(node, undefined);
+    let res: FhirResource;
+    try {
+      res = await this.#request('create', type, type, 'POST', canonicalStringify(body));
+    } catch (err) {
+      // Both refused: when the PUT already complained about the content (400/422), that is the
+      // more useful answer; a 404/405/410/501 PUT only said "no client ids", so report the POST.
+      const contentComplaint = putError?.status === 400 || putError?.status === 422;
+      if (putError && contentComplaint && err instanceof HospitalError && err.code === 'ERR_HOSPITAL_REJECTED') {
+        throw putError;
+      }
+      throw err;
+    }
+    const newId = createdIdOf(res, type);
+    if (newId === undefined) {
+      throw new HospitalError('ERR_HOSPITAL_REJECTED', `Hospital create of ${type} returned no id`, {
+        operation: 'create',
+        resourceType: type,
+        status: Client.httpFor(res).response?.status,
+      });
+    }
+    if (tryPut && mapped === undefined) this.#assignsOwnIds = true;
+    await this.#remember(nodeRef, `${type}/${newId}`);
+    return { hospitalId: newId };
+  }
+
+  async #remember(nodeRef: string, hospitalRef: string): Promise<void> {
+    if (hospitalRef === nodeRef) await this.idMap.delete(nodeRef);
+    else await this.idMap.set(nodeRef, hospitalRef);
+  }
+
+  /** Hospital `Type/id` of a node ref, or `undefined` when the hospital cannot hold it under that ref. */
+  async #hospitalRefOf(nodeRef: string): Promise<string | undefined> {
+    const mapped = await this.idMap.toHospital(nodeRef);
+    if (mapped !== undefined) return mapped;
+    const claimedBy = await this.idMap.toNode(nodeRef);
+    return claimedBy === undefined || claimedBy === nodeRef ? nodeRef : undefined;
+  }
+
+  async #searchValueToHospital(type: string, name: string, value: string): Promise<string> {
+    if (name === '_id') {
+      const ids = await Promise.all(
+        value.split(',').map(async (v) => {
+          if (!ID_RE.test(v)) return v;
+          const mapped = await this.idMap.toHospital(`${type}/${v}`);
+          return mapped === undefined ? v : mapped.slice(type.length + 1);
+        }),
+      );
+      return ids.join(',');
+    }
+    const m = REF_RE.exec(value);
+    if (m === null || m[3] !== undefined) return value;
+    return (await this.idMap.toHospital(value)) ?? value;
+  }
+
+  /** Copy of `node` with references in hospital ids and `id` set (or removed when `undefined`). */
+  async #toHospitalForm(node: FhirJsonObject, hospitalId: string | undefined): Promise<FhirJsonObject> {
+    const refs = new Set<string>();
+    collectReferences(node, refs);
+    const table = new Map<string, string>();
+    for (const ref of refs) {
+      const mapped = await this.idMap.toHospital(ref);
+      if (mapped !== undefined) table.set(ref, mapped);
+    }
+    const out = rewriteReferences(node, table) as FhirJsonObject;
+    if (hospitalId === undefined) delete out['id'];
+    else out['id'] = hospitalId;
+    return out;
+  }
+
+  /** Converts hospital resources to node-id form (id and references). */
+  async #toNodeForms(resources: readonly FhirJsonObject[]): Promise<FhirJsonObject[]> {
+    const refs = new Set<string>();
+    for (const r of resources) {
+      collectReferences(r, refs);
+      if (typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') refs.add(`${r['resourceType']}/${r['id']}`);
+    }
+    const table = new Map<string, string>();
+    for (const ref of refs) {
+      const mapped = await this.idMap.toNode(ref);
+      if (mapped !== undefined) table.set(ref, mapped);
+    }
+    return resources.map((r) => {
+      const out = rewriteReferences(r, table) as FhirJsonObject;
+      if (typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') {
+        const nodeRef = table.get(`${r['resourceType']}/${r['id']}`);
+        if (nodeRef !== undefined) out['id'] = nodeRef.slice(r['resourceType'].length + 1);
+      }
+      return out;
+    });
+  }
+
+  /** The bundle's `next` link, pinned to this client's scheme/host/port. */
+  #nextLink(bundle: FhirJsonObject): string | undefined {
+    const links = Array.isArray(bundle['link']) ? bundle['link'] : [];
+    const next = links.find((l) => isJsonObject(l) && l['relation'] === 'next');
+    if (!isJsonObject(next) || typeof next['url'] !== 'string' || next['url'] === '') return undefined;
+    const url = new URL(next['url'], `${this.baseUrl}/`);
+    url.protocol = this.#origin.protocol;
+    url.host = this.#origin.host;
+    return url.href;
+  }
+
+  async #request(
+    operation: HospitalOperation,
+    resourceType: string,
+    path: string,
+    method: 'GET' | 'PUT' | 'POST' | 'DELETE',
+    body?: string,
+  ): Promise<FhirResource> {
+    const headers: Record<string, string> = { accept: 'application/fhir+json' };
+    if (body !== undefined) {
+      headers['content-type'] = 'application/fhir+json';
+      headers['prefer'] = 'return=representation';
+    }
+    const options: RequestOptions = { headers, signal: AbortSignal.timeout(this.timeoutMs) };
+    try {
+      return await this.#fhir.request(path, { method, options, body });
+    } catch (err) {
+      throw toHospitalError(err, operation, resourceType, this.timeoutMs);
+    }
+  }
+
+  /** Runs `fn` after any earlier call for the same key has settled. */
+  #serialized<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.#queues.get(key) ?? Promise.resolve();
+    const run = previous.then(fn);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#queues.set(key, tail);
+    void tail.then(() => {
+      if (this.#queues.get(key) === tail) this.#queues.delete(key);
+    });
+    return run;
+  }
+}
+
+/**
+ * Canonical text of a resource for byte-for-byte comparison across hospitals:
+ * `canonicalStringify` (docs/merge.md key order) of the resource without the
+ * {@link SERVER_MANAGED_META_FIELDS}; `meta` is dropped when nothing else is left in it. Nothing
+ * else is removed (`meta.source`, `meta.tag`, `meta.profile`, `meta.security` stay).
+ *
+ * @param resource - a resource, FHIR JSON or plain JS (not modified).
+ * @param options - see {@link ComparableFormOptions}.
+ * @returns The canonical text.
+ * @throws TypeError when `resource` is not a JSON object.
+ */
+export function comparableForm(resource: HospitalResourceInput, options: ComparableFormOptions = {}): string {
+  let value = toFhirJson(resource);
+  if (options.normalizeNumbers) value = toFhirJson(toPlainJson(value));
+  if (!isJsonObject(value)) throw new TypeError('comparableForm: resource must be an object');
+  const out: FhirJsonObject = { ...value };
+  const meta = out['meta'];
+  if (isJsonObject(meta)) {
+    const kept: FhirJsonObject = { ...meta };
+    for (const field of SERVER_MANAGED_META_FIELDS) delete kept[field];
+    if (Object.keys(kept).length === 0) delete out['meta'];
+    else out['meta'] = kept;
+  }
+  return canonicalStringify(out);
+}
+
+function assertType(type: string): void {
+  if (typeof type !== 'string' || !TYPE_RE.test(type)) throw new TypeError('Invalid FHIR resource type');
+}
+
+function assertTypeAndId(type: string, id: string): void {
+  assertType(type);
+  if (typeof id !== 'string' || !ID_RE.test(id)) throw new TypeError('Invalid FHIR id');
+}
+
+function compareIds(a: FhirJson | undefined, b: FhirJson | undefined): number {
+  const x = typeof a === 'string' ? a : '';
+  const y = typeof b === 'string' ? b : '';
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/** Adds every relative `Type/id` found in a `reference` string anywhere in `value`. */
+function collectReferences(value: FhirJson, out: Set<string>): void {
+  if (Array.isArray(value)) {
+    for (const v of value) collectReferences(v, out);
+  } else if (isJsonObject(value)) {
+    for (const [k, v] of Object.entries(value)) {
+      if (k === 'reference' && typeof v === 'string') {
+        const m = REF_RE.exec(v);
+        if (m !== null) out.add(`${m[1]}/${m[2]}`);
+      } else {
+        collectReferences(v, out);
+      }
+    }
+  }
+}
+
+/** Deep copy of `value` with the `Type/id` part of `reference` strings replaced via `table`. */
+function rewriteReferences(value: FhirJson, table: ReadonlyMap<string, string>): FhirJson {
+  if (Array.isArray(value)) return value.map((v) => rewriteReferences(v, table));
+  if (!isJsonObject(value)) return value;
+  const out: FhirJsonObject = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (k === 'reference' && typeof v === 'string') {
+      const m = REF_RE.exec(v);
+      const mapped = m === null ? undefined : table.get(`${m[1]}/${m[2]}`);
+      out[k] = mapped === undefined ? v : `${mapped}${m?.[3] ?? ''}`;
+    } else {
+      out[k] = rewriteReferences(v, table);
+    }
+  }
+  return out;
+}
+
+/** Id of a created/updated resource: from the body, else from the `Location` header. */
+function createdIdOf(res: FhirResource, type: string): string | undefined {
+  if (res.resourceType === type && typeof res['id'] === 'string' && ID_RE.test(res['id'])) return res['id'];
+  const location = Client.httpFor(res).response?.headers.get('location') ?? Client.httpFor(res).response?.headers.get('content-location');
+  const m = location ? LOCATION_RE.exec(new URL(location, 'http://x').pathname) : null;
+  return m !== null && m[1] === type ? m[2] : undefined;
+}
+
+function expectResource(raw: FhirResource, type: string, operation: HospitalOperation): FhirJsonObject {
+  const value = toFhirJson(raw);
+  if (!isJsonObject(value) || value['resourceType'] !== type || typeof value['id'] !== 'string') {
+    throw new HospitalError('ERR_HOSPITAL_REJECTED', `Hospital ${operation} of ${type} returned an unexpected body`, {
+      operation,
+      resourceType: type,
+      status: Client.httpFor(raw).response?.status,
+    });
+  }
+  return value;
+}
+
+function expectBundle(raw: FhirResource): FhirJsonObject {
+  const value = toFhirJson(raw);
+  if (!isJsonObject(value) || value['resourceType'] !== 'Bundle') {
+    throw new HospitalError('ERR_HOSPITAL_REJECTED', 'Hospital search returned something other than a Bundle', {
+      operation: 'search',
+      status: Client.httpFor(raw).response?.status,
+    });
+  }
+  return value;
+}
+
+function issuesOf(data: unknown): OperationOutcomeIssue[] {
+  if (typeof data !== 'object' || data === null) return [];
+  const oo = data as { resourceType?: unknown; issue?: unknown };
+  if (oo.resourceType !== 'OperationOutcome' || !Array.isArray(oo.issue)) return [];
+  return oo.issue.filter((i): i is OperationOutcomeIssue => typeof i === 'object' && i !== null);
+}
+
+/** Maps a fhir-kit-client / fetch failure to a {@link HospitalError}, keeping response bodies out of messages. */
+function toHospitalError(err: unknown, operation: HospitalOperation, resourceType: string, timeoutMs: number): HospitalError {
+  if (err instanceof HospitalError) return err;
+  const response = typeof err === 'object' && err !== null ? (err as { response?: { status?: unknown; data?: unknown } }).response : undefined;
+  if (response !== undefined && typeof response.status === 'number') {
+    const status = response.status;
+    const issues = issuesOf(response.data);
+    const codes = [...new Set(issues.map((i) => i.code).filter((c) => typeof c === 'string'))];
+    const suffix = codes.length > 0 ? ` (${codes.join(', ')})` : '';
+    if (TRANSIENT_STATUSES.has(status)) {
+      return new HospitalError('ERR_HOSPITAL_UNREACHABLE', `Hospital unavailable during ${operation} of ${resourceType}: HTTP ${status}${suffix}`, {
+        operation,
+        status,
+        issues,
+        resourceType,
+      });
+    }
+    const what = status < 300 ? `unparseable response, HTTP ${status}` : `HTTP ${status}${suffix}`;
+    return new HospitalError('ERR_HOSPITAL_REJECTED', `Hospital rejected ${operation} of ${resourceType}: ${what}`, {
+      operation,
+      status,
+      issues,
+      resourceType,
+    });
+  }
+  return new HospitalError('ERR_HOSPITAL_UNREACHABLE', `Hospital unreachable during ${operation} of ${resourceType}: ${networkReason(err, timeoutMs)}`, {
+    operation,
+    resourceType,
+    cause: err,
+  });
+}
+
+function networkReason(err: unknown, timeoutMs: number): string {
+  if (typeof err !== 'object' || err === null) return String(err);
+  const e = err as { name?: unknown; message?: unknown; cause?: unknown };
+  if (e.name === 'TimeoutError') return `no response within ${timeoutMs} ms`;
+  if (e.name === 'AbortError') return 'request aborted';
+  const cause = e.cause as { code?: unknown; message?: unknown } | undefined;
+  if (cause && typeof cause.code === 'string') return cause.code;
+  const base = typeof e.message === 'string' ? e.message : 'network error';
+  return cause && typeof cause.message === 'string' ? `${base}: ${cause.message}` : base;
+}

@@ -1,0 +1,127 @@
+/**
+ * Public types of Tide, tidegate's gossip engine.
+ *
+ * Tide moves Yjs updates between hospital nodes. It never looks inside an update: a
+ * {@link ResourceUpdate} is an opaque Yjs v1 update (https://docs.yjs.dev/api/document-updates)
+ * tagged with the FHIR resource key it belongs to.
+ */
+import type { NodePublicKeys, NodeSecretKeys } from '../envelope/index.ts';
+
+/** One Yjs update for one FHIR resource. */
+export interface ResourceUpdate {
+  /** Resource key `'Type/id'`, e.g. `'Patient/p-1'` (FHIR type name, `/`, FHIR id `[A-Za-z0-9.-]{1,64}`). */
+  key: string;
+  /** Yjs update in the v1 encoding (`Y.encodeStateAsUpdate`, the `'update'` event), non-empty bytes. */
+  update: Uint8Array;
+}
+
+/**
+ * The node's resource store as Tide sees it. Implemented by the store (tests ship a small one);
+ * Tide never implements it.
+ *
+ * Sources: Yjs state vectors and diffs, https://docs.yjs.dev/api/document-updates
+ * (`Y.encodeStateVector`, `Y.encodeStateAsUpdate(doc, remoteStateVector)`).
+ */
+export interface Replica {
+  /** This node's id; must equal the `nodeId` of the Tide's secret keys. */
+  readonly nodeId: string;
+  /**
+   * Apply updates received from `fromNode` (a configured peer). Must be idempotent (Yjs updates
+   * are). May throw: the inbox job is then retried with exponential backoff and, after the last
+   * attempt, stays in the BullMQ failed set with the error message as its reason.
+   */
+  applyRemote(updates: ResourceUpdate[], fromNode: string): Promise<void>;
+  /** Every resource key held (any order). */
+  keys(): Iterable<string>;
+  /** `Y.encodeStateVector(doc)` bytes of `key`, or `undefined` if the key is not held. */
+  stateVector(key: string): Uint8Array | undefined;
+  /**
+   * The update the remote side lacks: `Y.encodeStateAsUpdate(doc, remoteStateVector)`
+   * (`remoteStateVector` is `undefined` when the remote does not hold the key at all), or
+   * `undefined` when there is nothing to send. Note that a state vector does not describe
+   * deletions, so a diff carrying only a delete set is "something" if the store wants deletions
+   * to be repaired by anti-entropy.
+   */
+  diffFor(key: string, remoteStateVector: Uint8Array | undefined): Uint8Array | undefined;
+}
+
+/** A peer node: where its inbox lives and its public keys. */
+export interface PeerConfig {
+  /** Peer node id, `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`; equals `publicKeys.nodeId`. */
+  nodeId: string;
+  /** Redis URL of the peer's Redis (`redis://host:port/db`), where its inbox queue lives. */
+  redisUrl: string;
+  /** The peer's public keys (envelopes to it are encrypted to its KEM key; its signatures are checked). */
+  publicKeys: NodePublicKeys;
+}
+
+/** Minimal pino-compatible logger: `logger.info({ ...fields }, 'message')`. */
+export interface TideLogger {
+  info(obj: Record<string, unknown>, msg?: string): void;
+  warn(obj: Record<string, unknown>, msg?: string): void;
+  error(obj: Record<string, unknown>, msg?: string): void;
+}
+
+/** Options of {@link Tide}'s constructor. Durations are in milliseconds, sizes in bytes. */
+export interface TideOptions {
+  /** This node's secret keys; `self.nodeId` names the node and its inbox. */
+  self: NodeSecretKeys;
+  /** Redis URL of this node's own Redis (its inbox and control queues live there). */
+  redisUrl: string;
+  /** BullMQ key prefix on every Redis touched (must not contain `:`). Default `'tidegate'`. */
+  prefix?: string;
+  /** Every other node. Must not contain this node; node ids must be unique. */
+  peers: PeerConfig[];
+  /** The node's store. */
+  replica: Replica;
+  /** Logger (pino works). Default: warnings and errors as JSON lines on stderr, info dropped. */
+  logger?: TideLogger;
+  /** Send a peer's batch once it holds this many updates. Default 200. */
+  batchMaxUpdates?: number;
+  /** ...or once its keys + updates reach this many bytes. Default 1 MiB (1_048_576). */
+  batchMaxBytes?: number;
+  /** ...or this long after its first update was queued (ms). Default 20. */
+  batchDelayMs?: number;
+  /** Anti-entropy period (ms) of the BullMQ job scheduler; 0 turns the scheduler off. Default 30000. */
+  antiEntropyIntervalMs?: number;
+  /** Max keys per anti-entropy digest message; larger stores send several range digests. Default 5000. */
+  digestMaxKeys?: number;
+  /** BullMQ `attempts` of every sent job (and tries of each `queue.add`). Default 5. */
+  attempts?: number;
+  /** Base delay (ms) of the exponential backoff (BullMQ `backoff.delay`). Default 1000. */
+  backoffMs?: number;
+  /** Inbox worker lock duration (ms); crypto is CPU-bound so it is generous. Default 60000. */
+  lockDurationMs?: number;
+}
+
+/** Counters since construction. Bytes are UTF-16 code units of the envelope strings (= bytes: they are ASCII). */
+export interface TideStats {
+  /** Envelopes successfully added to a peer's inbox. */
+  messagesSent: number;
+  /** Inbox envelopes processed successfully (retries of one job count once). */
+  messagesReceived: number;
+  /** Sum of the lengths of the sent envelope strings. */
+  bytesSent: number;
+  /** Sum of the lengths of the successfully processed inbox envelope strings. */
+  bytesReceived: number;
+  /** Resource updates inside sent `updates` envelopes (after per-key merging). */
+  updatesSent: number;
+  /** Resource updates inside processed `updates` envelopes. */
+  updatesReceived: number;
+  /** Inbox jobs rejected as unrecoverable, by code (`ERR_SIGNATURE_INVALID`, `ERR_PLAINTEXT_MALFORMED`, ...). */
+  rejected: Record<string, number>;
+  /** Failed `replica.applyRemote` calls (each attempt counts). */
+  applyFailures: number;
+  /** Messages given up after `attempts` failed `queue.add` tries (anti-entropy repairs them later). */
+  sendFailures: number;
+  /** Completed `runAntiEntropy()` calls (manual or scheduled). */
+  antiEntropyRuns: number;
+  /** Anti-entropy digests (`ae-digest` and `ae-reply`) received and processed. */
+  digestsReceived: number;
+}
+
+/** Envelope `kind` values Tide sends and accepts. */
+export type TideMessageKind = 'updates' | 'ae-digest' | 'ae-reply';
+
+/** Re-exported so callers can type `TideOptions.self` without importing the envelope module. */
+export type { NodePublicKeys, NodeSecretKeys };

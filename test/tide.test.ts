@@ -1,0 +1,689 @@
+/**
+ * Tide (gossip engine) tests against a real Redis and real tidegate-env/1 envelopes.
+ *
+ * Nodes live on different Redis logical databases of one server (A: db 11, B: db 12, C: db 13),
+ * so a node that talked to the wrong Redis for a peer would not converge. Every test uses its own
+ * random key prefix and deletes its keys, and closes every connection it opened.
+ * Redis: TIDE_TEST_REDIS_URL, default redis://127.0.0.1:6379.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import { Queue } from 'bullmq';
+import * as Y from 'yjs';
+import { generateNodeKeys, seal } from '../src/envelope/index.ts';
+import type { NodePublicKeys, NodeSecretKeys } from '../src/envelope/index.ts';
+import {
+  chunkDigest,
+  decodeDigest,
+  decodeUpdates,
+  encodeDigest,
+  encodeUpdates,
+  inboxQueueName,
+  Tide,
+  TidePlaintextError,
+} from '../src/tide/index.ts';
+import type { DigestEntry, Replica, ResourceUpdate, TideLogger, TideOptions } from '../src/tide/index.ts';
+
+const REDIS_BASE = (process.env.TIDE_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379').replace(/\/\d*$/, '');
+const DBS = { a: 11, b: 12, c: 13 } as const;
+const urlOf = (db: number): string => `${REDIS_BASE}/${db}`;
+/** A distinctive string that must never appear in Redis or in logs in clear. */
+const PATIENT_NAME = 'Zebulon Quixotefeather';
+
+type Keys = { secretKeys: NodeSecretKeys; publicKeys: NodePublicKeys };
+let KEYS: { a: Keys; b: Keys; c: Keys; mallory: Keys };
+
+before(() => {
+  KEYS = {
+    a: generateNodeKeys('hosp-a'),
+    b: generateNodeKeys('hosp-b'),
+    c: generateNodeKeys('hosp-c'),
+    mallory: generateNodeKeys('mallory'),
+  };
+});
+
+// ------------------------------------------------------------------ a small real replica
+
+/** A real Replica: one Y.Doc per resource key; resource fields live in the doc's map 'r'. */
+class DocReplica implements Replica {
+  readonly nodeId: string;
+  readonly docs = new Map<string, Y.Doc>();
+  /** applyRemote throws this many more times before it works again. */
+  failNext = 0;
+  applyCalls = 0;
+
+  constructor(nodeId: string) {
+    this.nodeId = nodeId;
+  }
+
+  doc(key: string): Y.Doc {
+    let d = this.docs.get(key);
+    if (!d) {
+      d = new Y.Doc();
+      this.docs.set(key, d);
+    }
+    return d;
+  }
+
+  async applyRemote(updates: ResourceUpdate[], _fromNode: string): Promise<void> {
+    this.applyCalls++;
+    if (this.failNext > 0) {
+      this.failNext--;
+      throw new Error('simulated store outage');
+    }
+    for (const u of updates) Y.applyUpdate(this.doc(u.key), u.update, 'remote');
+  }
+
+  keys(): Iterable<string> {
+    return this.docs.keys();
+  }
+
+  stateVector(key: string): Uint8Array | undefined {
+    const d = this.docs.get(key);
+    return d ? Y.encodeStateVector(d) : undefined;
+  }
+
+  diffFor(key: string, remoteStateVector: Uint8Array | undefined): Uint8Array | undefined {
+    const d = this.docs.get(key);
+    if (!d) return undefined;
+    const diff = Y.encodeStateAsUpdate(d, remoteStateVector);
+    const { structs, ds } = Y.decodeUpdate(diff);
+    return structs.length === 0 && ds.clients.size === 0 ? undefined : diff;
+  }
+
+  /** A local write: sets fields of `key`, returns the update Yjs emitted. */
+  set(key: string, fields: Record<string, string>): ResourceUpdate {
+    const d = this.doc(key);
+    const captured: Uint8Array[] = [];
+    const onUpdate = (u: Uint8Array): void => {
+      captured.push(u);
+    };
+    d.on('update', onUpdate);
+    d.transact(() => {
+      for (const [k, v] of Object.entries(fields)) d.getMap('r').set(k, v);
+    });
+    d.off('update', onUpdate);
+    assert.equal(captured.length, 1);
+    return { key, update: captured[0] as Uint8Array };
+  }
+
+  json(key: string): unknown {
+    return this.docs.get(key)?.getMap('r').toJSON();
+  }
+
+  snapshot(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const k of [...this.docs.keys()].sort()) out[k] = this.json(k);
+    return out;
+  }
+}
+
+// ------------------------------------------------------------------ harness
+
+interface LogLine {
+  level: string;
+  obj: Record<string, unknown>;
+  msg: string | undefined;
+}
+
+function captureLogger(lines: LogLine[]): TideLogger {
+  return {
+    info: (obj, msg) => lines.push({ level: 'info', obj, msg }),
+    warn: (obj, msg) => lines.push({ level: 'warn', obj, msg }),
+    error: (obj, msg) => lines.push({ level: 'error', obj, msg }),
+  };
+}
+
+type NodeName = 'a' | 'b' | 'c';
+
+interface TestNode {
+  name: NodeName;
+  url: string;
+  replica: DocReplica;
+  tide: Tide;
+}
+
+class Mesh {
+  readonly prefix = `tidetest-${randomUUID().slice(0, 8)}`;
+  readonly logs: LogLine[] = [];
+  readonly nodes = new Map<NodeName, TestNode>();
+  readonly names: NodeName[];
+  readonly overrides: Partial<TideOptions>;
+  readonly #opened: { close(): Promise<unknown> }[] = [];
+
+  constructor(names: NodeName[], overrides: Partial<TideOptions> = {}) {
+    this.names = names;
+    this.overrides = overrides;
+  }
+
+  node(name: NodeName): TestNode {
+    const n = this.nodes.get(name);
+    assert.ok(n, `node ${name} not started`);
+    return n;
+  }
+
+  /** Builds and starts node `name` (reusing its replica if it ran before). */
+  async start(name: NodeName, extra: Partial<TideOptions> = {}): Promise<TestNode> {
+    const replica = this.nodes.get(name)?.replica ?? new DocReplica(KEYS[name].secretKeys.nodeId);
+    const tide = new Tide({
+      self: KEYS[name].secretKeys,
+      redisUrl: urlOf(DBS[name]),
+      prefix: this.prefix,
+      peers: this.names
+        .filter((p) => p !== name)
+        .map((p) => ({ nodeId: KEYS[p].publicKeys.nodeId, redisUrl: urlOf(DBS[p]), publicKeys: KEYS[p].publicKeys })),
+      replica,
+      logger: captureLogger(this.logs),
+      antiEntropyIntervalMs: 0,
+      backoffMs: 50,
+      attempts: 3,
+      ...this.overrides,
+      ...extra,
+    });
+    await tide.start();
+    const node: TestNode = { name, url: urlOf(DBS[name]), replica, tide };
+    this.nodes.set(name, node);
+    return node;
+  }
+
+  async startAll(): Promise<void> {
+    for (const n of this.names) await this.start(n);
+  }
+
+  /** A BullMQ Queue handle on `name`'s inbox, closed by cleanup(). */
+  inbox(name: NodeName): Queue {
+    const q = new Queue(inboxQueueName(KEYS[name].secretKeys.nodeId), {
+      connection: { url: urlOf(DBS[name]) },
+      prefix: this.prefix,
+    });
+    this.#opened.push(q);
+    return q;
+  }
+
+  readonly #redis = new Map<number, Redis>();
+
+  /** A plain ioredis connection to `db` (one per db), closed by cleanup(). */
+  redis(db: number): Redis {
+    let r = this.#redis.get(db);
+    if (!r) {
+      const created = new Redis(urlOf(db));
+      this.#opened.push({ close: () => created.quit() });
+      this.#redis.set(db, created);
+      r = created;
+    }
+    return r;
+  }
+
+  /** Waits until every running node has nothing pending, twice in a row. */
+  async quiesce(timeoutMs = 20_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let zeros = 0;
+    while (zeros < 2) {
+      if (Date.now() > deadline) throw new Error('mesh did not quiesce');
+      let n = 0;
+      for (const node of this.nodes.values()) n += await node.tide.pending();
+      zeros = n === 0 ? zeros + 1 : 0;
+      await sleep(30);
+    }
+  }
+
+  /** Every key of this test's prefix on every node's db. */
+  async allKeys(): Promise<{ db: number; key: string }[]> {
+    const out: { db: number; key: string }[] = [];
+    for (const name of this.names) {
+      const r = this.redis(DBS[name]);
+      let cursor = '0';
+      do {
+        const [next, keys] = await r.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 1000);
+        cursor = next;
+        for (const key of keys) out.push({ db: DBS[name], key });
+      } while (cursor !== '0');
+    }
+    return out;
+  }
+
+  async cleanup(): Promise<void> {
+    for (const n of this.nodes.values()) await n.tide.stop();
+    const keys = await this.allKeys();
+    for (const name of this.names) {
+      const mine = keys.filter((k) => k.db === DBS[name]).map((k) => k.key);
+      if (mine.length > 0) await this.redis(DBS[name]).del(...mine);
+    }
+    for (const c of this.#opened.splice(0)) await c.close();
+    this.#redis.clear();
+  }
+}
+
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+async function waitForJobState(q: Queue, id: string, state: string): Promise<void> {
+  await waitFor(`job ${id} ${state}`, async () => (await q.getJobState(id)) === state);
+}
+
+/** One base64url character flipped in the middle of member `field` of a serialized envelope. */
+function tamper(env: string, field: string): string {
+  const obj = JSON.parse(env) as Record<string, string>;
+  const v = obj[field];
+  assert.ok(typeof v === 'string' && v.length > 10);
+  const i = Math.floor(v.length / 2);
+  obj[field] = v.slice(0, i) + (v[i] === 'A' ? 'B' : 'A') + v.slice(i + 1);
+  return JSON.stringify(obj);
+}
+
+// ------------------------------------------------------------------ codec
+
+describe('tide plaintext codec', () => {
+  test('updates and digests round-trip; malformed input is rejected', () => {
+    const ups: ResourceUpdate[] = [
+      { key: 'Patient/p-1', update: new Uint8Array([1, 2, 3]) },
+      { key: 'Observation/o.2', update: new Uint8Array(300).fill(7) },
+    ];
+    const bytes = encodeUpdates(ups);
+    assert.deepEqual(decodeUpdates(bytes), ups);
+    assert.throws(() => decodeUpdates(bytes.subarray(0, bytes.length - 1)), TidePlaintextError);
+    assert.throws(() => decodeUpdates(new Uint8Array([...bytes, 0])), TidePlaintextError);
+    assert.throws(() => decodeUpdates(new Uint8Array([2, 0])), TidePlaintextError); // version
+    assert.throws(() => decodeUpdates(encodeUpdates([{ key: 'bad key', update: new Uint8Array([1]) }])), TidePlaintextError);
+    assert.throws(() => decodeUpdates(encodeUpdates([{ key: 'Patient/x', update: new Uint8Array() }])), TidePlaintextError);
+    assert.throws(() => decodeUpdates(randomBytes(64)), TidePlaintextError);
+
+    const doc = new Y.Doc();
+    doc.getMap('r').set('x', 1);
+    const sv = Y.encodeStateVector(doc);
+    const entries: DigestEntry[] = ['Patient/a', 'Patient/b', 'Patient/c', 'Patient/d', 'Patient/e'].map((key) => ({
+      key,
+      stateVector: sv,
+    }));
+    const chunks = chunkDigest(entries, '', undefined, 2);
+    assert.equal(chunks.length, 3);
+    assert.deepEqual(
+      chunks.map((c) => [c.from, c.to, c.entries.length]),
+      [
+        ['', 'Patient/c', 2],
+        ['Patient/c', 'Patient/e', 2],
+        ['Patient/e', undefined, 1],
+      ],
+    );
+    for (const c of chunks) assert.deepEqual(decodeDigest(encodeDigest(c)), c);
+    assert.deepEqual(chunkDigest([], '', undefined, 2), [{ from: '', to: undefined, entries: [] }]);
+    // unsorted / out-of-range digests are malformed
+    assert.throws(() => decodeDigest(encodeDigest({ from: '', to: undefined, entries: [...entries].reverse() })), TidePlaintextError);
+    assert.throws(() => decodeDigest(encodeDigest({ from: 'Patient/c', to: 'Patient/d', entries })), TidePlaintextError);
+  });
+
+  test('constructor validates its options', () => {
+    const replica = new DocReplica('hosp-a');
+    const base: TideOptions = { self: KEYS.a.secretKeys, redisUrl: urlOf(DBS.a), peers: [], replica };
+    assert.throws(() => new Tide({ ...base, prefix: 'a:b' }), TypeError);
+    assert.throws(() => new Tide({ ...base, replica: new DocReplica('hosp-b') }), TypeError);
+    assert.throws(
+      () => new Tide({ ...base, peers: [{ nodeId: 'hosp-a', redisUrl: urlOf(DBS.a), publicKeys: KEYS.a.publicKeys }] }),
+      TypeError,
+    );
+    assert.throws(
+      () => new Tide({ ...base, peers: [{ nodeId: 'hosp-b', redisUrl: urlOf(DBS.b), publicKeys: KEYS.c.publicKeys }] }),
+      TypeError,
+    );
+    assert.throws(() => new Tide({ ...base, batchMaxUpdates: 0 }), RangeError);
+    const t = new Tide(base);
+    assert.throws(() => t.publish([{ key: 'nope', update: new Uint8Array([1]) }]), TypeError);
+  });
+});
+
+// ------------------------------------------------------------------ replication
+
+describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
+  test('(a) a published update converges on every peer (3 nodes, 3 Redis dbs)', async () => {
+    const mesh = new Mesh(['a', 'b', 'c']);
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      const B = mesh.node('b');
+      const C = mesh.node('c');
+      A.tide.publish([A.replica.set('Patient/p-1', { name: PATIENT_NAME, gender: 'other' })]);
+      await mesh.quiesce();
+      const expected = { name: PATIENT_NAME, gender: 'other' };
+      assert.deepEqual(B.replica.json('Patient/p-1'), expected);
+      assert.deepEqual(C.replica.json('Patient/p-1'), expected);
+
+      // concurrent edits of one resource on two nodes merge everywhere
+      B.tide.publish([B.replica.set('Patient/p-1', { birthDate: '1970-01-01' })]);
+      C.tide.publish([C.replica.set('Patient/p-1', { gender: 'female' })]);
+      await mesh.quiesce();
+      const sa = A.replica.snapshot();
+      assert.deepEqual(B.replica.snapshot(), sa);
+      assert.deepEqual(C.replica.snapshot(), sa);
+      assert.equal((sa['Patient/p-1'] as Record<string, string>).birthDate, '1970-01-01');
+
+      const st = A.tide.stats();
+      assert.equal(st.messagesSent, 2); // one envelope per peer
+      assert.equal(st.updatesSent, 2);
+      assert.equal(st.messagesReceived, 2);
+      assert.ok(st.bytesSent > 4500 * 2 && st.bytesReceived > 0);
+      assert.deepEqual(st.rejected, {});
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(a2) batching: many updates become few envelopes, same-key updates are merged', async () => {
+    const mesh = new Mesh(['a', 'b'], { batchMaxUpdates: 50, batchDelayMs: 50 });
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      const B = mesh.node('b');
+      const ups: ResourceUpdate[] = [];
+      for (let i = 0; i < 120; i++) ups.push(A.replica.set(`Observation/o-${i % 40}`, { value: String(i) }));
+      for (const u of ups) A.tide.publish([u]);
+      await A.tide.flush();
+      assert.equal(A.tide.stats().messagesSent, 3); // 120 updates / 50 per batch
+      // merged per key inside each batch: 40 + 40 + 20 distinct keys
+      assert.equal(A.tide.stats().updatesSent, 100);
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.snapshot(), A.replica.snapshot());
+      assert.deepEqual(B.replica.json('Observation/o-39'), { value: '119' });
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(b) duplicate deliveries are harmless', async () => {
+    const mesh = new Mesh(['a', 'b']);
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      const B = mesh.node('b');
+      const u = A.replica.set('Patient/dup', { name: PATIENT_NAME });
+      A.tide.publish([u]);
+      await A.tide.flush();
+      A.tide.publish([u]); // the same update again, in a second envelope
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.json('Patient/dup'), { name: PATIENT_NAME });
+      assert.equal(B.tide.stats().messagesReceived, 2);
+
+      // the same job (same jobId) added again while it is kept as completed: BullMQ ignores it
+      const inbox = mesh.inbox('b');
+      const [done] = await inbox.getJobs(['completed']);
+      assert.ok(done?.id);
+      const again = await inbox.add('updates', done.data, { jobId: done.id });
+      assert.equal(again.id, done.id);
+      await mesh.quiesce();
+      assert.equal(B.tide.stats().messagesReceived, 2);
+      assert.equal((await inbox.getJobCounts('completed')).completed, 2);
+
+      // once removed, the same jobId is accepted again and re-applied: still harmless
+      await inbox.remove(done.id);
+      await inbox.add('updates', done.data, { jobId: done.id });
+      await mesh.quiesce();
+      assert.equal(B.tide.stats().messagesReceived, 3);
+      assert.deepEqual(B.replica.json('Patient/dup'), { name: PATIENT_NAME });
+
+      // the same envelope under another jobId is refused (jobId must equal the signed messageId)
+      const otherId = randomUUID();
+      await inbox.add('updates', done.data, { jobId: otherId });
+      await waitForJobState(inbox, otherId, 'failed');
+      assert.equal((await inbox.getJob(otherId))?.failedReason, 'ERR_MESSAGE_ID_MISMATCH');
+      assert.deepEqual(B.replica.json('Patient/dup'), { name: PATIENT_NAME });
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(c) tampered, foreign, misaddressed and malformed envelopes land in the failed set', async () => {
+    const mesh = new Mesh(['a', 'b']);
+    try {
+      await mesh.startAll();
+      const B = mesh.node('b');
+      const inbox = mesh.inbox('b');
+      const donor = new DocReplica('hosp-a');
+      const plaintext = encodeUpdates([donor.set('Patient/evil', { name: PATIENT_NAME })]);
+      const sealFor = (
+        from: NodeSecretKeys,
+        to: NodePublicKeys,
+        kind = 'updates',
+        pt = plaintext,
+      ): { id: string; env: string } => {
+        const id = randomUUID();
+        return { id, env: seal({ kind, messageId: id, resources: ['Patient/evil'], plaintext: pt }, from, to) };
+      };
+
+      const cases: { name: string; id: string; env: unknown; code: string }[] = [];
+      const s1 = sealFor(KEYS.a.secretKeys, KEYS.b.publicKeys);
+      cases.push({ name: 'signature byte flipped', id: s1.id, env: tamper(s1.env, 'sig'), code: 'ERR_SIGNATURE_INVALID' });
+      const s2 = sealFor(KEYS.a.secretKeys, KEYS.b.publicKeys);
+      cases.push({ name: 'ciphertext byte flipped', id: s2.id, env: tamper(s2.env, 'ct'), code: 'ERR_SIGNATURE_INVALID' });
+      cases.push({ name: 'not JSON', id: randomUUID(), env: 'garbage', code: 'ERR_ENVELOPE_MALFORMED' });
+      cases.push({ name: 'env not a string', id: randomUUID(), env: 42, code: 'ERR_ENVELOPE_MALFORMED' });
+      const s3 = sealFor(KEYS.mallory.secretKeys, KEYS.b.publicKeys);
+      cases.push({ name: 'unknown sender', id: s3.id, env: s3.env, code: 'ERR_UNKNOWN_PEER' });
+      const s4 = sealFor(KEYS.a.secretKeys, KEYS.c.publicKeys);
+      cases.push({ name: 'addressed to another node', id: s4.id, env: s4.env, code: 'ERR_NOT_FOR_THIS_NODE' });
+      const s5 = sealFor(KEYS.a.secretKeys, KEYS.b.publicKeys, 'updates', randomBytes(40));
+      cases.push({ name: 'undecodable plaintext', id: s5.id, env: s5.env, code: 'ERR_PLAINTEXT_MALFORMED' });
+      const s6 = sealFor(KEYS.a.secretKeys, KEYS.b.publicKeys, 'launch-missiles');
+      cases.push({ name: 'unknown kind', id: s6.id, env: s6.env, code: 'ERR_UNKNOWN_KIND' });
+
+      for (const c of cases) await inbox.add('updates', { env: c.env }, { jobId: c.id, attempts: 5, backoff: 10 });
+      for (const c of cases) {
+        await waitForJobState(inbox, c.id, 'failed');
+        const job = await inbox.getJob(c.id);
+        assert.equal(job?.failedReason, c.code, c.name);
+        assert.equal(job?.attemptsMade, 1, `${c.name}: not retried`);
+      }
+      assert.equal(B.replica.docs.size, 0);
+      assert.equal(B.replica.applyCalls, 0);
+      const rejected = B.tide.stats().rejected;
+      assert.deepEqual(rejected, {
+        ERR_SIGNATURE_INVALID: 2,
+        ERR_ENVELOPE_MALFORMED: 2,
+        ERR_UNKNOWN_PEER: 1,
+        ERR_NOT_FOR_THIS_NODE: 1,
+        ERR_PLAINTEXT_MALFORMED: 1,
+        ERR_UNKNOWN_KIND: 1,
+      });
+      assert.equal(mesh.logs.filter((l) => l.msg === 'tide: envelope rejected').length, cases.length);
+      assert.ok(!JSON.stringify(mesh.logs).includes(PATIENT_NAME));
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(d) anti-entropy alone repairs lost messages, both directions, over range digests', async () => {
+    const mesh = new Mesh(['a', 'b'], { digestMaxKeys: 2, batchMaxUpdates: 3 });
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      let B = mesh.node('b');
+
+      // B goes down; A keeps writing and publishing; B's inbox is then lost.
+      await B.tide.stop();
+      for (let i = 0; i < 5; i++) A.tide.publish([A.replica.set(`Patient/a-${i}`, { name: `${PATIENT_NAME} ${i}` })]);
+      A.tide.publish([A.replica.set('Patient/shared', { fromA: 'x' })]);
+      await A.tide.flush();
+      const inboxB = mesh.inbox('b');
+      assert.ok(((await inboxB.getJobCounts('wait')).wait ?? 0) > 0);
+      await inboxB.obliterate({ force: true });
+      // meanwhile B wrote locally without being able to publish
+      B.replica.set('Patient/shared', { fromB: 'y' });
+      B.replica.set('Encounter/b-1', { status: 'finished' });
+
+      B = await mesh.start('b');
+      await mesh.quiesce();
+      assert.equal(B.replica.json('Patient/a-0'), undefined, 'nothing arrives without anti-entropy');
+
+      await A.tide.runAntiEntropy();
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.snapshot(), A.replica.snapshot());
+      assert.deepEqual(A.replica.json('Patient/shared'), { fromA: 'x', fromB: 'y' });
+      assert.deepEqual(A.replica.json('Encounter/b-1'), { status: 'finished' });
+      assert.equal(B.tide.stats().digestsReceived, 3); // 6 keys on A → 3 range digests of ≤ 2 keys
+      assert.equal(A.tide.stats().digestsReceived, 3); // B lacked something in every range → 3 ae-replies
+
+      // the other direction, started by B: both sides wrote without publishing
+      A.replica.set('Patient/a-0', { active: 'false' });
+      B.replica.set('Patient/b-new', { name: 'only on B' });
+      A.replica.set('Observation/a-new', { value: '42' });
+      await B.tide.runAntiEntropy();
+      await mesh.quiesce();
+      assert.deepEqual(A.replica.snapshot(), B.replica.snapshot());
+      assert.deepEqual(B.replica.json('Patient/a-0'), { name: `${PATIENT_NAME} 0`, active: 'false' });
+      assert.deepEqual(A.replica.json('Patient/b-new'), { name: 'only on B' });
+
+      // a round between converged nodes sends digests only: no updates, no replies
+      const before = A.tide.stats();
+      await A.tide.runAntiEntropy();
+      await mesh.quiesce();
+      const afterStats = A.tide.stats();
+      assert.equal(afterStats.updatesReceived, before.updatesReceived);
+      assert.equal(afterStats.digestsReceived, before.digestsReceived);
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(d2) the job scheduler runs anti-entropy periodically', async () => {
+    const mesh = new Mesh(['a', 'b']);
+    try {
+      const A = await mesh.start('a', { antiEntropyIntervalMs: 300 });
+      const B = await mesh.start('b');
+      B.replica.set('Patient/sched', { name: 'scheduled' });
+      await waitFor('scheduled anti-entropy', () => A.replica.json('Patient/sched') !== undefined);
+      assert.ok(A.tide.stats().antiEntropyRuns >= 1);
+      const control = new Queue(`control-${A.tide.nodeId}`, { connection: { url: A.url }, prefix: mesh.prefix });
+      try {
+        assert.equal((await control.getJobScheduler('anti-entropy'))?.every, 300);
+        // restarting with 0 removes the scheduler
+        await A.tide.stop();
+        await mesh.start('a', { antiEntropyIntervalMs: 0 });
+        assert.equal(await control.getJobScheduler('anti-entropy'), undefined);
+      } finally {
+        await control.close();
+      }
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(e) Redis holds no plaintext: raw keys and job data are sealed', async () => {
+    const mesh = new Mesh(['a', 'b']);
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      const B = mesh.node('b');
+      A.tide.publish([A.replica.set('Patient/secret', { name: PATIENT_NAME, note: 'diagnosis: nothing to see' })]);
+      B.tide.publish([B.replica.set('Patient/secret2', { name: PATIENT_NAME })]);
+      await mesh.quiesce();
+      await A.tide.runAntiEntropy();
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.snapshot(), A.replica.snapshot());
+
+      const dump: string[] = [];
+      let jobs = 0;
+      for (const { db, key } of await mesh.allKeys()) {
+        const r = mesh.redis(db);
+        const type = await r.type(key);
+        dump.push(key);
+        if (type === 'string') dump.push((await r.get(key)) ?? '');
+        else if (type === 'hash') {
+          const h = await r.hgetall(key);
+          dump.push(JSON.stringify(h));
+          if (typeof h.data === 'string') {
+            jobs++;
+            const data = JSON.parse(h.data) as Record<string, unknown>;
+            assert.deepEqual(Object.keys(data), ['env'], `job ${key} carries only the envelope`);
+          }
+        } else if (type === 'list') dump.push(JSON.stringify(await r.lrange(key, 0, -1)));
+        else if (type === 'set') dump.push(JSON.stringify(await r.smembers(key)));
+        else if (type === 'zset') dump.push(JSON.stringify(await r.zrange(key, 0, -1, 'WITHSCORES')));
+        else if (type === 'stream') dump.push(JSON.stringify(await r.xrange(key, '-', '+')));
+        else dump.push(`<${type}>`);
+      }
+      assert.ok(jobs >= 3, `expected kept jobs in Redis, saw ${jobs}`);
+      const all = dump.join('\n');
+      assert.ok(all.length > 10_000);
+      for (const needle of [PATIENT_NAME, 'Zebulon', 'Quixotefeather', 'diagnosis']) {
+        assert.ok(!all.includes(needle), `Redis contains ${needle}`);
+        assert.ok(!all.includes(Buffer.from(needle).toString('base64url')), `Redis contains base64url ${needle}`);
+      }
+      assert.ok(!JSON.stringify(mesh.logs).includes(PATIENT_NAME));
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(f) an applyRemote that throws is retried with backoff; one that keeps throwing ends failed', async () => {
+    const mesh = new Mesh(['a', 'b'], { attempts: 3, backoffMs: 40 });
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      const B = mesh.node('b');
+      B.replica.failNext = 1;
+      A.tide.publish([A.replica.set('Patient/retry', { name: PATIENT_NAME })]);
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.json('Patient/retry'), { name: PATIENT_NAME });
+      assert.equal(B.tide.stats().applyFailures, 1);
+      assert.equal(B.replica.applyCalls, 2);
+      assert.equal(B.tide.stats().messagesReceived, 1);
+
+      B.replica.failNext = 100;
+      A.tide.publish([A.replica.set('Patient/doomed', { name: 'x' })]);
+      await mesh.quiesce();
+      const inbox = mesh.inbox('b');
+      const [failed] = await inbox.getJobs(['failed']);
+      assert.equal(failed?.attemptsMade, 3);
+      assert.match(failed?.failedReason ?? '', /^applyRemote failed: Error: simulated store outage/);
+      assert.equal(B.tide.stats().applyFailures, 4);
+      assert.equal(B.replica.json('Patient/doomed'), undefined);
+      assert.ok(mesh.logs.some((l) => l.level === 'error' && l.msg === 'tide: inbox job failed for good'));
+
+      // after the outage, anti-entropy repairs what the failed job carried
+      B.replica.failNext = 0;
+      await A.tide.runAntiEntropy();
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.json('Patient/doomed'), { name: 'x' });
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(g) throughput: 2000 updates of 500 resources, A → B', async (t) => {
+    const mesh = new Mesh(['a', 'b']);
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      const B = mesh.node('b');
+      const ups: ResourceUpdate[] = [];
+      for (let i = 0; i < 2000; i++) {
+        ups.push(A.replica.set(`Observation/obs-${i % 500}`, { value: String(i), unit: 'mmol/L' }));
+      }
+      const t0 = performance.now();
+      for (const u of ups) A.tide.publish([u]);
+      await A.tide.flush();
+      const t1 = performance.now();
+      await mesh.quiesce();
+      const t2 = performance.now();
+      assert.deepEqual(B.replica.snapshot(), A.replica.snapshot());
+      const s = A.tide.stats();
+      t.diagnostic(
+        `2000 updates → ${s.messagesSent} envelopes (${s.updatesSent} merged updates, ${s.bytesSent} bytes); ` +
+          `sealed+enqueued in ${(t1 - t0).toFixed(0)} ms, replicated in ${(t2 - t0).toFixed(0)} ms ` +
+          `(${((2000 / (t2 - t0)) * 1000).toFixed(0)} updates/s)`,
+      );
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+});
+
+after(() => {
+  // nothing global to close: every test closes its own connections (the process must exit by itself)
+});
