@@ -8,7 +8,10 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
@@ -154,9 +157,12 @@ class Mesh {
   readonly overrides: Partial<TideOptions>;
   readonly #opened: { close(): Promise<unknown> }[] = [];
 
-  constructor(names: NodeName[], overrides: Partial<TideOptions> = {}) {
+  readonly urls: Record<NodeName, string>;
+
+  constructor(names: NodeName[], overrides: Partial<TideOptions> = {}, urls: Partial<Record<NodeName, string>> = {}) {
     this.names = names;
     this.overrides = overrides;
+    this.urls = { a: urlOf(DBS.a), b: urlOf(DBS.b), c: urlOf(DBS.c), ...urls };
   }
 
   node(name: NodeName): TestNode {
@@ -170,11 +176,11 @@ class Mesh {
     const replica = this.nodes.get(name)?.replica ?? new DocReplica(KEYS[name].secretKeys.nodeId);
     const tide = new Tide({
       self: KEYS[name].secretKeys,
-      redisUrl: urlOf(DBS[name]),
+      redisUrl: this.urls[name],
       prefix: this.prefix,
       peers: this.names
         .filter((p) => p !== name)
-        .map((p) => ({ nodeId: KEYS[p].publicKeys.nodeId, redisUrl: urlOf(DBS[p]), publicKeys: KEYS[p].publicKeys })),
+        .map((p) => ({ nodeId: KEYS[p].publicKeys.nodeId, redisUrl: this.urls[p], publicKeys: KEYS[p].publicKeys })),
       replica,
       logger: captureLogger(this.logs),
       antiEntropyIntervalMs: 0,
@@ -184,7 +190,7 @@ class Mesh {
       ...extra,
     });
     await tide.start();
-    const node: TestNode = { name, url: urlOf(DBS[name]), replica, tide };
+    const node: TestNode = { name, url: this.urls[name], replica, tide };
     this.nodes.set(name, node);
     return node;
   }
@@ -196,22 +202,22 @@ class Mesh {
   /** A BullMQ Queue handle on `name`'s inbox, closed by cleanup(). */
   inbox(name: NodeName): Queue {
     const q = new Queue(inboxQueueName(KEYS[name].secretKeys.nodeId), {
-      connection: { url: urlOf(DBS[name]) },
+      connection: { url: this.urls[name] },
       prefix: this.prefix,
     });
     this.#opened.push(q);
     return q;
   }
 
-  readonly #redis = new Map<number, Redis>();
+  readonly #redis = new Map<string, Redis>();
 
-  /** A plain ioredis connection to `db` (one per db), closed by cleanup(). */
-  redis(db: number): Redis {
-    let r = this.#redis.get(db);
+  /** A plain ioredis connection to `url` (one per url), closed by cleanup(). */
+  redis(url: string): Redis {
+    let r = this.#redis.get(url);
     if (!r) {
-      const created = new Redis(urlOf(db));
+      const created = new Redis(url);
       this.#opened.push({ close: () => created.quit() });
-      this.#redis.set(db, created);
+      this.#redis.set(url, created);
       r = created;
     }
     return r;
@@ -231,15 +237,15 @@ class Mesh {
   }
 
   /** Every key of this test's prefix on every node's db. */
-  async allKeys(): Promise<{ db: number; key: string }[]> {
-    const out: { db: number; key: string }[] = [];
+  async allKeys(): Promise<{ url: string; key: string }[]> {
+    const out: { url: string; key: string }[] = [];
     for (const name of this.names) {
-      const r = this.redis(DBS[name]);
+      const r = this.redis(this.urls[name]);
       let cursor = '0';
       do {
         const [next, keys] = await r.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 1000);
         cursor = next;
-        for (const key of keys) out.push({ db: DBS[name], key });
+        for (const key of keys) out.push({ url: this.urls[name], key });
       } while (cursor !== '0');
     }
     return out;
@@ -249,8 +255,8 @@ class Mesh {
     for (const n of this.nodes.values()) await n.tide.stop();
     const keys = await this.allKeys();
     for (const name of this.names) {
-      const mine = keys.filter((k) => k.db === DBS[name]).map((k) => k.key);
-      if (mine.length > 0) await this.redis(DBS[name]).del(...mine);
+      const mine = keys.filter((k) => k.url === this.urls[name]).map((k) => k.key);
+      if (mine.length > 0) await this.redis(this.urls[name]).del(...mine);
     }
     for (const c of this.#opened.splice(0)) await c.close();
     this.#redis.clear();
@@ -277,6 +283,41 @@ function tamper(env: string, field: string): string {
   const i = Math.floor(v.length / 2);
   obj[field] = v.slice(0, i) + (v[i] === 'A' ? 'B' : 'A') + v.slice(i + 1);
   return JSON.stringify(obj);
+}
+
+const HAVE_REDIS_SERVER = spawnSync('redis-server', ['--version']).status === 0;
+
+/** Starts a throw-away redis-server on `port` (no persistence) and waits until it answers. */
+async function startRedisServer(port: number): Promise<ChildProcess> {
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' },
+  );
+  await waitFor(
+    `redis-server on ${port}`,
+    async () => {
+      const r = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      r.on('error', () => {});
+      try {
+        await r.connect();
+        return (await r.ping()) === 'PONG';
+      } catch {
+        return false;
+      } finally {
+        r.disconnect();
+      }
+    },
+    5000,
+  );
+  return child;
+}
+
+async function killRedisServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGKILL');
+  await exited;
 }
 
 // ------------------------------------------------------------------ codec
@@ -588,8 +629,8 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
 
       const dump: string[] = [];
       let jobs = 0;
-      for (const { db, key } of await mesh.allKeys()) {
-        const r = mesh.redis(db);
+      for (const { url, key } of await mesh.allKeys()) {
+        const r = mesh.redis(url);
         const type = await r.type(key);
         dump.push(key);
         if (type === 'string') dump.push((await r.get(key)) ?? '');
@@ -652,6 +693,82 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       assert.deepEqual(B.replica.json('Patient/doomed'), { name: 'x' });
     } finally {
       await mesh.cleanup();
+    }
+  });
+
+  test('(h) an unreachable peer neither blocks the others nor stop()', async () => {
+    const mesh = new Mesh(['a', 'b']);
+    try {
+      const B = await mesh.start('b');
+      const A = await mesh.start('a', {
+        peers: [
+          { nodeId: 'hosp-b', redisUrl: B.url, publicKeys: KEYS.b.publicKeys },
+          // nothing listens on port 1
+          { nodeId: 'hosp-c', redisUrl: 'redis://127.0.0.1:1/0', publicKeys: KEYS.c.publicKeys },
+        ],
+        attempts: 2,
+        backoffMs: 20,
+        sendTimeoutMs: 300,
+        peerDownMs: 60_000,
+        stopTimeoutMs: 2000,
+      });
+      A.tide.publish([A.replica.set('Patient/live', { name: PATIENT_NAME })]);
+      await waitFor('B converges', () => B.replica.json('Patient/live') !== undefined, 5000);
+      await A.tide.flush(); // resolves once hosp-c is given up
+      assert.equal(A.tide.stats().sendFailures, 1);
+      assert.ok(mesh.logs.some((l) => l.level === 'error' && l.obj.peer === 'hosp-c'));
+
+      // hosp-c is now marked down: its messages are dropped at once, hosp-b still gets everything
+      const t0 = Date.now();
+      A.tide.publish([A.replica.set('Patient/live', { gender: 'male' })]);
+      await A.tide.runAntiEntropy();
+      await A.tide.flush();
+      assert.ok(Date.now() - t0 < 1000, 'no waiting on a peer marked down');
+      assert.equal(A.tide.stats().sendFailures, 3);
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.json('Patient/live'), { name: PATIENT_NAME, gender: 'male' });
+
+      const t1 = Date.now();
+      await A.tide.stop();
+      assert.ok(Date.now() - t1 < 3000, 'stop() is bounded');
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(i) a peer whose Redis dies and comes back (empty) is repaired by anti-entropy', { skip: !HAVE_REDIS_SERVER }, async () => {
+    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    let server = await startRedisServer(port);
+    const mesh = new Mesh(
+      ['a', 'b'],
+      { attempts: 2, backoffMs: 20, sendTimeoutMs: 500, peerDownMs: 300, stopTimeoutMs: 3000 },
+      { b: `redis://127.0.0.1:${port}/0` },
+    );
+    try {
+      await mesh.startAll();
+      const A = mesh.node('a');
+      const B = mesh.node('b');
+      A.tide.publish([A.replica.set('Patient/r-1', { name: PATIENT_NAME })]);
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.json('Patient/r-1'), { name: PATIENT_NAME });
+
+      await killRedisServer(server);
+      A.tide.publish([A.replica.set('Patient/r-2', { name: 'written while B was down' })]);
+      await A.tide.flush();
+      assert.equal(A.tide.stats().sendFailures, 1);
+
+      server = await startRedisServer(port); // same port, no data: B's inbox is gone
+      await sleep(350); // > peerDownMs
+      A.tide.publish([A.replica.set('Patient/r-3', { name: 'after the outage' })]);
+      await waitFor('B worker reconnected', () => B.replica.json('Patient/r-3') !== undefined);
+      // r-2 was never added: A saw B's Redis disconnected and failed fast (nothing parked in ioredis)
+      assert.equal(B.replica.json('Patient/r-2'), undefined);
+      await A.tide.runAntiEntropy();
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.snapshot(), A.replica.snapshot());
+    } finally {
+      await mesh.cleanup();
+      await killRedisServer(server);
     }
   });
 

@@ -186,7 +186,8 @@ function checkSealInput(input: SealInput, sender: NodeSecretKeys, recipient: Nod
  * @param input - kind, messageId, resources (`Type/id`), plaintext bytes, createdAt (ms since epoch, default now).
  * @param sender - This node's secret keys (only nodeId, sigKeyId and sigSecretKey are used).
  * @param recipient - The recipient's public keys (nodeId, kemKeyId, kemPublicKey are used).
- * @returns The serialized envelope (ASCII JSON text, ~ 4/3 × (plaintext + 4.5 KiB) characters).
+ * @returns The serialized envelope: ASCII JSON text of about 4/3 × (plaintext bytes + ~4.8 KB) characters
+ *   (ek 1120 + iv 12 + tag 16 + sig 3309 bytes + header).
  * @throws `TypeError` when the input or keys are invalid (bad kind/messageId/resources pattern,
  *   wrong key lengths, recipient kid not matching its key). Never an {@link EnvelopeError}.
  */

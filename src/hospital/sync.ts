@@ -124,7 +124,9 @@ export class HospitalSync {
         this.written++;
         return;
       } catch (err) {
-        if (attempt >= this.maxAttempts) {
+        // A refusal (HTTP 4xx other than 408/429) fails the same way every time: do not retry it.
+        const permanent = (err as { code?: string }).code === 'ERR_HOSPITAL_REJECTED';
+        if (permanent || attempt >= this.maxAttempts) {
           const e = err as { code?: string; status?: number; name?: string };
           this.failed.set(key, `${e.code ?? e.name ?? 'Error'}${e.status ? ` (HTTP ${e.status})` : ''}`);
           this.onFailure?.(key, err);

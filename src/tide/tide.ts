@@ -14,6 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue, UnrecoverableError, Worker } from 'bullmq';
+import { Redis } from 'ioredis';
 import type { Job } from 'bullmq';
 import * as Y from 'yjs';
 import { EnvelopeError, open, seal } from '../envelope/index.ts';
@@ -48,6 +49,10 @@ const MAX_HEADER_RESOURCES = 10_000;
 const KEEP_COMPLETED = { age: 3600, count: 1000 } as const;
 /** Failed inbox jobs (rejected or out of attempts) are kept for inspection: 7 days, at most 10 000. */
 const KEEP_FAILED = { age: 7 * 24 * 3600, count: 10_000 } as const;
+/** At most this many envelopes wait in one peer's send chain; more are dropped (anti-entropy repairs). */
+const MAX_QUEUED_SENDS_PER_PEER = 1000;
+/** Repeated warnings of one kind are logged at most once per this many ms. */
+const LOG_RATE_LIMIT_MS = 30_000;
 /** Job scheduler id / job name of the periodic anti-entropy job on the control queue. */
 const AE_SCHEDULER_ID = 'anti-entropy';
 
@@ -64,9 +69,15 @@ interface Outbox {
 
 interface PeerLink {
   config: PeerConfig;
+  /** ioredis connection to the peer's Redis (shared with `queue`, closed by Tide). */
+  client: Redis;
   /** Queue `inbox-<peerId>` on the peer's Redis. */
   queue: Queue<InboxJobData>;
   outbox: Outbox;
+  /** Sends chained and not finished. */
+  queued: number;
+  /** Until this time (ms since epoch) the peer is considered down and sends to it are dropped. */
+  downUntil: number;
   /** Tail of this peer's send chain: envelopes are sealed and added one at a time, in order. */
   chain: Promise<void>;
 }
@@ -122,6 +133,12 @@ export class Tide {
   readonly #attempts: number;
   readonly #backoffMs: number;
   readonly #lockDurationMs: number;
+  readonly #sendTimeoutMs: number;
+  readonly #peerDownMs: number;
+  readonly #stopTimeoutMs: number;
+  readonly #lastWarn = new Map<string, number>();
+  /** Set when stop() ran out of time: remaining sends are dropped. */
+  #abandon = false;
   readonly #peerConfigs: PeerConfig[];
   readonly #peerKeys: ReadonlyMap<string, NodePublicKeys>;
   readonly #links = new Map<string, PeerLink>();
@@ -166,6 +183,9 @@ export class Tide {
     this.#attempts = positiveInt('attempts', opts.attempts ?? 5);
     this.#backoffMs = nonNegativeInt('backoffMs', opts.backoffMs ?? 1000);
     this.#lockDurationMs = positiveInt('lockDurationMs', opts.lockDurationMs ?? 60_000);
+    this.#sendTimeoutMs = positiveInt('sendTimeoutMs', opts.sendTimeoutMs ?? 5000);
+    this.#peerDownMs = nonNegativeInt('peerDownMs', opts.peerDownMs ?? 30_000);
+    this.#stopTimeoutMs = positiveInt('stopTimeoutMs', opts.stopTimeoutMs ?? 10_000);
 
     const selfId = this.#self.nodeId;
     if (!NODE_ID_RE.test(selfId)) throw new TypeError(`Tide: invalid node id ${JSON.stringify(selfId)}`);
@@ -208,22 +228,37 @@ export class Tide {
     this.#state = 'starting';
     const prefix = this.#prefix;
     for (const config of this.#peerConfigs) {
-      const queue = new Queue<InboxJobData>(inboxQueueName(config.nodeId), {
-        connection: { url: config.redisUrl },
-        prefix,
+      // Our own ioredis client, so that a send can see synchronously whether the peer's Redis
+      // is connected and fail fast instead of parking envelopes in ioredis' offline queue.
+      const client = new Redis(config.redisUrl, {
+        maxRetriesPerRequest: 1,
+        retryStrategy: (times: number) => Math.min(250 * times, 5000),
+        // ioredis waits disconnectTimeout (default 2 s) for a socket that never connected to close
+        disconnectTimeout: 500,
       });
-      queue.on('error', (err) => this.#log.warn({ peer: config.nodeId, err: errText(err) }, 'tide: peer queue error'));
+      client.on('error', (err: unknown) =>
+        this.#warnRateLimited(`rerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer Redis error'),
+      );
+      const queue = new Queue<InboxJobData>(inboxQueueName(config.nodeId), { connection: client, prefix });
+      queue.on('error', (err) =>
+        this.#warnRateLimited(`qerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer queue error'),
+      );
       this.#links.set(config.nodeId, {
         config,
+        client,
         queue,
         outbox: { items: [], bytes: 0, timer: undefined },
+        queued: 0,
+        downUntil: 0,
         chain: Promise.resolve(),
       });
     }
 
     const inboxName = inboxQueueName(this.nodeId);
     this.#inboxQueue = new Queue<InboxJobData>(inboxName, { connection: { url: this.#redisUrl }, prefix });
-    this.#inboxQueue.on('error', (err) => this.#log.warn({ err: errText(err) }, 'tide: inbox queue error'));
+    this.#inboxQueue.on('error', (err) =>
+      this.#warnRateLimited('qerr:inbox', { err: errText(err) }, 'tide: inbox queue error'),
+    );
     this.#inboxWorker = new Worker<InboxJobData>(inboxName, (job) => this.#processInbox(job), {
       connection: { url: this.#redisUrl },
       prefix,
@@ -232,12 +267,16 @@ export class Tide {
       removeOnComplete: KEEP_COMPLETED,
       removeOnFail: KEEP_FAILED,
     });
-    this.#inboxWorker.on('error', (err) => this.#log.warn({ err: errText(err) }, 'tide: inbox worker error'));
+    this.#inboxWorker.on('error', (err) =>
+      this.#warnRateLimited('werr:inbox', { err: errText(err) }, 'tide: inbox worker error'),
+    );
     this.#inboxWorker.on('failed', (job, err) => this.#onInboxFailed(job, err));
 
     const controlName = controlQueueName(this.nodeId);
     this.#controlQueue = new Queue(controlName, { connection: { url: this.#redisUrl }, prefix });
-    this.#controlQueue.on('error', (err) => this.#log.warn({ err: errText(err) }, 'tide: control queue error'));
+    this.#controlQueue.on('error', (err) =>
+      this.#warnRateLimited('qerr:control', { err: errText(err) }, 'tide: control queue error'),
+    );
     if (this.#aeIntervalMs > 0) {
       this.#controlWorker = new Worker(controlName, () => this.runAntiEntropy(), {
         connection: { url: this.#redisUrl },
@@ -245,7 +284,9 @@ export class Tide {
         concurrency: 1,
         lockDuration: this.#lockDurationMs,
       });
-      this.#controlWorker.on('error', (err) => this.#log.warn({ err: errText(err) }, 'tide: control worker error'));
+      this.#controlWorker.on('error', (err) =>
+        this.#warnRateLimited('werr:control', { err: errText(err) }, 'tide: control worker error'),
+      );
       this.#controlWorker.on('failed', (_job, err) =>
         this.#log.warn({ err: errText(err) }, 'tide: scheduled anti-entropy failed'),
       );
@@ -293,8 +334,14 @@ export class Tide {
     }
     this.#state = 'stopping';
     await Promise.allSettled([this.#controlWorker?.close(), this.#inboxWorker?.close()]);
-    await this.#drainOutgoing();
+    const drained = this.#drainOutgoing().then(() => true);
+    if (!(await Promise.race([drained, sleep(this.#stopTimeoutMs, false, { ref: false })]))) {
+      this.#abandon = true; // unsent batches are dropped; anti-entropy repairs them
+      this.#log.warn({ node: this.nodeId, pending: this.#inflight }, 'tide: stop timed out sending, dropping the rest');
+    }
     await this.#closeAll();
+    // in-flight adds fail once their connections are closed; wait for the chains to settle
+    await Promise.race([drained.catch(() => false), sleep(this.#stopTimeoutMs, false, { ref: false })]);
     this.#state = 'stopped';
     this.#log.info({ node: this.nodeId }, 'tide: stopped');
   }
@@ -432,9 +479,13 @@ export class Tide {
   }
 
   /**
-   * Chains one send on the peer's chain: seal (CPU, a few ms) then `queue.add` with
-   * jobId = messageId, retried `attempts` times (the same jobId makes a retry after a lost
-   * reply a no-op, https://docs.bullmq.io/guide/jobs/job-ids). Never rejects.
+   * Chains one send on the peer's chain: seal (CPU-bound, tens of ms with the pure-JS
+   * post-quantum code) then `queue.add` with jobId = messageId. Each `add` try is bounded by
+   * `sendTimeoutMs`; failed tries are repeated up to `attempts` times with exponential backoff,
+   * always with the same jobId, so a try whose reply was lost (or that completes late) never
+   * duplicates the job (https://docs.bullmq.io/guide/jobs/job-ids). After the last try the peer
+   * is considered down for `peerDownMs`: sends to it are dropped at once (anti-entropy repairs
+   * them), so a dead peer neither blocks the others nor piles up memory. Never rejects.
    */
   #send(
     peerId: string,
@@ -445,9 +496,20 @@ export class Tide {
   ): Promise<void> {
     const link = this.#links.get(peerId);
     if (!link) return Promise.resolve();
+    if (link.queued >= MAX_QUEUED_SENDS_PER_PEER) {
+      this.#stats.sendFailures++;
+      this.#warnRateLimited(`backlog:${peerId}`, { peer: peerId, kind }, 'tide: peer backlog full, message dropped');
+      return Promise.resolve();
+    }
+    link.queued++;
     this.#inflight++;
     const run = async (): Promise<void> => {
-      // yield first, so that publish() never pays for sealing
+      if (Date.now() < link.downUntil || this.#abandon) {
+        this.#stats.sendFailures++;
+        this.#warnRateLimited(`down:${peerId}`, { peer: peerId, kind }, 'tide: peer down, message dropped');
+        return;
+      }
+      // yield first, so that publish() and the inbox job never pay for sealing
       await new Promise<void>((resolve) => setImmediate(resolve));
       const messageId = randomUUID();
       let env: string;
@@ -461,24 +523,27 @@ export class Tide {
       }
       for (let attempt = 1; ; attempt++) {
         try {
-          await link.queue.add(kind, { env }, {
+          if (link.client.status !== 'ready') throw new Error(`peer Redis not connected (${link.client.status})`);
+          const added = link.queue.add(kind, { env }, {
             jobId: messageId,
             attempts: this.#attempts,
             backoff: { type: 'exponential', delay: this.#backoffMs },
             removeOnComplete: KEEP_COMPLETED,
             removeOnFail: KEEP_FAILED,
           });
+          await withTimeout(added, this.#sendTimeoutMs, 'queue.add timed out');
+          link.downUntil = 0;
           this.#stats.messagesSent++;
           this.#stats.bytesSent += env.length;
           this.#stats.updatesSent += updateCount;
           return;
         } catch (err) {
-          const closing = this.#state === 'stopped';
-          if (attempt >= this.#attempts || closing) {
+          if (attempt >= this.#attempts || this.#abandon) {
             this.#stats.sendFailures++;
+            link.downUntil = Date.now() + this.#peerDownMs;
             this.#log.error(
               { peer: peerId, kind, messageId, attempt, err: errText(err) },
-              'tide: giving up sending; anti-entropy will repair',
+              'tide: giving up sending; peer marked down, anti-entropy will repair',
             );
             return;
           }
@@ -488,6 +553,7 @@ export class Tide {
       }
     };
     const p = link.chain.then(run).finally(() => {
+      link.queued--;
       this.#inflight--;
     });
     link.chain = p;
@@ -504,6 +570,14 @@ export class Tide {
     }
   }
 
+  #warnRateLimited(topic: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    const last = this.#lastWarn.get(topic);
+    if (last !== undefined && now - last < LOG_RATE_LIMIT_MS) return;
+    this.#lastWarn.set(topic, now);
+    this.#log.warn(fields, msg);
+  }
+
   async #closeAll(): Promise<void> {
     for (const l of this.#links.values()) {
       if (l.outbox.timer !== undefined) clearTimeout(l.outbox.timer);
@@ -514,7 +588,10 @@ export class Tide {
     if (this.#inboxWorker) closing.push(this.#inboxWorker.close());
     if (this.#controlQueue) closing.push(this.#controlQueue.close());
     if (this.#inboxQueue) closing.push(this.#inboxQueue.close());
-    for (const l of this.#links.values()) closing.push(l.queue.close());
+    for (const l of this.#links.values()) {
+      // the peer client is ours (BullMQ does not close connections it was given)
+      closing.push(l.queue.close().finally(() => closeClient(l.client)));
+    }
     const results = await Promise.allSettled(closing);
     for (const r of results) {
       if (r.status === 'rejected') this.#log.warn({ err: errText(r.reason) }, 'tide: close failed');
@@ -664,6 +741,30 @@ function mergeByKey(items: readonly ResourceUpdate[]): ResourceUpdate[] {
     }
   }
   return out;
+}
+
+/** QUIT when connected (bounded by 1 s), else just drop the socket. */
+async function closeClient(client: Redis): Promise<void> {
+  if (client.status === 'end') return;
+  if (client.status !== 'ready') {
+    client.disconnect();
+    return;
+  }
+  try {
+    await withTimeout(client.quit(), 1000, 'quit timed out');
+  } catch {
+    client.disconnect();
+  }
+}
+
+/** Resolves/rejects like `p`, or rejects after `ms` ms (`p` keeps running; its rejection is swallowed). */
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  p.catch(() => {});
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 function errText(err: unknown): string {

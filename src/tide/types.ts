@@ -92,6 +92,12 @@ export interface TideOptions {
   backoffMs?: number;
   /** Inbox worker lock duration (ms); crypto is CPU-bound so it is generous. Default 60000. */
   lockDurationMs?: number;
+  /** Max wait (ms) for one `queue.add` try on a peer's Redis before it counts as failed. Default 5000. */
+  sendTimeoutMs?: number;
+  /** After a message to a peer is given up, further sends to it are dropped for this long (ms). Default 30000. */
+  peerDownMs?: number;
+  /** Max time (ms) `stop()` spends sending pending batches before dropping them. Default 10000. */
+  stopTimeoutMs?: number;
 }
 
 /** Counters since construction. Bytes are UTF-16 code units of the envelope strings (= bytes: they are ASCII). */
@@ -112,7 +118,11 @@ export interface TideStats {
   rejected: Record<string, number>;
   /** Failed `replica.applyRemote` calls (each attempt counts). */
   applyFailures: number;
-  /** Messages given up after `attempts` failed `queue.add` tries (anti-entropy repairs them later). */
+  /**
+   * Messages not delivered to a peer's inbox: given up after `attempts` failed `queue.add` tries,
+   * dropped while the peer is marked down or its backlog is full, or left when `stop()` timed
+   * out. Anti-entropy repairs them later.
+   */
   sendFailures: number;
   /** Completed `runAntiEntropy()` calls (manual or scheduled). */
   antiEntropyRuns: number;

@@ -1,0 +1,3 @@
+export async function serve(_config: string): Promise<void> {
+  throw new Error('serve: not written yet');
+}
