@@ -139,6 +139,8 @@ export class Tide {
   readonly #lastWarn = new Map<string, number>();
   /** Set when stop() ran out of time: remaining sends are dropped. */
   #abandon = false;
+  #starting: Promise<void> | undefined;
+  #stopping: Promise<void> | undefined;
   readonly #peerConfigs: PeerConfig[];
   readonly #peerKeys: ReadonlyMap<string, NodePublicKeys>;
   readonly #links = new Map<string, PeerLink>();
@@ -223,9 +225,14 @@ export class Tide {
    * Resolves once the own Redis connections are ready (peers' Redis may still be connecting).
    * @throws Error when called twice, or when the own Redis cannot be reached.
    */
-  async start(): Promise<void> {
-    if (this.#state !== 'new') throw new Error(`Tide ${this.nodeId}: start() called when ${this.#state}`);
+  start(): Promise<void> {
+    if (this.#state !== 'new') return Promise.reject(new Error(`Tide ${this.nodeId}: start() called when ${this.#state}`));
     this.#state = 'starting';
+    this.#starting = this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
     const prefix = this.#prefix;
     for (const config of this.#peerConfigs) {
       // Our own ioredis client, so that a send can see synchronously whether the peer's Redis
@@ -326,12 +333,19 @@ export class Tide {
    * connections Tide opened are closed afterwards. Idempotent. The job scheduler stays in
    * Redis, so the node resumes its schedule on the next start.
    */
-  async stop(): Promise<void> {
-    if (this.#state === 'stopped' || this.#state === 'stopping') return;
+  stop(): Promise<void> {
+    if (this.#stopping) return this.#stopping;
+    this.#stopping = this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
     if (this.#state === 'new') {
       this.#state = 'stopped';
       return;
     }
+    if (this.#state === 'starting') await this.#starting?.catch(() => {});
+    if (this.#state === 'stopped') return; // start() failed and cleaned up
     this.#state = 'stopping';
     await Promise.allSettled([this.#controlWorker?.close(), this.#inboxWorker?.close()]);
     const drained = this.#drainOutgoing().then(() => true);
