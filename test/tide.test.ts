@@ -6,12 +6,14 @@
  * random key prefix and deletes its keys, and closes every connection it opened.
  * Redis: TIDE_TEST_REDIS_URL, default redis://127.0.0.1:6379.
  */
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
@@ -312,6 +314,17 @@ async function startRedisServer(port: number): Promise<ChildProcess> {
   return child;
 }
 
+/** A TCP port that was free a moment ago (the OS picks it). */
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const { port } = srv.address() as AddressInfo;
+  srv.close();
+  await once(srv, 'close');
+  return port;
+}
+
 async function killRedisServer(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = once(child, 'exit');
@@ -431,6 +444,31 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       await mesh.quiesce();
       assert.deepEqual(B.replica.snapshot(), A.replica.snapshot());
       assert.deepEqual(B.replica.json('Observation/o-39'), { value: '119' });
+    } finally {
+      await mesh.cleanup();
+    }
+  });
+
+  test('(a3) updates published before start() are sent once started', async () => {
+    const mesh = new Mesh(['a', 'b']);
+    try {
+      const B = await mesh.start('b');
+      const replica = new DocReplica('hosp-a');
+      const early = new Tide({
+        self: KEYS.a.secretKeys,
+        redisUrl: mesh.urls.a,
+        prefix: mesh.prefix,
+        peers: [{ nodeId: 'hosp-b', redisUrl: mesh.urls.b, publicKeys: KEYS.b.publicKeys }],
+        replica,
+        logger: captureLogger(mesh.logs),
+        antiEntropyIntervalMs: 0,
+      });
+      early.publish([replica.set('Patient/early', { name: 'before start' })]);
+      await early.start();
+      mesh.nodes.set('a', { name: 'a', url: mesh.urls.a, replica, tide: early });
+      await mesh.quiesce();
+      assert.deepEqual(B.replica.json('Patient/early'), { name: 'before start' });
+      await assert.rejects(early.start(), /start\(\) called when running/);
     } finally {
       await mesh.cleanup();
     }
@@ -736,7 +774,7 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
   });
 
   test('(i) a peer whose Redis dies and comes back (empty) is repaired by anti-entropy', { skip: !HAVE_REDIS_SERVER }, async () => {
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const port = await freePort();
     let server = await startRedisServer(port);
     const mesh = new Mesh(
       ['a', 'b'],
@@ -804,8 +842,4 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       await mesh.cleanup();
     }
   });
-});
-
-after(() => {
-  // nothing global to close: every test closes its own connections (the process must exit by itself)
 });

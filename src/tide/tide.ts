@@ -69,10 +69,10 @@ interface Outbox {
 
 interface PeerLink {
   config: PeerConfig;
-  /** ioredis connection to the peer's Redis (shared with `queue`, closed by Tide). */
-  client: Redis;
-  /** Queue `inbox-<peerId>` on the peer's Redis. */
-  queue: Queue<InboxJobData>;
+  /** ioredis connection to the peer's Redis (shared with `queue`, closed by Tide); set by start(). */
+  client: Redis | undefined;
+  /** Queue `inbox-<peerId>` on the peer's Redis; set by start(). */
+  queue: Queue<InboxJobData> | undefined;
   outbox: Outbox;
   /** Sends chained and not finished. */
   queued: number;
@@ -209,6 +209,17 @@ export class Tide {
     }
     this.#peerConfigs = [...opts.peers];
     this.#peerKeys = keys;
+    for (const config of this.#peerConfigs) {
+      this.#links.set(config.nodeId, {
+        config,
+        client: undefined,
+        queue: undefined,
+        outbox: { items: [], bytes: 0, timer: undefined },
+        queued: 0,
+        downUntil: 0,
+        chain: Promise.resolve(),
+      });
+    }
   }
 
   /** This node's id. */
@@ -233,87 +244,90 @@ export class Tide {
   }
 
   async #start(): Promise<void> {
-    const prefix = this.#prefix;
-    for (const config of this.#peerConfigs) {
-      // Our own ioredis client, so that a send can see synchronously whether the peer's Redis
-      // is connected and fail fast instead of parking envelopes in ioredis' offline queue.
-      const client = new Redis(config.redisUrl, {
-        maxRetriesPerRequest: 1,
-        retryStrategy: (times: number) => Math.min(250 * times, 5000),
-        // ioredis waits disconnectTimeout (default 2 s) for a socket that never connected to close
-        disconnectTimeout: 500,
-      });
-      client.on('error', (err: unknown) =>
-        this.#warnRateLimited(`rerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer Redis error'),
-      );
-      const queue = new Queue<InboxJobData>(inboxQueueName(config.nodeId), { connection: client, prefix });
-      queue.on('error', (err) =>
-        this.#warnRateLimited(`qerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer queue error'),
-      );
-      this.#links.set(config.nodeId, {
-        config,
-        client,
-        queue,
-        outbox: { items: [], bytes: 0, timer: undefined },
-        queued: 0,
-        downUntil: 0,
-        chain: Promise.resolve(),
-      });
-    }
+    try {
+      const prefix = this.#prefix;
+      for (const config of this.#peerConfigs) {
+        // Our own ioredis client, so that a send can see synchronously whether the peer's Redis
+        // is connected and fail fast instead of parking envelopes in ioredis' offline queue.
+        const client = new Redis(config.redisUrl, {
+          maxRetriesPerRequest: 1,
+          retryStrategy: (times: number) => Math.min(250 * times, 5000),
+          // ioredis waits disconnectTimeout (default 2 s) for a socket that never connected to close
+          disconnectTimeout: 500,
+        });
+        client.on('error', (err: unknown) =>
+          this.#warnRateLimited(`rerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer Redis error'),
+        );
+        const queue = new Queue<InboxJobData>(inboxQueueName(config.nodeId), { connection: client, prefix });
+        queue.on('error', (err) =>
+          this.#warnRateLimited(`qerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer queue error'),
+        );
+        const link = this.#links.get(config.nodeId);
+        if (link) {
+          link.client = client;
+          link.queue = queue;
+        }
+      }
 
-    const inboxName = inboxQueueName(this.nodeId);
-    this.#inboxQueue = new Queue<InboxJobData>(inboxName, { connection: { url: this.#redisUrl }, prefix });
-    this.#inboxQueue.on('error', (err) =>
-      this.#warnRateLimited('qerr:inbox', { err: errText(err) }, 'tide: inbox queue error'),
-    );
-    this.#inboxWorker = new Worker<InboxJobData>(inboxName, (job) => this.#processInbox(job), {
-      connection: { url: this.#redisUrl },
-      prefix,
-      concurrency: 1,
-      lockDuration: this.#lockDurationMs,
-      removeOnComplete: KEEP_COMPLETED,
-      removeOnFail: KEEP_FAILED,
-    });
-    this.#inboxWorker.on('error', (err) =>
-      this.#warnRateLimited('werr:inbox', { err: errText(err) }, 'tide: inbox worker error'),
-    );
-    this.#inboxWorker.on('failed', (job, err) => this.#onInboxFailed(job, err));
-
-    const controlName = controlQueueName(this.nodeId);
-    this.#controlQueue = new Queue(controlName, { connection: { url: this.#redisUrl }, prefix });
-    this.#controlQueue.on('error', (err) =>
-      this.#warnRateLimited('qerr:control', { err: errText(err) }, 'tide: control queue error'),
-    );
-    if (this.#aeIntervalMs > 0) {
-      this.#controlWorker = new Worker(controlName, () => this.runAntiEntropy(), {
+      const inboxName = inboxQueueName(this.nodeId);
+      const inboxQueue = new Queue<InboxJobData>(inboxName, { connection: { url: this.#redisUrl }, prefix });
+      this.#inboxQueue = inboxQueue;
+      inboxQueue.on('error', (err) =>
+        this.#warnRateLimited('qerr:inbox', { err: errText(err) }, 'tide: inbox queue error'),
+      );
+      const inboxWorker = new Worker<InboxJobData>(inboxName, (job) => this.#processInbox(job), {
         connection: { url: this.#redisUrl },
         prefix,
         concurrency: 1,
         lockDuration: this.#lockDurationMs,
+        removeOnComplete: KEEP_COMPLETED,
+        removeOnFail: KEEP_FAILED,
       });
-      this.#controlWorker.on('error', (err) =>
-        this.#warnRateLimited('werr:control', { err: errText(err) }, 'tide: control worker error'),
+      this.#inboxWorker = inboxWorker;
+      inboxWorker.on('error', (err) =>
+        this.#warnRateLimited('werr:inbox', { err: errText(err) }, 'tide: inbox worker error'),
       );
-      this.#controlWorker.on('failed', (_job, err) =>
-        this.#log.warn({ err: errText(err) }, 'tide: scheduled anti-entropy failed'),
-      );
-    }
+      inboxWorker.on('failed', (job, err) => this.#onInboxFailed(job, err));
 
-    try {
+      const controlName = controlQueueName(this.nodeId);
+      const controlQueue = new Queue(controlName, { connection: { url: this.#redisUrl }, prefix });
+      this.#controlQueue = controlQueue;
+      controlQueue.on('error', (err) =>
+        this.#warnRateLimited('qerr:control', { err: errText(err) }, 'tide: control queue error'),
+      );
+      if (this.#aeIntervalMs > 0) {
+        const scheduled = async (): Promise<void> => {
+          await this.#starting; // a job left from an earlier run may arrive while starting
+          if (this.#state === 'running') await this.runAntiEntropy();
+        };
+        this.#controlWorker = new Worker(controlName, scheduled, {
+          connection: { url: this.#redisUrl },
+          prefix,
+          concurrency: 1,
+          lockDuration: this.#lockDurationMs,
+        });
+        this.#controlWorker.on('error', (err) =>
+          this.#warnRateLimited('werr:control', { err: errText(err) }, 'tide: control worker error'),
+        );
+        this.#controlWorker.on('failed', (_job, err) =>
+          this.#log.warn({ err: errText(err) }, 'tide: scheduled anti-entropy failed'),
+        );
+      }
+
       await Promise.all([
-        this.#inboxQueue.waitUntilReady(),
-        this.#inboxWorker.waitUntilReady(),
-        this.#controlQueue.waitUntilReady(),
+        inboxQueue.waitUntilReady(),
+        inboxWorker.waitUntilReady(),
+        controlQueue.waitUntilReady(),
         this.#controlWorker?.waitUntilReady(),
       ]);
       if (this.#aeIntervalMs > 0) {
-        await this.#controlQueue.upsertJobScheduler(
+        await controlQueue.upsertJobScheduler(
           AE_SCHEDULER_ID,
           { every: this.#aeIntervalMs },
           { name: AE_SCHEDULER_ID, data: {}, opts: { removeOnComplete: true, removeOnFail: { count: 100 } } },
         );
       } else {
-        await this.#controlQueue.removeJobScheduler(AE_SCHEDULER_ID);
+        await controlQueue.removeJobScheduler(AE_SCHEDULER_ID);
       }
     } catch (err) {
       this.#state = 'stopping';
@@ -537,8 +551,10 @@ export class Tide {
       }
       for (let attempt = 1; ; attempt++) {
         try {
-          if (link.client.status !== 'ready') throw new Error(`peer Redis not connected (${link.client.status})`);
-          const added = link.queue.add(kind, { env }, {
+          const { client, queue } = link;
+          if (!client || !queue) throw new Error('peer queue not open');
+          if (client.status !== 'ready') throw new Error(`peer Redis not connected (${client.status})`);
+          const added = queue.add(kind, { env }, {
             jobId: messageId,
             attempts: this.#attempts,
             backoff: { type: 'exponential', delay: this.#backoffMs },
@@ -604,7 +620,16 @@ export class Tide {
     if (this.#inboxQueue) closing.push(this.#inboxQueue.close());
     for (const l of this.#links.values()) {
       // the peer client is ours (BullMQ does not close connections it was given)
-      closing.push(l.queue.close().finally(() => closeClient(l.client)));
+      const { client, queue } = l;
+      closing.push(
+        (async () => {
+          try {
+            await queue?.close();
+          } finally {
+            if (client) await closeClient(client);
+          }
+        })(),
+      );
     }
     const results = await Promise.allSettled(closing);
     for (const r of results) {
