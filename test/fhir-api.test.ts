@@ -132,5 +132,6 @@ describe('FHIR REST API', () => {
   test('$conflicts lists nothing for an unconflicted resource', async () => {
     const res = await request(ctx.app).get('/fhir/Patient/p1/$conflicts').expect(200);
     assert.equal(res.body.resourceType, 'Parameters');
+    assert.equal('parameter' in res.body, false, 'no empty parameter array (FHIR forbids empty arrays)');
   });
 });

@@ -93,9 +93,9 @@ export const PATIENT_EDITS: readonly PatientEdit[] = [
 
 /** Options of {@link runMergeBench}. */
 export interface MergeBenchOptions {
-  /** Rounds run and discarded first (JIT warm-up). Default 5. */
+  /** Rounds run and discarded first (JIT warm-up). Default 3. */
   warmupRounds?: number;
-  /** Measured rounds; each round uses fresh replicas and writes every Patient. Default 30. */
+  /** Measured rounds; each round uses fresh replicas and writes every Patient. Default 15. */
   rounds?: number;
   policy?: MergePolicy;
 }
@@ -146,8 +146,8 @@ function median(xs: number[]): number {
 export function runMergeBench(patients: readonly FhirJsonObject[], opts: MergeBenchOptions = {}): MergeFigures {
   if (patients.length === 0) throw new Error('merge bench: no Patients');
   const policy = opts.policy ?? loadMergePolicy();
-  const warmup = opts.warmupRounds ?? 5;
-  const rounds = opts.rounds ?? 30;
+  const warmup = opts.warmupRounds ?? 3;
+  const rounds = opts.rounds ?? 15;
   const localEdit: number[] = [];
   const localCreate: number[] = [];
   const remoteEdit: number[] = [];

@@ -188,8 +188,11 @@ export async function runDemo(opts: DemoOptions, out: { info: (s: string) => voi
       out.info('stopping…');
     }
 
-    const patients = [...h1.node.replica.keys()].filter((k) => k.startsWith('Patient/') && !h1.node.replica.current(k)?.deleted).sort().slice(0, opts.editPatients);
-    out.info(`concurrent edits at ${net.members[0]!.name} and ${net.members[1]!.name} on ${patients.length} patients…`);
+    // In --serve mode the network was driven by hand; the scripted edits are for the plain demo.
+    const patients = opts.serve
+      ? []
+      : [...h1.node.replica.keys()].filter((k) => k.startsWith('Patient/') && !h1.node.replica.current(k)?.deleted).sort().slice(0, opts.editPatients);
+    if (patients.length > 0) out.info(`concurrent edits at ${net.members[0]!.name} and ${net.members[1]!.name} on ${patients.length} patients…`);
     const t1 = performance.now();
     const edits = await clinicianEdits(net, patients);
     const convergenceMs = await net.converge(opts.timeoutMs);

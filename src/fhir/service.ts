@@ -131,13 +131,12 @@ export class FhirService {
       ...(e.a ? [{ name: `${prefix}Author`, valueString: e.a }] : []),
       { name: `${prefix}Time`, valueInstant: new Date(parseStamp(e.t).ms).toISOString() },
     ];
-    const params: Parameters = {
-      resourceType: 'Parameters',
-      parameter: records.map((c) => ({
+    // An empty Parameters has no `parameter` element at all: FHIR forbids empty arrays.
+    const params: Parameters = { resourceType: 'Parameters' };
+    if (records.length > 0) params.parameter = records.map((c) => ({
         name: 'conflict',
         part: [{ name: 'path', valueString: c.path }, { name: 'kind', valueCode: c.kind }, ...side('winner', c.winner), ...side('loser', c.loser)],
-      })),
-    };
+      }));
     return { status: 200, headers: {}, body: params };
   }
 

@@ -1,0 +1,265 @@
+/**
+ * The bench report: its JSON shape ({@link BenchReport}, what `--json` prints), a plain-text table
+ * for the terminal, and the Markdown of docs/BENCHMARKS.md.
+ */
+import type { EnvelopeFigures } from './envelope.ts';
+import type { ImportFigures } from './import.ts';
+import type { MergeFigures } from './merge.ts';
+import type { ReplicationFigures } from './replication.ts';
+import { fmtBytes, fmtMs } from './stats.ts';
+import type { Summary } from './stats.ts';
+
+/** Where the bench ran. */
+export interface MachineInfo {
+  cpus: number;
+  cpuModel: string;
+  nodeVersion: string;
+  platform: string;
+  arch: string;
+  totalMemMiB: number;
+  /** 1-minute load average when the bench started. */
+  loadAvg1mAtStart: number;
+}
+
+/** Everything the bench measured; `null` figures were skipped (see `skipped`). */
+export interface BenchReport {
+  /** ISO 8601 start time. */
+  date: string;
+  machine: MachineInfo;
+  /** Redis used: `default` (127.0.0.1:6379), `REDIS_URL` or `spawned`. */
+  redis: string;
+  data: { dir: string; present: boolean; resources: number | null; patients: number | null };
+  /** Wall time of the whole run, seconds. */
+  durationSeconds: number;
+  merge: MergeFigures | null;
+  envelope: EnvelopeFigures | null;
+  replication: ReplicationFigures | null;
+  import: ImportFigures | null;
+  /** Figure name → why it was skipped. */
+  skipped: Record<string, string>;
+}
+
+const pq = (s: Summary): string => `${fmtMs(s.p50)} / ${fmtMs(s.p99)}`;
+const x = (r: number | null): string => (r === null ? 'n/a' : `${r}×`);
+const pct = (r: number | null): string => (r === null ? 'n/a' : `${Math.round(r * 100)} %`);
+
+function rows(table: string[][]): string {
+  const widths = table[0]!.map((_, c) => Math.max(...table.map((r) => (r[c] ?? '').length)));
+  return table.map((r) => `  ${r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ')}`.trimEnd()).join('\n');
+}
+
+/**
+ * Renders the report as a terminal table (plain text, one section per figure).
+ * @param r - the report.
+ * @returns Text lines joined with `\n`.
+ */
+export function formatTable(r: BenchReport): string {
+  const out: string[] = ['', `tidegate bench — ${r.date}, ${r.machine.cpus} × ${r.machine.cpuModel}, Node ${r.machine.nodeVersion}, ${r.durationSeconds.toFixed(0)} s`, ''];
+  if (r.merge) {
+    const m = r.merge;
+    out.push(`1. Merge per edit (${m.patients} Synthea Patients × ${m.editsPerPatient} edits × ${m.rounds} rounds)   p50 / p99`);
+    out.push(
+      rows([
+        ['replica.write (local edit)', pq(m.localEdit), `${x(m.ratios.localEditVsJson)} JSON round trip`],
+        ['replica.applyRemote (remote edit)', pq(m.remoteEdit), `${x(m.ratios.remoteEditVsJson)} JSON round trip`],
+        ['replica.write (create)', pq(m.localCreate), ''],
+        ['replica.applyRemote (create)', pq(m.remoteCreate), ''],
+        ['JSON.parse + JSON.stringify', pq(m.jsonRoundTrip), 'reference'],
+        ['parseFhirJson + canonicalStringify', pq(m.losslessRoundTrip), 'reference (lossless)'],
+      ]),
+    );
+    out.push('');
+  }
+  if (r.envelope) {
+    out.push('2. Envelope per message (tidegate-env/1)   p50 / p99');
+    out.push(
+      rows([
+        ['payload', 'plaintext', 'envelope', 'overhead', 'seal+sign', 'verify+open'],
+        ...r.envelope.cases.map((c) => [c.label, fmtBytes(c.plaintextBytes), fmtBytes(c.envelopeBytes), `+${fmtBytes(c.overheadBytes)}`, pq(c.seal), pq(c.open)]),
+      ]),
+    );
+    const b = r.envelope.breakdown;
+    out.push(
+      `  primitives (p50): ML-DSA-65 sign ${fmtMs(b.mldsaSign.p50)} (${pct(b.signShareOfSeal)} of seal), verify ${fmtMs(b.mldsaVerify.p50)} (${pct(b.verifyShareOfOpen)} of open), ` +
+        `X-Wing encaps ${fmtMs(b.xwingEncapsulate.p50)}, decaps ${fmtMs(b.xwingDecapsulate.p50)}, AES-GCM ${fmtMs(b.aesGcmEncrypt.p50)} / ${fmtMs(b.aesGcmDecrypt.p50)}`,
+    );
+    out.push('');
+  }
+  if (r.replication) {
+    const p = r.replication;
+    out.push(`3. Replication latency, 2 hospitals, batchDelayMs ${p.batchDelayMs}, ${p.samples} sequential PUTs   p50 / p99`);
+    out.push(
+      rows([
+        ['PUT at hospital-1 gateway (response)', pq(p.putResponse)],
+        ['node 1 → node 2 replica', pq(p.nodeToNode)],
+        ['node 1 → hospital-2 FHIR server', pq(p.nodeToHospitalServer2)],
+      ]),
+    );
+    out.push('');
+  }
+  if (r.import) {
+    const i = r.import;
+    out.push(`4. Import through hospital-1, 2 hospitals${i.truncated ? ' (TIME-BOXED: subset)' : ''}`);
+    out.push(
+      rows([
+        ['resources accepted', `${i.accepted} of ${i.planned}${i.rejected ? ` (${i.rejected} rejected)` : ''}`],
+        ['ingest (all PUTs answered)', `${i.ingestPerSecond} resources/s (${i.ingestSeconds} s)`],
+        ['end to end (converged, both servers)', i.endToEndPerSecond === null ? 'did not converge' : `${i.endToEndPerSecond} resources/s (${i.endToEndSeconds} s)`],
+        ['envelopes / bytes on the wire', `${i.messages} / ${fmtBytes(i.bytesOnWire)} (${i.updatesPerMessage ?? 'n/a'} updates per envelope)`],
+      ]),
+    );
+    out.push('');
+  }
+  for (const [fig, why] of Object.entries(r.skipped)) out.push(`skipped ${fig}: ${why}`);
+  return out.join('\n');
+}
+
+function mdTable(head: string[], body: string[][]): string {
+  return [`| ${head.join(' | ')} |`, `|${head.map((h, i) => (i === 0 ? '---' : '---:')).join('|')}|`, ...body.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+const ms = (v: number): string => fmtMs(v);
+
+function mergeSection(m: MergeFigures): string {
+  return `## 1. Merge time per edit
+
+${m.patients} Synthea Patients (canonical JSON median ${fmtBytes(m.patientBytes.p50)}, max ${fmtBytes(m.patientBytes.max)}), ${m.editsPerPatient} edits each, ${m.rounds} measured rounds (fresh replicas each round): ${m.localEdit.n} edit samples, ${m.localCreate.n} creates.
+
+${mdTable(
+  ['operation', 'p50', 'p99', 'mean', 'vs JSON round trip (p50)'],
+  [
+    ['`replica.write` — local edit', ms(m.localEdit.p50), ms(m.localEdit.p99), ms(m.localEdit.mean), x(m.ratios.localEditVsJson)],
+    ['`replica.applyRemote` — same edit as a remote update', ms(m.remoteEdit.p50), ms(m.remoteEdit.p99), ms(m.remoteEdit.mean), x(m.ratios.remoteEditVsJson)],
+    ['`replica.write` — create', ms(m.localCreate.p50), ms(m.localCreate.p99), ms(m.localCreate.mean), ''],
+    ['`replica.applyRemote` — create', ms(m.remoteCreate.p50), ms(m.remoteCreate.p99), ms(m.remoteCreate.mean), ''],
+    ['reference: `JSON.parse` + `JSON.stringify`', ms(m.jsonRoundTrip.p50), ms(m.jsonRoundTrip.p99), ms(m.jsonRoundTrip.mean), '1×'],
+    ['reference: `parseFhirJson` + `canonicalStringify` (lossless)', ms(m.losslessRoundTrip.p50), ms(m.losslessRoundTrip.p99), ms(m.losslessRoundTrip.mean), ''],
+  ],
+)}
+
+A local edit costs ${x(m.ratios.localEditVsLossless)} a lossless parse + canonical serialization of the same Patient.
+
+By edit (p50 / p99; update = Yjs update bytes gossiped, median):
+
+${mdTable(
+  ['edit', 'local write', 'remote apply', 'update'],
+  m.byEdit.map((e) => [e.edit, `${ms(e.local.p50)} / ${ms(e.local.p99)}`, `${ms(e.remote.p50)} / ${ms(e.remote.p99)}`, fmtBytes(e.updateBytesP50)]),
+)}
+
+Yjs update sizes (median): create ${fmtBytes(m.updateBytes.createP50)}, edit ${fmtBytes(m.updateBytes.editP50)}; stored document after all edits ${fmtBytes(m.stateBytesAfterEditsP50)}. Replica B rendered the same final version as replica A for every Patient: ${m.converged ? 'yes' : '**NO**'}.
+`;
+}
+
+function envelopeSection(e: EnvelopeFigures): string {
+  const b = e.breakdown;
+  return `## 2. Seal+sign and verify+open per message
+
+Plaintext = a Tide \`updates\` message (\`encodeUpdates\`); envelope = the serialized tidegate-env/1 JSON string (ASCII, so characters = bytes).
+
+${mdTable(
+  ['payload', 'n', 'plaintext', 'envelope', 'overhead', 'seal+sign p50 / p99', 'verify+open p50 / p99'],
+  e.cases.map((c) => [c.label, String(c.seal.n), fmtBytes(c.plaintextBytes), fmtBytes(c.envelopeBytes), `+${fmtBytes(c.overheadBytes)} (${x(c.expansion)})`, `${ms(c.seal.p50)} / ${ms(c.seal.p99)}`, `${ms(c.open.p50)} / ${ms(c.open.p99)}`]),
+)}
+
+The fixed overhead is ML-DSA-65 signature (3309 B) + X-Wing ciphertext (1120 B) + nonce and tag (28 B) + the header, all base64url (×4/3); the payload itself also grows by 4/3.
+
+Primitives of one envelope (1 Patient create update), measured side by side in one loop, ${b.mldsaSign.n} iterations:
+
+${mdTable(
+  ['primitive', 'p50', 'p99'],
+  [
+    ['ML-DSA-65 sign (hedged)', ms(b.mldsaSign.p50), ms(b.mldsaSign.p99)],
+    ['X-Wing encapsulate', ms(b.xwingEncapsulate.p50), ms(b.xwingEncapsulate.p99)],
+    ['AES-256-GCM encrypt', ms(b.aesGcmEncrypt.p50), ms(b.aesGcmEncrypt.p99)],
+    ['ML-DSA-65 verify', ms(b.mldsaVerify.p50), ms(b.mldsaVerify.p99)],
+    ['X-Wing decapsulate', ms(b.xwingDecapsulate.p50), ms(b.xwingDecapsulate.p99)],
+    ['AES-256-GCM decrypt', ms(b.aesGcmDecrypt.p50), ms(b.aesGcmDecrypt.p99)],
+  ],
+)}
+
+ML-DSA-65 signing is ${pct(b.signShareOfSeal)} of the median seal; verification is ${pct(b.verifyShareOfOpen)} of the median open. Signing has a long tail because FIPS 204 signing is a rejection-sampling loop (a variable number of tries per signature).
+`;
+}
+
+function replicationSection(p: ReplicationFigures): string {
+  return `## 3. Replication latency between two hospitals
+
+\`startNetwork({ hospitals: 2, batchDelayMs: ${p.batchDelayMs} })\`; ${p.samples} sequential PUTs of one Patient (${fmtBytes(p.bodyBytes)}) at hospital-1's gateway, each changing \`birthDate\`, after warm-up. Times from just before the PUT is sent.
+
+${mdTable(
+  ['span', 'p50', 'p99', 'mean'],
+  [
+    ['PUT at hospital-1 answered (parse, validate, merge)', ms(p.putResponse.p50), ms(p.putResponse.p99), ms(p.putResponse.mean)],
+    ['… hospital-2 node holds the version (node to node)', ms(p.nodeToNode.p50), ms(p.nodeToNode.p99), ms(p.nodeToNode.mean)],
+    ['… hospital-2 FHIR server holds it (node to hospital server 2)', ms(p.nodeToHospitalServer2.p50), ms(p.nodeToHospitalServer2.p99), ms(p.nodeToHospitalServer2.mean)],
+  ],
+)}
+${p.timeouts > 0 ? `\n${p.timeouts} samples timed out and are not counted.\n` : ''}
+Node to node is: batch delay (${p.batchDelayMs} ms) + seal (one envelope, see figure 2) + BullMQ \`add\` on Redis + worker pickup + open + \`applyRemote\`. The hospital-server leg adds the HTTP PUT of the merged resource to hospital 2's Medplum server (validation included).
+`;
+}
+
+function importSection(i: ImportFigures): string {
+  return `## 4. Import throughput
+
+${i.truncated ? `**Time-boxed**: the import was stopped after ${i.sent} of ${i.planned} resources to keep the run short; the figures are for that subset (the types listed below).` : `The whole Synthea sample: ${i.planned} resources.`} PUT at hospital-1's gateway, ${i.concurrency} concurrent requests within a type, types in import order; 2 hospitals.
+
+${mdTable(
+  ['measure', 'value'],
+  [
+    ['resources accepted', `${i.accepted}${i.rejected ? ` (${i.rejected} rejected)` : ''}`],
+    ['ingest: all PUTs answered by hospital-1', `**${i.ingestPerSecond} resources/s** (${i.ingestSeconds} s)`],
+    ['end to end: replicated to hospital-2 and written to both hospital servers', i.endToEndPerSecond === null ? 'did not converge' : `**${i.endToEndPerSecond} resources/s** (${i.endToEndSeconds} s; ${i.drainSeconds} s after the last PUT)`],
+    ['sealed envelopes sent', `${i.messages} (${i.updatesPerMessage ?? 'n/a'} updates per envelope)`],
+    ['bytes on the wire', fmtBytes(i.bytesOnWire)],
+  ],
+)}
+
+By type (ingest):
+
+${mdTable(
+  ['type', 'resources', 'seconds', 'resources/s', 'body p50'],
+  i.byType.map((t) => [t.type, String(t.resources), String(t.seconds), String(t.perSecond), fmtBytes(t.bodyBytesP50)]),
+)}
+`;
+}
+
+/**
+ * Renders docs/BENCHMARKS.md.
+ * @param r - the report.
+ * @param profileNotes - optional Markdown appended as "What dominates the costs" (hand-written
+ *   profile findings); the section is omitted when empty.
+ * @returns Markdown text ending in a newline.
+ */
+export function renderMarkdown(r: BenchReport, profileNotes = ''): string {
+  const m = r.machine;
+  const parts = [
+    `# Benchmarks
+
+Generated by \`npm run bench\` (\`src/cli/bench.ts\`, \`src/bench/\`) — do not edit by hand; re-run to refresh.
+
+- **Date**: ${r.date}
+- **Machine**: ${m.cpus} × ${m.cpuModel}, ${m.totalMemMiB} MiB RAM, ${m.platform}/${m.arch}, load average ${m.loadAvg1mAtStart.toFixed(2)} at start (shared, noisy cores)
+- **Node**: ${m.nodeVersion}
+- **Redis**: ${r.redis}
+- **Data**: \`${r.data.dir}\`${r.data.present ? ` (${r.data.resources} resources, ${r.data.patients} Patients)` : ' — **absent**'}
+- **Run time**: ${r.durationSeconds.toFixed(0)} s
+
+## Method
+
+- Everything runs in one Node process: both tidegate nodes, both stand-in Medplum hospital servers (in memory, over HTTP on 127.0.0.1) and the bench itself; Redis is local. On 2 shared cores the hospitals compete with the gateways for the same event loop, so figures 3 and 4 are pessimistic for a real deployment with one node per host.
+- Durations come from \`performance.now()\` around the operation only (bodies and inputs are prepared outside the timed region). Each figure has warm-up iterations that are discarded.
+- **p50** is the median, **p99** the 99th percentile, both nearest-rank; with fewer than 100 samples p99 is the maximum. Means are given where the tail matters.
+- Comparisons are measured side by side in the same loop (for figure 1: a JSON round trip, the local write, a lossless round trip and the remote apply of the same Patient version, one after the other), and quoted as ratios of medians, so machine noise affects both sides alike.
+- Replication latency is measured by polling every event-loop turn (\`setImmediate\`) for the version at hospital 2's replica, then for the new content in hospital 2's server repository; samples are sequential and each starts once the network is quiet.
+`,
+  ];
+  if (r.merge) parts.push(mergeSection(r.merge));
+  if (r.envelope) parts.push(envelopeSection(r.envelope));
+  if (r.replication) parts.push(replicationSection(r.replication));
+  if (r.import) parts.push(importSection(r.import));
+  const skipped = Object.entries(r.skipped);
+  if (skipped.length > 0) parts.push(`## Skipped\n\n${skipped.map(([f, why]) => `- ${f}: ${why}`).join('\n')}\n`);
+  if (profileNotes.trim()) parts.push(`## What dominates the costs\n\n${profileNotes.trim()}\n`);
+  return parts.join('\n');
+}

@@ -1,0 +1,222 @@
+/**
+ * Property test of the merge layer, in the spirit of yjs tests/testHelper.js `applyRandomTests`:
+ * three replicas apply random client edits (current or stale base versions, deletes, re-creates)
+ * while updates are delivered in random order, with duplicates and anti-entropy diffs. After every
+ * update reached every replica, all replicas must render identical bytes, versionIds and conflict
+ * lists, and re-delivering everything must change nothing.
+ *
+ * Seeded (FC_SEED, default below) and shrinkable: on failure fast-check prints the seed, the path
+ * and the minimal op sequence. FC_RUNS overrides the number of runs.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { isJsonObject } from '../src/fhir/json.ts';
+import type { FhirJson, FhirJsonObject } from '../src/fhir/json.ts';
+import { assertConverged, copy, fhir, makeNode, T0 } from './fixtures/merge/harness.ts';
+import type { TestNode } from './fixtures/merge/harness.ts';
+
+const KEY = 'Patient/p';
+const SEED = Number(process.env.FC_SEED ?? 20_251_129);
+const RUNS = Number(process.env.FC_RUNS ?? 150);
+const SKELETON = '{"resourceType":"Patient","id":"p","name":[{"id":"n1","family":"Tide","given":["Ada"]}]}';
+const EXT = 'http://example.org/fhir/StructureDefinition/weight';
+const QUAL = 'http://hl7.org/fhir/StructureDefinition/iso21090-EN-qualifier';
+
+type Op =
+  | { kind: 'edit'; node: number; edit: number; arg: number; stale: number; dt: number }
+  | { kind: 'deliver'; from: number; to: number; idx: number }
+  | { kind: 'sync'; from: number; to: number };
+
+const N_EDITS = 13;
+
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('edit' as const), node: fc.nat(2), edit: fc.nat(N_EDITS - 1), arg: fc.nat(7), stale: fc.nat(3), dt: fc.nat(3) }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('deliver' as const), from: fc.nat(2), to: fc.nat(2), idx: fc.nat(20) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('sync' as const), from: fc.nat(2), to: fc.nat(2) }) },
+);
+
+function arr(p: FhirJsonObject, name: string): FhirJson[] {
+  const v = p[name];
+  if (Array.isArray(v)) return v;
+  const a: FhirJson[] = [];
+  p[name] = a;
+  return a;
+}
+
+function firstName(p: FhirJsonObject): FhirJsonObject {
+  const names = arr(p, 'name');
+  let n = names.find((x) => isJsonObject(x) && x.id === 'n1');
+  if (!isJsonObject(n)) {
+    n = fhir('{"id":"n1","family":"Tide"}');
+    names.unshift(n);
+  }
+  return n;
+}
+
+/** A client edit of a body; returns null for a delete. `arg` picks values. */
+function applyEdit(p: FhirJsonObject, edit: number, arg: number): FhirJsonObject | null {
+  switch (edit) {
+    case 0:
+      p.gender = ['male', 'female', 'other', 'unknown'][arg % 4]!;
+      break;
+    case 1:
+      p.birthDate = `198${arg}-0${(arg % 9) + 1}-1${arg % 9}`;
+      break;
+    case 2:
+      delete p[arg % 2 === 0 ? 'birthDate' : 'gender'];
+      break;
+    case 3:
+      arr(p, 'telecom').push(fhir(`{"system":"phone","value":"555-01${arg % 5}","use":"${arg % 2 ? 'home' : 'work'}"}`));
+      break;
+    case 4: {
+      const t = arr(p, 'telecom');
+      if (t.length > 0) t.splice(arg % t.length, 1);
+      if (t.length === 0) delete p.telecom;
+      break;
+    }
+    case 5:
+      arr(p, 'telecom').reverse();
+      if (arr(p, 'telecom').length === 0) delete p.telecom;
+      break;
+    case 6:
+      p.maritalStatus = arg % 3 === 0 ? fhir('{"text":"single"}') : fhir(`{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-MaritalStatus","code":"${arg % 2 ? 'M' : 'S'}"}],"text":"t${arg}"}`);
+      break;
+    case 7: {
+      const n = firstName(p);
+      if (Array.isArray(n._given)) {
+        (n._given as FhirJson[]).push(null);
+        arr(n, 'given').push(`G${arg}`);
+      } else arr(n, 'given').push(`G${arg}`);
+      break;
+    }
+    case 8: {
+      // Set given together with an aligned _given companion (atomic leaves), or drop the companion.
+      const n = firstName(p);
+      if (arg % 3 === 0) delete n._given;
+      else {
+        const given = Array.isArray(n.given) && n.given.length > 0 ? n.given : ['Ada'];
+        n.given = given;
+        n._given = given.map((_, i) => (i === arg % given.length ? fhir(`{"extension":[{"url":"${QUAL}","valueCode":"${arg % 2 ? 'CL' : 'BR'}"}]}`) : null));
+      }
+      break;
+    }
+    case 9:
+      p.extension = [fhir(`{"url":"${EXT}","valueDecimal":${['1.50', '1.5', '1.500', '61.50'][arg % 4]!}}`)];
+      break;
+    case 10:
+      return null;
+    case 11: {
+      const contacts = arr(p, 'contact');
+      const id = `c${arg % 2}`;
+      const c = contacts.find((x) => isJsonObject(x) && x.id === id);
+      if (isJsonObject(c)) {
+        if (arg >= 4) contacts.splice(contacts.indexOf(c), 1);
+        else c.gender = arg % 2 ? 'male' : 'female';
+      } else contacts.push(fhir(`{"id":"${id}","name":{"family":"K${arg}"}}`));
+      if (contacts.length === 0) delete p.contact;
+      break;
+    }
+    case 12:
+      // A name without a key: content-hash keyed, so edits replace the item.
+      arr(p, 'name').push(fhir(`{"use":"nickname","given":["N${arg % 3}"]}`));
+      break;
+    default:
+      throw new Error(`no edit ${edit}`);
+  }
+  return p;
+}
+
+/** What a client sends: the node's current (or an older) version edited, or a fresh create. */
+function clientWrite(node: TestNode, edit: number, arg: number, stale: number): void {
+  const history = node.replica.history(KEY); // newest first
+  const base = history[Math.min(stale, Math.max(0, history.length - 1))];
+  const start = base?.body ? fhir(base.body) : fhir(SKELETON);
+  if (isJsonObject(start.meta)) {
+    delete start.meta.versionId;
+    delete start.meta.lastUpdated;
+    if (Object.keys(start.meta).length === 0) delete start.meta;
+  }
+  // The REST layer always sends resourceType and id (a body read from a partial version, see the
+  // todo bug in merge.test.ts, may lack them).
+  start.resourceType = 'Patient';
+  start.id = 'p';
+  const body = applyEdit(copy(start), edit, arg);
+  const opts = base && stale > 0 ? { baseVersionId: base.versionId } : {};
+  const res = node.replica.write(KEY, body, opts);
+  if (res.update) node.produced.push(res.update);
+  // Local invariants of every write.
+  const cur = node.replica.current(KEY);
+  assert.ok(cur);
+  assert.equal(res.version, cur);
+  if (cur.body !== null) {
+    const r = fhir(cur.body);
+    assert.equal(r.resourceType, 'Patient');
+    assert.equal(r.id, 'p');
+  }
+}
+
+function run(ops: Op[], finalOrder: number[]): void {
+  const nodes = ['a', 'b', 'c'].map((id) => makeNode(id, T0));
+  for (const op of ops) {
+    if (op.kind === 'edit') {
+      const node = nodes[op.node]!;
+      node.wall += op.dt; // dt 0 gives equal wall times, hence tie-breaks by counter / node id
+      clientWrite(node, op.edit, op.arg, op.stale);
+    } else if (op.kind === 'deliver') {
+      const from = nodes[op.from]!;
+      const to = nodes[op.to]!;
+      if (from === to || from.produced.length === 0) continue;
+      to.replica.applyRemote(KEY, from.produced[op.idx % from.produced.length]!);
+    } else {
+      const from = nodes[op.from]!;
+      const to = nodes[op.to]!;
+      if (from === to) continue;
+      const diff = from.replica.diffFor(KEY, to.replica.stateVector(KEY));
+      if (diff) to.replica.applyRemote(KEY, diff);
+    }
+  }
+  // Deliver every update to every node, in a random order (finalOrder are random sort keys).
+  const all = nodes.flatMap((n) => n.produced.map((u) => ({ from: n, u })));
+  if (all.length === 0) return;
+  const order = all.map((_, i) => i).sort((x, y) => (finalOrder[x % finalOrder.length]! - finalOrder[y % finalOrder.length]!) || x - y);
+  for (const i of order) for (const to of nodes) if (to !== all[i]!.from) to.replica.applyRemote(KEY, all[i]!.u);
+
+  const body = assertConverged(KEY, nodes);
+  if (body) {
+    assert.equal(body.resourceType, 'Patient');
+    assert.equal(body.id, 'p');
+  }
+  // Idempotence: re-delivering everything changes nothing and makes no version.
+  const before = nodes.map((n) => n.replica.history(KEY).length);
+  for (const { from, u } of all) for (const to of nodes) if (to !== from) assert.equal(to.replica.applyRemote(KEY, u), undefined);
+  assert.deepEqual(nodes.map((n) => n.replica.history(KEY).length), before);
+  // A fresh replica that receives one node's whole state renders the same.
+  const fresh = makeNode('d');
+  fresh.replica.applyRemote(KEY, nodes[1]!.replica.diffFor(KEY, undefined)!);
+  assertConverged(KEY, [nodes[0]!, fresh]);
+}
+
+describe('merge property: random edits and delivery orders converge', () => {
+  it(`3 replicas converge to identical bytes, versionIds and conflicts (seed ${SEED}, ${RUNS} runs)`, () => {
+    const t0 = performance.now();
+    fc.assert(
+      fc.property(fc.array(opArb, { minLength: 1, maxLength: 40 }), fc.array(fc.nat(1000), { minLength: 1, maxLength: 64 }), (ops, finalOrder) => {
+        run(ops, finalOrder);
+      }),
+      { seed: SEED, numRuns: RUNS },
+    );
+    const ms = performance.now() - t0;
+    assert.ok(ms < 60_000, `property took ${ms} ms`);
+  });
+
+  it('the property detects divergence (sanity check of the harness)', () => {
+    // Two replicas that never exchange the second write must not pass assertConverged.
+    const a = makeNode('a');
+    const b = makeNode('b');
+    const r = a.replica.write(KEY, fhir(SKELETON));
+    b.replica.applyRemote(KEY, r.update!);
+    a.replica.write(KEY, fhir(SKELETON.replace('"Tide"', '"Other"')));
+    assert.throws(() => assertConverged(KEY, [a, b]), assert.AssertionError);
+  });
+});
