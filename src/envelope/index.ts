@@ -17,3 +17,4 @@ export type { NodePublicKeys, NodePublicKeysJson, NodeSecretKeys } from './keys.
 export { open, peekHeader, seal, signatureInput } from './envelope.ts';
 export type { EnvelopeHeader, OpenResult, SealInput } from './envelope.ts';
 export { SUITE } from './suite.ts';
+export { EnvelopeCryptoPool, sharedCryptoPool } from './pool.ts';

@@ -17,7 +17,8 @@ import { Queue, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Job } from 'bullmq';
 import * as Y from 'yjs';
-import { EnvelopeError, open, seal } from '../envelope/index.ts';
+import { EnvelopeError, sharedCryptoPool } from '../envelope/index.ts';
+import type { EnvelopeCryptoPool } from '../envelope/index.ts';
 import type { NodePublicKeys, NodeSecretKeys, OpenResult } from '../envelope/index.ts';
 import {
   chunkDigest,
@@ -121,6 +122,8 @@ export function controlQueueName(nodeId: string): string {
  */
 export class Tide {
   readonly #self: NodeSecretKeys;
+  /** Seal/open run on worker threads (CPU-bound PQ crypto must not block the event loop). */
+  readonly #crypto: EnvelopeCryptoPool;
   readonly #redisUrl: string;
   readonly #prefix: string;
   readonly #replica: Replica;
@@ -173,6 +176,7 @@ export class Tide {
    */
   constructor(opts: TideOptions) {
     this.#self = opts.self;
+    this.#crypto = opts.cryptoPool ?? sharedCryptoPool();
     this.#redisUrl = opts.redisUrl;
     this.#prefix = opts.prefix ?? 'tidegate';
     this.#replica = opts.replica;
@@ -543,7 +547,7 @@ export class Tide {
       let env: string;
       try {
         const pt = typeof plaintext === 'function' ? plaintext() : plaintext;
-        env = seal({ kind, messageId, resources, plaintext: pt }, this.#self, link.config.publicKeys);
+        env = await this.#crypto.seal({ kind, messageId, resources, plaintext: pt }, this.#self, link.config.publicKeys);
       } catch (err) {
         this.#stats.sendFailures++;
         this.#log.error({ peer: peerId, kind, err: errText(err) }, 'tide: seal failed');
@@ -650,7 +654,7 @@ export class Tide {
     if (typeof env !== 'string') this.#reject(job, 'ERR_ENVELOPE_MALFORMED');
     let opened: OpenResult;
     try {
-      opened = open(env, this.#self, this.#peerKeys);
+      opened = await this.#crypto.open(env, this.#self, this.#peerKeys);
     } catch (err) {
       this.#reject(job, err instanceof EnvelopeError ? err.code : 'ERR_ENVELOPE_MALFORMED');
     }

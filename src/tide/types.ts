@@ -5,7 +5,7 @@
  * {@link ResourceUpdate} is an opaque Yjs v1 update (https://docs.yjs.dev/api/document-updates)
  * tagged with the FHIR resource key it belongs to.
  */
-import type { NodePublicKeys, NodeSecretKeys } from '../envelope/index.ts';
+import type { EnvelopeCryptoPool, NodePublicKeys, NodeSecretKeys } from '../envelope/index.ts';
 
 /** One Yjs update for one FHIR resource. */
 export interface ResourceUpdate {
@@ -90,6 +90,8 @@ export interface TideOptions {
   attempts?: number;
   /** Base delay (ms) of the exponential backoff (BullMQ `backoff.delay`). Default 1000. */
   backoffMs?: number;
+  /** Worker threads for seal/open. Default: the process-wide shared pool. */
+  cryptoPool?: EnvelopeCryptoPool;
   /** Inbox worker lock duration (ms); crypto is CPU-bound so it is generous. Default 60000. */
   lockDurationMs?: number;
   /** Max wait (ms) for one `queue.add` try on a peer's Redis before it counts as failed. Default 5000. */

@@ -1,0 +1,122 @@
+/**
+ * Runs envelope sealing and opening on worker threads.
+ *
+ * ML-DSA-65 signing and X-Wing encapsulation cost tens of milliseconds of CPU per envelope in pure
+ * JavaScript; on the main thread that stalls every HTTP request and can cost BullMQ workers their
+ * locks (BullMQ issues 2857, 3078). The pool moves that work to `size` worker threads and keeps
+ * the same errors: an {@link EnvelopeError} in the worker is an {@link EnvelopeError} here, with the
+ * same `code`.
+ */
+import { Worker } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
+import { EnvelopeError } from './errors.ts';
+import type { EnvelopeErrorCode } from './errors.ts';
+import type { NodePublicKeys, NodeSecretKeys } from './keys.ts';
+import type { OpenResult, SealInput } from './envelope.ts';
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+}
+
+/** See module doc. */
+export class EnvelopeCryptoPool {
+  private readonly slots: Slot[] = [];
+  private readonly pending = new Map<number, Pending & { slot: Slot }>();
+  private nextId = 1;
+  private closed = false;
+
+  /**
+   * @param size - worker threads; default: available cores minus one, at least 1, at most 4.
+   */
+  constructor(size = Math.max(1, Math.min(4, availableParallelism() - 1))) {
+    for (let i = 0; i < size; i++) this.slots.push(this.spawn());
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(new URL('./worker.ts', import.meta.url));
+    const slot: Slot = { worker, busy: 0 };
+    worker.unref();
+    worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; error?: { name: string; code?: string; message: string } }) => {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      p.slot.busy--;
+      if (this.pending.size === 0) for (const s of this.slots) s.worker.unref();
+      if (msg.ok) p.resolve(msg.value);
+      else if (msg.error?.name === 'EnvelopeError') p.reject(new EnvelopeError(msg.error.code as EnvelopeErrorCode, msg.error.message));
+      else {
+        const e = new Error(msg.error?.message ?? 'envelope worker error') as Error & { code?: string };
+        if (msg.error?.name) e.name = msg.error.name;
+        if (msg.error?.code) e.code = msg.error.code;
+        p.reject(e);
+      }
+    });
+    worker.on('error', (err) => this.failSlot(slot, err));
+    worker.on('exit', (code) => {
+      if (!this.closed) this.failSlot(slot, new Error(`envelope worker exited with code ${code}`));
+    });
+    return slot;
+  }
+
+  /** Rejects a dead worker's calls and replaces it. */
+  private failSlot(slot: Slot, err: Error): void {
+    for (const [id, p] of this.pending) {
+      if (p.slot === slot) {
+        this.pending.delete(id);
+        p.reject(err);
+      }
+    }
+    const i = this.slots.indexOf(slot);
+    if (i >= 0 && !this.closed) this.slots[i] = this.spawn();
+  }
+
+  private call<T>(op: 'seal' | 'open', args: unknown[]): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('EnvelopeCryptoPool is closed'));
+    const slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+    const id = this.nextId++;
+    slot.busy++;
+    slot.worker.ref();
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, slot });
+      slot.worker.postMessage({ id, op, args });
+    });
+  }
+
+  /**
+   * {@link seal} on a worker thread. Same inputs, output and errors (TypeError for bad input).
+   * @returns The serialized envelope (compact JSON, ASCII).
+   */
+  seal(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys): Promise<string> {
+    return this.call<string>('seal', [input, sender, recipient]);
+  }
+
+  /**
+   * {@link open} on a worker thread. Same inputs and output; rejects with {@link EnvelopeError}
+   * carrying the same `code` as the synchronous call.
+   */
+  open(serialized: string, self: NodeSecretKeys, peers: ReadonlyMap<string, NodePublicKeys>): Promise<OpenResult> {
+    return this.call<OpenResult>('open', [serialized, self, [...peers]]);
+  }
+
+  /** Terminates the workers; pending calls reject. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const [, p] of this.pending) p.reject(new Error('EnvelopeCryptoPool closed'));
+    this.pending.clear();
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+  }
+}
+
+let shared: EnvelopeCryptoPool | undefined;
+
+/** The process-wide pool, created on first use. Its threads never keep the process alive when idle. */
+export function sharedCryptoPool(): EnvelopeCryptoPool {
+  shared ??= new EnvelopeCryptoPool();
+  return shared;
+}

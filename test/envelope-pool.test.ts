@@ -1,0 +1,38 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { EnvelopeCryptoPool, EnvelopeError, generateNodeKeys, open, seal } from '../src/envelope/index.ts';
+
+const pool = new EnvelopeCryptoPool(2);
+after(() => pool.close());
+
+const a = generateNodeKeys('node-a');
+const b = generateNodeKeys('node-b');
+const c = generateNodeKeys('node-c');
+const plaintext = new TextEncoder().encode('{"resourceType":"Patient","name":[{"family":"Pooled"}]}');
+const input = { kind: 'updates', messageId: 'm-1', resources: ['Patient/p1'], plaintext };
+
+test('pool seal/open round-trips and interoperates with the synchronous functions', async () => {
+  const env = await pool.seal(input, a.secretKeys, b.publicKeys);
+  const viaSync = open(env, b.secretKeys, new Map([['node-a', a.publicKeys]]));
+  assert.deepEqual(Buffer.from(viaSync.plaintext), Buffer.from(plaintext));
+  const syncEnv = seal(input, a.secretKeys, b.publicKeys);
+  const viaPool = await pool.open(syncEnv, b.secretKeys, new Map([['node-a', a.publicKeys]]));
+  assert.deepEqual(Buffer.from(viaPool.plaintext), Buffer.from(plaintext));
+  assert.equal(viaPool.header.sender, 'node-a');
+});
+
+test('pool keeps EnvelopeError codes: unknown peer, wrong recipient, tampering', async () => {
+  const env = await pool.seal(input, a.secretKeys, b.publicKeys);
+  await assert.rejects(pool.open(env, b.secretKeys, new Map()), (e: unknown) => e instanceof EnvelopeError && e.code === 'ERR_UNKNOWN_PEER');
+  await assert.rejects(pool.open(env, c.secretKeys, new Map([['node-a', a.publicKeys]])), (e: unknown) => e instanceof EnvelopeError && e.code === 'ERR_NOT_FOR_THIS_NODE');
+  const parsed = JSON.parse(env) as Record<string, string>;
+  const ct = parsed.ct!;
+  parsed.ct = (ct[0] === 'A' ? 'B' : 'A') + ct.slice(1);
+  await assert.rejects(pool.open(JSON.stringify(parsed), b.secretKeys, new Map([['node-a', a.publicKeys]])), (e: unknown) => e instanceof EnvelopeError && e.code === 'ERR_SIGNATURE_INVALID');
+});
+
+test('concurrent calls are all answered', async () => {
+  const envs = await Promise.all(Array.from({ length: 6 }, (_, i) => pool.seal({ ...input, messageId: `m-${i}` }, a.secretKeys, b.publicKeys)));
+  const opened = await Promise.all(envs.map((e) => pool.open(e, b.secretKeys, new Map([['node-a', a.publicKeys]]))));
+  assert.deepEqual(opened.map((o) => o.header.messageId), ['m-0', 'm-1', 'm-2', 'm-3', 'm-4', 'm-5']);
+});
