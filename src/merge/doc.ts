@@ -37,6 +37,12 @@ export interface Entry {
   a?: string;
   /** What the writer had seen at this path: node id → stamp of that node's entry. */
   s?: Record<string, HlcStamp>;
+  /**
+   * This node's earlier entries at this path that the writer had not seen (a stale client at the
+   * same node). They would vanish with the slot they were in, so they are carried here until a
+   * write that has seen them supersedes them. Never nested.
+   */
+  x?: Entry[];
 }
 
 /** A same-field conflict: a value that lost to a write whose author had not seen it. */
@@ -62,6 +68,32 @@ export interface WriteContext {
 export interface PathState {
   entries: Entry[];
   winner: Entry;
+}
+
+/** True when the writer of `w` had seen `e` (or a later entry of e's node) at the path. */
+function sawEntry(w: Entry, e: Entry): boolean {
+  const seen = w.s?.[e.n];
+  return seen !== undefined && seen >= e.t;
+}
+
+/** An entry without its carried entries, for conflict records. */
+function strip(e: Entry): Entry {
+  if (!e.x) return e;
+  const { x: _x, ...rest } = e;
+  return rest;
+}
+
+/**
+ * Deterministic version id of a document state: `<sum of clocks>.<first 8 hex of SHA-256 over the
+ * state vector sorted by client id>`. The sum makes ids grow with the state; the hash tells apart
+ * different states with equal sums (e.g. {A:5,B:3} and {A:3,B:5}). A FHIR `id`-typed string.
+ */
+export function versionIdOf(doc: Y.Doc): string {
+  const sv = [...Y.decodeStateVector(Y.encodeStateVector(doc))].sort((a, b) => a[0] - b[0]);
+  let sum = 0;
+  for (const [, clock] of sv) sum += clock;
+  const digest = createHash('sha256').update(sv.map(([c, k]) => `${c}:${k}`).join(',')).digest('hex').slice(0, 8);
+  return `${sum}.${digest}`;
 }
 
 /** Compares entries by stamp, then node id. Positive when `a` wins over `b`. */
@@ -130,7 +162,7 @@ export interface Rendered {
   resource: FhirJsonObject | null;
   /** True when the resource is deleted. */
   deleted: boolean;
-  /** Deterministic version id: the sum of the document's state vector clocks (a decimal string). */
+  /** Deterministic version id, see {@link versionIdOf}. */
   versionId: string;
   /** Greatest write stamp's wall time, as an ISO 8601 instant (FHIR `instant`). */
   lastUpdated: string;
@@ -148,28 +180,27 @@ export function render(doc: Y.Doc): Rendered {
   const leaves = liveLeaves(paths);
   let maxStamp = '';
   for (const ps of paths.values()) if (ps.winner.t > maxStamp) maxStamp = ps.winner.t;
-  let versionSum = 0;
-  for (const clock of Y.decodeStateVector(Y.encodeStateVector(doc)).values()) versionSum += clock;
   const deleted = paths.get(DELETED)?.winner.v === 'true';
   const { resource, orphans } = leaves.size > 0 ? unflatten(leaves) : { resource: null, orphans: [] };
   const conflicts: ConflictRecord[] = [];
   for (const [path, ps] of paths) {
-    for (const e of ps.entries) {
+    const candidates = ps.entries.flatMap((e) => [e, ...(e.x ?? [])]);
+    for (const e of candidates) {
       if (e === ps.winner || e.v === ps.winner.v) continue;
-      const seen = ps.winner.s?.[e.n];
-      if (seen !== undefined && seen >= e.t) continue;
-      conflicts.push({ path, winner: ps.winner, loser: e, kind: 'value' });
+      if (sawEntry(ps.winner, e)) continue;
+      conflicts.push({ path, winner: strip(ps.winner), loser: strip(e), kind: 'value' });
     }
   }
-  for (const path of orphans) {
-    const ps = paths.get(path);
-    if (ps) conflicts.push({ path, winner: { t: ps.winner.t, n: ps.winner.n }, loser: ps.winner, kind: 'removed-item' });
+  for (const o of orphans) {
+    const ps = paths.get(o.path);
+    const cause = paths.get(o.cause);
+    if (ps && cause) conflicts.push({ path: o.path, winner: strip(cause.winner), loser: strip(ps.winner), kind: 'removed-item' });
   }
   conflicts.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : compareEntries(a.loser, b.loser)));
   return {
     resource,
     deleted,
-    versionId: String(versionSum),
+    versionId: versionIdOf(doc),
     lastUpdated: maxStamp ? new Date(parseStamp(maxStamp).ms).toISOString() : new Date(0).toISOString(),
     conflicts,
   };
@@ -212,7 +243,14 @@ export function writeResource(doc: Y.Doc, basePaths: ReadonlyMap<string, PathSta
       if (v !== undefined) entry.v = v;
       if (ctx.author) entry.a = ctx.author;
       if (Object.keys(s).length > 0) entry.s = s;
-      map.set(`${path}${SEP}${ctx.nodeId}`, entry);
+      // This node's current entry (and what it carries) is lost with the slot unless the writer saw it.
+      const slot = `${path}${SEP}${ctx.nodeId}`;
+      const own = map.get(slot);
+      if (own && isStamp(own.t)) {
+        const carried = [strip(own), ...(own.x ?? [])].filter((e) => e.v !== v && !sawEntry(entry, e));
+        if (carried.length > 0) entry.x = carried;
+      }
+      map.set(slot, entry);
     }
   }, ctx.nodeId);
   return changes.size;

@@ -11,8 +11,9 @@
  * - a repeating-element item is `name[KEY]`, KEY being `id:<element id>`, `k:<natural key>` (from
  *   the merge policy) or `h:<content hash>`, URI-encoded, with `~N` appended for the N-th duplicate;
  * - `@o` under an item holds its order number; `@v` under an item holds a primitive item's value;
- * - an atomic leaf holds a whole JSON subtree: primitive arrays that have a `_name` companion (or
- *   contain null), and their companions, so the two stay aligned.
+ * - `name@p` is one atomic leaf holding a repeating primitive and its `_name` companion together,
+ *   as `[values, companions]` (either may be null), so the two arrays always stay aligned;
+ * - an array that contains null without a companion is one atomic leaf at `name`.
  */
 import { createHash } from 'node:crypto';
 import { canonicalStringify, isJsonObject, isLosslessNumber, parseFhirJson } from '../fhir/json.ts';
@@ -26,12 +27,10 @@ export type Leaves = Map<string, string>;
 export const ORDER = '@o';
 /** Value leaf name under a primitive array item. */
 export const VALUE = '@v';
+/** Suffix of a primitive-array + companion pair leaf. */
+export const PAIR = '@p';
 /** Paths of server-managed elements that are never merged. */
 const SERVER_MANAGED = new Set(['meta/versionId', 'meta/lastUpdated']);
-
-function isPrimitive(v: FhirJson): boolean {
-  return v === null || typeof v === 'string' || typeof v === 'boolean' || isLosslessNumber(v);
-}
 
 function contentHash(v: FhirJson): string {
   return createHash('sha256').update(canonicalStringify(v)).digest('base64url').slice(0, 16);
@@ -45,22 +44,25 @@ export function itemKey(name: string, item: FhirJson, policy: MergePolicy): stri
     if (fields) {
       const parts = fields.map((f) => item[f]);
       if (parts.every((p) => typeof p === 'string' || isLosslessNumber(p))) {
-        return `k:${parts.map((p) => (typeof p === 'string' ? p : canonicalStringify(p))).join('|')}`;
+        return `k:${parts.map((p) => escapeKeyPart(typeof p === 'string' ? p : canonicalStringify(p))).join('|')}`;
       }
     }
   }
   return `h:${contentHash(item)}`;
 }
 
+/** Escapes the characters that delimit key parts (`|`) and duplicate suffixes (`~`). */
+function escapeKeyPart(part: string): string {
+  return part.replace(/[%|~]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
 function itemSegment(name: string, key: string): string {
   return `${name}[${encodeURIComponent(key)}]`;
 }
 
-/** Arrays stored as one atomic leaf: primitive arrays with a companion, companions, arrays with null. */
-function isAtomicArray(obj: FhirJsonObject, name: string, arr: FhirJson[]): boolean {
-  if (name.startsWith('_')) return true;
-  if (arr.some((v) => v === null)) return true;
-  return arr.every(isPrimitive) && Array.isArray(obj[`_${name}`]);
+/** An array stored as one atomic leaf at its own path: one that holds null (and has no companion). */
+function isAtomicArray(arr: FhirJson[]): boolean {
+  return arr.some((v) => v === null) || arr.some((v) => Array.isArray(v));
 }
 
 /**
@@ -78,9 +80,20 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
     for (const [name, value] of Object.entries(obj)) {
       const path = prefix ? `${prefix}/${name}` : name;
       if (SERVER_MANAGED.has(path)) continue;
+      // A repeating primitive and its `_name` companion are stored together as one pair leaf.
+      if (name.startsWith('_') && Array.isArray(value)) {
+        const base = name.slice(1);
+        if (!Array.isArray(obj[base]) && value.length > 0) out.set(`${prefix ? `${prefix}/` : ''}${base}${PAIR}`, canonicalStringify([null, value]));
+        continue;
+      }
+      if (Array.isArray(value) && Array.isArray(obj[`_${name}`])) {
+        const companion = obj[`_${name}`] as FhirJson[];
+        if (value.length > 0 || companion.length > 0) out.set(`${path}${PAIR}`, canonicalStringify([value.length > 0 ? value : null, companion.length > 0 ? companion : null]));
+        continue;
+      }
       if (Array.isArray(value)) {
         if (value.length === 0) continue;
-        if (isAtomicArray(obj, name, value)) {
+        if (isAtomicArray(value)) {
           out.set(path, canonicalStringify(value));
           continue;
         }
@@ -161,20 +174,30 @@ export function ordersOf(leaves: ReadonlyMap<string, string>): Map<string, numbe
 interface Node {
   value?: FhirJson; // atomic or primitive leaf
   children: Map<string, Node>; // by element name, or by item segment for array items
-  order?: number;
 }
 
 const ITEM = /^([^[\]]+)\[([^[\]]*)\]$/;
 
+/** A live leaf that is not part of the rendered resource, and why. */
+export interface Orphan {
+  /** The leaf's path. */
+  path: string;
+  /** The path of the leaf whose winner displaced it: the removed item's order leaf, or the pair leaf that replaced a structured array. */
+  cause: string;
+}
+
+const join = (prefix: string, seg: string): string => (prefix ? `${prefix}/${seg}` : seg);
+
 /**
  * Rebuilds FHIR JSON from leaves. Array items are ordered by order number, then by key. Array
- * items without a live order leaf are left out (the item was removed). Empty objects and arrays
- * are never produced.
+ * items without a live order leaf are left out (the item was removed); a pair leaf (`name@p`)
+ * takes precedence over structured items of the same array. Empty objects and arrays are never
+ * produced.
  *
  * @param leaves - element path → JSON text.
- * @returns The resource, and the paths of leaves that were dropped because their item was removed.
+ * @returns The resource, and the live leaves that were left out ({@link Orphan}s).
  */
-export function unflatten(leaves: ReadonlyMap<string, string>): { resource: FhirJsonObject; orphans: string[] } {
+export function unflatten(leaves: ReadonlyMap<string, string>): { resource: FhirJsonObject; orphans: Orphan[] } {
   const root: Node = { children: new Map() };
   for (const [path, text] of leaves) {
     let node = root;
@@ -188,49 +211,61 @@ export function unflatten(leaves: ReadonlyMap<string, string>): { resource: Fhir
     }
     node.value = parseFhirJson(text);
   }
-  const orphans: string[] = [];
-  const collectOrphans = (node: Node, path: string): void => {
-    if (node.value !== undefined) orphans.push(path);
-    for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`);
+  const orphans: Orphan[] = [];
+  const collectOrphans = (node: Node, path: string, cause: string): void => {
+    if (node.value !== undefined) orphans.push({ path, cause });
+    for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`, cause);
   };
   const build = (node: Node, path: string): FhirJson | undefined => {
-    if (node.value !== undefined && node.children.size === 0) return node.value;
     if (node.value !== undefined) {
-      // An atomic leaf beside structured children (concurrent switch of representation): the
-      // atomic value wins deterministically; the structured leaves are reported as orphans.
-      for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`);
+      // An atomic leaf beside structured children: the atomic value wins deterministically.
+      for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`, path);
       return node.value;
     }
     const obj: FhirJsonObject = {};
-    const arrays = new Map<string, Array<{ key: string; order: number; value: FhirJson }>>();
+    const arrays = new Map<string, Array<{ key: string; order: number; value: FhirJson; itemPath: string; node: Node }>>();
+    const pairs = new Map<string, string>();
     for (const [seg, child] of node.children) {
-      const childPath = path ? `${path}/${seg}` : seg;
+      const childPath = join(path, seg);
+      if (seg.endsWith(PAIR) && child.value !== undefined && child.children.size === 0) {
+        const name = seg.slice(0, -PAIR.length);
+        const pair = child.value;
+        if (Array.isArray(pair) && pair.length === 2) {
+          if (Array.isArray(pair[0])) obj[name] = pair[0];
+          if (Array.isArray(pair[1])) obj[`_${name}`] = pair[1];
+          pairs.set(name, childPath);
+        }
+        continue;
+      }
       const m = ITEM.exec(seg);
       if (m) {
         const [, name, key] = m as unknown as [string, string, string];
         const orderNode = child.children.get(ORDER);
         const order = orderNode?.value !== undefined ? Number(canonicalStringify(orderNode.value)) : undefined;
         if (order === undefined || Number.isNaN(order)) {
-          collectOrphans(child, childPath);
+          collectOrphans(child, childPath, `${childPath}/${ORDER}`);
           continue;
         }
-        child.children.delete(ORDER);
         const valueNode = child.children.get(VALUE);
         let item: FhirJson | undefined;
-        if (valueNode && child.children.size === 1) item = valueNode.value;
-        else item = build(child, childPath);
+        if (valueNode && child.children.size === 2) item = valueNode.value;
+        else {
+          const rest: Node = { children: new Map([...child.children].filter(([k]) => k !== ORDER)) };
+          item = build(rest, childPath);
+        }
         if (item === undefined) continue;
         let list = arrays.get(name);
         if (!list) arrays.set(name, (list = []));
-        list.push({ key, order, value: item });
+        list.push({ key, order, value: item, itemPath: childPath, node: child });
       } else {
         const v = build(child, childPath);
         if (v !== undefined) obj[seg] = v;
       }
     }
     for (const [name, list] of arrays) {
-      if (obj[name] !== undefined) {
-        for (const it of list) orphans.push(`${path ? `${path}/` : ''}${name}[${it.key}]`);
+      const displacedBy = pairs.get(name) ?? (obj[name] !== undefined ? join(path, name) : undefined);
+      if (displacedBy !== undefined) {
+        for (const it of list) collectOrphans(it.node, it.itemPath, displacedBy);
         continue;
       }
       list.sort((a, b) => a.order - b.order || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));

@@ -12,6 +12,7 @@
 export type HlcStamp = string;
 
 const STAMP = /^(\d{15})\.(\d{6})$/;
+const MAX_COUNTER = 999_999;
 
 /** Builds a stamp from wall ms and counter. */
 export function formatStamp(ms: number, counter: number): HlcStamp {
@@ -54,6 +55,10 @@ export class HybridLogicalClock {
     const wall = this.wallClock();
     if (wall > this.lastMs) {
       this.lastMs = wall;
+      this.counter = 0;
+    } else if (this.counter >= MAX_COUNTER) {
+      // The counter has 6 digits: borrow the next millisecond rather than overflow.
+      this.lastMs++;
       this.counter = 0;
     } else {
       this.counter++;

@@ -72,6 +72,11 @@ export class Replica {
     return rec?.versions[rec.versions.length - 1];
   }
 
+  /** Keys that have at least one version (documents still waiting for their create are left out). */
+  *resourceKeys(): IterableIterator<string> {
+    for (const key of this.store.keys()) if (this.current(key)) yield key;
+  }
+
   /** A specific version, or undefined. */
   version(key: string, versionId: string): VersionRecord | undefined {
     return this.store.get(key)?.versions.find((v) => v.versionId === versionId);
@@ -110,12 +115,16 @@ export class Replica {
       basePaths = readPaths(loadDoc(base.state, this.nodeId));
     }
     const sv = Y.encodeStateVector(doc);
+    // After a restart the clock starts from the wall clock: move it past every stored stamp first.
+    const stored = maxStampOf(doc);
+    if (stored) this.clock.observe(stored);
     const ctx = { nodeId: this.nodeId, stamp: this.clock.now(), ...(opts.author ? { author: opts.author } : {}) };
     const written = writeResource(doc, basePaths, body, this.policy, ctx);
     const created = !before || before.deleted;
     if (written === 0 && before) return { version: before, created: false };
     const update = Y.encodeStateAsUpdate(doc, sv);
     const version = this.commit(key, doc, rec);
+    if (!version) throw new Error(`Write to ${key} left the resource incomplete`);
     return { version, created, update };
   }
 
@@ -147,14 +156,20 @@ export class Replica {
     return this.commit(key, doc, rec);
   }
 
-  /** Stores the document and, when its rendered version is new, a version record. */
-  private commit(key: string, doc: Y.Doc, rec: ResourceRecord | undefined): VersionRecord {
+  /**
+   * Stores the document and, when its rendered version is new, a version record. A document that
+   * does not yet hold its resource's `resourceType` and `id` (its creating update has not arrived)
+   * is stored without a version: nothing half-merged is ever shown or written to a hospital.
+   */
+  private commit(key: string, doc: Y.Doc, rec: ResourceRecord | undefined): VersionRecord | undefined {
     const state = Y.encodeStateAsUpdate(doc);
     const r: Rendered = render(doc);
     const last = rec?.versions[rec.versions.length - 1];
-    if (last && last.versionId === r.versionId) {
-      this.store.set(key, { state, versions: rec!.versions });
-      return last;
+    const [type, id] = splitKey(key);
+    const complete = r.resource !== null && r.resource.resourceType === type && r.resource.id === id;
+    if ((last && last.versionId === r.versionId) || (!complete && !r.deleted)) {
+      this.store.set(key, { state, versions: rec?.versions ?? [] });
+      return last && last.versionId === r.versionId ? last : undefined;
     }
     const version: VersionRecord = {
       versionId: r.versionId,
