@@ -27,6 +27,15 @@ if (major < 22 || (major === 22 && minor < 18)) {
     execFileSync('tar', ['xzf', tgz], { cwd: cache });
     rmSync(join(cache, tgz));
   }
+  // npm looks for its global npmrc (registry CA, proxy) next to the running node: keep the machine's.
+  if (!env.npm_config_globalconfig) {
+    try {
+      const g = execFileSync('npm', ['config', 'get', 'globalconfig'], { encoding: 'utf8' }).trim();
+      if (g && existsSync(g)) env.npm_config_globalconfig = g;
+    } catch {
+      // no npm: nothing to keep
+    }
+  }
   env.PATH = `${join(pkg, 'bin')}:${env.PATH ?? ''}`;
   env.npm_config_nodedir = pkg;
 }
