@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 /**
- * tidegate's command line: `demo`, `serve`, `keys generate`, `bench`.
+ * tidegate's command line: `demo`, `serve`, `keys generate|rotate|retire|list`, `bench`.
  */
 import { Command, InvalidArgumentError } from 'commander';
-import { EXAMPLES_DIR, formatReport, runDemo } from './demo.ts';
+import { fileURLToPath } from 'node:url';
+
+/** Default demo data: the project's own small example set (kept here so `keys` etc. don't load the demo). */
+const EXAMPLES_DIR = fileURLToPath(new URL('../../examples/data/', import.meta.url));
 
 function positiveInt(v: string): number {
   const n = Number(v);
@@ -25,24 +28,72 @@ program
   .option('--concurrency <n>', 'concurrent writes during the import', positiveInt, 8)
   .option('--timeout <ms>', 'convergence timeout in ms', positiveInt, 300_000)
   .action(async (o: { hospitals: number; data: string; json: boolean; serve: boolean; editPatients: number; concurrency: number; timeout: number }) => {
+    const { formatReport, runDemo } = await import('./demo.ts');
     const report = await runDemo({ hospitals: o.hospitals, data: o.data, json: o.json, serve: o.serve, editPatients: o.editPatients, concurrency: o.concurrency, timeoutMs: o.timeout });
     if (o.json) process.stdout.write(`${JSON.stringify(report)}\n`);
     else process.stdout.write(`${formatReport(report)}\n`);
     process.exitCode = report.ok ? 0 : 1;
   });
 
-program
-  .command('keys')
-  .description('key management')
+const keys = program.command('keys').description('key management (docs/envelope.md §7)');
+
+keys
   .command('generate')
-  .description("write a node's secret keys (mode 0600) and public keys")
+  .description("write a node's secret keys (tidegate-node-secret/2, mode 0600) and public keys (AKP JWK Set)")
   .requiredOption('--node <id>', 'node id')
   .option('--out <dir>', 'output folder', 'keys')
   .action(async (o: { node: string; out: string }) => {
-    const { generateNodeKeys, writeKeyFiles } = await import('../envelope/index.ts');
-    const keys = generateNodeKeys(o.node);
-    const written = await writeKeyFiles(o.out, keys);
-    process.stdout.write(`${JSON.stringify(written)}\n`);
+    const { createKeyStore, listKeys, writeKeyStoreFiles } = await import('../envelope/index.ts');
+    const store = createKeyStore(o.node);
+    await (await import('node:fs/promises')).mkdir(o.out, { recursive: true, mode: 0o700 });
+    const written = await writeKeyStoreFiles(o.out, store);
+    process.stdout.write(`${JSON.stringify({ ...written, keys: listKeys(store) })}\n`);
+  });
+
+keys
+  .command('rotate')
+  .description('new X-Wing key (old one still decrypts until retired) and a next ML-DSA-65 key (signs once the current one is retired)')
+  .requiredOption('--node <id>', 'node id')
+  .option('--dir <dir>', 'key folder', 'keys')
+  .action(async (o: { node: string; dir: string }) => {
+    const { listKeys, readKeyStore, rotateKeyStore, writeKeyStoreFiles } = await import('../envelope/index.ts');
+    const { join } = await import('node:path');
+    const store = rotateKeyStore(await readKeyStore(join(o.dir, `${o.node}.secret.json`)));
+    const written = await writeKeyStoreFiles(o.dir, store, { overwrite: true });
+    process.stdout.write(`${JSON.stringify({ ...written, keys: listKeys(store) })}\n`);
+  });
+
+keys
+  .command('retire')
+  .description('destroy the secret of key KID (a previous X-Wing key stops decrypting; retiring the current ML-DSA-65 key promotes the next one)')
+  .argument('<kid>', 'key id (22 base64url characters)')
+  .requiredOption('--node <id>', 'node id')
+  .option('--dir <dir>', 'key folder', 'keys')
+  .action(async (kid: string, o: { node: string; dir: string }) => {
+    const { listKeys, readKeyStore, retireKey, writeKeyStoreFiles } = await import('../envelope/index.ts');
+    const { join } = await import('node:path');
+    const store = retireKey(await readKeyStore(join(o.dir, `${o.node}.secret.json`)), kid);
+    const written = await writeKeyStoreFiles(o.dir, store, { overwrite: true });
+    process.stdout.write(`${JSON.stringify({ ...written, keys: listKeys(store) })}\n`);
+  });
+
+keys
+  .command('list')
+  .description("show a node's key ids, algorithms, creation dates and status (no secrets)")
+  .requiredOption('--node <id>', 'node id')
+  .option('--dir <dir>', 'key folder', 'keys')
+  .option('--json', 'print JSON', false)
+  .action(async (o: { node: string; dir: string; json: boolean }) => {
+    const { listKeys, readKeyStore } = await import('../envelope/index.ts');
+    const { join } = await import('node:path');
+    const rows = listKeys(await readKeyStore(join(o.dir, `${o.node}.secret.json`)));
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify(rows)}\n`);
+      return;
+    }
+    const table = [['KID', 'ALG', 'USE', 'STATUS', 'CREATED', 'RETIRED'], ...rows.map((r) => [r.kid, r.alg, r.use, r.status, r.created ?? 'unknown', r.retired ?? '-'])];
+    const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+    process.stdout.write(`${table.map((row) => row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n')}\n`);
   });
 
 program

@@ -57,6 +57,12 @@ export interface SealInput {
   createdAt?: number;
 }
 
+/**
+ * Source of the three random values one seal consumes, in this order: the X-Wing `eseed` (64 bytes),
+ * the GCM nonce (12 bytes), the ML-DSA-65 `rnd` (32 bytes). Must return exactly `n` fresh bytes.
+ */
+export type SealRandom = (n: number) => Uint8Array;
+
 /** Result of {@link open}. */
 export interface OpenResult {
   header: EnvelopeHeader;
@@ -140,6 +146,7 @@ function checkSealInput(input: SealInput, sender: NodeSecretKeys, recipient: Nod
     if (typeof r !== 'string' || !RESOURCE_RE.test(r)) fail('each resource must be a FHIR "Type/id" key');
   }
   if (!(input.plaintext instanceof Uint8Array)) fail('plaintext must be a Uint8Array');
+  if (input.plaintext.length > SUITE.lengths.maxPlaintext) fail(`plaintext must be at most ${SUITE.lengths.maxPlaintext} bytes`);
   const createdAt = input.createdAt ?? Date.now();
   if (!Number.isSafeInteger(createdAt) || createdAt < 0) fail('createdAt must be a non-negative integer (ms)');
   if (!NODE_ID_RE.test(sender.nodeId) || !KEY_ID_RE.test(sender.sigKeyId)) fail('invalid sender nodeId / sigKeyId');
@@ -174,10 +181,10 @@ function checkSealInput(input: SealInput, sender: NodeSecretKeys, recipient: Nod
  * 1. (ek, ss) = X-Wing.Encaps(recipient.kemPublicKey) — draft-connolly-cfrg-xwing-kem (ML-KEM-768, FIPS 203);
  *    ek 1120 bytes, ss 32 bytes.
  * 2. key = HKDF-SHA256(ikm = ss, salt = absent (32 zero bytes), info = "tidegate-env/1 A256GCM", L = 32) — RFC 5869.
- * 3. iv = 12 random bytes; ct = AES-256-GCM(key, iv, AAD = canonical header bytes) with the
+ * 3. iv = 12 random bytes (CSPRNG); ct = AES-256-GCM(key, iv, AAD = canonical header bytes) with the
  *    16-byte tag appended — NIST SP 800-38D.
  * 4. sig = ML-DSA-65.Sign(sender.sigSecretKey, {@link signatureInput}(header, ek, iv, ct),
- *    ctx = "tidegate-env/1"), hedged — FIPS 204; 3309 bytes.
+ *    ctx = "tidegate-env/1"), hedged with 32 fresh random bytes `rnd` — FIPS 204; 3309 bytes.
  * 5. Output compact JSON `{"protected","ek","iv","ct","sig"}`, each unpadded base64url
  *    (RFC 4648 §5), in the style of the RFC 7516 / RFC 7515 flattened JSON serializations.
  *
@@ -189,29 +196,71 @@ function checkSealInput(input: SealInput, sender: NodeSecretKeys, recipient: Nod
  * @returns The serialized envelope: ASCII JSON text of about 4/3 × (plaintext bytes + ~4.8 KB) characters
  *   (ek 1120 + iv 12 + tag 16 + sig 3309 bytes + header).
  * @throws `TypeError` when the input or keys are invalid (bad kind/messageId/resources pattern,
- *   wrong key lengths, recipient kid not matching its key). Never an {@link EnvelopeError}.
+ *   wrong key lengths, recipient kid not matching its key, plaintext over 45 MiB). Never an {@link EnvelopeError}.
  */
 export function seal(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys): string {
+  return sealInternal(input, sender, recipient, randomBytes);
+}
+
+/**
+ * {@link seal} with caller-supplied randomness, for known-answer test vectors ONLY
+ * (test/vectors/tidegate-env-1-kat.json). Not re-exported from `src/envelope/index.ts` and not
+ * reachable through the worker pool, so production code cannot call it by accident.
+ *
+ * `random(n)` is called exactly three times, in this order:
+ * 1. n = 64: X-Wing `eseed` for EncapsulateDerand (draft-connolly-cfrg-xwing-kem §5.4.1);
+ * 2. n = 12: the AES-256-GCM nonce (NIST SP 800-38D);
+ * 3. n = 32: ML-DSA-65 `rnd` (FIPS 204 Algorithm 2; all zeros = the deterministic variant).
+ *
+ * Reusing any of these values across two envelopes breaks confidentiality (GCM nonce reuse under
+ * the same key is only avoided because `eseed` changes the key) — never use fixed values for real data.
+ *
+ * @param input - As for {@link seal}.
+ * @param sender - As for {@link seal}.
+ * @param recipient - As for {@link seal}.
+ * @param random - Randomness source (see above); each result must have exactly the requested length.
+ * @returns The serialized envelope, byte-for-byte reproducible for equal inputs.
+ * @throws `TypeError` as {@link seal}, and when `random` returns the wrong length.
+ */
+export function sealWithRandomness(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys, random: SealRandom): string {
+  if (typeof random !== 'function') throw new TypeError('sealWithRandomness: random must be a function');
+  const checked: SealRandom = (n) => {
+    const out = random(n);
+    if (!(out instanceof Uint8Array) || out.length !== n) throw new TypeError(`sealWithRandomness: random(${n}) must return ${n} bytes`);
+    return Uint8Array.from(out);
+  };
+  return sealInternal(input, sender, recipient, checked);
+}
+
+function sealInternal(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys, random: SealRandom): string {
   const header = checkSealInput(input, sender, recipient);
   const protectedBytes = canonicalHeaderBytes(header);
+  const L = SUITE.lengths;
   let sharedSecret: Uint8Array | undefined;
   let key: Uint8Array | undefined;
+  let eseed: Uint8Array | undefined;
   try {
-    const enc = ml_kem768_x25519.encapsulate(recipient.kemPublicKey);
+    eseed = random(L.kemEncapsSeed);
+    const enc = ml_kem768_x25519.encapsulate(recipient.kemPublicKey, eseed);
     sharedSecret = enc.sharedSecret;
     const ek = enc.cipherText;
     key = deriveContentKey(sharedSecret);
-    const iv = randomBytes(SUITE.lengths.nonce);
+    const iv = random(L.nonce);
     const ct = gcm(key, iv, protectedBytes).encrypt(input.plaintext);
-    const sig = ml_dsa65.sign(signatureInput(protectedBytes, ek, iv, ct), sender.sigSecretKey, { context: SIG_CONTEXT });
-    return JSON.stringify({
+    const rnd = random(L.signRandomness);
+    const sig = ml_dsa65.sign(signatureInput(protectedBytes, ek, iv, ct), sender.sigSecretKey, { context: SIG_CONTEXT, extraEntropy: rnd });
+    rnd.fill(0);
+    const out = JSON.stringify({
       protected: b64uEncode(protectedBytes),
       ek: b64uEncode(ek),
       iv: b64uEncode(iv),
       ct: b64uEncode(ct),
       sig: b64uEncode(sig),
     });
+    if (out.length > L.maxEnvelopeChars) throw new TypeError(`seal: envelope would exceed ${L.maxEnvelopeChars} characters`);
+    return out;
   } finally {
+    eseed?.fill(0);
     sharedSecret?.fill(0);
     key?.fill(0);
   }
@@ -285,6 +334,9 @@ function checkHeaderSchema(h: Record<string, unknown>): EnvelopeHeader {
 
 function parseEnvelope(serialized: string): ParsedEnvelope {
   if (typeof serialized !== 'string') malformed('expected a string');
+  if (serialized.length > SUITE.lengths.maxEnvelopeChars) {
+    throw new EnvelopeError('ERR_ENVELOPE_TOO_LARGE', `Envelope of ${serialized.length} characters exceeds ${SUITE.lengths.maxEnvelopeChars}`);
+  }
   let outer: unknown;
   try {
     outer = JSON.parse(serialized);
@@ -334,31 +386,51 @@ function parseEnvelope(serialized: string): ParsedEnvelope {
  *
  * @param serialized - A tidegate-env/1 envelope string.
  * @returns A fresh copy of the header (createdAt in ms since epoch).
- * @throws {@link EnvelopeError} `ERR_ENVELOPE_MALFORMED` or `ERR_UNSUPPORTED_ALGORITHM`.
+ * @throws {@link EnvelopeError} `ERR_ENVELOPE_TOO_LARGE`, `ERR_ENVELOPE_MALFORMED` or `ERR_UNSUPPORTED_ALGORITHM`.
  */
 export function peekHeader(serialized: string): EnvelopeHeader {
   return parseEnvelope(serialized).header;
+}
+
+/** The peer's ML-DSA-65 public key whose kid is `kid`: the current one or an additional (`next`) one. */
+function selectSigKey(peer: NodePublicKeys, kid: string): Uint8Array | undefined {
+  if (peer.sigKeyId === kid) return peer.sigPublicKey;
+  for (const k of peer.additionalSigKeys ?? []) {
+    if (k.kid === kid && k.publicKey instanceof Uint8Array && keyIdOf(k.publicKey) === kid) return k.publicKey;
+  }
+  return undefined;
+}
+
+/** This node's X-Wing secret key whose kid is `kid`: the current one or a `previous` one. */
+function selectKemKey(self: NodeSecretKeys, kid: string): Uint8Array | undefined {
+  if (self.kemKeyId === kid) return self.kemSecretKey;
+  for (const k of self.additionalKemKeys ?? []) {
+    if (k.kid === kid) return k.secretKey;
+  }
+  return undefined;
 }
 
 /**
  * Verifies and decrypts a tidegate-env/1 envelope addressed to this node.
  *
  * Checks, in this order (first failure wins):
+ * 0. length ≤ 64 MiB (`SUITE.lengths.maxEnvelopeChars`), before any parsing → `ERR_ENVELOPE_TOO_LARGE`;
  * 1. strict parse: JSON object with exactly `protected`, `ek`, `iv`, `ct`, `sig` (strings, canonical
  *    unpadded base64url, RFC 4648 §5); header is canonical JSON with exactly the tidegate-env/1 fields;
  *    ek 1120, iv 12, sig 3309 bytes, ct ≥ 16 bytes → `ERR_ENVELOPE_MALFORMED`
  *    (a header `v` other than "tidegate-env/1" → `ERR_UNSUPPORTED_ALGORITHM`, checked before the field set);
  * 2. `kem`/`kdf`/`aead`/`sig` ids in the allowlist → `ERR_UNSUPPORTED_ALGORITHM`;
- * 3. `peers.get(sender)` exists, its nodeId equals `sender` and its sigKeyId equals `senderKid`
- *    → `ERR_UNKNOWN_PEER`;
+ * 3. `peers.get(sender)` exists, its nodeId equals `sender`, and `senderKid` is its `sigKeyId` or
+ *    the kid of one of its `additionalSigKeys` → `ERR_UNKNOWN_PEER`;
  * 4. ML-DSA-65 verify (FIPS 204, ctx "tidegate-env/1") of {@link signatureInput} → `ERR_SIGNATURE_INVALID`;
- * 5. `recipient` === self.nodeId and `recipientKid` === self.kemKeyId → `ERR_NOT_FOR_THIS_NODE`
+ * 5. `recipient` === self.nodeId and `recipientKid` is `self.kemKeyId` or the kid of one of
+ *    `self.additionalKemKeys` (still-decrypting previous keys) → `ERR_NOT_FOR_THIS_NODE`
  *    (X-Wing/ML-KEM decapsulation never fails — implicit rejection returns an unrelated secret —
  *    so addressing is decided from the signed header ids);
  * 6. X-Wing decapsulation, HKDF-SHA256 (RFC 5869), AES-256-GCM decryption with AAD = protected
  *    header bytes (NIST SP 800-38D) → `ERR_DECRYPT_FAILED`.
  *
- * No replay or freshness check is made: callers dedupe on `messageId` and judge `createdAt`.
+ * No replay or freshness check is made here: feed the returned header to a {@link ReplayGuard}.
  * Error messages never include plaintext. The decapsulated secret and content key are zeroed.
  *
  * @param serialized - A tidegate-env/1 envelope string.
@@ -374,13 +446,14 @@ export function open(serialized: string, self: NodeSecretKeys, peers: ReadonlyMa
   if (peer === undefined || peer.nodeId !== header.sender) {
     throw new EnvelopeError('ERR_UNKNOWN_PEER', `Unknown sender "${header.sender}"`);
   }
-  if (peer.sigKeyId !== header.senderKid) {
-    throw new EnvelopeError('ERR_UNKNOWN_PEER', `Sender "${header.sender}" key id ${header.senderKid} is not the configured key`);
+  const sigPublicKey = selectSigKey(peer, header.senderKid);
+  if (sigPublicKey === undefined) {
+    throw new EnvelopeError('ERR_UNKNOWN_PEER', `Sender "${header.sender}" key id ${header.senderKid} is not a configured key`);
   }
 
   let valid = false;
   try {
-    valid = ml_dsa65.verify(sig, signatureInput(protectedBytes, ek, iv, ct), peer.sigPublicKey, { context: SIG_CONTEXT });
+    valid = ml_dsa65.verify(sig, signatureInput(protectedBytes, ek, iv, ct), sigPublicKey, { context: SIG_CONTEXT });
   } catch {
     valid = false;
   }
@@ -388,17 +461,18 @@ export function open(serialized: string, self: NodeSecretKeys, peers: ReadonlyMa
     throw new EnvelopeError('ERR_SIGNATURE_INVALID', `Signature by "${header.sender}" does not verify (message ${header.messageId})`);
   }
 
-  if (header.recipient !== self.nodeId || header.recipientKid !== self.kemKeyId) {
+  const kemSecretKey = header.recipient === self.nodeId ? selectKemKey(self, header.recipientKid) : undefined;
+  if (kemSecretKey === undefined) {
     throw new EnvelopeError(
       'ERR_NOT_FOR_THIS_NODE',
-      `Envelope ${header.messageId} is for "${header.recipient}" key ${header.recipientKid}, not "${self.nodeId}" key ${self.kemKeyId}`,
+      `Envelope ${header.messageId} is for "${header.recipient}" key ${header.recipientKid}, not one of "${self.nodeId}"'s keys`,
     );
   }
 
   let sharedSecret: Uint8Array | undefined;
   let key: Uint8Array | undefined;
   try {
-    sharedSecret = ml_kem768_x25519.decapsulate(ek, self.kemSecretKey);
+    sharedSecret = ml_kem768_x25519.decapsulate(ek, kemSecretKey);
     key = deriveContentKey(sharedSecret);
     const plaintext = gcm(key, iv, protectedBytes).decrypt(ct);
     return { header, plaintext };

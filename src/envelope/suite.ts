@@ -58,6 +58,22 @@ export const SUITE = Object.freeze({
     keyIdChars: 22,
     /** Seed accepted by `generateNodeKeys`. */
     nodeSeed: 32,
+    /** X-Wing encapsulation randomness `eseed` (draft-connolly-cfrg-xwing-kem §5.4.1, EncapsulateDerand). */
+    kemEncapsSeed: 64,
+    /** ML-DSA-65 signing randomness `rnd` (FIPS 204 Algorithm 2, hedged variant). */
+    signRandomness: 32,
+    /** ML-DSA-65 key generation seed ξ (FIPS 204 Algorithm 1), the AKP `priv` (draft-ietf-cose-dilithium). */
+    sigSeed: 32,
+    /**
+     * Largest serialized envelope, in UTF-16 code units (= bytes: envelopes are ASCII), 64 MiB.
+     * `open()`/`peekHeader()` reject longer input before parsing anything (`ERR_ENVELOPE_TOO_LARGE`).
+     */
+    maxEnvelopeChars: 67_108_864,
+    /**
+     * Largest plaintext `seal()` accepts, 45 MiB: with the 10 000-resource header and the fixed
+     * overhead the envelope stays below `maxEnvelopeChars`.
+     */
+    maxPlaintext: 47_185_920,
   }),
 } as const);
 
