@@ -106,6 +106,22 @@ program
   });
 
 program
+  .command('hospital')
+  .description('run a stand-in hospital FHIR server (Medplum FhirRouter + MemoryRepository over HTTP) for trying nodes by hand')
+  .option('--port <n>', 'TCP port (0 = any free port)', (v: string) => Number(v), 8103)
+  .option('--host <host>', 'interface to bind', '127.0.0.1')
+  .action(async (o: { port: number; host: string }) => {
+    const { startMedplumHospital } = await import('../hospital/index.ts');
+    const h = await startMedplumHospital({ port: o.port, host: o.host, name: 'stand-in-hospital' });
+    process.stdout.write(`${JSON.stringify({ fhirServer: h.url })}\n`);
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    await h.close();
+  });
+
+program
   .command('bench')
   .description('benchmarks: merge, seal/open, replication latency; writes docs/BENCHMARKS.md')
   .option('--json', 'print the figures as JSON', false)
