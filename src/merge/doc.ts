@@ -118,7 +118,8 @@ export function clientIdFor(nodeId: string): number {
  * @throws Error when `state` is not a valid Yjs update.
  */
 export function loadDoc(state: Uint8Array | undefined, nodeId: string): Y.Doc {
-  const doc = new Y.Doc({ gc: true });
+  // A fixed guid: Y.Doc would otherwise draw a random UUID per load (the guid is never used here).
+  const doc = new Y.Doc({ gc: true, guid: 'tidegate-resource' });
   if (state && state.length > 0) Y.applyUpdate(doc, state);
   doc.clientID = clientIdFor(nodeId);
   return doc;
@@ -231,7 +232,10 @@ export function writeResource(doc: Y.Doc, basePaths: ReadonlyMap<string, PathSta
     const nextLeaves = flatten(next, policy, ordersOf(baseLeaves));
     for (const [path, text] of nextLeaves) if (baseLeaves.get(path) !== text) changes.set(path, text);
     for (const path of baseLeaves.keys()) if (!nextLeaves.has(path)) changes.set(path, undefined);
-    if (wasDeleted !== 'false') changes.set(DELETED, 'false');
+    // Every write that changes something also states "not deleted", with what its writer had seen:
+    // a concurrent delete then meets this entry at `@deleted`, the later one wins and the other is a
+    // conflict record, so neither the delete nor the edit disappears silently.
+    if (changes.size > 0 || wasDeleted !== 'false') changes.set(DELETED, 'false');
   }
   if (changes.size === 0) return 0;
   const map = entriesMap(doc);

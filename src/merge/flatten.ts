@@ -225,8 +225,16 @@ export function unflatten(leaves: ReadonlyMap<string, string>): { resource: Fhir
     const obj: FhirJsonObject = {};
     const arrays = new Map<string, Array<{ key: string; order: number; value: FhirJson; itemPath: string; node: Node }>>();
     const pairs = new Map<string, string>();
+    const pairNames = new Set([...node.children.keys()].filter((k) => k.endsWith(PAIR)).map((k) => k.slice(0, -PAIR.length)));
     for (const [seg, child] of node.children) {
       const childPath = join(path, seg);
+      // A pair leaf takes precedence over an atomic leaf of the same array or companion, whatever
+      // the order the leaves arrived in; the other becomes an orphan (a conflict record).
+      const plainName = seg.startsWith('_') ? seg.slice(1) : seg;
+      if (!seg.endsWith(PAIR) && !ITEM.test(seg) && pairNames.has(plainName)) {
+        collectOrphans(child, childPath, join(path, `${plainName}${PAIR}`));
+        continue;
+      }
       if (seg.endsWith(PAIR) && child.value !== undefined && child.children.size === 0) {
         const name = seg.slice(0, -PAIR.length);
         const pair = child.value;

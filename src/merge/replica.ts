@@ -45,6 +45,24 @@ export interface ReplicaOptions {
   onVersion?: (key: string, version: VersionRecord) => void;
 }
 
+/** Most held-back updates kept per resource; older ones are dropped (anti-entropy resends them). */
+const MAX_PENDING = 256;
+
+function dedupe(updates: Uint8Array[]): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const u of updates) if (!out.some((o) => Buffer.compare(o, u) === 0)) out.push(u);
+  return out;
+}
+
+function samePending(a: Uint8Array[] | undefined, b: Uint8Array[]): boolean {
+  const x = a ?? [];
+  return x.length === b.length && x.every((u, i) => Buffer.compare(u, b[i]!) === 0);
+}
+
+function withPending(rec: ResourceRecord, pending: Uint8Array[]): ResourceRecord {
+  return pending.length > 0 ? { ...rec, pending } : rec;
+}
+
 function splitKey(key: string): [string, string] {
   const i = key.indexOf('/');
   return [key.slice(0, i), key.slice(i + 1)];
@@ -105,6 +123,8 @@ export class Replica {
    * @throws {@link UnknownVersionError} when `baseVersionId` is not a version of this resource.
    */
   write(key: string, body: FhirJsonObject | null, opts: { baseVersionId?: string; author?: string } = {}): LocalWriteResult {
+    const [type, id] = splitKey(key);
+    if (body && (body.resourceType !== type || body.id !== id)) throw new TypeError(`Body resourceType/id do not match ${key}`);
     const rec = this.store.get(key);
     const doc = loadDoc(rec?.state, this.nodeId);
     const before = rec?.versions[rec.versions.length - 1];
@@ -139,21 +159,47 @@ export class Replica {
     const rec = this.store.get(key);
     const doc = loadDoc(rec?.state, this.nodeId);
     const before = Y.encodeStateVector(doc);
-    try {
-      Y.applyUpdate(doc, update, 'remote');
-    } catch (err) {
-      throw new MalformedUpdateError(`Update for ${key} is not a valid Yjs update: ${(err as Error).message}`);
+    // An update whose dependencies have not arrived is held back whole. Handing it to Yjs early
+    // would apply its delete set at once while its new entries wait, so values would vanish until
+    // the missing update came (Yjs "pending structs"). Held updates are retried on every apply.
+    const queue = [...(rec?.pending ?? []), update];
+    let progress = true;
+    while (progress) {
+      progress = false;
+      for (let i = 0; i < queue.length; i++) {
+        const u = queue[i]!;
+        let from: Map<number, number>;
+        let to: Map<number, number>;
+        try {
+          ({ from, to } = Y.parseUpdateMeta(u));
+        } catch (err) {
+          if (u === update) throw new MalformedUpdateError(`Update for ${key} is not a valid Yjs update: ${(err as Error).message}`);
+          queue.splice(i--, 1);
+          continue;
+        }
+        const local = Y.decodeStateVector(Y.encodeStateVector(doc));
+        if (![...from].every(([client, clock]) => (local.get(client) ?? 0) >= clock)) continue;
+        const covered = [...to].every(([client, clock]) => (local.get(client) ?? 0) >= clock);
+        if (!covered || from.size === 0) {
+          try {
+            Y.applyUpdate(doc, u, 'remote');
+          } catch (err) {
+            throw new MalformedUpdateError(`Update for ${key} could not be applied: ${(err as Error).message}`);
+          }
+          progress = progress || !covered;
+        }
+        queue.splice(i--, 1);
+      }
     }
+    const pending = dedupe(queue).slice(-MAX_PENDING);
     const stamp = maxStampOf(doc);
     if (stamp) this.clock.observe(stamp);
     const after = Y.encodeStateVector(doc);
-    if (rec && Buffer.compare(before, after) === 0) {
-      // Nothing new integrated; keep any pending structs the update carried.
-      const state = Y.encodeStateAsUpdate(doc);
-      if (state.length !== rec.state.length) this.store.set(key, { ...rec, state });
+    if (Buffer.compare(before, after) === 0 && rec) {
+      if (!samePending(rec.pending, pending)) this.store.set(key, withPending({ state: rec.state, versions: rec.versions }, pending));
       return undefined;
     }
-    return this.commit(key, doc, rec);
+    return this.commit(key, doc, rec, pending);
   }
 
   /**
@@ -161,14 +207,14 @@ export class Replica {
    * does not yet hold its resource's `resourceType` and `id` (its creating update has not arrived)
    * is stored without a version: nothing half-merged is ever shown or written to a hospital.
    */
-  private commit(key: string, doc: Y.Doc, rec: ResourceRecord | undefined): VersionRecord | undefined {
+  private commit(key: string, doc: Y.Doc, rec: ResourceRecord | undefined, pending: Uint8Array[] = rec?.pending ?? []): VersionRecord | undefined {
     const state = Y.encodeStateAsUpdate(doc);
     const r: Rendered = render(doc);
     const last = rec?.versions[rec.versions.length - 1];
     const [type, id] = splitKey(key);
     const complete = r.resource !== null && r.resource.resourceType === type && r.resource.id === id;
     if ((last && last.versionId === r.versionId) || (!complete && !r.deleted)) {
-      this.store.set(key, { state, versions: rec?.versions ?? [] });
+      this.store.set(key, withPending({ state, versions: rec?.versions ?? [] }, pending));
       return last && last.versionId === r.versionId ? last : undefined;
     }
     const version: VersionRecord = {
@@ -178,7 +224,7 @@ export class Replica {
       body: r.deleted || r.resource === null ? null : withMeta(r.resource, r.versionId, r.lastUpdated),
       state,
     };
-    this.store.set(key, { state, versions: [...(rec?.versions ?? []), version] });
+    this.store.set(key, withPending({ state, versions: [...(rec?.versions ?? []), version] }, pending));
     this.onVersion?.(key, version);
     return version;
   }

@@ -25,6 +25,8 @@ export interface ResourceRecord {
   state: Uint8Array;
   /** Versions, oldest first. */
   versions: VersionRecord[];
+  /** Remote updates held back until their dependencies arrive (v1 encoding), oldest first. */
+  pending?: Uint8Array[];
 }
 
 /** Storage of resource records by key `Type/id`. Synchronous so merges never interleave. */
