@@ -38,8 +38,10 @@ describe('FHIR REST API', () => {
     assert.equal(res.body.fhirVersion, '4.0.1');
     const patientCaps = res.body.rest[0].resource.find((r: { type: string }) => r.type === 'Patient');
     const codes = patientCaps.interaction.map((i: { code: string }) => i.code).sort();
-    assert.deepEqual(codes, ['create', 'delete', 'history-instance', 'read', 'update', 'vread']);
-    assert.equal(patientCaps.interaction.some((i: { code: string }) => i.code === 'search-type'), false);
+    assert.deepEqual(codes, ['create', 'delete', 'history-instance', 'patch', 'read', 'update', 'vread']);
+    assert.equal(patientCaps.interaction.some((i: { code: string }) => i.code === 'search-type'), false, 'no search without a hospital client');
+    assert.equal(patientCaps.conditionalDelete, 'single');
+    assert.equal(res.body.rest[0].interaction, undefined, 'no batch/transaction/search-system');
   });
 
   test('PUT creates with the client id, then updates; ETag, Location, meta are set', async () => {
@@ -110,7 +112,9 @@ describe('FHIR REST API', () => {
       ['unknown If-Match version', () => request(ctx.app).put('/fhir/Patient/p1').set('Content-Type', FHIR).set('If-Match', 'W/"424242"').send(JSON.stringify(patient())), 412],
       ['search', () => request(ctx.app).get('/fhir/Patient?name=x'), 501],
       ['transaction', () => request(ctx.app).post('/fhir').set('Content-Type', FHIR).send('{"resourceType":"Bundle","type":"transaction"}'), 501],
-      ['PATCH', () => request(ctx.app).patch('/fhir/Patient/p1').set('Content-Type', 'application/json-patch+json').send('[]'), 501],
+      ['empty PATCH', () => request(ctx.app).patch('/fhir/Patient/p1').set('Content-Type', 'application/json-patch+json').send('[]'), 400],
+      ['conditional PATCH', () => request(ctx.app).patch('/fhir/Patient?name=x').set('Content-Type', 'application/json-patch+json').send('[]'), 501],
+      ['other operation', () => request(ctx.app).post('/fhir/Patient/$everything').set('Content-Type', FHIR).send('{}'), 501],
       ['method', () => request(ctx.app).options('/fhir/Patient/p1'), 405],
     ];
     for (const [name, make, status] of cases) {

@@ -9,12 +9,21 @@ import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
 /** tidegate's software version, reported in the CapabilityStatement. */
 export const TIDEGATE_VERSION = '0.1.0';
 
+/** What a node offers beyond the interactions every node has. */
+export interface CapabilityFeatures {
+  /** Search is forwarded to a hospital server (type level, system level with `_type`). */
+  search: boolean;
+  /** Known profiles, by resource type (listed as `supportedProfile`). */
+  profiles?: Record<string, string[]>;
+}
+
 /**
  * Builds the CapabilityStatement.
  * @param baseUrl - the node's FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
  * @param nodeId - the node id, used in the implementation description.
+ * @param features - optional features that are present (default: no search, no profiles).
  */
-export function capabilityStatement(baseUrl: string, nodeId: string): CapabilityStatement {
+export function capabilityStatement(baseUrl: string, nodeId: string, features: CapabilityFeatures = { search: false }): CapabilityStatement {
   ensureFhirDefinitionsLoaded();
   const types = getResourceTypes().filter((t) => t !== 'Binary').sort();
   return {
@@ -29,23 +38,32 @@ export function capabilityStatement(baseUrl: string, nodeId: string): Capability
     rest: [
       {
         mode: 'server',
-        documentation: 'Writes merge (Yjs CRDT) instead of failing on concurrent edits. GET [type]/[id]/$conflicts lists values that lost a same-field merge.',
+        documentation:
+          'Writes merge (Yjs CRDT) instead of failing on concurrent edits; If-Match with Prefer: handling=strict answers 412 on a version mismatch. ' +
+          'GET [type]/[id]/$conflicts lists values that lost a same-field merge. Conditional interactions match in the node\'s own store. ' +
+          (features.search ? 'Search is answered by the hospital FHIR server (eventually consistent with the node); system-level search needs _type. ' : ''),
+        ...(features.search ? { interaction: [{ code: 'search-system' as const }] } : {}),
         resource: types.map((type) => ({
           type,
+          ...(features.profiles?.[type]?.length ? { supportedProfile: features.profiles[type] } : {}),
           versioning: 'versioned-update',
           readHistory: true,
           updateCreate: true,
-          conditionalCreate: false,
-          conditionalUpdate: false,
-          conditionalDelete: 'not-supported',
+          conditionalCreate: true,
+          conditionalRead: 'not-match',
+          conditionalUpdate: true,
+          conditionalDelete: 'single',
           interaction: [
             { code: 'read' },
             { code: 'vread' },
             { code: 'update' },
+            { code: 'patch' },
             { code: 'delete' },
             { code: 'history-instance' },
             { code: 'create' },
+            ...(features.search ? [{ code: 'search-type' as const }] : []),
           ],
+          operation: [{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }],
         })),
       },
     ],

@@ -7,8 +7,9 @@ import type { NextFunction, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import { FhirService } from './service.ts';
 import type { FhirResult } from './service.ts';
-import { methodNotAllowed, notImplemented, toOutcome, badRequest, notFound } from './outcomes.ts';
+import { methodNotAllowed, notImplemented, toOutcome, badRequest, notFound, unsupportedMediaType } from './outcomes.ts';
 import { canonicalStringify } from './json.ts';
+import { parseSearchQuery } from './search.ts';
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
@@ -35,6 +36,22 @@ function header(req: Request, name: string): string | undefined {
   return v === undefined || v === '' ? undefined : v;
 }
 
+/** The raw (percent-encoded) query string of a request, without `?`. */
+function rawQuery(req: Request): string {
+  const i = req.originalUrl.indexOf('?');
+  return i < 0 ? '' : req.originalUrl.slice(i + 1);
+}
+
+const FORM_MEDIA = /^application\/x-www-form-urlencoded\b/i;
+
+/** Search parameters of `POST …/_search`: the URL's plus the form body's (https://hl7.org/fhir/R4/http.html#search). */
+function formSearchParams(req: Request): Array<[string, string]> {
+  const ct = header(req, 'content-type');
+  const text = typeof req.body === 'string' ? req.body : '';
+  if (text !== '' && (!ct || !FORM_MEDIA.test(ct))) throw unsupportedMediaType('POST _search needs Content-Type application/x-www-form-urlencoded');
+  return [...parseSearchQuery(rawQuery(req)), ...parseSearchQuery(text)];
+}
+
 /**
  * Builds the `/fhir` router.
  * @param service - the node's FHIR interactions.
@@ -50,28 +67,53 @@ export function fhirRouter(service: FhirService, log: Logger): Router {
       next(err);
     }
   };
+  const ha = (fn: (req: Request) => Promise<FhirResult>) => (req: Request, res: Response, next: NextFunction) => {
+    fn(req).then((result) => send(res, result), next);
+  };
   const p = (req: Request, name: string): string => String(req.params[name]);
   const writeReq = (req: Request) => ({
     type: p(req, 'type'),
     text: typeof req.body === 'string' ? req.body : '',
     contentType: header(req, 'content-type'),
     ifMatch: header(req, 'if-match'),
+    ifNoneMatch: header(req, 'if-none-match'),
+    ifNoneExist: header(req, 'if-none-exist'),
+    prefer: header(req, 'prefer'),
     author: header(req, 'x-tidegate-author'),
   });
+  const isOperationName = (s: string) => s.startsWith('$') || s.startsWith('_');
+  const needCriteria = (req: Request, what: string): string => {
+    const q = rawQuery(req);
+    if (q === '') throw badRequest(`${what} on a type needs search criteria (${req.method} [type]?criteria)`);
+    return q;
+  };
 
   r.get('/metadata', h((req) => service.metadata(baseUrlOf(req))));
   r.all('/metadata', h(() => { throw methodNotAllowed('Only GET is allowed on /metadata'); }));
-  r.get('/:type', h((req) => { throw notImplemented(`Search on ${p(req, 'type')} is not supported by this node yet`); }));
+  r.post('/_search', ha((req) => service.searchAll(formSearchParams(req), baseUrlOf(req))));
+  r.get('/:type', ha((req) => {
+    if (isOperationName(p(req, 'type'))) throw notImplemented(`Operation ${p(req, 'type')} is not supported`);
+    return service.search(p(req, 'type'), parseSearchQuery(rawQuery(req)), baseUrlOf(req));
+  }));
+  r.post('/:type/_search', ha((req) => service.search(p(req, 'type'), formSearchParams(req), baseUrlOf(req))));
+  r.post('/:type/:op', h((req) => {
+    if (p(req, 'op') === '$validate') return service.validate(p(req, 'type'), typeof req.body === 'string' ? req.body : '', header(req, 'content-type'));
+    if (p(req, 'op').startsWith('$')) throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
+    throw notFound(`No FHIR interaction at ${req.path}`);
+  }));
   r.post('/:type', h((req) => {
-    if (p(req, 'type').startsWith('$') || p(req, 'type').startsWith('_')) throw notImplemented(`Operation ${p(req, 'type')} is not supported`);
+    if (isOperationName(p(req, 'type'))) throw notImplemented(`Operation ${p(req, 'type')} is not supported`);
     return service.create(writeReq(req));
   }));
+  r.put('/:type', h((req) => service.conditionalUpdate({ ...writeReq(req), query: needCriteria(req, 'PUT') })));
+  r.delete('/:type', h((req) => service.conditionalDelete(p(req, 'type'), needCriteria(req, 'DELETE'), header(req, 'x-tidegate-author'), header(req, 'prefer'))));
+  r.patch('/:type', h(() => { throw notImplemented('Conditional PATCH is not supported; PATCH [type]/[id]'); }));
   r.post('/', h(() => { throw notImplemented('Batch and transaction Bundles are not supported by this node yet'); }));
-  r.get('/', h(() => { throw notImplemented('System-level search is not supported by this node yet'); }));
-  r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'))));
+  r.get('/', ha((req) => service.searchAll(parseSearchQuery(rawQuery(req)), baseUrlOf(req))));
+  r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'), header(req, 'if-none-match'))));
   r.put('/:type/:id', h((req) => service.update({ ...writeReq(req), id: p(req, 'id') })));
-  r.delete('/:type/:id', h((req) => service.delete(p(req, 'type'), p(req, 'id'), header(req, 'x-tidegate-author'))));
-  r.patch('/:type/:id', h(() => { throw notImplemented('PATCH is not supported by this node yet'); }));
+  r.delete('/:type/:id', h((req) => service.delete(p(req, 'type'), p(req, 'id'), header(req, 'x-tidegate-author'), header(req, 'if-match'), header(req, 'prefer'))));
+  r.patch('/:type/:id', h((req) => service.patch({ ...writeReq(req), id: p(req, 'id') })));
   r.get('/:type/:id/_history', h((req) => service.history(p(req, 'type'), p(req, 'id'), baseUrlOf(req))));
   r.get('/:type/:id/_history/:vid', h((req) => service.vread(p(req, 'type'), p(req, 'id'), p(req, 'vid'))));
   r.get('/:type/:id/:op', h((req) => {
@@ -99,14 +141,17 @@ export function fhirRouter(service: FhirService, log: Logger): Router {
  * @param service - the node's FHIR interactions.
  * @param log - pino logger.
  * @param health - optional readiness details merged into the `/healthz` JSON.
+ * @param extra - optional Router mounted at the root before `/fhir` (the node's ops routes:
+ *   `/metrics`, `/readyz`, `/admin/*`, see src/ops/router.ts).
  */
-export function fhirApp(service: FhirService, log: Logger, health: () => object = () => ({})): express.Express {
+export function fhirApp(service: FhirService, log: Logger, health: () => object = () => ({}), extra?: Router): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', ...health() });
   });
+  if (extra) app.use(extra);
   app.use('/fhir', fhirRouter(service, log));
   return app;
 }

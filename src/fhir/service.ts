@@ -6,9 +6,16 @@ import { randomUUID } from 'node:crypto';
 import type { Parameters, ParametersParameter } from '@medplum/fhirtypes';
 import { canonicalStringify, isJsonObject, parseFhirJson, FhirJsonError } from './json.ts';
 import type { FhirJsonObject } from './json.ts';
-import { badRequest, gone, notFound, preconditionFailed, unprocessable, unsupportedMediaType } from './outcomes.ts';
-import { FHIR_ID, isKnownResourceType, validateFhirResource } from './validate.ts';
+import { badRequest, FhirError, gone, notFound, outcome, preconditionFailed, unprocessable, unsupportedMediaType } from './outcomes.ts';
+import { FHIR_ID, isKnownResourceType } from './validate.ts';
 import { capabilityStatement } from './capability.ts';
+import { isBlocking, ProfileRegistry, validateWithProfiles } from './profiles.ts';
+import { searchSystem, searchType } from './search.ts';
+import type { HospitalSearcher } from './search.ts';
+import { applyPrefer, parsePrefer } from './prefer.ts';
+import { criteriaQuery, findMatches } from './conditional.ts';
+import { applyPatchBody, patchFormatOf } from './patch.ts';
+import { validateOperation } from './validate-op.ts';
 import { UnknownVersionError } from '../merge/replica.ts';
 import type { Replica } from '../merge/replica.ts';
 import type { VersionRecord } from '../store/store.ts';
@@ -30,6 +37,20 @@ export interface WriteRequest {
   contentType: string | undefined;
   ifMatch?: string | undefined;
   author?: string | undefined;
+  /** `If-None-Match` (only `*` on PUT: create only). */
+  ifNoneMatch?: string | undefined;
+  /** `If-None-Exist` on POST: conditional create criteria. */
+  ifNoneExist?: string | undefined;
+  /** `Prefer` header: `return=…`, `handling=strict` (see prefer.ts). */
+  prefer?: string | undefined;
+}
+
+/** Options of {@link FhirService}. */
+export interface FhirServiceOptions {
+  /** The hospital FHIR server client; search is answered there. Without it search is 501. */
+  hospital?: HospitalSearcher | undefined;
+  /** Known profiles for `meta.profile` validation; default US Core + `profiles/`. */
+  profiles?: ProfileRegistry;
 }
 
 /** Called with every local Yjs update, to gossip it (src/tide). */
@@ -37,32 +58,65 @@ export type UpdateSink = (key: string, update: Uint8Array) => void;
 
 const FHIR_MEDIA = /^application\/(fhir\+)?json\b/i;
 
+/** The version id of an ETag (`W/"12"` or `"12"`), or undefined when it is not one. */
+function etagVersion(etag: string): string | undefined {
+  return /^(W\/)?"([^"]+)"$/.exec(etag.trim())?.[2];
+}
+
 /** The REST interactions of one node. */
 export class FhirService {
   private readonly replica: Replica;
   private readonly sink: UpdateSink;
   private readonly nodeId: string;
+  private readonly hospital: HospitalSearcher | undefined;
+  /** The known profiles; call `profiles.load()` to reload `profiles/`. */
+  readonly profiles: ProfileRegistry;
 
   /**
    * @param replica - the node's merge engine.
    * @param sink - receives each local update for gossip.
+   * @param opts - hospital client for search, profile registry.
    */
-  constructor(replica: Replica, sink: UpdateSink) {
+  constructor(replica: Replica, sink: UpdateSink, opts: FhirServiceOptions = {}) {
     this.replica = replica;
     this.sink = sink;
     this.nodeId = replica.nodeId;
+    this.hospital = opts.hospital;
+    this.profiles = opts.profiles ?? new ProfileRegistry();
   }
 
   /** GET /metadata */
   metadata(baseUrl: string): FhirResult {
-    return { status: 200, headers: {}, body: capabilityStatement(baseUrl, this.nodeId) };
+    return { status: 200, headers: {}, body: capabilityStatement(baseUrl, this.nodeId, { search: this.hospital !== undefined, profiles: this.profiles.byType() }) };
   }
 
-  /** GET [type]/[id] — 404 unknown, 410 deleted. */
-  read(type: string, id: string): FhirResult {
+  /** GET [type]/[id] — 404 unknown, 410 deleted; `If-None-Match: W/"vid"` of the current version → 304. */
+  read(type: string, id: string, ifNoneMatch?: string): FhirResult {
     const v = this.currentOr404(type, id);
     if (v.deleted) throw gone(`${type}/${id} was deleted (version ${v.versionId})`);
+    if (ifNoneMatch !== undefined && ifNoneMatch.split(',').some((t) => etagVersion(t) === v.versionId)) {
+      return { status: 304, headers: { ETag: `W/"${v.versionId}"` } };
+    }
     return this.versionResult(200, v);
+  }
+
+  /** GET [type]?… / POST [type]/_search — forwarded to the hospital server (search.ts). */
+  async search(type: string, params: Array<[string, string]>, baseUrl: string): Promise<FhirResult> {
+    if (!this.hospital) throw new FhirError(501, outcome('error', 'not-supported', 'Search is not available: this node has no hospital FHIR server client'));
+    return { status: 200, headers: {}, body: await searchType({ hospital: this.hospital, replica: this.replica }, type, params, baseUrl) };
+  }
+
+  /** GET [base]?_type=… — system-level search (search.ts). */
+  async searchAll(params: Array<[string, string]>, baseUrl: string): Promise<FhirResult> {
+    if (!this.hospital) throw new FhirError(501, outcome('error', 'not-supported', 'Search is not available: this node has no hospital FHIR server client'));
+    return { status: 200, headers: {}, body: await searchSystem({ hospital: this.hospital, replica: this.replica }, params, baseUrl) };
+  }
+
+  /** POST [type]/$validate — an OperationOutcome, 200 whether or not the resource is valid (validate-op.ts). */
+  validate(type: string, text: string, contentType: string | undefined): FhirResult {
+    if (!isKnownResourceType(type)) throw notFound(`Unknown resource type ${type}`);
+    if (!contentType || !FHIR_MEDIA.test(contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json');
+    return { status: 200, headers: {}, body: validateOperation(type, text, this.profiles) };
   }
 
   /** GET [type]/[id]/_history/[vid] */
@@ -94,27 +148,117 @@ export class FhirService {
     return { status: 200, headers: {}, body };
   }
 
-  /** POST [type] — the server assigns the id (https://hl7.org/fhir/R4/http.html#create). */
+  /**
+   * POST [type] — the server assigns the id (https://hl7.org/fhir/R4/http.html#create). With
+   * `If-None-Exist` (https://hl7.org/fhir/R4/http.html#ccreate): no match creates, one match
+   * answers 200 with that resource and writes nothing, several matches answer 412.
+   */
   create(req: WriteRequest): FhirResult {
+    const prefs = parsePrefer(req.prefer);
     const body = this.parseBody(req);
+    if (req.ifNoneExist !== undefined) {
+      const ids = findMatches(this.replica, req.type, criteriaQuery(req.type, req.ifNoneExist));
+      if (ids.length > 1) throw preconditionFailed(`If-None-Exist matched more than one ${req.type}`);
+      if (ids.length === 1) return applyPrefer(this.versionResult(200, this.replica.current(`${req.type}/${ids[0]}`)!), prefs);
+    }
     const id = randomUUID();
     body.id = id;
     return this.write(req.type, id, body, req, true);
   }
 
-  /** PUT [type]/[id] — update, or create with the client's id (https://hl7.org/fhir/R4/http.html#update). */
+  /**
+   * PUT [type]/[id] — update, or create with the client's id (https://hl7.org/fhir/R4/http.html#update).
+   * `If-None-Match: *` makes it create-only (412 when the resource exists).
+   */
   update(req: WriteRequest & { id: string }): FhirResult {
     const body = this.parseBody(req);
     if (body.id === undefined) throw badRequest('Resource id is required in the body of an update', ['id']);
     if (body.id !== req.id) throw badRequest(`Resource id ${String(body.id)} does not match the URL id ${req.id}`, ['id']);
+    if (req.ifNoneMatch !== undefined) {
+      if (req.ifNoneMatch.trim() !== '*') throw badRequest('If-None-Match on a write supports only *');
+      const cur = this.replica.current(`${req.type}/${req.id}`);
+      if (cur && !cur.deleted) throw preconditionFailed(`${req.type}/${req.id} exists (If-None-Match: *)`);
+    }
     return this.write(req.type, req.id, body, req, false);
   }
 
-  /** DELETE [type]/[id] — 204; deleting an absent or deleted resource is also 204. */
-  delete(type: string, id: string, author?: string): FhirResult {
+  /**
+   * PUT [type]?criteria — conditional update (https://hl7.org/fhir/R4/http.html#cond-update),
+   * matched in the node's store (conditional.ts): no match creates (with the body's id, or a new
+   * one; 409 when that id exists but does not match), one match updates it (a body id must be that
+   * id), several matches answer 412.
+   */
+  conditionalUpdate(req: WriteRequest & { query: string }): FhirResult {
+    const body = this.parseBody(req);
+    const ids = findMatches(this.replica, req.type, req.query);
+    if (ids.length > 1) throw preconditionFailed(`The criteria matched more than one ${req.type}`);
+    let id: string;
+    if (ids.length === 1) {
+      id = ids[0]!;
+      if (body.id !== undefined && body.id !== id) throw badRequest('The body id does not match the resource the criteria matched', ['id']);
+    } else if (typeof body.id === 'string') {
+      if (!FHIR_ID.test(body.id)) throw badRequest('Invalid resource id (FHIR ids are 1-64 of A-Z a-z 0-9 - .)', ['id']);
+      id = body.id;
+      const cur = this.replica.current(`${req.type}/${id}`);
+      if (cur && !cur.deleted) throw new FhirError(409, outcome('error', 'conflict', 'The body id names an existing resource that does not match the criteria'));
+    } else {
+      id = randomUUID();
+    }
+    body.id = id;
+    return this.write(req.type, id, body, req, ids.length === 0);
+  }
+
+  /**
+   * PATCH [type]/[id] — JSON Patch or FHIRPath Patch (patch.ts), applied to the version named by
+   * `If-Match` (else the current one) and written as a merge against that version.
+   */
+  patch(req: WriteRequest & { id: string }): FhirResult {
+    this.checkTypeAndId(req.type, req.id);
+    const format = patchFormatOf(req.contentType);
+    if (!format) throw unsupportedMediaType('PATCH needs application/json-patch+json (JSON Patch) or application/fhir+json (FHIRPath Patch Parameters)');
+    const key = `${req.type}/${req.id}`;
+    const cur = this.replica.current(key);
+    if (!cur) throw notFound(`${key} not found`);
+    if (cur.deleted) throw gone(`${key} was deleted (version ${cur.versionId})`);
+    let base = cur;
+    if (req.ifMatch !== undefined) {
+      const vid = etagVersion(req.ifMatch);
+      if (vid === undefined) throw badRequest('If-Match must be an ETag such as W/"12"');
+      const named = this.replica.version(key, vid);
+      if (!named) throw preconditionFailed(`Version ${vid} of ${key} is not known to this node`);
+      if (named.deleted || !named.body) throw preconditionFailed(`Version ${vid} of ${key} is a deletion`);
+      base = named;
+    }
+    const patched = applyPatchBody(parseFhirJson(base.body!) as FhirJsonObject, format, req.text);
+    // The merge diffs against the patched version: name it, whatever meta the patch left.
+    if (isJsonObject(patched.meta)) patched.meta = { ...patched.meta, versionId: base.versionId };
+    return this.write(req.type, req.id, patched, { ...req, ifMatch: `W/"${base.versionId}"` }, false, req.ifMatch !== undefined);
+  }
+
+  /** DELETE [type]?criteria — conditional delete (single): 204 for none, deletes one, 412 for several. */
+  conditionalDelete(type: string, query: string, author?: string, prefer?: string): FhirResult {
+    if (!isKnownResourceType(type)) throw notFound(`Unknown resource type ${type}`);
+    parsePrefer(prefer);
+    const ids = findMatches(this.replica, type, query);
+    if (ids.length > 1) throw preconditionFailed(`The criteria matched more than one ${type}`);
+    if (ids.length === 0) return { status: 204, headers: {} };
+    return this.delete(type, ids[0]!, author);
+  }
+
+  /**
+   * DELETE [type]/[id] — 204; deleting an absent or deleted resource is also 204. With `If-Match`
+   * and `Prefer: handling=strict`, 412 unless the ETag names the current version.
+   */
+  delete(type: string, id: string, author?: string, ifMatch?: string, prefer?: string): FhirResult {
     this.checkTypeAndId(type, id);
+    const prefs = parsePrefer(prefer);
     const key = `${type}/${id}`;
     const cur = this.replica.current(key);
+    if (ifMatch !== undefined && prefs.strict) {
+      const vid = etagVersion(ifMatch);
+      if (vid === undefined) throw badRequest('If-Match must be an ETag such as W/"12"');
+      if (cur?.versionId !== vid) throw preconditionFailed(`${key} is not at version ${vid} (strict If-Match)`);
+    }
     if (!cur || cur.deleted) return { status: 204, headers: {} };
     const res = this.replica.write(key, null, author ? { author } : {});
     if (res.update) this.sink(key, res.update);
@@ -140,16 +284,19 @@ export class FhirService {
     return { status: 200, headers: {}, body: params };
   }
 
-  private write(type: string, id: string, body: FhirJsonObject, req: WriteRequest, isCreate: boolean): FhirResult {
-    const issues = validateFhirResource(body);
+  private write(type: string, id: string, body: FhirJsonObject, req: WriteRequest, isCreate: boolean, strictIfMatch = true): FhirResult {
+    const prefs = parsePrefer(req.prefer);
+    const issues = validateWithProfiles(body, this.profiles).filter(isBlocking);
     if (issues.length > 0) throw unprocessable(issues);
     const key = `${type}/${id}`;
     let baseVersionId: string | undefined;
     if (!isCreate) {
       if (req.ifMatch !== undefined) {
-        const m = /^(W\/)?"([^"]+)"$/.exec(req.ifMatch.trim());
-        if (!m) throw badRequest('If-Match must be an ETag such as W/"12"');
-        baseVersionId = m[2];
+        baseVersionId = etagVersion(req.ifMatch);
+        if (baseVersionId === undefined) throw badRequest('If-Match must be an ETag such as W/"12"');
+        if (prefs.strict && strictIfMatch && this.replica.current(key)?.versionId !== baseVersionId) {
+          throw preconditionFailed(`${key} is not at version ${baseVersionId} (strict If-Match)`);
+        }
       } else {
         const meta = body.meta;
         if (isJsonObject(meta) && typeof meta.versionId === 'string') baseVersionId = meta.versionId;
@@ -164,7 +311,7 @@ export class FhirService {
     }
     if (res.update) this.sink(key, res.update);
     const status = res.created ? 201 : 200;
-    return this.versionResult(status, res.version, status === 201 ? { Location: `${type}/${id}/_history/${res.version.versionId}` } : {});
+    return applyPrefer(this.versionResult(status, res.version, status === 201 ? { Location: `${type}/${id}/_history/${res.version.versionId}` } : {}), prefs);
   }
 
   private versionResult(status: number, v: VersionRecord, extra: Record<string, string> = {}): FhirResult {

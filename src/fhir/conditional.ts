@@ -1,0 +1,80 @@
+/**
+ * Matching of conditional interactions (https://hl7.org/fhir/R4/http.html#ccreate,
+ * #cond-update, #3.1.0.7.1 conditional delete): which resources of a type meet search criteria.
+ *
+ * Matching runs in the node's own store, not on the hospital server: the store holds every write
+ * the node has merged, including those the hospital has not received yet, so a conditional create
+ * right after a create through the same node sees it. It does not see resources that exist only on
+ * the hospital server (edits made there and not yet synced) or writes at other nodes that have not
+ * arrived by gossip: two nodes may each conditionally create "the same" resource concurrently.
+ *
+ * Criteria are evaluated with `@medplum/core`'s `matchesSearchRequest`, which supports search
+ * parameters of type token, string, uri, reference and date (and `:missing`/`:not`). Other types
+ * (number, quantity, composite, special), chains, `_has` and unknown parameters are refused with
+ * 400 rather than silently matching nothing.
+ */
+import { getSearchParameter, matchesSearchRequest, parseSearchRequest } from '@medplum/core';
+import type { Resource } from '@medplum/fhirtypes';
+import type { Replica } from '../merge/replica.ts';
+import { badRequest } from './outcomes.ts';
+import { parseFhirJson, toPlainJson } from './json.ts';
+
+const SUPPORTED_TYPES = new Set(['token', 'string', 'uri', 'reference', 'date']);
+/** Result-shaping parameters that carry no criteria; ignored when matching. */
+const IGNORED = new Set(['_count', '_sort', '_include', '_revinclude', '_summary', '_elements', '_format', '_pretty', '_total', '_offset']);
+
+/**
+ * Normalizes conditional criteria: `If-None-Exist` values may be `identifier=x`, `?identifier=x`
+ * or `Patient?identifier=x`.
+ * @param type - resource type the criteria are about.
+ * @param criteria - the criteria text (percent-encoded query).
+ * @returns The query without prefix.
+ */
+export function criteriaQuery(type: string, criteria: string): string {
+  let q = criteria.trim();
+  if (q.startsWith(`${type}?`)) q = q.slice(type.length + 1);
+  else if (q.startsWith('?')) q = q.slice(1);
+  return q;
+}
+
+/**
+ * Ids of the live (not deleted) resources of `type` in the node's store that meet `query`.
+ *
+ * @param replica - the node's merge engine.
+ * @param type - resource type (already checked to be an R4 type).
+ * @param query - percent-encoded search query without `?`, e.g. `identifier=http://x|123`.
+ * @param limit - stop after this many matches (2 is enough to tell "one" from "many").
+ * @returns Matching ids, at most `limit`, in store order.
+ * @throws {@link FhirError} 400 when the query has no criteria or uses an unsupported parameter.
+ */
+export function findMatches(replica: Replica, type: string, query: string, limit = 2): string[] {
+  const params = [...new URLSearchParams(query)];
+  const criteria = params.filter(([name]) => !IGNORED.has(name.split(':')[0]!));
+  if (criteria.length === 0) throw badRequest('Conditional interactions need search criteria (e.g. identifier=system|value)');
+  for (const [name] of criteria) {
+    const code = name.split(':')[0]!;
+    if (code.includes('.') || code === '_has') throw badRequest(`Chained and _has parameters are not supported in conditional interactions (${code})`);
+    const sp = getSearchParameter(type, code);
+    if (!sp) throw badRequest(`Unknown search parameter ${code} for ${type}`);
+    if (!SUPPORTED_TYPES.has(sp.type)) throw badRequest(`Search parameter ${code} (${sp.type}) is not supported in conditional interactions`);
+  }
+  let request;
+  try {
+    request = parseSearchRequest(`${type}?${new URLSearchParams(criteria)}`);
+  } catch {
+    throw badRequest('Conditional criteria could not be parsed');
+  }
+  const out: string[] = [];
+  const prefix = `${type}/`;
+  for (const key of replica.resourceKeys()) {
+    if (!key.startsWith(prefix)) continue;
+    const v = replica.current(key);
+    if (!v || v.deleted || !v.body) continue;
+    // Plain JS only for the matcher (none of the supported parameter types compares decimals).
+    if (matchesSearchRequest(toPlainJson(parseFhirJson(v.body)) as Resource, request)) {
+      out.push(key.slice(prefix.length));
+      if (out.length >= limit) break;
+    }
+  }
+  return out;
+}

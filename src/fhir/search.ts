@@ -1,0 +1,289 @@
+/**
+ * Search, forwarded to the node's hospital FHIR server (https://hl7.org/fhir/R4/search.html,
+ * https://hl7.org/fhir/R4/http.html#search).
+ *
+ * The hospital server holds the merged data and its indexes, so the node does not search its own
+ * store: it sends the query to the hospital through {@link HospitalSearcher} (tidegate's
+ * `HospitalClient`, fhir-kit-client) and turns the answer into the node's view:
+ * - resource ids and references are node ids (the client maps them);
+ * - `fullUrl` and the paging links (`self`, `next`, `previous`, `first`, `last`) point at the node's
+ *   own base URL, with id parameters mapped back to node ids, so a client pages through the node;
+ * - an entry whose resource the node holds is answered with the node's current version (its
+ *   `versionId`, which a later `If-Match`/`meta.versionId` names, and decimals in their lexical
+ *   form); with `_elements`/`_summary` the hospital's subset is kept and only `meta.versionId` and
+ *   `meta.lastUpdated` are the node's; an entry the node holds as deleted is left out.
+ *
+ * Consistency: search sees the hospital's copy, which the node writes asynchronously, so a write
+ * through the node is found by search only once the hospital has it (usually milliseconds).
+ */
+import { canonicalStringify, isJsonObject, isLosslessNumber, parseFhirJson } from './json.ts';
+import type { FhirJson, FhirJsonObject } from './json.ts';
+import { badRequest, FhirError, outcome } from './outcomes.ts';
+import { isKnownResourceType } from './validate.ts';
+import type { Replica } from '../merge/replica.ts';
+import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
+
+/** Search parameters as accepted by the hospital client; repeated parameters as arrays. */
+export type SearchParamRecord = Record<string, string | string[]>;
+
+/**
+ * What search needs from the hospital client (`HospitalClient` of src/hospital implements it).
+ * `search` takes and returns node ids; `idMap.toNode` maps a hospital `Type/id` to the node's.
+ */
+export interface HospitalSearcher {
+  /** Hospital FHIR base URL, e.g. `http://10.0.0.5/fhir`. */
+  readonly baseUrl: string;
+  /** One page of a type-level search; resources come back in node-id form. */
+  search(type: string, params: Readonly<Record<string, string | readonly string[]>>): Promise<FhirJsonObject>;
+  /** The node ↔ hospital id map. */
+  readonly idMap: { toNode(hospitalRef: string): string | undefined | Promise<string | undefined> };
+}
+
+/** True when `x` can serve as a {@link HospitalSearcher} (has `search`, `baseUrl`, `idMap.toNode`). */
+export function isHospitalSearcher(x: unknown): x is HospitalSearcher {
+  const o = x as Partial<HospitalSearcher> | null | undefined;
+  return typeof o?.search === 'function' && typeof o.baseUrl === 'string' && typeof o.idMap?.toNode === 'function';
+}
+
+/** Parameters that only shape the answer; with them the hospital's (partial) resource is kept. */
+const SUBSET_PARAMS = new Set(['_elements', '_summary']);
+/** Link relations rewritten to the node's base (https://hl7.org/fhir/R4/http.html#paging). */
+const PAGING_RELATIONS = new Set(['self', 'next', 'previous', 'prev', 'first', 'last']);
+const REF_RE = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})$/;
+const TYPE_RE = /^[A-Z][A-Za-z]{1,63}$/;
+/** The node's own paging cursor of a system-level search (see {@link searchSystem}). */
+const CURSOR = '_tidegate_page';
+
+/**
+ * Parses search parameters from a URL query string or an `application/x-www-form-urlencoded` body.
+ * @param query - text after `?` (or a form body), percent-encoded.
+ * @returns `[name, value]` pairs in order; empty names are dropped.
+ */
+export function parseSearchQuery(query: string): Array<[string, string]> {
+  return [...new URLSearchParams(query)].filter(([name]) => name !== '');
+}
+
+/** Groups `[name, value]` pairs into the record the hospital client takes. */
+function toRecord(pairs: ReadonlyArray<[string, string]>): SearchParamRecord {
+  const out: SearchParamRecord = {};
+  for (const [name, value] of pairs) {
+    const prev = out[name];
+    if (prev === undefined) out[name] = value;
+    else out[name] = Array.isArray(prev) ? [...prev, value] : [prev, value];
+  }
+  return out;
+}
+
+/** Dependencies of search. */
+export interface SearchContext {
+  hospital: HospitalSearcher;
+  replica: Replica;
+}
+
+/**
+ * Type-level search: `GET [base]/[type]?params` or `POST [base]/[type]/_search`.
+ *
+ * @param ctx - hospital client and the node's replica.
+ * @param type - resource type (404 when not an R4 type).
+ * @param pairs - search parameters, passed through verbatim (`_count`, `_sort`, `_include`,
+ *   `_revinclude`, `_summary`, `_elements`, …); `Type/id` values and `_id` are node ids.
+ * @param nodeBase - the node's FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
+ * @returns A `searchset` Bundle in the node's view (see module doc) as canonical JSON text.
+ * @throws {@link FhirError} 404 unknown type; the hospital's 4xx with its issues; 502 when the
+ *   hospital fails or answers nonsense; 503 when it is unreachable.
+ */
+export async function searchType(ctx: SearchContext, type: string, pairs: ReadonlyArray<[string, string]>, nodeBase: string): Promise<string> {
+  if (!isKnownResourceType(type)) throw new FhirError(404, outcome('error', 'not-found', `Unknown resource type ${type}`));
+  const bundle = await forward(ctx, type, pairs);
+  const subset = pairs.some(([n]) => SUBSET_PARAMS.has(n));
+  await toNodeView(ctx, bundle, nodeBase, subset, (url) => nodeLink(ctx, url, nodeBase, type));
+  return canonicalStringify(bundle);
+}
+
+/**
+ * System-level search: `GET [base]?_type=A,B&params` (or the same as a form body to
+ * `POST [base]/_search`). `_type` is required. The node runs one type-level search per listed type
+ * on the hospital with the other parameters and returns one `searchset` Bundle: entries grouped by
+ * type in `_type` order, `total` the sum when every type reported one. `_count` and `_sort` apply
+ * per type (there is no global order across types). The `next` link carries the node's own cursor
+ * parameter `_tidegate_page` holding each type's next hospital page.
+ *
+ * @param ctx - hospital client and the node's replica.
+ * @param pairs - search parameters including `_type`, or only `_tidegate_page` when paging.
+ * @param nodeBase - the node's FHIR base URL.
+ * @returns The searchset Bundle as canonical JSON text.
+ * @throws {@link FhirError} 400 without `_type`, with an unknown type in it, or a bad cursor; the
+ *   hospital's 4xx; 502/503 as {@link searchType}.
+ */
+export async function searchSystem(ctx: SearchContext, pairs: ReadonlyArray<[string, string]>, nodeBase: string): Promise<string> {
+  const cursor = pairs.find(([n]) => n === CURSOR)?.[1];
+  let plan: Array<[string, Array<[string, string]>]>;
+  if (cursor !== undefined) {
+    plan = decodeCursor(cursor);
+  } else {
+    const typeValues = pairs.filter(([n]) => n === '_type').flatMap(([, v]) => v.split(','));
+    if (typeValues.length === 0) throw badRequest('System-level search needs _type (e.g. ?_type=Patient,Observation)', ['_type']);
+    for (const t of typeValues) if (!TYPE_RE.test(t) || !isKnownResourceType(t)) throw badRequest(`Unknown resource type in _type: ${t}`, ['_type']);
+    const rest = pairs.filter(([n]) => n !== '_type');
+    plan = [...new Set(typeValues)].map((t) => [t, rest]);
+  }
+  const entries: FhirJson[] = [];
+  let total: number | undefined = 0;
+  const nextPlan: Array<[string, Array<[string, string]>]> = [];
+  const subset = plan.some(([, p]) => p.some(([n]) => SUBSET_PARAMS.has(n)));
+  for (const [type, params] of plan) {
+    const bundle = await forward(ctx, type, params);
+    const found: { next?: Array<[string, string]> } = {};
+    await toNodeView(ctx, bundle, nodeBase, subset, async (url) => {
+      const mapped = await nodeLink(ctx, url, nodeBase, type);
+      if (mapped !== undefined) found.next = [...new URL(mapped).searchParams];
+      return undefined;
+    }, new Set(['next']));
+    if (found.next) nextPlan.push([type, found.next]);
+    const t = bundle.total;
+    total = total !== undefined && isLosslessNumber(t) ? total + Number(t.value) : undefined;
+    if (Array.isArray(bundle.entry)) entries.push(...bundle.entry);
+  }
+  const self = cursor !== undefined ? `${nodeBase}?${new URLSearchParams([[CURSOR, cursor]])}` : `${nodeBase}?${new URLSearchParams(pairs)}`;
+  const link: FhirJsonObject[] = [{ relation: 'self', url: self }];
+  if (nextPlan.length > 0) link.push({ relation: 'next', url: `${nodeBase}?${new URLSearchParams([[CURSOR, encodeCursor(nextPlan)]])}` });
+  const out: FhirJsonObject = { resourceType: 'Bundle', type: 'searchset', link };
+  if (total !== undefined) out.total = parseFhirJson(String(total));
+  if (entries.length > 0) out.entry = entries;
+  return canonicalStringify(out);
+}
+
+function encodeCursor(plan: Array<[string, Array<[string, string]>]>): string {
+  return Buffer.from(JSON.stringify(plan)).toString('base64url');
+}
+
+function decodeCursor(cursor: string): Array<[string, Array<[string, string]>]> {
+  const bad = () => badRequest(`Invalid ${CURSOR} paging cursor`, [CURSOR]);
+  let plan: unknown;
+  try {
+    plan = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    throw bad();
+  }
+  const isPair = (p: unknown): p is [string, string] => Array.isArray(p) && p.length === 2 && typeof p[0] === 'string' && typeof p[1] === 'string';
+  if (!Array.isArray(plan) || plan.length === 0) throw bad();
+  for (const step of plan) {
+    if (!Array.isArray(step) || step.length !== 2 || typeof step[0] !== 'string' || !TYPE_RE.test(step[0]) || !isKnownResourceType(step[0])) throw bad();
+    if (!Array.isArray(step[1]) || !step[1].every(isPair)) throw bad();
+  }
+  return plan as Array<[string, Array<[string, string]>]>;
+}
+
+/** Sends one type-level search to the hospital and maps its failures to FHIR errors. */
+async function forward(ctx: SearchContext, type: string, pairs: ReadonlyArray<[string, string]>): Promise<FhirJsonObject> {
+  try {
+    return await ctx.hospital.search(type, toRecord(pairs));
+  } catch (err) {
+    throw hospitalFailure(err, 'search');
+  }
+}
+
+/**
+ * Maps a hospital client failure to a {@link FhirError}: the hospital's own 4xx refusal keeps its
+ * status and issues (they are about the client's request), a 5xx or unusable answer becomes 502,
+ * an unreachable hospital 503. Other errors are rethrown unchanged (500 at the edge).
+ * @param err - what the hospital client threw (`HospitalError` has `code`, `status`, `issues`).
+ * @param what - the interaction, used in the diagnostics (no PHI).
+ */
+export function hospitalFailure(err: unknown, what: string): unknown {
+  const e = err as { code?: unknown; status?: unknown; issues?: unknown } | null;
+  if (e?.code === 'ERR_HOSPITAL_UNREACHABLE') {
+    return new FhirError(503, outcome('error', 'transient', `The hospital FHIR server is unreachable; ${what} is answered there. Try again later.`));
+  }
+  if (e?.code === 'ERR_HOSPITAL_REJECTED') {
+    const status = typeof e.status === 'number' ? e.status : undefined;
+    if (status !== undefined && status >= 400 && status < 500) {
+      const issues = (Array.isArray(e.issues) ? e.issues : []) as OperationOutcomeIssue[];
+      const kept: OperationOutcomeIssue[] = issues.map((i) => ({
+        severity: i.severity ?? 'error',
+        code: i.code ?? 'processing',
+        ...(i.details?.text ? { details: { text: i.details.text } } : {}),
+        ...(i.diagnostics ? { diagnostics: i.diagnostics } : {}),
+        ...(i.expression ? { expression: i.expression } : {}),
+      }));
+      if (kept.length === 0) kept.push({ severity: 'error', code: 'processing', diagnostics: `The hospital FHIR server refused the ${what} (HTTP ${status})` });
+      return new FhirError(status, { resourceType: 'OperationOutcome', issue: kept });
+    }
+    return new FhirError(502, outcome('error', 'exception', `The hospital FHIR server failed the ${what}${status ? ` (HTTP ${status})` : ''}`));
+  }
+  return err;
+}
+
+/** Rewrites a hospital searchset in place into the node's view (module doc). */
+async function toNodeView(
+  ctx: SearchContext,
+  bundle: FhirJsonObject,
+  nodeBase: string,
+  subset: boolean,
+  link: (url: string) => Promise<string | undefined>,
+  relations: ReadonlySet<string> = PAGING_RELATIONS,
+): Promise<void> {
+  if (Array.isArray(bundle.entry)) {
+    const kept: FhirJson[] = [];
+    for (const entry of bundle.entry) {
+      if (!isJsonObject(entry)) continue;
+      const r = entry.resource;
+      if (isJsonObject(r) && typeof r.resourceType === 'string' && typeof r.id === 'string') {
+        const cur = ctx.replica.current(`${r.resourceType}/${r.id}`);
+        if (cur?.deleted) continue;
+        if (cur?.body) {
+          if (!subset) entry.resource = parseFhirJson(cur.body);
+          else if (isJsonObject(r.meta)) r.meta = { ...r.meta, versionId: cur.versionId, lastUpdated: cur.lastUpdated };
+        }
+        entry.fullUrl = `${nodeBase}/${r.resourceType}/${r.id}`;
+      } else {
+        delete entry.fullUrl;
+      }
+      kept.push(entry);
+    }
+    if (kept.length > 0) bundle.entry = kept;
+    else delete bundle.entry;
+  }
+  if (Array.isArray(bundle.link)) {
+    const links: FhirJson[] = [];
+    for (const l of bundle.link) {
+      if (!isJsonObject(l) || typeof l.relation !== 'string' || typeof l.url !== 'string') continue;
+      if (!relations.has(l.relation)) continue;
+      const url = await link(l.url);
+      if (url !== undefined) links.push({ ...l, url });
+    }
+    if (links.length > 0) bundle.link = links;
+    else delete bundle.link;
+  }
+}
+
+/**
+ * A hospital paging link as the node's: `[nodeBase]/[type]?params`, with `_id` values and
+ * `Type/id` values mapped back to node ids. Links that are not on the hospital's base are dropped.
+ */
+async function nodeLink(ctx: SearchContext, url: string, nodeBase: string, type: string): Promise<string | undefined> {
+  let u: URL;
+  let base: URL;
+  try {
+    base = new URL(`${ctx.hospital.baseUrl.replace(/\/+$/, '')}/`);
+    u = new URL(url, base);
+  } catch {
+    return undefined;
+  }
+  if (!u.pathname.startsWith(base.pathname)) return undefined;
+  const rel = u.pathname.slice(base.pathname.length).replace(/\/+$/, '');
+  if (rel !== type && rel !== `${type}/_search`) return undefined;
+  const out: Array<[string, string]> = [];
+  for (const [name, value] of u.searchParams) {
+    if (name === '_id') {
+      const ids = await Promise.all(value.split(',').map(async (v) => ((await ctx.hospital.idMap.toNode(`${type}/${v}`)) ?? `${type}/${v}`).slice(type.length + 1)));
+      out.push([name, ids.join(',')]);
+    } else if (REF_RE.test(value)) {
+      out.push([name, (await ctx.hospital.idMap.toNode(value)) ?? value]);
+    } else {
+      out.push([name, value]);
+    }
+  }
+  const qs = new URLSearchParams(out).toString();
+  return `${nodeBase}/${type}${qs ? `?${qs}` : ''}`;
+}
