@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import type { Logger } from 'pino';
 import { FhirService } from '../fhir/service.ts';
+import { isHospitalSearcher } from '../fhir/search.ts';
 import { fhirApp } from '../fhir/express.ts';
 import { Replica } from '../merge/replica.ts';
 import type { MergePolicy } from '../merge/policy.ts';
@@ -87,7 +88,7 @@ export class TidegateNode {
     this.service = new FhirService(this.replica, (key, update) => {
       this.localUpdates++;
       this.tide.publish([{ key, update }]);
-    });
+    }, { hospital: isHospitalSearcher(opts.hospital) ? opts.hospital : undefined });
   }
 
   /**
