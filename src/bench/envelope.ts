@@ -3,14 +3,15 @@
  * (src/tide/codec.ts `encodeUpdates`) holding (a) one real Yjs create update of a Synthea Patient,
  * (b) one Patient edit update, and (c) a batch of 200 updates; envelope size and overhead. Then a
  * breakdown of one seal/open into its primitives (X-Wing, ML-DSA-65, AES-256-GCM), measured side by
- * side in the same loop.
+ * side in the same loop, and seal/open on the calling thread vs through an {@link EnvelopeCryptoPool}
+ * worker thread (as Tide does), alternating in one loop.
  */
 import { randomUUID } from 'node:crypto';
 import { gcm } from '@noble/ciphers/aes.js';
 import { randomBytes } from '@noble/hashes/utils.js';
 import { ml_dsa65 } from '@noble/post-quantum/ml-dsa.js';
 import { ml_kem768_x25519 } from '@noble/post-quantum/hybrid.js';
-import { generateNodeKeys, open, seal, signatureInput } from '../envelope/index.ts';
+import { EnvelopeCryptoPool, generateNodeKeys, open, seal, signatureInput } from '../envelope/index.ts';
 import { encodeUpdates } from '../tide/index.ts';
 import type { ResourceUpdate } from '../tide/index.ts';
 import { nextTurn, ratio, summarize } from './stats.ts';
@@ -35,23 +36,42 @@ export interface EnvelopeCase {
   open: Summary;
 }
 
-/** Primitive costs of one seal + open of the single-update payload, ms. */
+/** Primitive costs of one seal + open of the single-update payload, ms, all from the same loop. */
 export interface EnvelopeBreakdown {
+  /** `seal` and `open` of the same payload, in the same loop as the primitives. */
+  seal: Summary;
+  open: Summary;
   xwingEncapsulate: Summary;
   mldsaSign: Summary;
   aesGcmEncrypt: Summary;
   mldsaVerify: Summary;
   xwingDecapsulate: Summary;
   aesGcmDecrypt: Summary;
-  /** Median shares of `seal` and `open` medians taken by the signature primitives (0..1). */
+  /** Median of the signature primitive / median of `seal` (resp. `open`), same loop (0..1). */
   signShareOfSeal: number | null;
   verifyShareOfOpen: number | null;
+}
+
+/**
+ * The same payload sealed and opened directly on the calling thread and through an
+ * {@link EnvelopeCryptoPool} of one worker thread (what Tide uses), alternating in one loop, ms.
+ */
+export interface EnvelopePoolComparison {
+  label: string;
+  directSeal: Summary;
+  poolSeal: Summary;
+  directOpen: Summary;
+  poolOpen: Summary;
+  /** Median ratios pool / direct. */
+  sealRatio: number | null;
+  openRatio: number | null;
 }
 
 /** Figure 2 results. */
 export interface EnvelopeFigures {
   cases: EnvelopeCase[];
   breakdown: EnvelopeBreakdown;
+  pool: EnvelopePoolComparison;
 }
 
 /** Inputs of {@link runEnvelopeBench}: the payloads to seal. */
@@ -69,12 +89,14 @@ export interface EnvelopeInputs {
 /** Iteration counts of {@link runEnvelopeBench}. */
 export interface EnvelopeBenchOptions {
   warmup?: number;
-  /** Iterations for single-update payloads. Default 120. */
+  /** Iterations for single-update payloads. Default 100. */
   iterations?: number;
-  /** Iterations for the batch. Default 25. */
+  /** Iterations for the batch. Default 20. */
   batchIterations?: number;
-  /** Iterations of the primitive breakdown. Default 60. */
+  /** Iterations of the primitive breakdown. Default 50. */
   breakdownIterations?: number;
+  /** Iterations of the direct vs worker-pool comparison. Default 50. */
+  poolIterations?: number;
   /** Progress callback (stderr). */
   progress?: (msg: string) => void;
 }
@@ -115,15 +137,24 @@ async function measureCase(label: string, updates: ResourceUpdate[], warmup: num
   };
 }
 
-async function measureBreakdown(update: ResourceUpdate, warmup: number, iterations: number): Promise<Omit<EnvelopeBreakdown, 'signShareOfSeal' | 'verifyShareOfOpen'>> {
+async function measureBreakdown(update: ResourceUpdate, warmup: number, iterations: number): Promise<EnvelopeBreakdown> {
   const a = generateNodeKeys('hospital-1');
   const b = generateNodeKeys('hospital-2');
+  const peers = new Map([[a.publicKeys.nodeId, a.publicKeys]]);
   const plaintext = encodeUpdates([update]);
+  const sealT: number[] = [];
+  const openT: number[] = [];
   const aad = new TextEncoder().encode(`{"protected-header-stand-in":"${'x'.repeat(400)}"}`);
   const ctx = new TextEncoder().encode('tidegate-env/1');
   const out = { enc: [] as number[], sign: [] as number[], gcmE: [] as number[], verify: [] as number[], dec: [] as number[], gcmD: [] as number[] };
   for (let i = 0; i < warmup + iterations; i++) {
     let t = performance.now();
+    const env = seal({ kind: 'updates', messageId: randomUUID(), resources: [update.key], plaintext }, a.secretKeys, b.publicKeys);
+    const tSeal = performance.now() - t;
+    t = performance.now();
+    open(env, b.secretKeys, peers);
+    const tOpen = performance.now() - t;
+    t = performance.now();
     const { cipherText: ek, sharedSecret } = ml_kem768_x25519.encapsulate(b.publicKeys.kemPublicKey);
     const tEnc = performance.now() - t;
     const key = sharedSecret.slice(0, 32);
@@ -146,6 +177,8 @@ async function measureBreakdown(update: ResourceUpdate, warmup: number, iteratio
     const tGcmD = performance.now() - t;
     if (!ok || pt2.length !== plaintext.length) throw new Error('envelope bench: primitive round trip failed');
     if (i >= warmup) {
+      sealT.push(tSeal);
+      openT.push(tOpen);
       out.enc.push(tEnc);
       out.sign.push(tSign);
       out.gcmE.push(tGcmE);
@@ -155,14 +188,60 @@ async function measureBreakdown(update: ResourceUpdate, warmup: number, iteratio
     }
     await nextTurn();
   }
+  const sealS = summarize(sealT);
+  const openS = summarize(openT);
+  const sign = summarize(out.sign);
+  const verify = summarize(out.verify);
   return {
+    seal: sealS,
+    open: openS,
     xwingEncapsulate: summarize(out.enc),
-    mldsaSign: summarize(out.sign),
+    mldsaSign: sign,
     aesGcmEncrypt: summarize(out.gcmE),
-    mldsaVerify: summarize(out.verify),
+    mldsaVerify: verify,
     xwingDecapsulate: summarize(out.dec),
     aesGcmDecrypt: summarize(out.gcmD),
+    signShareOfSeal: ratio(sign.p50, sealS.p50),
+    verifyShareOfOpen: ratio(verify.p50, openS.p50),
   };
+}
+
+async function measurePool(label: string, update: ResourceUpdate, warmup: number, iterations: number): Promise<EnvelopePoolComparison> {
+  const a = generateNodeKeys('hospital-1');
+  const b = generateNodeKeys('hospital-2');
+  const peers = new Map([[a.publicKeys.nodeId, a.publicKeys]]);
+  const plaintext = encodeUpdates([update]);
+  const pool = new EnvelopeCryptoPool(1);
+  const t = { ds: [] as number[], ps: [] as number[], do: [] as number[], po: [] as number[] };
+  try {
+    for (let i = 0; i < warmup + iterations; i++) {
+      const input = { kind: 'updates', messageId: randomUUID(), resources: [update.key], plaintext };
+      let t0 = performance.now();
+      const env = seal(input, a.secretKeys, b.publicKeys);
+      const ds = performance.now() - t0;
+      t0 = performance.now();
+      open(env, b.secretKeys, peers);
+      const dOpen = performance.now() - t0;
+      t0 = performance.now();
+      const env2 = await pool.seal({ ...input, messageId: randomUUID() }, a.secretKeys, b.publicKeys);
+      const ps = performance.now() - t0;
+      t0 = performance.now();
+      const opened = await pool.open(env2, b.secretKeys, peers);
+      const pOpen = performance.now() - t0;
+      if (opened.plaintext.length !== plaintext.length) throw new Error('envelope bench: pool open returned a different plaintext');
+      if (i >= warmup) {
+        t.ds.push(ds);
+        t.ps.push(ps);
+        t.do.push(dOpen);
+        t.po.push(pOpen);
+      }
+      await nextTurn();
+    }
+  } finally {
+    await pool.close();
+  }
+  const s = { directSeal: summarize(t.ds), poolSeal: summarize(t.ps), directOpen: summarize(t.do), poolOpen: summarize(t.po) };
+  return { label, ...s, sealRatio: ratio(s.poolSeal.p50, s.directSeal.p50), openRatio: ratio(s.poolOpen.p50, s.directOpen.p50) };
 }
 
 /**
@@ -174,24 +253,20 @@ async function measureBreakdown(update: ResourceUpdate, warmup: number, iteratio
  */
 export async function runEnvelopeBench(inputs: EnvelopeInputs, opts: EnvelopeBenchOptions = {}): Promise<EnvelopeFigures> {
   const warmup = opts.warmup ?? 5;
-  const iterations = opts.iterations ?? 120;
+  const iterations = opts.iterations ?? 100;
   const progress = opts.progress ?? (() => {});
   progress(`  seal/open: 1 Patient create update × ${iterations}`);
   const single = await measureCase('1 Patient create update', [inputs.patientCreate], warmup, iterations);
   progress(`  seal/open: 1 Patient edit update × ${iterations}`);
   const edit = await measureCase('1 Patient edit update', [inputs.patientEdit], warmup, iterations);
-  const bi = opts.batchIterations ?? 25;
+  const bi = opts.batchIterations ?? 20;
   progress(`  seal/open: batch of ${inputs.batch.length} × ${bi}`);
   const batch = await measureCase(inputs.batchLabel, inputs.batch, 3, bi);
-  const biter = opts.breakdownIterations ?? 60;
+  const biter = opts.breakdownIterations ?? 50;
   progress(`  primitives × ${biter}`);
-  const bd = await measureBreakdown(inputs.patientCreate, warmup, biter);
-  return {
-    cases: [single, edit, batch],
-    breakdown: {
-      ...bd,
-      signShareOfSeal: ratio(bd.mldsaSign.p50, single.seal.p50),
-      verifyShareOfOpen: ratio(bd.mldsaVerify.p50, single.open.p50),
-    },
-  };
+  const breakdown = await measureBreakdown(inputs.patientCreate, warmup, biter);
+  const piter = opts.poolIterations ?? 50;
+  progress(`  direct vs worker pool × ${piter}`);
+  const pool = await measurePool('1 Patient edit update', inputs.patientEdit, warmup, piter);
+  return { cases: [single, edit, batch], breakdown, pool };
 }

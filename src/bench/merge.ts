@@ -20,7 +20,12 @@ export interface PatientEdit {
   apply: (body: FhirJsonObject, i: number) => FhirJsonObject;
 }
 
-/** Deep copy of FHIR JSON (numbers stay LosslessNumber). */
+/**
+ * Deep copy of a FHIR resource through its canonical text (numbers stay LosslessNumber).
+ * @param r - parsed FHIR JSON object.
+ * @returns An independent copy.
+ * @throws TypeError when `r` holds non-JSON values.
+ */
 export function cloneResource(r: FhirJsonObject): FhirJsonObject {
   return parseFhirJson(canonicalStringify(r)) as FhirJsonObject;
 }
@@ -246,7 +251,9 @@ export function runMergeBench(patients: readonly FhirJsonObject[], opts: MergeBe
  * Yjs create updates of resources, as a node would gossip them after a local write (fresh
  * replica per call, `hospital-1`).
  * @param resources - resources with `resourceType` and `id`.
- * @returns One `{ key, update }` per resource, in order.
+ * @param policy - merge policy (default `profiles/merge-policy.json`).
+ * @returns One `{ key, update }` per resource, in order (`update` is Yjs v1 bytes; a later
+ *   resource with the same key yields an edit update, or empty bytes when it changes nothing).
  * @throws Error when a resource has no id.
  */
 export function createUpdates(resources: readonly FhirJsonObject[], policy: MergePolicy = loadMergePolicy()): Array<{ key: string; update: Uint8Array }> {

@@ -21,7 +21,7 @@ export interface ReplicationBenchOptions {
   warmup?: number;
   /** Measured samples. Default 100. */
   samples?: number;
-  /** Give up on one sample after this many ms. Default 30000. */
+  /** Give up on one sample after this many ms. Default 10000. */
   sampleTimeoutMs?: number;
   /** The network's Tide `batchDelayMs`, for the report. */
   batchDelayMs: number;
@@ -71,7 +71,7 @@ export async function runReplicationBench(net: Network, patient: FhirJsonObject,
   if (!h1 || !h2) throw new Error('replication bench: needs 2 hospitals');
   const warmup = opts.warmup ?? 10;
   const samples = opts.samples ?? 100;
-  const timeoutMs = opts.sampleTimeoutMs ?? 30_000;
+  const timeoutMs = opts.sampleTimeoutMs ?? 10_000;
   const id = 'bench-latency';
   const key = `Patient/${id}`;
   const body: FhirJsonObject = { ...cloneResource(patient), id };

@@ -19,6 +19,8 @@ export interface MachineInfo {
   totalMemMiB: number;
   /** 1-minute load average when the bench started. */
   loadAvg1mAtStart: number;
+  /** 1-minute load average when the bench ended (other processes share the cores). */
+  loadAvg1mAtEnd: number | null;
 }
 
 /** Everything the bench measured; `null` figures were skipped (see `skipped`). */
@@ -31,6 +33,8 @@ export interface BenchReport {
   data: { dir: string; present: boolean; resources: number | null; patients: number | null };
   /** Wall time of the whole run, seconds. */
   durationSeconds: number;
+  /** CPU time (user + system, all threads) the process used, seconds. */
+  processCpuSeconds: number;
   merge: MergeFigures | null;
   envelope: EnvelopeFigures | null;
   replication: ReplicationFigures | null;
@@ -54,7 +58,7 @@ function rows(table: string[][]): string {
  * @returns Text lines joined with `\n`.
  */
 export function formatTable(r: BenchReport): string {
-  const out: string[] = ['', `tidegate bench — ${r.date}, ${r.machine.cpus} × ${r.machine.cpuModel}, Node ${r.machine.nodeVersion}, ${r.durationSeconds.toFixed(0)} s`, ''];
+  const out: string[] = ['', `tidegate bench — ${r.date}, ${r.machine.cpus} × ${r.machine.cpuModel}, Node ${r.machine.nodeVersion}, ${r.durationSeconds.toFixed(0)} s wall / ${r.processCpuSeconds.toFixed(0)} s CPU, load ${r.machine.loadAvg1mAtStart.toFixed(1)}→${r.machine.loadAvg1mAtEnd?.toFixed(1) ?? '?'}`, ''];
   if (r.merge) {
     const m = r.merge;
     out.push(`1. Merge per edit (${m.patients} Synthea Patients × ${m.editsPerPatient} edits × ${m.rounds} rounds)   p50 / p99`);
@@ -83,6 +87,8 @@ export function formatTable(r: BenchReport): string {
       `  primitives (p50): ML-DSA-65 sign ${fmtMs(b.mldsaSign.p50)} (${pct(b.signShareOfSeal)} of seal), verify ${fmtMs(b.mldsaVerify.p50)} (${pct(b.verifyShareOfOpen)} of open), ` +
         `X-Wing encaps ${fmtMs(b.xwingEncapsulate.p50)}, decaps ${fmtMs(b.xwingDecapsulate.p50)}, AES-GCM ${fmtMs(b.aesGcmEncrypt.p50)} / ${fmtMs(b.aesGcmDecrypt.p50)}`,
     );
+    const pl = r.envelope.pool;
+    out.push(`  worker pool vs direct (${pl.label}, p50): seal ${fmtMs(pl.poolSeal.p50)} vs ${fmtMs(pl.directSeal.p50)} (${x(pl.sealRatio)}), open ${fmtMs(pl.poolOpen.p50)} vs ${fmtMs(pl.directOpen.p50)} (${x(pl.openRatio)})`);
     out.push('');
   }
   if (r.replication) {
@@ -104,7 +110,7 @@ export function formatTable(r: BenchReport): string {
       rows([
         ['resources accepted', `${i.accepted} of ${i.planned}${i.rejected ? ` (${i.rejected} rejected)` : ''}`],
         ['ingest (all PUTs answered)', `${i.ingestPerSecond} resources/s (${i.ingestSeconds} s)`],
-        ['end to end (converged, both servers)', i.endToEndPerSecond === null ? 'did not converge' : `${i.endToEndPerSecond} resources/s (${i.endToEndSeconds} s)`],
+        ['end to end (converged, both servers)', i.endToEndPerSecond === null ? `did not converge in time (${i.replicatedAtEnd} of ${i.accepted} at hospital-2)` : `${i.endToEndPerSecond} resources/s (${i.endToEndSeconds} s, drain ${i.drainSeconds} s)`],
         ['envelopes / bytes on the wire', `${i.messages} / ${fmtBytes(i.bytesOnWire)} (${i.updatesPerMessage ?? 'n/a'} updates per envelope)`],
       ]),
     );
@@ -146,12 +152,13 @@ ${mdTable(
   m.byEdit.map((e) => [e.edit, `${ms(e.local.p50)} / ${ms(e.local.p99)}`, `${ms(e.remote.p50)} / ${ms(e.remote.p99)}`, fmtBytes(e.updateBytesP50)]),
 )}
 
-Yjs update sizes (median): create ${fmtBytes(m.updateBytes.createP50)}, edit ${fmtBytes(m.updateBytes.editP50)}; stored document after all edits ${fmtBytes(m.stateBytesAfterEditsP50)}. Replica B rendered the same final version as replica A for every Patient: ${m.converged ? 'yes' : '**NO**'}.
+Yjs update sizes (median): create ${fmtBytes(m.updateBytes.createP50)} (${x(m.patientBytes.p50 === 0 ? null : Math.round((m.updateBytes.createP50 / m.patientBytes.p50) * 10) / 10)} the Patient's JSON: each leaf is a Y.Map entry keyed by its full element path — array items carry URI-encoded identity keys such as extension URLs — plus the node id, holding the value text, an HLC stamp and the node id), edit ${fmtBytes(m.updateBytes.editP50)}; stored document after all edits ${fmtBytes(m.stateBytesAfterEditsP50)}. Replica B rendered the same final version as replica A for every Patient: ${m.converged ? 'yes' : '**NO**'}.
 `;
 }
 
 function envelopeSection(e: EnvelopeFigures): string {
   const b = e.breakdown;
+  const pl = e.pool;
   return `## 2. Seal+sign and verify+open per message
 
 Plaintext = a Tide \`updates\` message (\`encodeUpdates\`); envelope = the serialized tidegate-env/1 JSON string (ASCII, so characters = bytes).
@@ -163,11 +170,13 @@ ${mdTable(
 
 The fixed overhead is ML-DSA-65 signature (3309 B) + X-Wing ciphertext (1120 B) + nonce and tag (28 B) + the header, all base64url (×4/3); the payload itself also grows by 4/3.
 
-Primitives of one envelope (1 Patient create update), measured side by side in one loop, ${b.mldsaSign.n} iterations:
+Primitives of one envelope (1 Patient create update), measured side by side in one loop (each iteration: seal, open, then each primitive), ${b.mldsaSign.n} iterations:
 
 ${mdTable(
-  ['primitive', 'p50', 'p99'],
+  ['operation', 'p50', 'p99'],
   [
+    ['`seal` (whole)', ms(b.seal.p50), ms(b.seal.p99)],
+    ['`open` (whole)', ms(b.open.p50), ms(b.open.p99)],
     ['ML-DSA-65 sign (hedged)', ms(b.mldsaSign.p50), ms(b.mldsaSign.p99)],
     ['X-Wing encapsulate', ms(b.xwingEncapsulate.p50), ms(b.xwingEncapsulate.p99)],
     ['AES-256-GCM encrypt', ms(b.aesGcmEncrypt.p50), ms(b.aesGcmEncrypt.p99)],
@@ -177,7 +186,17 @@ ${mdTable(
   ],
 )}
 
-ML-DSA-65 signing is ${pct(b.signShareOfSeal)} of the median seal; verification is ${pct(b.verifyShareOfOpen)} of the median open. Signing has a long tail because FIPS 204 signing is a rejection-sampling loop (a variable number of tries per signature).
+ML-DSA-65 signing is ${pct(b.signShareOfSeal)} of the median seal; verification is ${pct(b.verifyShareOfOpen)} of the median open. Signing has a long tail because FIPS 204 signing is a rejection-sampling loop (a variable number of tries per signature). The rest of \`open\` is mostly X-Wing decapsulation (ML-KEM-768 re-encryption check + X25519); the rest of \`seal\` mostly X-Wing encapsulation.
+
+Tide seals and opens on an \`EnvelopeCryptoPool\` worker thread. Same payload (${pl.label}), direct call on this thread vs through a one-thread pool, alternating in one loop, ${pl.directSeal.n} iterations:
+
+${mdTable(
+  ['', 'direct p50 / p99', 'worker pool p50 / p99', 'pool / direct (p50)'],
+  [
+    ['seal', `${ms(pl.directSeal.p50)} / ${ms(pl.directSeal.p99)}`, `${ms(pl.poolSeal.p50)} / ${ms(pl.poolSeal.p99)}`, x(pl.sealRatio)],
+    ['open', `${ms(pl.directOpen.p50)} / ${ms(pl.directOpen.p99)}`, `${ms(pl.poolOpen.p50)} / ${ms(pl.poolOpen.p99)}`, x(pl.openRatio)],
+  ],
+)}
 `;
 }
 
@@ -195,21 +214,22 @@ ${mdTable(
   ],
 )}
 ${p.timeouts > 0 ? `\n${p.timeouts} samples timed out and are not counted.\n` : ''}
-Node to node is: batch delay (${p.batchDelayMs} ms) + seal (one envelope, see figure 2) + BullMQ \`add\` on Redis + worker pickup + open + \`applyRemote\`. The hospital-server leg adds the HTTP PUT of the merged resource to hospital 2's Medplum server (validation included).
+Node to node is: batch delay (${p.batchDelayMs} ms) + seal on the crypto worker thread (one envelope, see figure 2) + BullMQ \`add\` on Redis + inbox worker pickup + open on the crypto worker thread + \`applyRemote\`. The hospital-server leg adds the HTTP PUT of the merged resource to hospital 2's Medplum server (validation included).
 `;
 }
 
 function importSection(i: ImportFigures): string {
   return `## 4. Import throughput
 
-${i.truncated ? `**Time-boxed**: the import was stopped after ${i.sent} of ${i.planned} resources to keep the run short; the figures are for that subset (the types listed below).` : `The whole Synthea sample: ${i.planned} resources.`} PUT at hospital-1's gateway, ${i.concurrency} concurrent requests within a type, types in import order; 2 hospitals.
+${i.truncated ? `**Time-boxed, subset**: PUTs were stopped after ${i.sent} of ${i.planned} resources so that the import and its drain fit the run's time budget; the figures are for that subset (the types listed below).` : `The whole Synthea sample: ${i.planned} resources.`} PUT at hospital-1's gateway, ${i.concurrency} concurrent requests within a type, types in import order; 2 hospitals.
 
 ${mdTable(
   ['measure', 'value'],
   [
     ['resources accepted', `${i.accepted}${i.rejected ? ` (${i.rejected} rejected)` : ''}`],
     ['ingest: all PUTs answered by hospital-1', `**${i.ingestPerSecond} resources/s** (${i.ingestSeconds} s)`],
-    ['end to end: replicated to hospital-2 and written to both hospital servers', i.endToEndPerSecond === null ? 'did not converge' : `**${i.endToEndPerSecond} resources/s** (${i.endToEndSeconds} s; ${i.drainSeconds} s after the last PUT)`],
+    ['end to end: replicated to hospital-2 and written to both hospital servers', i.endToEndPerSecond === null ? `did not converge within the time budget (${i.replicatedAtEnd} of ${i.accepted} at hospital-2)` : `**${i.endToEndPerSecond} resources/s** (${i.endToEndSeconds} s; ${i.drainSeconds} s after the last PUT)`],
+    ['held by hospital-2 when the last PUT was answered', `${i.replicatedAtIngestEnd} of ${i.accepted}`],
     ['sealed envelopes sent', `${i.messages} (${i.updatesPerMessage ?? 'n/a'} updates per envelope)`],
     ['bytes on the wire', fmtBytes(i.bytesOnWire)],
   ],
@@ -239,15 +259,15 @@ export function renderMarkdown(r: BenchReport, profileNotes = ''): string {
 Generated by \`npm run bench\` (\`src/cli/bench.ts\`, \`src/bench/\`) — do not edit by hand; re-run to refresh.
 
 - **Date**: ${r.date}
-- **Machine**: ${m.cpus} × ${m.cpuModel}, ${m.totalMemMiB} MiB RAM, ${m.platform}/${m.arch}, load average ${m.loadAvg1mAtStart.toFixed(2)} at start (shared, noisy cores)
+- **Machine**: ${m.cpus} × ${m.cpuModel}, ${m.totalMemMiB} MiB RAM, ${m.platform}/${m.arch}; shared, noisy cores: 1-minute load average ${m.loadAvg1mAtStart.toFixed(2)} at start${m.loadAvg1mAtEnd === null ? '' : `, ${m.loadAvg1mAtEnd.toFixed(2)} at the end`}
 - **Node**: ${m.nodeVersion}
 - **Redis**: ${r.redis}
 - **Data**: \`${r.data.dir}\`${r.data.present ? ` (${r.data.resources} resources, ${r.data.patients} Patients)` : ' — **absent**'}
-- **Run time**: ${r.durationSeconds.toFixed(0)} s
+- **Run time**: ${r.durationSeconds.toFixed(0)} s wall, ${r.processCpuSeconds.toFixed(0)} s CPU over all threads (CPU / wall ${r.durationSeconds > 0 ? ((r.processCpuSeconds / r.durationSeconds) * 100).toFixed(0) : '?'} %; ${r.machine.cpus * 100} % would be every core, all the time)
 
 ## Method
 
-- Everything runs in one Node process: both tidegate nodes, both stand-in Medplum hospital servers (in memory, over HTTP on 127.0.0.1) and the bench itself; Redis is local. On 2 shared cores the hospitals compete with the gateways for the same event loop, so figures 3 and 4 are pessimistic for a real deployment with one node per host.
+- Everything runs in one Node process: both tidegate nodes, both stand-in Medplum hospital servers (in memory, over HTTP on 127.0.0.1) and the bench itself share one event loop; envelope crypto of both nodes runs on Tide's shared \`EnvelopeCryptoPool\` (cores − 1 worker threads, 1 to 4: ${Math.max(1, Math.min(4, m.cpus - 1))} here). Redis is local. Figures 3 and 4 are therefore pessimistic for a real deployment with one node per host. The nodes' hospital \`_history\` pollers (the inbound path for edits made directly at a hospital) are off; anti-entropy runs only when \`Network.converge\` finds replicas that differ.
 - Durations come from \`performance.now()\` around the operation only (bodies and inputs are prepared outside the timed region). Each figure has warm-up iterations that are discarded.
 - **p50** is the median, **p99** the 99th percentile, both nearest-rank; with fewer than 100 samples p99 is the maximum. Means are given where the tail matters.
 - Comparisons are measured side by side in the same loop (for figure 1: a JSON round trip, the local write, a lossless round trip and the remote apply of the same Patient version, one after the other), and quoted as ratios of medians, so machine noise affects both sides alike.
