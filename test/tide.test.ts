@@ -498,11 +498,14 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       assert.equal(B.tide.stats().messagesReceived, 2);
       assert.equal((await inbox.getJobCounts('completed')).completed, 2);
 
-      // once removed, the same jobId is accepted again and re-applied: still harmless
+      // once removed, the same jobId can be added again: the replay guard refuses the signed
+      // message id it has already applied (ERR_REPLAY), and nothing changes
       await inbox.remove(done.id);
       await inbox.add('updates', done.data, { jobId: done.id });
-      await mesh.quiesce();
-      assert.equal(B.tide.stats().messagesReceived, 3);
+      await waitForJobState(inbox, done.id, 'failed');
+      assert.equal((await inbox.getJob(done.id))?.failedReason, 'ERR_REPLAY');
+      assert.equal(B.tide.stats().messagesReceived, 2);
+      assert.equal(B.tide.stats().rejected.ERR_REPLAY, 1);
       assert.deepEqual(B.replica.json('Patient/dup'), { name: PATIENT_NAME });
 
       // the same envelope under another jobId is refused (jobId must equal the signed messageId)

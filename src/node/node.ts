@@ -16,6 +16,7 @@ import { loadMergePolicy } from '../merge/policy.ts';
 import { MemoryStore } from '../store/store.ts';
 import type { ResourceStore } from '../store/store.ts';
 import { Tide } from '../tide/index.ts';
+import { opsRouter } from '../ops/index.ts';
 import type { PeerConfig, ResourceUpdate, TideStats } from '../tide/index.ts';
 import type { NodeSecretKeys } from '../envelope/index.ts';
 import { HospitalSync } from '../hospital/sync.ts';
@@ -100,7 +101,7 @@ export class TidegateNode {
    */
   async start(port = 0, host = '127.0.0.1'): Promise<string> {
     await this.tide.start();
-    const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }));
+    const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), opsRouter({ tide: this.tide, nodeId: this.nodeId }));
     this.server = await new Promise<Server>((resolve, reject) => {
       const s = app.listen(port, host, () => resolve(s));
       s.once('error', reject);

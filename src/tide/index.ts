@@ -17,14 +17,18 @@ export {
   stateVectorAhead,
 } from './codec.ts';
 export type { Digest, DigestEntry } from './codec.ts';
+export { AuditLog, quarantineAuditEvent, NODE_ID_SYSTEM, MESSAGE_ID_SYSTEM, QUARANTINE_REASON_SYSTEM } from './audit.ts';
+export type { AuditBundle, AuditEvent, QuarantineRecord } from './audit.ts';
 export type {
   NodePublicKeys,
   NodeSecretKeys,
   PeerConfig,
+  PeerStatus,
   Replica,
   ResourceUpdate,
   TideLogger,
   TideMessageKind,
   TideOptions,
+  TideHealth,
   TideStats,
 } from './types.ts';

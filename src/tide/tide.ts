@@ -17,7 +17,7 @@ import { Queue, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Job } from 'bullmq';
 import * as Y from 'yjs';
-import { EnvelopeError, sharedCryptoPool } from '../envelope/index.ts';
+import { EnvelopeError, ReplayGuard, peekHeader, sharedCryptoPool } from '../envelope/index.ts';
 import type { EnvelopeCryptoPool } from '../envelope/index.ts';
 import type { NodePublicKeys, NodeSecretKeys, OpenResult } from '../envelope/index.ts';
 import {
@@ -32,8 +32,12 @@ import {
   TidePlaintextError,
 } from './codec.ts';
 import type { Digest, DigestEntry } from './codec.ts';
+import { AuditLog, quarantineAuditEvent } from './audit.ts';
+import type { QuarantineRecord } from './audit.ts';
 import type {
   PeerConfig,
+  PeerStatus,
+  TideHealth,
   Replica,
   ResourceUpdate,
   TideLogger,
@@ -46,10 +50,10 @@ import type {
 const NODE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** The envelope header lists at most this many resources. */
 const MAX_HEADER_RESOURCES = 10_000;
-/** Completed inbox jobs are kept this long (s) / this many, so a re-`add` of the same jobId is a no-op. */
-const KEEP_COMPLETED = { age: 3600, count: 1000 } as const;
-/** Failed inbox jobs (rejected or out of attempts) are kept for inspection: 7 days, at most 10 000. */
-const KEEP_FAILED = { age: 7 * 24 * 3600, count: 10_000 } as const;
+/** Completed inbox jobs are kept this long (s), so a re-`add` of the same jobId is a no-op. */
+const KEEP_COMPLETED_AGE_S = 3600;
+/** Failed inbox jobs (rejected or out of attempts) are kept this long (s) for inspection. */
+const KEEP_FAILED_AGE_S = 7 * 24 * 3600;
 /** At most this many envelopes wait in one peer's send chain; more are dropped (anti-entropy repairs). */
 const MAX_QUEUED_SENDS_PER_PEER = 1000;
 /** Repeated warnings of one kind are logged at most once per this many ms. */
@@ -68,8 +72,28 @@ interface Outbox {
   timer: NodeJS.Timeout | undefined;
 }
 
+/** What this node knows of a peer's state, from its digests and from what it sent us. */
+interface PeerKnowledge {
+  /** Key → the peer's state vector as last known (digest, or merged with what it sent / we relayed). */
+  sv: Map<string, Uint8Array>;
+  /** Set once a digest of the peer was processed: from then on a key absent from `sv` is one it lacks. */
+  digestAt: number | undefined;
+  /** Per digest range start: whether that digest showed the peer lacking content held > relayGraceMs. */
+  laggingRanges: Map<string, boolean>;
+}
+
 interface PeerLink {
   config: PeerConfig;
+  knowledge: PeerKnowledge;
+  /** Enqueue times (ms) of the envelopes in the send chain, oldest first (chain is FIFO). */
+  sendTimes: number[];
+  /** When the current outbox got its first update (ms), undefined when empty. */
+  outboxSince: number | undefined;
+  lastSentAt: number | undefined;
+  lastReceivedAt: number | undefined;
+  lastError: { at: number; message: string } | undefined;
+  deliveryLagMs: number | undefined;
+  counters: { sent: number; received: number; sendFailures: number; relayed: number; quarantined: number };
   /** ioredis connection to the peer's Redis (shared with `queue`, closed by Tide); set by start(). */
   client: Redis | undefined;
   /** Queue `inbox-<peerId>` on the peer's Redis; set by start(). */
@@ -124,6 +148,11 @@ export class Tide {
   readonly #self: NodeSecretKeys;
   /** Seal/open run on worker threads (CPU-bound PQ crypto must not block the event loop). */
   readonly #crypto: EnvelopeCryptoPool;
+  /**
+   * Refuses a signed message id seen before (ERR_REPLAY) or older than the replay window
+   * (ERR_STALE, 7 days: a node back from a longer outage is repaired by anti-entropy instead).
+   */
+  readonly #replay = new ReplayGuard({ ttlMs: 7 * 24 * 3600 * 1000 });
   readonly #redisUrl: string;
   readonly #prefix: string;
   readonly #replica: Replica;
@@ -139,6 +168,18 @@ export class Tide {
   readonly #sendTimeoutMs: number;
   readonly #peerDownMs: number;
   readonly #stopTimeoutMs: number;
+  readonly #quarantineMax: number;
+  readonly #quarantineMaxEnvBytes: number;
+  readonly #keepCompleted: { age: number; count: number };
+  readonly #keepFailed: { age: number; count: number };
+  readonly #eventsMaxLen: number;
+  readonly #relay: boolean;
+  readonly #relayGraceMs: number;
+  readonly #audit: AuditLog;
+  /** Key → when this node last learned new content for it (ms); bounded by the keys held. */
+  readonly #changedAt = new Map<string, number>();
+  /** Plain ioredis client on the own Redis: quarantine list and readiness PING. */
+  #localClient: Redis | undefined;
   readonly #lastWarn = new Map<string, number>();
   /** Set when stop() ran out of time: remaining sends are dropped. */
   #abandon = false;
@@ -166,6 +207,8 @@ export class Tide {
     sendFailures: 0,
     antiEntropyRuns: 0,
     digestsReceived: 0,
+    quarantined: {},
+    updatesRelayed: 0,
   };
 
   /**
@@ -192,6 +235,14 @@ export class Tide {
     this.#sendTimeoutMs = positiveInt('sendTimeoutMs', opts.sendTimeoutMs ?? 5000);
     this.#peerDownMs = nonNegativeInt('peerDownMs', opts.peerDownMs ?? 30_000);
     this.#stopTimeoutMs = positiveInt('stopTimeoutMs', opts.stopTimeoutMs ?? 10_000);
+    this.#quarantineMax = positiveInt('quarantineMaxEntries', opts.quarantineMaxEntries ?? 1000);
+    this.#quarantineMaxEnvBytes = nonNegativeInt('quarantineMaxEnvelopeBytes', opts.quarantineMaxEnvelopeBytes ?? 2 * 1_048_576);
+    this.#keepCompleted = { age: KEEP_COMPLETED_AGE_S, count: positiveInt('completedJobsKept', opts.completedJobsKept ?? 1000) };
+    this.#keepFailed = { age: KEEP_FAILED_AGE_S, count: positiveInt('failedJobsBudget', opts.failedJobsBudget ?? 1000) };
+    this.#eventsMaxLen = positiveInt('eventsMaxLen', opts.eventsMaxLen ?? 1000);
+    this.#relay = opts.relay ?? true;
+    this.#relayGraceMs = nonNegativeInt('relayGraceMs', opts.relayGraceMs ?? 5000);
+    this.#audit = new AuditLog(positiveInt('auditMaxEvents', opts.auditMaxEvents ?? 500));
 
     const selfId = this.#self.nodeId;
     if (!NODE_ID_RE.test(selfId)) throw new TypeError(`Tide: invalid node id ${JSON.stringify(selfId)}`);
@@ -216,6 +267,14 @@ export class Tide {
     for (const config of this.#peerConfigs) {
       this.#links.set(config.nodeId, {
         config,
+        knowledge: { sv: new Map(), digestAt: undefined, laggingRanges: new Map() },
+        sendTimes: [],
+        outboxSince: undefined,
+        lastSentAt: undefined,
+        lastReceivedAt: undefined,
+        lastError: undefined,
+        deliveryLagMs: undefined,
+        counters: { sent: 0, received: 0, sendFailures: 0, relayed: 0, quarantined: 0 },
         client: undefined,
         queue: undefined,
         outbox: { items: [], bytes: 0, timer: undefined },
@@ -250,6 +309,17 @@ export class Tide {
   async #start(): Promise<void> {
     try {
       const prefix = this.#prefix;
+      // BullMQ trims each queue's events stream to ~maxLen (XADD MAXLEN ~) on every event
+      const streams = { events: { maxLen: this.#eventsMaxLen } };
+      const local = new Redis(this.#redisUrl, {
+        maxRetriesPerRequest: 1,
+        retryStrategy: (times: number) => Math.min(250 * times, 5000),
+        disconnectTimeout: 500,
+      });
+      local.on('error', (err: unknown) =>
+        this.#warnRateLimited('rerr:local', { err: errText(err) }, 'tide: own Redis error'),
+      );
+      this.#localClient = local;
       for (const config of this.#peerConfigs) {
         // Our own ioredis client, so that a send can see synchronously whether the peer's Redis
         // is connected and fail fast instead of parking envelopes in ioredis' offline queue.
@@ -259,10 +329,12 @@ export class Tide {
           // ioredis waits disconnectTimeout (default 2 s) for a socket that never connected to close
           disconnectTimeout: 500,
         });
-        client.on('error', (err: unknown) =>
-          this.#warnRateLimited(`rerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer Redis error'),
-        );
-        const queue = new Queue<InboxJobData>(inboxQueueName(config.nodeId), { connection: client, prefix });
+        client.on('error', (err: unknown) => {
+          const link = this.#links.get(config.nodeId);
+          if (link) link.lastError = { at: Date.now(), message: errText(err) };
+          this.#warnRateLimited(`rerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer Redis error');
+        });
+        const queue = new Queue<InboxJobData>(inboxQueueName(config.nodeId), { connection: client, prefix, streams });
         queue.on('error', (err) =>
           this.#warnRateLimited(`qerr:${config.nodeId}`, { peer: config.nodeId, err: errText(err) }, 'tide: peer queue error'),
         );
@@ -274,7 +346,7 @@ export class Tide {
       }
 
       const inboxName = inboxQueueName(this.nodeId);
-      const inboxQueue = new Queue<InboxJobData>(inboxName, { connection: { url: this.#redisUrl }, prefix });
+      const inboxQueue = new Queue<InboxJobData>(inboxName, { connection: { url: this.#redisUrl }, prefix, streams });
       this.#inboxQueue = inboxQueue;
       inboxQueue.on('error', (err) =>
         this.#warnRateLimited('qerr:inbox', { err: errText(err) }, 'tide: inbox queue error'),
@@ -284,8 +356,8 @@ export class Tide {
         prefix,
         concurrency: 1,
         lockDuration: this.#lockDurationMs,
-        removeOnComplete: KEEP_COMPLETED,
-        removeOnFail: KEEP_FAILED,
+        removeOnComplete: this.#keepCompleted,
+        removeOnFail: this.#keepFailed,
       });
       this.#inboxWorker = inboxWorker;
       inboxWorker.on('error', (err) =>
@@ -294,7 +366,7 @@ export class Tide {
       inboxWorker.on('failed', (job, err) => this.#onInboxFailed(job, err));
 
       const controlName = controlQueueName(this.nodeId);
-      const controlQueue = new Queue(controlName, { connection: { url: this.#redisUrl }, prefix });
+      const controlQueue = new Queue(controlName, { connection: { url: this.#redisUrl }, prefix, streams });
       this.#controlQueue = controlQueue;
       controlQueue.on('error', (err) =>
         this.#warnRateLimited('qerr:control', { err: errText(err) }, 'tide: control queue error'),
@@ -365,15 +437,28 @@ export class Tide {
     if (this.#state === 'starting') await this.#starting?.catch(() => {});
     if (this.#state === 'stopped') return; // start() failed and cleaned up
     this.#state = 'stopping';
-    await Promise.allSettled([this.#controlWorker?.close(), this.#inboxWorker?.close()]);
+    const deadline = Date.now() + this.#stopTimeoutMs;
+    const left = (): number => Math.max(0, deadline - Date.now());
+    // 1. stop taking work: workers finish the job in progress. Bounded: BullMQ's close() can hang
+    //    while Redis is unreachable; then the workers are force-closed and the active job's lock
+    //    expires, so BullMQ's stalled-job check hands it back to the next worker.
+    const workers = [this.#controlWorker, this.#inboxWorker].filter((w): w is Worker => w !== undefined);
+    const closedWorkers = Promise.allSettled(workers.map((w) => w.close())).then(() => true);
+    if (!(await Promise.race([closedWorkers, sleep(left() / 2, false, { ref: false })]))) {
+      this.#log.warn({ node: this.nodeId }, 'tide: workers did not close in time; forcing');
+      // close(true) returns the pending close() when one runs, so drop the sockets directly
+      await Promise.allSettled(workers.map((w) => hardDisconnect(w)));
+    }
+    // 2. send what is pending, for what is left of the budget
     const drained = this.#drainOutgoing().then(() => true);
-    if (!(await Promise.race([drained, sleep(this.#stopTimeoutMs, false, { ref: false })]))) {
+    if (!(await Promise.race([drained, sleep(left(), false, { ref: false })]))) {
       this.#abandon = true; // unsent batches are dropped; anti-entropy repairs them
       this.#log.warn({ node: this.nodeId, pending: this.#inflight }, 'tide: stop timed out sending, dropping the rest');
     }
-    await this.#closeAll();
-    // in-flight adds fail once their connections are closed; wait for the chains to settle
-    await Promise.race([drained.catch(() => false), sleep(this.#stopTimeoutMs, false, { ref: false })]);
+    // 3. close every connection (each close bounded; a hung one is disconnected)
+    await this.#closeAll(Math.max(250, left()));
+    // in-flight adds fail once their connections are closed; wait briefly for the chains to settle
+    await Promise.race([drained.catch(() => false), sleep(Math.min(500, Math.max(50, left())), false, { ref: false })]);
     this.#state = 'stopped';
     this.#log.info({ node: this.nodeId }, 'tide: stopped');
   }
@@ -385,7 +470,8 @@ export class Tide {
    * (`Y.mergeUpdates`). Sending happens asynchronously; see {@link Tide.flush}.
    *
    * Publish only updates made locally: updates received through `applyRemote` must not be
-   * re-published (every node sends to every peer; anti-entropy covers the rest).
+   * re-published (every node sends to every peer; Tide itself relays to lagging peers under the
+   * relay rule, and anti-entropy covers the rest).
    * @param updates - Updates; `key` must be `'Type/id'`, `update` non-empty Yjs v1 bytes.
    * @throws TypeError for an invalid key or update (nothing is queued then); Error when stopping/stopped.
    */
@@ -400,6 +486,8 @@ export class Tide {
       }
     }
     if (updates.length === 0) return;
+    const now = Date.now();
+    for (const u of updates) this.#changedAt.set(u.key, now);
     for (const peerId of this.#links.keys()) this.#enqueue(peerId, updates);
   }
 
@@ -452,7 +540,99 @@ export class Tide {
 
   /** A snapshot copy of the counters (see {@link TideStats}). */
   stats(): TideStats {
-    return { ...this.#stats, rejected: { ...this.#stats.rejected } };
+    return { ...this.#stats, rejected: { ...this.#stats.rejected }, quarantined: { ...this.#stats.quarantined } };
+  }
+
+  /**
+   * Per-peer status, in configuration order (see {@link PeerStatus}; times in ms since the epoch,
+   * durations in ms). Synchronous and cheap: reads in-memory counters only (no Redis call).
+   */
+  peers(): PeerStatus[] {
+    const now = Date.now();
+    const out: PeerStatus[] = [];
+    for (const [nodeId, l] of this.#links) {
+      let status: PeerStatus['status'];
+      if (this.#state !== 'running') status = 'stopped';
+      else if (now < l.downUntil) status = 'down';
+      else if (l.client?.status !== 'ready') status = 'connecting';
+      else status = 'up';
+      const oldest = Math.min(l.outboxSince ?? Infinity, l.sendTimes[0] ?? Infinity);
+      const contact = Math.max(l.lastSentAt ?? -Infinity, l.lastReceivedAt ?? -Infinity);
+      out.push({
+        nodeId,
+        status,
+        lastContactAt: Number.isFinite(contact) ? contact : undefined,
+        lastSentAt: l.lastSentAt,
+        lastReceivedAt: l.lastReceivedAt,
+        backlogUpdates: l.outbox.items.length,
+        backlogMessages: l.queued,
+        oldestUnsentMs: Number.isFinite(oldest) ? Math.max(0, now - oldest) : 0,
+        deliveryLagMs: l.deliveryLagMs,
+        lastError: l.lastError ? { ...l.lastError } : undefined,
+        quarantined: l.counters.quarantined,
+        messagesSent: l.counters.sent,
+        messagesReceived: l.counters.received,
+        sendFailures: l.counters.sendFailures,
+        updatesRelayed: l.counters.relayed,
+        lastDigestAt: l.knowledge.digestAt,
+        lagging: isLagging(l),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Readiness: PINGs the own Redis (bounded by `timeoutMs`) and checks that the inbox worker
+   * (and the control worker, when scheduled) is running and not paused (BullMQ
+   * `Worker.isRunning()` / `isPaused()`). Never throws.
+   * @param timeoutMs - PING bound, ms. Default 1000.
+   */
+  async health(timeoutMs = 1000): Promise<TideHealth> {
+    const state = this.#state;
+    let redis = false;
+    let redisLatencyMs: number | undefined;
+    const client = this.#localClient;
+    if (client && client.status === 'ready') {
+      const t0 = performance.now();
+      try {
+        redis = (await withTimeout(client.ping(), timeoutMs, 'ping timed out')) === 'PONG';
+        redisLatencyMs = performance.now() - t0;
+      } catch {
+        redis = false;
+      }
+    }
+    const running = (w: Worker | undefined): boolean => w !== undefined && w.isRunning() && !w.isPaused();
+    const workers = running(this.#inboxWorker) && (this.#aeIntervalMs === 0 || running(this.#controlWorker));
+    return { ready: state === 'running' && redis && workers, state, redis, redisLatencyMs, workers };
+  }
+
+  /** The bounded in-memory log of quarantine AuditEvents (FHIR R4), newest first. */
+  get auditLog(): AuditLog {
+    return this.#audit;
+  }
+
+  /** Redis key of this node's quarantine list (on its own Redis): `<prefix>:quarantine-<nodeId>`. */
+  get quarantineKey(): string {
+    return `${this.#prefix}:quarantine-${this.nodeId}`;
+  }
+
+  /**
+   * The newest quarantine entries from Redis (LRANGE), newest first. Each is a
+   * {@link QuarantineRecord} plus `envelopeDropped` and, when `withEnvelope`, the sealed envelope
+   * `env` (never plaintext).
+   * @param limit - At most this many (default 100).
+   * @param withEnvelope - Include the sealed envelope string. Default false.
+   * @throws Error when not started or Redis fails.
+   */
+  async quarantined(limit = 100, withEnvelope = false): Promise<(QuarantineRecord & { envelopeDropped: boolean; env?: string })[]> {
+    const client = this.#localClient;
+    if (!client) throw new Error(`Tide ${this.nodeId}: quarantined() before start()`);
+    const raw = await client.lrange(this.quarantineKey, 0, Math.max(0, limit - 1));
+    return raw.map((line) => {
+      const e = JSON.parse(line) as QuarantineRecord & { envelopeDropped: boolean; env?: string };
+      if (!withEnvelope) delete e.env;
+      return e;
+    });
   }
 
   // ---------------------------------------------------------------- sending
@@ -462,6 +642,7 @@ export class Tide {
     if (!link) return;
     const box = link.outbox;
     for (const u of updates) {
+      if (box.items.length === 0) link.outboxSince = Date.now();
       box.items.push(u);
       box.bytes += u.key.length + u.update.length;
       if (box.items.length >= this.#batchMaxUpdates || box.bytes >= this.#batchMaxBytes) this.#sendNow(peerId);
@@ -490,6 +671,7 @@ export class Tide {
     const items = box.items;
     box.items = [];
     box.bytes = 0;
+    link.outboxSince = undefined;
     // Normally one batch; more only if updates piled up before start() or past the limits.
     let batch: ResourceUpdate[] = [];
     let bytes = 0;
@@ -497,7 +679,7 @@ export class Tide {
       if (batch.length === 0) return;
       const merged = mergeByKey(batch);
       const resources = [...new Set(merged.map((u) => u.key))];
-      void this.#send(peerId, 'updates', resources, () => encodeUpdates(merged), merged.length);
+      void this.#send(peerId, 'updates', resources, () => encodeUpdates(merged), merged.length, merged);
       batch = [];
       bytes = 0;
     };
@@ -525,19 +707,23 @@ export class Tide {
     resources: string[],
     plaintext: Uint8Array | (() => Uint8Array),
     updateCount: number,
+    sentUpdates?: readonly ResourceUpdate[],
   ): Promise<void> {
     const link = this.#links.get(peerId);
     if (!link) return Promise.resolve();
     if (link.queued >= MAX_QUEUED_SENDS_PER_PEER) {
       this.#stats.sendFailures++;
+      link.counters.sendFailures++;
       this.#warnRateLimited(`backlog:${peerId}`, { peer: peerId, kind }, 'tide: peer backlog full, message dropped');
       return Promise.resolve();
     }
     link.queued++;
+    link.sendTimes.push(Date.now());
     this.#inflight++;
     const run = async (): Promise<void> => {
       if (Date.now() < link.downUntil || this.#abandon) {
         this.#stats.sendFailures++;
+        link.counters.sendFailures++;
         this.#warnRateLimited(`down:${peerId}`, { peer: peerId, kind }, 'tide: peer down, message dropped');
         return;
       }
@@ -550,6 +736,8 @@ export class Tide {
         env = await this.#crypto.seal({ kind, messageId, resources, plaintext: pt }, this.#self, link.config.publicKeys);
       } catch (err) {
         this.#stats.sendFailures++;
+        link.counters.sendFailures++;
+        link.lastError = { at: Date.now(), message: `seal failed: ${errText(err)}` };
         this.#log.error({ peer: peerId, kind, err: errText(err) }, 'tide: seal failed');
         return;
       }
@@ -562,18 +750,23 @@ export class Tide {
             jobId: messageId,
             attempts: this.#attempts,
             backoff: { type: 'exponential', delay: this.#backoffMs },
-            removeOnComplete: KEEP_COMPLETED,
-            removeOnFail: KEEP_FAILED,
+            removeOnComplete: this.#keepCompleted,
+            removeOnFail: this.#keepFailed,
           });
           await withTimeout(added, this.#sendTimeoutMs, 'queue.add timed out');
           link.downUntil = 0;
+          link.lastSentAt = Date.now();
+          link.counters.sent++;
+          if (sentUpdates) for (const u of sentUpdates) this.#learn(link, u.key, u.update);
           this.#stats.messagesSent++;
           this.#stats.bytesSent += env.length;
           this.#stats.updatesSent += updateCount;
           return;
         } catch (err) {
+          link.lastError = { at: Date.now(), message: errText(err) };
           if (attempt >= this.#attempts || this.#abandon) {
             this.#stats.sendFailures++;
+            link.counters.sendFailures++;
             link.downUntil = Date.now() + this.#peerDownMs;
             this.#log.error(
               { peer: peerId, kind, messageId, attempt, err: errText(err) },
@@ -587,6 +780,7 @@ export class Tide {
       }
     };
     const p = link.chain.then(run).finally(() => {
+      link.sendTimes.shift();
       link.queued--;
       this.#inflight--;
     });
@@ -612,23 +806,28 @@ export class Tide {
     this.#log.warn(fields, msg);
   }
 
-  async #closeAll(): Promise<void> {
+  /** Closes every queue, worker and connection; each close() bounded by `closeMs`, then disconnected. */
+  async #closeAll(closeMs = 2000): Promise<void> {
     for (const l of this.#links.values()) {
       if (l.outbox.timer !== undefined) clearTimeout(l.outbox.timer);
       l.outbox.timer = undefined;
     }
     const closing: Promise<unknown>[] = [];
-    if (this.#controlWorker) closing.push(this.#controlWorker.close());
-    if (this.#inboxWorker) closing.push(this.#inboxWorker.close());
-    if (this.#controlQueue) closing.push(this.#controlQueue.close());
-    if (this.#inboxQueue) closing.push(this.#inboxQueue.close());
+    /** close(), or disconnect() when close() does not finish within closeMs (Redis unreachable). */
+    const bounded = (c: Queue | Worker): Promise<unknown> =>
+      withTimeout(c.close(), closeMs, 'close timed out').catch(() => hardDisconnect(c));
+    if (this.#controlWorker) closing.push(bounded(this.#controlWorker));
+    if (this.#inboxWorker) closing.push(bounded(this.#inboxWorker));
+    if (this.#controlQueue) closing.push(bounded(this.#controlQueue));
+    if (this.#inboxQueue) closing.push(bounded(this.#inboxQueue));
+    if (this.#localClient) closing.push(closeClient(this.#localClient));
     for (const l of this.#links.values()) {
       // the peer client is ours (BullMQ does not close connections it was given)
       const { client, queue } = l;
       closing.push(
         (async () => {
           try {
-            await queue?.close();
+            if (queue) await withTimeout(queue.close(), closeMs, 'close timed out');
           } finally {
             if (client) await closeClient(client);
           }
@@ -650,58 +849,157 @@ export class Tide {
    * an error thrown by `replica.applyRemote`.
    */
   async #processInbox(job: Job<InboxJobData>): Promise<void> {
+    try {
+      await this.#handleInbox(job);
+    } catch (err) {
+      if (!(err instanceof Rejection)) throw err;
+      // never applied, never retried: recorded in the quarantine, then to the failed set
+      await this.#quarantine(job, err.code, err.sender, err.verified, err.kind);
+      throw new UnrecoverableError(err.code);
+    }
+  }
+
+  async #handleInbox(job: Job<InboxJobData>): Promise<void> {
     const env: unknown = job.data?.env;
     if (typeof env !== 'string') this.#reject(job, 'ERR_ENVELOPE_MALFORMED');
     let opened: OpenResult;
     try {
       opened = await this.#crypto.open(env, this.#self, this.#peerKeys);
     } catch (err) {
-      this.#reject(job, err instanceof EnvelopeError ? err.code : 'ERR_ENVELOPE_MALFORMED');
+      // the header is unverified here: it only names the claimed sender in the quarantine record
+      let claimed: { sender?: string; kind?: string } = {};
+      try {
+        claimed = peekHeader(env);
+      } catch {
+        // unreadable header
+      }
+      this.#reject(job, err instanceof EnvelopeError ? err.code : 'ERR_ENVELOPE_MALFORMED', claimed.sender, false, claimed.kind);
     }
     const { header, plaintext } = opened;
     const sender = header.sender;
-    if (header.recipient !== this.nodeId) this.#reject(job, 'ERR_NOT_FOR_THIS_NODE', sender);
-    if (header.messageId !== job.id) this.#reject(job, 'ERR_MESSAGE_ID_MISMATCH', sender);
+    if (header.recipient !== this.nodeId) this.#reject(job, 'ERR_NOT_FOR_THIS_NODE', sender, true, header.kind);
+    if (header.messageId !== job.id) this.#reject(job, 'ERR_MESSAGE_ID_MISMATCH', sender, true, header.kind);
+    try {
+      this.#replay.check(header);
+    } catch (err) {
+      this.#reject(job, err instanceof EnvelopeError ? err.code : 'ERR_REPLAY', sender, true, header.kind);
+    }
+    const link = this.#links.get(sender);
 
     switch (header.kind) {
       case 'updates': {
-        const updates = this.#decode(job, sender, () => decodeUpdates(plaintext));
+        const updates = this.#decode(job, sender, header.kind, () => decodeUpdates(plaintext));
+        // a Yjs update that does not even parse is poison: refuse before the store sees it
+        const svs: Uint8Array[] = [];
+        for (const u of updates) {
+          try {
+            svs.push(heldUpTo(u.update));
+          } catch {
+            this.#reject(job, 'ERR_UPDATE_MALFORMED', sender, true, header.kind);
+          }
+        }
+        const before = new Map<string, Uint8Array | undefined>();
+        for (const u of updates) if (!before.has(u.key)) before.set(u.key, this.#replica.stateVector(u.key));
         try {
           await this.#replica.applyRemote(updates, sender);
         } catch (err) {
           this.#stats.applyFailures++;
+          const attempts = job.opts.attempts ?? 1;
+          if (job.attemptsMade + 1 >= attempts) {
+            // last attempt: poison for this store (or a long outage); anti-entropy repairs the latter
+            await this.#quarantine(job, 'ERR_APPLY_FAILED', sender, true, header.kind).catch(() => {});
+          }
           throw new Error(`applyRemote failed: ${errText(err)}`);
         }
+        const now = Date.now();
+        if (link) updates.forEach((u, i) => this.#learnSv(link, u.key, svs[i] as Uint8Array));
+        // what was new to this node (its state vector moved): candidates for relay. Updates held
+        // pending (missing dependencies) do not move it and are not relayed.
+        const fresh: string[] = [];
+        for (const [key, sv] of before) {
+          const after = this.#replica.stateVector(key);
+          if (after !== undefined && (sv === undefined || stateVectorAhead(after, sv))) fresh.push(key);
+        }
+        for (const key of fresh) this.#changedAt.set(key, now);
+        this.#relayFresh(sender, fresh);
         this.#stats.updatesReceived += updates.length;
         break;
       }
       case 'ae-digest':
       case 'ae-reply': {
-        const digest = this.#decode(job, sender, () => decodeDigest(plaintext));
+        const digest = this.#decode(job, sender, header.kind, () => decodeDigest(plaintext));
         this.#answerDigest(sender, digest, header.kind === 'ae-digest');
         this.#stats.digestsReceived++;
         break;
       }
       default:
-        this.#reject(job, 'ERR_UNKNOWN_KIND', sender);
+        this.#reject(job, 'ERR_UNKNOWN_KIND', sender, true, header.kind);
     }
+    // Recorded only once applied, so a retried job is not mistaken for a replay.
+    this.#replay.record(header);
     this.#stats.messagesReceived++;
     this.#stats.bytesReceived += env.length;
+    if (link) {
+      const now = Date.now();
+      link.lastReceivedAt = now;
+      link.counters.received++;
+      link.deliveryLagMs = Math.max(0, now - header.createdAt);
+    }
   }
 
-  #decode<T>(job: Job, sender: string, fn: () => T): T {
+  #decode<T>(job: Job, sender: string, kind: string, fn: () => T): T {
     try {
       return fn();
     } catch (err) {
-      this.#reject(job, err instanceof TidePlaintextError ? err.code : 'ERR_PLAINTEXT_MALFORMED', sender);
+      this.#reject(job, err instanceof TidePlaintextError ? err.code : 'ERR_PLAINTEXT_MALFORMED', sender, true, kind);
     }
   }
 
-  /** Counts, logs (ids and code only, never plaintext) and throws an UnrecoverableError(code). */
-  #reject(job: Job, code: string, sender?: string): never {
+  /** Counts, logs (ids and code only, never plaintext) and throws a {@link Rejection}. */
+  #reject(job: Job, code: string, sender?: string, verified = false, kind?: string): never {
     this.#stats.rejected[code] = (this.#stats.rejected[code] ?? 0) + 1;
     this.#log.warn({ node: this.nodeId, jobId: job.id, jobName: job.name, sender, code }, 'tide: envelope rejected');
-    throw new UnrecoverableError(code);
+    throw new Rejection(code, sender, verified, kind);
+  }
+
+  /**
+   * Writes a quarantine entry (record + sealed envelope, never plaintext) to the Redis list
+   * `<prefix>:quarantine-<nodeId>` (LPUSH + LTRIM to `quarantineMaxEntries`, one MULTI), then
+   * raises the alert: counter, AuditEvent in the in-memory audit log, one JSON log line.
+   * @throws Error from Redis: the job then fails normally and is retried (bounded by its attempts).
+   */
+  async #quarantine(job: Job<InboxJobData>, reason: string, sender: string | undefined, verified: boolean, kind: string | undefined): Promise<void> {
+    const env: unknown = job.data?.env;
+    const envelope = typeof env === 'string' ? env : undefined;
+    const rec: QuarantineRecord = {
+      reason,
+      messageId: job.id,
+      sender,
+      senderVerified: verified,
+      kind: kind ?? job.name,
+      receivedAt: job.timestamp,
+      quarantinedAt: Date.now(),
+      attempts: job.attemptsMade + 1,
+      envelopeBytes: envelope?.length ?? 0,
+    };
+    const keep = envelope !== undefined && envelope.length <= this.#quarantineMaxEnvBytes;
+    const entry = JSON.stringify({ ...rec, envelopeDropped: envelope !== undefined && !keep, ...(keep ? { env: envelope } : {}) });
+    const client = this.#localClient;
+    if (!client) throw new Error('quarantine: not started');
+    const key = this.quarantineKey;
+    const res = await withTimeout(
+      client.multi().lpush(key, entry).ltrim(key, 0, this.#quarantineMax - 1).exec(),
+      this.#sendTimeoutMs,
+      'quarantine write timed out',
+    );
+    for (const [err] of res ?? []) if (err) throw err;
+    this.#stats.quarantined[reason] = (this.#stats.quarantined[reason] ?? 0) + 1;
+    const link = sender !== undefined ? this.#links.get(sender) : undefined;
+    if (link) link.counters.quarantined++;
+    const event = quarantineAuditEvent(rec, this.nodeId);
+    this.#audit.add(event);
+    // one JSON line; no plaintext, no envelope, no resource keys
+    this.#log.error({ node: this.nodeId, alert: 'tide-quarantine', reason, messageId: rec.messageId, sender, auditEvent: event }, 'tide: message quarantined');
   }
 
   #onInboxFailed(job: Job<InboxJobData> | undefined, err: Error): void {
@@ -710,6 +1008,58 @@ export class Tide {
     const fields = { node: this.nodeId, jobId: job.id, attemptsMade: job.attemptsMade, attempts, err: errText(err) };
     if (job.attemptsMade >= attempts) this.#log.error(fields, 'tide: inbox job failed for good');
     else this.#log.warn(fields, 'tide: inbox job failed, will retry');
+  }
+
+  // ---------------------------------------------------------------- knowledge and relay
+
+  /** Merges the state vector of `update` into what `link`'s peer is known to hold for `key`. */
+  #learn(link: PeerLink, key: string, update: Uint8Array): void {
+    try {
+      this.#learnSv(link, key, heldUpTo(update));
+    } catch {
+      // not decodable: learn nothing
+    }
+  }
+
+  #learnSv(link: PeerLink, key: string, sv: Uint8Array): void {
+    const known = link.knowledge.sv.get(key);
+    link.knowledge.sv.set(key, known === undefined ? sv : mergeStateVectors(known, sv));
+  }
+
+  /**
+   * The relay rule. For every key whose content was new to this node (received from `sender`),
+   * and every other peer P that (1) is lagging — its last digest showed it lacking content this
+   * node had held for more than `relayGraceMs`, i.e. writers do not reach it directly — and (2)
+   * per its last known state vector (digest, plus what it sent us or we sent it) lacks some of
+   * this node's state of the key: queue `diffFor(key, P's sv)` to P and advance P's known state
+   * vector to ours, so each piece of content is relayed at most once per peer. Never to `sender`,
+   * never on a peer whose state is unknown (no digest yet): anti-entropy covers those.
+   */
+  #relayFresh(sender: string, fresh: readonly string[]): void {
+    if (!this.#relay || fresh.length === 0) return;
+    for (const [peerId, link] of this.#links) {
+      if (peerId === sender || link.knowledge.digestAt === undefined || !isLagging(link)) continue;
+      const out: ResourceUpdate[] = [];
+      for (const key of fresh) {
+        const mine = this.#replica.stateVector(key);
+        if (mine === undefined) continue;
+        const theirs = link.knowledge.sv.get(key);
+        if (theirs !== undefined && !stateVectorAhead(mine, theirs)) continue;
+        let diff: Uint8Array | undefined;
+        try {
+          diff = this.#replica.diffFor(key, theirs);
+        } catch (err) {
+          this.#log.warn({ peer: peerId, err: errText(err) }, 'tide: diffFor failed');
+        }
+        if (diff === undefined || diff.length === 0) continue;
+        out.push({ key, update: diff });
+        this.#learnSv(link, key, mine);
+      }
+      if (out.length === 0) continue;
+      this.#stats.updatesRelayed += out.length;
+      link.counters.relayed += out.length;
+      this.#enqueue(peerId, out);
+    }
   }
 
   /**
@@ -721,15 +1071,36 @@ export class Tide {
   #answerDigest(peerId: string, digest: Digest, mayReply: boolean): void {
     const theirs = new Map<string, Uint8Array>();
     for (const e of digest.entries) theirs.set(e.key, e.stateVector);
+    const link = this.#links.get(peerId);
+    const now = Date.now();
+    let lagging = false;
     const diffs: ResourceUpdate[] = [];
     for (const key of this.#replica.keys()) {
       if (!inRange(key, digest.from, digest.to) || !isResourceKey(key)) continue;
       try {
         const diff = this.#replica.diffFor(key, theirs.get(key));
-        if (diff !== undefined && diff.length > 0) diffs.push({ key, update: diff });
+        if (diff !== undefined && diff.length > 0) {
+          diffs.push({ key, update: diff });
+          const since = this.#changedAt.get(key);
+          if (since === undefined || now - since > this.#relayGraceMs) lagging = true;
+        }
       } catch (err) {
         this.#log.warn({ peer: peerId, err: errText(err) }, 'tide: diffFor failed');
       }
+    }
+    if (link) {
+      // the digest is the peer's state of the whole range: replace what was known of it
+      const k = link.knowledge;
+      for (const key of [...k.sv.keys()]) if (inRange(key, digest.from, digest.to)) k.sv.delete(key);
+      for (const [key, sv] of theirs) k.sv.set(key, sv);
+      // what we are about to send it (diffs) will be known to it
+      for (const d of diffs) {
+        const mine = this.#replica.stateVector(d.key);
+        if (mine) this.#learnSv(link, d.key, mine);
+      }
+      k.digestAt = now;
+      if (digest.from === '') k.laggingRanges.clear(); // first digest of a round
+      k.laggingRanges.set(digest.from, lagging);
     }
     if (diffs.length > 0) this.#enqueue(peerId, diffs);
     if (!mayReply) return;
@@ -762,6 +1133,45 @@ export class Tide {
   }
 }
 
+/** An inbox message refused for good: quarantined, then failed as unrecoverable. */
+class Rejection extends Error {
+  readonly code: string;
+  readonly sender: string | undefined;
+  readonly verified: boolean;
+  readonly kind: string | undefined;
+  constructor(code: string, sender: string | undefined, verified: boolean, kind: string | undefined) {
+    super(code);
+    this.code = code;
+    this.sender = sender;
+    this.verified = verified;
+    this.kind = kind;
+  }
+}
+
+/** True when some range of the peer's last digest round showed it lagging (see the relay rule). */
+function isLagging(link: PeerLink): boolean {
+  for (const v of link.knowledge.laggingRanges.values()) if (v) return true;
+  return false;
+}
+
+/**
+ * The state vector a holder of `update` has at least: per client, the end clock of the update's
+ * structs (`Y.parseUpdateMeta(update).to`). Whoever sent an update (its writer, or a diff from its
+ * own state) holds everything of that client before that clock too. (`Y.encodeStateVectorFromUpdate`
+ * is not usable here: it only counts structs contiguous from clock 0.)
+ * @throws Error when `update` is not a Yjs v1 update.
+ */
+function heldUpTo(update: Uint8Array): Uint8Array {
+  return Y.encodeStateVector(Y.parseUpdateMeta(update).to);
+}
+
+/** Per-client maximum of two Yjs state vectors (`Y.encodeStateVector` bytes). */
+function mergeStateVectors(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const m = Y.decodeStateVector(a);
+  for (const [client, clock] of Y.decodeStateVector(b)) if (clock > (m.get(client) ?? 0)) m.set(client, clock);
+  return Y.encodeStateVector(m);
+}
+
 /** Merges several updates of one key into one (`Y.mergeUpdates`), keeping first-seen key order. */
 function mergeByKey(items: readonly ResourceUpdate[]): ResourceUpdate[] {
   const byKey = new Map<string, Uint8Array[]>();
@@ -784,6 +1194,38 @@ function mergeByKey(items: readonly ResourceUpdate[]): ResourceUpdate[] {
     }
   }
   return out;
+}
+
+/**
+ * Drops the sockets of a BullMQ Queue/Worker at once: its main and (for a Worker) blocking ioredis
+ * clients, reached through `getBackend().client` / `.blockingClient` (BullMQ's documented
+ * Redis-specific escape hatch). Used when `close()` hangs because Redis is unreachable; a
+ * disconnected ioredis client also stops reconnecting, so no timer keeps the process alive.
+ */
+async function hardDisconnect(c: Queue | Worker): Promise<void> {
+  const backend = c.getBackend() as unknown as { client?: Promise<unknown>; blockingClient?: Promise<unknown> };
+  const clients = await Promise.allSettled(
+    [backend.client, backend.blockingClient].map((p) => (p ? withTimeout(p, 200, 'client not available') : Promise.resolve(undefined))),
+  );
+  for (const r of clients) {
+    const client = r.status === 'fulfilled' ? (r.value as { disconnect?: () => void } | undefined) : undefined;
+    try {
+      client?.disconnect?.();
+    } catch {
+      // already closed
+    }
+  }
+  if (c instanceof Worker) {
+    // BullMQ 6.7 internals: with Redis gone, Worker.close() never completes, and its lock-renewal
+    // and stalled-check timers would keep re-arming and the process alive. Stop them.
+    const internals = c as unknown as { lockManager?: { close?: () => unknown }; stalledCheckStopper?: () => void };
+    try {
+      void Promise.resolve(internals.lockManager?.close?.()).catch(() => {});
+      internals.stalledCheckStopper?.();
+    } catch {
+      // best effort
+    }
+  }
 }
 
 /** QUIT when connected (bounded by 1 s), else just drop the socket. */

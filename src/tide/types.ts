@@ -98,8 +98,83 @@ export interface TideOptions {
   sendTimeoutMs?: number;
   /** After a message to a peer is given up, further sends to it are dropped for this long (ms). Default 30000. */
   peerDownMs?: number;
-  /** Max time (ms) `stop()` spends sending pending batches before dropping them. Default 10000. */
+  /**
+   * Bound (ms) of the whole of `stop()`: closing workers, sending pending batches, closing
+   * connections. Past it, connections are dropped (BullMQ `close()` can hang while Redis is
+   * unreachable) and unsent batches are left to anti-entropy. Default 10000.
+   */
   stopTimeoutMs?: number;
+  /** Most quarantined messages kept in the node's Redis list `<prefix>:quarantine-<nodeId>` (LTRIM). Default 1000. */
+  quarantineMaxEntries?: number;
+  /** Envelopes longer than this (bytes) are quarantined without the envelope (`envelopeDropped: true`). Default 2 MiB. */
+  quarantineMaxEnvelopeBytes?: number;
+  /** AuditEvents kept in memory (see {@link Tide.auditLog}). Default 500. */
+  auditMaxEvents?: number;
+  /** Failed inbox jobs kept (BullMQ `removeOnFail.count`; age 7 days). Default 1000. */
+  failedJobsBudget?: number;
+  /** Completed inbox jobs kept (BullMQ `removeOnComplete.count`; age 1 h, for jobId dedupe). Default 1000. */
+  completedJobsKept?: number;
+  /** Approximate max length of every queue's BullMQ events stream (`streams.events.maxLen`). Default 1000. */
+  eventsMaxLen?: number;
+  /**
+   * Relay rule switch: forward updates received from one peer to other peers whose last digest
+   * shows they lack them and that are lagging (see docs/tide.md). Default true.
+   */
+  relay?: boolean;
+  /**
+   * A peer whose digest shows it lacks content this node has held for longer than this (ms) is
+   * "lagging" (not reached directly by the writer): new updates are relayed to it. Default 5000.
+   */
+  relayGraceMs?: number;
+}
+
+/** Per-peer view (for `GET /admin/peers` and metrics). Times are ms since the Unix epoch. */
+export interface PeerStatus {
+  nodeId: string;
+  /**
+   * `up`: its Redis connection is ready and no send was given up recently; `connecting`: its
+   * Redis is not connected; `down`: a send was given up within `peerDownMs` (sends are dropped);
+   * `stopped`: this Tide is not running.
+   */
+  status: 'up' | 'connecting' | 'down' | 'stopped';
+  /** Last successful add to its inbox, or last valid message received from it. */
+  lastContactAt: number | undefined;
+  lastSentAt: number | undefined;
+  lastReceivedAt: number | undefined;
+  /** Updates waiting in its outbox (not yet sealed). */
+  backlogUpdates: number;
+  /** Envelopes waiting in its send chain (sealing or being added). */
+  backlogMessages: number;
+  /** Age (ms) of the oldest update or envelope for it not yet added to its inbox; 0 when nothing waits. */
+  oldestUnsentMs: number;
+  /** Last observed delivery lag (ms) of a message from it: processed time − sealed `createdAt` (sender's clock). */
+  deliveryLagMs: number | undefined;
+  /** Last send or connection error (text, no payload). */
+  lastError: { at: number; message: string } | undefined;
+  /** Messages quarantined whose (verified or claimed) sender is this peer. */
+  quarantined: number;
+  messagesSent: number;
+  messagesReceived: number;
+  sendFailures: number;
+  /** Updates relayed to this peer. */
+  updatesRelayed: number;
+  /** When its last digest was processed. */
+  lastDigestAt: number | undefined;
+  /** Its last digests showed it lacking content this node held for longer than `relayGraceMs`. */
+  lagging: boolean;
+}
+
+/** Result of {@link Tide.health}. */
+export interface TideHealth {
+  /** True when state is running, the own Redis answered PING within the timeout and the workers run. */
+  ready: boolean;
+  state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+  /** Own Redis answered PING. */
+  redis: boolean;
+  /** PING round trip, ms (undefined when it failed). */
+  redisLatencyMs: number | undefined;
+  /** Inbox worker (and control worker when scheduled) running and not paused. */
+  workers: boolean;
 }
 
 /** Counters since construction. Bytes are UTF-16 code units of the envelope strings (= bytes: they are ASCII). */
@@ -130,6 +205,10 @@ export interface TideStats {
   antiEntropyRuns: number;
   /** Anti-entropy digests (`ae-digest` and `ae-reply`) received and processed. */
   digestsReceived: number;
+  /** Messages written to the quarantine, by reason code (rejections and `ERR_APPLY_FAILED`). */
+  quarantined: Record<string, number>;
+  /** Resource updates (per-peer diffs) queued for relay to a peer that lacks them. */
+  updatesRelayed: number;
 }
 
 /** Envelope `kind` values Tide sends and accepts. */

@@ -1,0 +1,122 @@
+/**
+ * Prometheus metrics of one node's Tide, with prom-client (https://github.com/siimon/prom-client).
+ *
+ * Every metric reads Tide's in-memory counters at scrape time (`collect` callbacks), so values
+ * are exactly `tide.stats()` / `tide.peers()` and nothing is double-counted. Each node gets its
+ * own `Registry` (the demo runs several nodes in one process; prom-client's global registry would
+ * mix them), with the default label `node`.
+ *
+ * Labels are node ids (`peer`, `node`) and reason codes only: never resource keys or payload.
+ * Counters restart at 0 when the process restarts (Prometheus `rate()` handles resets).
+ */
+import { Counter, Gauge, Registry } from 'prom-client';
+import type { Tide } from '../tide/index.ts';
+
+/** The part of {@link Tide} the metrics read. */
+export type MetricsSource = Pick<Tide, 'stats' | 'peers' | 'pending'>;
+
+/**
+ * Builds a Registry with Tide's metrics (names below; units in the name: `_seconds`, `_bytes`).
+ *
+ * Counters: `tidegate_tide_messages_sent_total`, `…_messages_received_total`,
+ * `…_messages_quarantined_total{reason}`, `…_messages_rejected_total{reason}`,
+ * `…_updates_sent_total`, `…_updates_received_total`, `…_updates_relayed_total` (resource diffs
+ * forwarded under the relay rule), `…_sent_bytes_total`, `…_received_bytes_total`,
+ * `…_send_failures_total`, `…_apply_failures_total`, `…_anti_entropy_runs_total`,
+ * `…_digests_received_total`.
+ * Gauges per `peer`: `tidegate_tide_peer_up` (1 = status up), `…_peer_backlog_updates`,
+ * `…_peer_backlog_messages`, `…_peer_oldest_unsent_seconds` (convergence lag on the sending
+ * side: age of the oldest update for that peer not yet in its inbox; 0 when none waits),
+ * `…_peer_delivery_lag_seconds` (last message from that peer: processed time − sealed
+ * `createdAt`, on the sender's clock, so clock skew adds in), `…_peer_lagging` (1 when its last
+ * digests showed it behind; relay target), `…_peer_quarantined_total`.
+ * Gauge `tidegate_tide_inbox_pending` (`tide.pending()`, a Redis call; -1 when it fails).
+ *
+ * @param tide - The node's Tide (or anything with `stats()`, `peers()`, `pending()`).
+ * @param nodeId - Set as the default label `node` on every metric.
+ * @returns A new prom-client Registry; serve it with `registry.metrics()` and `registry.contentType`.
+ */
+export function tideMetricsRegistry(tide: MetricsSource, nodeId: string): Registry {
+  const registry = new Registry();
+  registry.setDefaultLabels({ node: nodeId });
+
+  const counter = (name: string, help: string, read: () => number): void => {
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(read());
+      },
+    });
+  };
+  const byReason = (name: string, help: string, read: () => Record<string, number>): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['reason'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(read())) this.inc({ reason }, n);
+      },
+    });
+  };
+  const perPeer = (name: string, help: string, read: (p: ReturnType<MetricsSource['peers']>[number]) => number): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['peer'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const p of tide.peers()) this.set({ peer: p.nodeId }, read(p));
+      },
+    });
+  };
+
+  counter('tidegate_tide_messages_sent_total', 'Envelopes added to peers\u2019 inboxes.', () => tide.stats().messagesSent);
+  counter('tidegate_tide_messages_received_total', 'Inbox envelopes processed successfully.', () => tide.stats().messagesReceived);
+  byReason('tidegate_tide_messages_quarantined_total', 'Inbox messages quarantined (never applied), by reason code.', () => tide.stats().quarantined);
+  byReason('tidegate_tide_messages_rejected_total', 'Inbox messages rejected as unrecoverable, by reason code.', () => tide.stats().rejected);
+  counter('tidegate_tide_updates_sent_total', 'Resource updates inside sent envelopes (after per-key merging).', () => tide.stats().updatesSent);
+  counter('tidegate_tide_updates_received_total', 'Resource updates inside processed envelopes.', () => tide.stats().updatesReceived);
+  counter('tidegate_tide_updates_relayed_total', 'Resource diffs relayed to peers that lacked them (relay rule).', () => tide.stats().updatesRelayed);
+  counter('tidegate_tide_sent_bytes_total', 'Bytes of sent envelopes.', () => tide.stats().bytesSent);
+  counter('tidegate_tide_received_bytes_total', 'Bytes of processed inbox envelopes.', () => tide.stats().bytesReceived);
+  counter('tidegate_tide_send_failures_total', 'Messages not delivered to a peer (given up, dropped while down or backlog full).', () => tide.stats().sendFailures);
+  counter('tidegate_tide_apply_failures_total', 'Failed replica.applyRemote calls (each attempt).', () => tide.stats().applyFailures);
+  counter('tidegate_tide_anti_entropy_runs_total', 'Completed anti-entropy rounds started by this node.', () => tide.stats().antiEntropyRuns);
+  counter('tidegate_tide_digests_received_total', 'Anti-entropy digests received and processed.', () => tide.stats().digestsReceived);
+
+  perPeer('tidegate_tide_peer_up', '1 when the peer link is up (Redis connected, not marked down).', (p) => (p.status === 'up' ? 1 : 0));
+  perPeer('tidegate_tide_peer_backlog_updates', 'Updates waiting in the peer\u2019s outbox.', (p) => p.backlogUpdates);
+  perPeer('tidegate_tide_peer_backlog_messages', 'Envelopes waiting in the peer\u2019s send chain.', (p) => p.backlogMessages);
+  perPeer(
+    'tidegate_tide_peer_oldest_unsent_seconds',
+    'Convergence lag, sending side: age of the oldest update for the peer not yet in its inbox (0 = none).',
+    (p) => p.oldestUnsentMs / 1000,
+  );
+  perPeer(
+    'tidegate_tide_peer_delivery_lag_seconds',
+    'Last message from the peer: processed time minus sealed createdAt (sender clock). -1 = none yet.',
+    (p) => (p.deliveryLagMs === undefined ? -1 : p.deliveryLagMs / 1000),
+  );
+  perPeer('tidegate_tide_peer_lagging', '1 when the peer\u2019s last digests showed it behind (relay target).', (p) => (p.lagging ? 1 : 0));
+  perPeer('tidegate_tide_peer_quarantined_total', 'Messages quarantined whose (claimed) sender is the peer.', (p) => p.quarantined);
+
+  new Gauge({
+    name: 'tidegate_tide_inbox_pending',
+    help: 'Inbox jobs waiting/active/delayed plus unsent batches and sends in flight; -1 when Redis fails.',
+    registers: [registry],
+    async collect() {
+      try {
+        this.set(await tide.pending());
+      } catch {
+        this.set(-1);
+      }
+    },
+  });
+  return registry;
+}

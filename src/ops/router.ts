@@ -1,0 +1,101 @@
+/**
+ * Operations endpoints of one tidegate node, as an express Router (mounted at the app root next to
+ * `/fhir` and `/healthz`):
+ *
+ * | route | answer |
+ * | --- | --- |
+ * | `GET /metrics` | Prometheus text format (prom-client, this node's own Registry) |
+ * | `GET /readyz` | 200 `{status:'ready',…}` / 503 `{status:'not-ready',…}`: own Redis answers PING, workers run |
+ * | `GET /admin/peers` | `{ node, peers: [...] }`: per peer status, last contact, backlog, lag, last error, quarantined |
+ * | `GET /admin/audit` | FHIR R4 `searchset` Bundle of the quarantine AuditEvents, newest first (`?_count=N`) |
+ * | `GET /admin/quarantine` | `{ node, key, entries: [...] }`: newest quarantine records from Redis (no envelopes) (`?_count=N`) |
+ *
+ * Nothing here returns plaintext, envelopes or resource keys. These routes are not authenticated
+ * yet (see the authorization issue): bind the node to a trusted interface.
+ */
+import express from 'express';
+import type { Request, Response, Router } from 'express';
+import type { Registry } from 'prom-client';
+import type { Tide } from '../tide/index.ts';
+import { tideMetricsRegistry } from './metrics.ts';
+
+/** Options of {@link opsRouter}. */
+export interface OpsRouterOptions {
+  /** The node's Tide (started or not: `/readyz` says 503 until it runs). */
+  tide: Tide;
+  /** This node's id (metrics default label `node`, response bodies). */
+  nodeId: string;
+  /** Registry to serve; default a new one from {@link tideMetricsRegistry} (one per node). */
+  registry?: Registry;
+  /** Bound of the readiness PING, ms. Default 1000. */
+  readyTimeoutMs?: number;
+}
+
+const MAX_COUNT = 1000;
+
+function countParam(req: Request, dflt: number): number {
+  const raw = req.query._count;
+  const n = typeof raw === 'string' ? Number.parseInt(raw, 10) : Number.NaN;
+  return Number.isSafeInteger(n) && n >= 0 ? Math.min(n, MAX_COUNT) : dflt;
+}
+
+const iso = (ms: number | undefined): string | undefined => (ms === undefined ? undefined : new Date(ms).toISOString());
+
+/**
+ * Builds the operations Router of one node (routes in the module doc).
+ * @param opts - See {@link OpsRouterOptions}.
+ * @returns An express Router; it has no error-prone global state, so several nodes in one process
+ *   each get their own (with their own prom-client Registry).
+ */
+export function opsRouter(opts: OpsRouterOptions): Router {
+  const { tide, nodeId } = opts;
+  const registry = opts.registry ?? tideMetricsRegistry(tide, nodeId);
+  const r = express.Router();
+
+  r.get('/metrics', async (_req: Request, res: Response) => {
+    try {
+      const text = await registry.metrics();
+      res.setHeader('Content-Type', registry.contentType);
+      res.send(text);
+    } catch {
+      res.status(500).type('text/plain').send('metrics collection failed\n');
+    }
+  });
+
+  r.get('/readyz', async (_req: Request, res: Response) => {
+    const h = await tide.health(opts.readyTimeoutMs ?? 1000);
+    res.status(h.ready ? 200 : 503).json({ status: h.ready ? 'ready' : 'not-ready', node: nodeId, ...h });
+  });
+
+  r.get('/admin/peers', (_req: Request, res: Response) => {
+    const peers = tide.peers().map((p) => ({
+      ...p,
+      lastContactAt: iso(p.lastContactAt),
+      lastSentAt: iso(p.lastSentAt),
+      lastReceivedAt: iso(p.lastReceivedAt),
+      lastDigestAt: iso(p.lastDigestAt),
+      lastError: p.lastError ? { at: iso(p.lastError.at), message: p.lastError.message } : undefined,
+    }));
+    res.json({ node: nodeId, peers });
+  });
+
+  r.get('/admin/audit', (req: Request, res: Response) => {
+    res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8');
+    res.send(JSON.stringify(tide.auditLog.bundle(countParam(req, 100))));
+  });
+
+  r.get('/admin/quarantine', async (req: Request, res: Response) => {
+    try {
+      const entries = await tide.quarantined(countParam(req, 100), false);
+      res.json({
+        node: nodeId,
+        key: tide.quarantineKey,
+        entries: entries.map((e) => ({ ...e, receivedAt: iso(e.receivedAt), quarantinedAt: iso(e.quarantinedAt) })),
+      });
+    } catch {
+      res.status(503).json({ node: nodeId, error: 'quarantine unavailable (Redis)' });
+    }
+  });
+
+  return r;
+}
