@@ -4,7 +4,7 @@
 import pino from 'pino';
 import { loadNodeConfig } from '../config/config.ts';
 import { readPublicKeys, readSecretKeys } from '../envelope/index.ts';
-import { HospitalClient } from '../hospital/index.ts';
+import { FileCursorStore, HospitalClient } from '../hospital/index.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { TidegateNode } from '../node/node.ts';
 
@@ -33,6 +33,11 @@ export async function serve(configPath: string): Promise<void> {
     policy: cfg.mergePolicyFile ? loadMergePolicy(cfg.mergePolicyFile) : loadMergePolicy(),
     logger: log,
     antiEntropyIntervalMs: cfg.antiEntropyIntervalMs,
+    hospitalPollIntervalMs: cfg.hospitalPollIntervalMs,
+    ...(cfg.hospitalPollTypes ? { hospitalPollTypes: cfg.hospitalPollTypes } : {}),
+    ...(cfg.hospitalCursorFile ? { hospitalCursor: new FileCursorStore(cfg.hospitalCursorFile) } : {}),
+    hospitalBackoffMs: cfg.hospitalRetryBaseMs,
+    hospitalMaxBackoffMs: cfg.hospitalRetryMaxMs,
   });
   await node.start(cfg.listen.port, cfg.listen.host);
   await new Promise<void>((resolve) => {

@@ -27,6 +27,15 @@ export const NodeConfigSchema = z.object({
   peers: z.array(z.object({ nodeId: NodeId, redisUrl: RedisUrl, publicKeyFile: z.string() })).default([]),
   /** Anti-entropy period, ms; 0 disables the scheduler. */
   antiEntropyIntervalMs: z.number().int().min(0).default(30000),
+  /** Period of polling the hospital's `_history` for edits made directly on it, ms; 0 turns it off. */
+  hospitalPollIntervalMs: z.number().int().min(0).default(5000),
+  /** Resource types to pick up from the hospital (default all); required when the hospital has no system-level `_history`. */
+  hospitalPollTypes: z.array(z.string().regex(/^[A-Z][A-Za-z]{1,63}$/, 'must be a FHIR resource type')).optional(),
+  /** File for the poller's cursor, relative to the config file; default: in Redis (`<queuePrefix>:hospital-cursor:<nodeId>`). */
+  hospitalCursorFile: z.string().optional(),
+  /** Outbox retry delays while the hospital is down, ms: base and cap of the exponential backoff (with jitter). */
+  hospitalRetryBaseMs: z.number().int().min(1).default(200),
+  hospitalRetryMaxMs: z.number().int().min(1).default(30000),
   /** Merge-policy file (repeating-element keys), relative to the config file. */
   mergePolicyFile: z.string().optional(),
   /** pino log level. */
@@ -41,7 +50,7 @@ export type NodeConfig = z.infer<typeof NodeConfigSchema>;
  * `LOG_LEVEL` overrides `logLevel`.
  * @param path - JSON file path.
  * @param env - environment (injectable for tests).
- * @returns The configuration; key and policy paths resolved against the file's folder.
+ * @returns The configuration; key, policy and cursor paths resolved against the file's folder.
  * @throws Error listing every invalid field (`field.path: message`).
  */
 export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -60,6 +69,7 @@ export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.en
   cfg.secretKeyFile = resolve(dir, cfg.secretKeyFile);
   for (const p of cfg.peers) p.publicKeyFile = resolve(dir, p.publicKeyFile);
   if (cfg.mergePolicyFile) cfg.mergePolicyFile = resolve(dir, cfg.mergePolicyFile);
+  if (cfg.hospitalCursorFile) cfg.hospitalCursorFile = resolve(dir, cfg.hospitalCursorFile);
   if (env.REDIS_URL) cfg.redisUrl = RedisUrl.parse(env.REDIS_URL);
   if (env.PORT) cfg.listen.port = z.coerce.number().int().min(0).max(65535).parse(env.PORT);
   if (env.LOG_LEVEL) cfg.logLevel = NodeConfigSchema.shape.logLevel.parse(env.LOG_LEVEL);

@@ -16,14 +16,15 @@
 import { Client } from 'fhir-kit-client';
 import type { FhirResource, RequestOptions } from 'fhir-kit-client';
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
-import { canonicalStringify, isJsonObject, toFhirJson, toPlainJson } from '../fhir/json.ts';
+import { randomUUID } from 'node:crypto';
+import { canonicalStringify, isJsonObject, parseFhirJson, toFhirJson, toPlainJson } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
 
 /** Stable error codes of {@link HospitalError}. */
 export type HospitalErrorCode = 'ERR_HOSPITAL_UNREACHABLE' | 'ERR_HOSPITAL_REJECTED';
 
 /** The FHIR interaction that failed (https://hl7.org/fhir/R4/http.html). */
-export type HospitalOperation = 'read' | 'update' | 'create' | 'delete' | 'search';
+export type HospitalOperation = 'read' | 'update' | 'create' | 'delete' | 'search' | 'history';
 
 /** Details carried by a {@link HospitalError}. */
 export interface HospitalErrorDetails {
@@ -160,8 +161,58 @@ export interface HospitalClientOptions {
   timeoutMs?: number;
   /** Node ↔ hospital id map (default: a new {@link MemoryHospitalIdMap}). */
   idMap?: HospitalIdMap;
-  /** `_count` used by {@link HospitalClient.readAll} (default 1000, 1–10000). */
+  /** `_count` used by {@link HospitalClient.readAll} and {@link HospitalClient.history} (default 1000, 1–10000). */
   pageSize?: number;
+  /**
+   * The node's own FHIR base URL (e.g. `http://127.0.0.1:8080/fhir`), optional. When set, absolute
+   * references and Bundle `entry.fullUrl`s under it are rewritten to the hospital's base URL on the
+   * way out, and those under the hospital's base URL back to it on the way in. When unset, absolute
+   * references under the hospital's base become relative `Type/id` node references on the way in,
+   * and `fullUrl`s are left alone.
+   */
+  nodeBaseUrl?: string;
+}
+
+/** Result of {@link HospitalClient.upsert}. */
+export interface HospitalUpsertResult {
+  /** The id (no type) of the resource at the hospital. */
+  hospitalId: string;
+  /** The hospital's `meta.versionId` of the stored version (or from the `ETag`), when it said. */
+  versionId?: string | undefined;
+  /** The hospital's `meta.lastUpdated` of the stored version (FHIR instant), when it said. */
+  lastUpdated?: string | undefined;
+}
+
+/** Options of {@link HospitalClient.history}. */
+export interface HospitalHistoryOptions {
+  /** FHIR instant: only versions at or after it (`_since`, https://hl7.org/fhir/R4/http.html#history); all when absent. */
+  since?: string | undefined;
+  /** Resource type for type-level history (`GET [type]/_history`); system level (`GET _history`) when absent. */
+  type?: string | undefined;
+}
+
+/** One version in the hospital's history, in node-id form (see {@link HospitalClient.history}). */
+export interface HospitalHistoryEntry {
+  /** Node `Type/id` of the resource. */
+  ref: string;
+  /** Hospital `Type/id` of the resource. */
+  hospitalRef: string;
+  /** The hospital's version id (`meta.versionId`, else the entry's `response.etag`); `undefined` when it gave none. */
+  versionId: string | undefined;
+  /** When the version was made (FHIR instant, from `meta.lastUpdated` or `response.lastModified`); `undefined` when unknown. */
+  lastUpdated: string | undefined;
+  /** True for a deletion (`request.method` `DELETE`, or no resource and status 204/410). */
+  deleted: boolean;
+  /** The version in node-id form; `undefined` for a deletion. Numbers are LosslessNumber. */
+  resource: FhirJsonObject | undefined;
+}
+
+/** Result of {@link HospitalClient.history}. */
+export interface HospitalHistory {
+  /** Versions in the order the hospital gave them (FHIR: newest first), every page concatenated. */
+  entries: HospitalHistoryEntry[];
+  /** The hospital's clock at the first page (HTTP `Date`, ISO 8601), when it sent one. */
+  serverDate: string | undefined;
 }
 
 /** A resource as accepted by {@link HospitalClient}: FHIR JSON (LosslessNumber numbers) or plain JS. */
@@ -207,6 +258,8 @@ const REF_RE = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(\/_history\/[A-Za
 const LOCATION_RE = /\/([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?\/?$/;
 /** PUT failures after which a resource without a known hospital id is created with POST instead. */
 const CREATE_FALLBACK_STATUSES: ReadonlySet<number> = new Set([400, 404, 405, 410, 422, 501]);
+/** Removed pairings remembered by `HospitalClient.remove` for `nodeRefOf`. */
+const REMOVED_KEPT = 100_000;
 /** PUT failures on a mapped hospital id meaning the hospital copy is gone: recreate with POST. */
 const GONE_STATUSES: ReadonlySet<number> = new Set([404, 410]);
 
@@ -226,10 +279,16 @@ export class HospitalClient {
   readonly pageSize: number;
   /** The id map in use. */
   readonly idMap: HospitalIdMap;
+  /** The node's base URL used for absolute references, if configured (no trailing slash). */
+  readonly nodeBaseUrl: string | undefined;
   readonly #fhir: Client;
   readonly #origin: URL;
   /** Set once a PUT with a client id failed and a POST then succeeded: the server assigns ids. */
   #assignsOwnIds = false;
+  /** Set once a PUT with a new node id was accepted under that id: the server takes client ids. */
+  #acceptsClientIds = false;
+  /** Pairings forgotten by `remove` (hospital ref → node ref), so history of deleted resources still maps; bounded. */
+  readonly #removed = new Map<string, string>();
   readonly #queues = new Map<string, Promise<void>>();
 
   /**
@@ -257,7 +316,18 @@ export class HospitalClient {
     this.timeoutMs = timeoutMs;
     this.pageSize = pageSize;
     this.idMap = options.idMap ?? new MemoryHospitalIdMap();
+    this.nodeBaseUrl = options.nodeBaseUrl?.replace(/\/+$/, '');
     this.#fhir = new Client({ baseUrl: this.baseUrl });
+  }
+
+  /**
+   * What this client has learnt about the hospital's ids: `true` once a PUT with a node id was
+   * refused and a POST then succeeded (the server assigns its own ids, so references to resources
+   * not written yet cannot be mapped), `false` once a PUT with a node id the map did not know was
+   * stored under that id (the server takes client ids), `undefined` before either happened.
+   */
+  get assignsOwnIds(): boolean | undefined {
+    return this.#assignsOwnIds ? true : this.#acceptsClientIds ? false : undefined;
   }
 
   /**
@@ -268,19 +338,20 @@ export class HospitalClient {
    * (update-as-create, https://hl7.org/fhir/R4/http.html#upsert); if the server refuses
    * (400, 404, 405, 410, 422, 501) the resource is created with `POST Type` without an id
    * (https://hl7.org/fhir/R4/http.html#create) and the server's id is remembered; later new
-   * resources go straight to POST. A PUT answered with a different id is remembered too. Every
-   * `reference` of form `Type/id` is rewritten to hospital ids first (absolute URLs, `#contained`
-   * and `urn:` references are left alone; version suffixes are kept as is). Reference targets
-   * should be upserted before the resources pointing at them. The body is sent as
-   * `application/fhir+json` text from `canonicalStringify`, so decimals keep their lexical form.
+   * resources go straight to POST. A PUT answered with a different id is remembered too. Ids and
+   * references are rewritten to hospital ids first, see {@link toHospitalForm} (also inside
+   * `contained` resources and Bundles). Reference targets should be upserted before the resources
+   * pointing at them. The body is sent as `application/fhir+json` text from `canonicalStringify`,
+   * so decimals keep their lexical form.
    *
    * @param resource - a resource with `resourceType` and `id` (node id).
-   * @returns `{ hospitalId }`: the id (no type) of the resource at the hospital.
+   * @returns `{ hospitalId, versionId, lastUpdated }`: the id (no type) of the resource at the
+   *   hospital, and the hospital's version id and time of the stored version when it returned them.
    * @throws TypeError (as a rejection) when `resourceType` or `id` is missing or not a valid FHIR type/id.
    * @throws HospitalError `ERR_HOSPITAL_REJECTED` (e.g. 400 validation, with issues) or `ERR_HOSPITAL_UNREACHABLE`.
    *   When both the PUT and the fallback POST are refused and the PUT said 400/422, the PUT's error is thrown.
    */
-  async upsert(resource: HospitalResourceInput): Promise<{ hospitalId: string }> {
+  async upsert(resource: HospitalResourceInput): Promise<HospitalUpsertResult> {
     const node = toFhirJson(resource);
     if (!isJsonObject(node)) throw new TypeError('upsert: resource must be an object');
     const type = node['resourceType'];
@@ -319,7 +390,9 @@ export class HospitalClient {
 
   /**
    * Deletes a resource by node id (https://hl7.org/fhir/R4/http.html#delete) and forgets its id
-   * mapping. Idempotent: 404/410 from the hospital count as success.
+   * mapping. Idempotent: 404/410 from the hospital count as success. The client still remembers
+   * the pairing, in memory, for {@link nodeRefOf} (the hospital's history of the deleted resource
+   * keeps naming the hospital id), for the last 100 000 removed resources.
    *
    * @param type - resource type.
    * @param id - node id.
@@ -338,6 +411,11 @@ export class HospitalClient {
         if (!(err instanceof HospitalError && err.code === 'ERR_HOSPITAL_REJECTED' && GONE_STATUSES.has(err.status ?? 0))) {
           throw err;
         }
+      }
+      if (hospitalRef !== nodeRef) {
+        this.#removed.delete(hospitalRef);
+        this.#removed.set(hospitalRef, nodeRef);
+        if (this.#removed.size > REMOVED_KEPT) this.#removed.delete(this.#removed.keys().next().value!);
       }
       await this.idMap.delete(nodeRef);
     });
@@ -420,6 +498,125 @@ export class HospitalClient {
   }
 
   /**
+   * The hospital's history (https://hl7.org/fhir/R4/http.html#history): `GET _history` (system
+   * level) or `GET [type]/_history`, with `_since` and `_count={pageSize}`, following every `next`
+   * link (pinned to this client's scheme/host/port, like {@link readAll}). Bodies are parsed
+   * losslessly. Each version is returned in node-id form: its node `Type/id` comes from
+   * {@link nodeRefOf} (so a resource created directly at the hospital gets a node id), and the
+   * resource body goes through {@link toNodeForm}. Entries without a resource type and id (neither
+   * in the resource nor in `request.url`/`fullUrl`) are skipped.
+   *
+   * @param options - `since` (FHIR instant) and `type`; see {@link HospitalHistoryOptions}.
+   * @returns The versions, newest first as the hospital ordered them, and the hospital's `Date`.
+   * @throws TypeError (as a rejection) for an invalid type or a `since` that is not an instant.
+   * @throws HospitalError `ERR_HOSPITAL_UNREACHABLE` (network, timeout of `timeoutMs` per page,
+   *   408/429/502/503/504) or `ERR_HOSPITAL_REJECTED` (e.g. 404 when the server has no history at
+   *   that level, a body that is not a Bundle, or paging that loops); operation `history`.
+   */
+  async history(options: HospitalHistoryOptions = {}): Promise<HospitalHistory> {
+    if (options.type !== undefined) assertType(options.type);
+    if (options.since !== undefined && Number.isNaN(Date.parse(options.since))) throw new TypeError('history: since must be a FHIR instant');
+    const query = new URLSearchParams();
+    if (options.since !== undefined) query.set('_since', options.since);
+    query.set('_count', String(this.pageSize));
+    let next: string | undefined = `${this.baseUrl}/${options.type === undefined ? '' : `${options.type}/`}_history?${query.toString()}`;
+    const what = options.type ?? 'system';
+    const seen = new Set<string>();
+    const raw: FhirJsonObject[] = [];
+    let serverDate: string | undefined;
+    while (next !== undefined) {
+      if (seen.has(next)) throw new HospitalError('ERR_HOSPITAL_REJECTED', `Hospital history paging loops for ${what}`, { operation: 'history', resourceType: what });
+      seen.add(next);
+      const { bundle, date } = await this.#getBundle(next, what);
+      serverDate ??= date;
+      for (const entry of Array.isArray(bundle['entry']) ? bundle['entry'] : []) if (isJsonObject(entry)) raw.push(entry);
+      next = this.#nextLink(bundle);
+    }
+    const entries: HospitalHistoryEntry[] = [];
+    for (const entry of raw) {
+      const parsed = parseHistoryEntry(entry);
+      if (parsed === undefined) continue;
+      const ref = await this.nodeRefOf(parsed.hospitalRef);
+      let resource: FhirJsonObject | undefined;
+      if (parsed.resource !== undefined) {
+        resource = await this.toNodeForm(parsed.resource);
+        resource['id'] = ref.slice(ref.indexOf('/') + 1);
+      }
+      entries.push({ ref, hospitalRef: parsed.hospitalRef, versionId: parsed.versionId, lastUpdated: parsed.lastUpdated, deleted: parsed.deleted, resource });
+    }
+    return { entries, serverDate };
+  }
+
+  /**
+   * The node `Type/id` for a hospital `Type/id`: the mapped one; else the one it had before
+   * {@link remove} forgot the pairing; else the same `Type/id` when no other node resource is
+   * stored at the hospital under a different id while holding that node id; else a new node id (a
+   * UUID) that is recorded in the id map. The last case only arises when a hospital that assigns
+   * its own ids hands out an id the node already uses for another resource.
+   *
+   * @param hospitalRef - hospital `Type/id`.
+   * @returns Node `Type/id` of the same type.
+   * @throws TypeError (as a rejection) when `hospitalRef` is not `Type/id`.
+   */
+  async nodeRefOf(hospitalRef: string): Promise<string> {
+    const m = REF_RE.exec(hospitalRef);
+    if (m === null || m[3] !== undefined) throw new TypeError('nodeRefOf: expected Type/id');
+    const mapped = await this.idMap.toNode(hospitalRef);
+    if (mapped !== undefined) return mapped;
+    const removed = this.#removed.get(hospitalRef);
+    if (removed !== undefined) return removed;
+    const elsewhere = await this.idMap.toHospital(hospitalRef);
+    if (elsewhere === undefined || elsewhere === hospitalRef) return hospitalRef;
+    const fresh = `${m[1]}/${randomUUID()}`;
+    await this.idMap.set(fresh, hospitalRef);
+    return fresh;
+  }
+
+  /**
+   * Copy of a node-form resource in hospital-id form, as {@link upsert} sends it (the top-level
+   * `id` is left as given). Rewritten, at any depth (also inside `contained` resources and the
+   * entries of a Bundle, and Bundles inside those): every `reference` of form `Type/id[/_history/v]`
+   * and, when {@link HospitalClientOptions.nodeBaseUrl} is set, absolute ones under it; in every
+   * Bundle entry `request.url` (`Type/id…`), `fullUrl` (when under `nodeBaseUrl`) and the entry
+   * resource's `id`. `#contained`, `urn:` and other absolute references, contained resources' own
+   * ids and version suffixes are kept. Unmapped ids stay as they are.
+   *
+   * @param resource - a resource, FHIR JSON or plain JS (not modified).
+   * @returns A new object in hospital-id form.
+   * @throws TypeError when `resource` is not a JSON object.
+   */
+  async toHospitalForm(resource: HospitalResourceInput): Promise<FhirJsonObject> {
+    const value = toFhirJson(resource);
+    if (!isJsonObject(value)) throw new TypeError('toHospitalForm: resource must be an object');
+    const bases: RewriteBases = { from: this.nodeBaseUrl, to: this.baseUrl };
+    const refs = new Set<string>();
+    collectRefs(value, refs, bases.from);
+    const table = new Map<string, string>();
+    for (const ref of refs) {
+      const mapped = await this.idMap.toHospital(ref);
+      if (mapped !== undefined) table.set(ref, mapped);
+    }
+    return rewriteRefs(value, table, bases) as FhirJsonObject;
+  }
+
+  /**
+   * Copy of a hospital-form resource in node-id form: the reverse of {@link toHospitalForm}, plus
+   * the top-level `id` when it is mapped. Absolute references under the hospital's base URL become
+   * references under `nodeBaseUrl` when it is set, else relative `Type/id`; `fullUrl`s under the
+   * hospital's base URL are rewritten only when `nodeBaseUrl` is set.
+   *
+   * @param resource - a resource, FHIR JSON or plain JS (not modified).
+   * @returns A new object in node-id form.
+   * @throws TypeError when `resource` is not a JSON object.
+   */
+  async toNodeForm(resource: HospitalResourceInput): Promise<FhirJsonObject> {
+    const value = toFhirJson(resource);
+    if (!isJsonObject(value)) throw new TypeError('toNodeForm: resource must be an object');
+    const [out] = await this.#toNodeForms([value]);
+    return out!;
+  }
+
+  /**
    * Same as the module function {@link comparableForm}.
    *
    * @param resource - a resource.
@@ -430,7 +627,7 @@ export class HospitalClient {
     return comparableForm(resource, options);
   }
 
-  async #upsert(type: string, id: string, node: FhirJsonObject): Promise<{ hospitalId: string }> {
+  async #upsert(type: string, id: string, node: FhirJsonObject): Promise<HospitalUpsertResult> {
     const nodeRef = `${type}/${id}`;
     const mapped = await this.idMap.toHospital(nodeRef);
     // Without a mapping the node id is used at the hospital, unless another node resource holds it there.
@@ -444,8 +641,9 @@ export class HospitalClient {
       try {
         const res = await this.#request('update', type, target, 'PUT', canonicalStringify(body));
         const gotId = createdIdOf(res, type) ?? hospitalId;
+        if (mapped === undefined && gotId === hospitalId) this.#acceptsClientIds = true;
         await this.#remember(nodeRef, `${type}/${gotId}`);
-        return { hospitalId: gotId };
+        return { hospitalId: gotId, ...storedVersionOf(res, type) };
       } catch (err) {
         const fallback = mapped !== undefined ? GONE_STATUSES : CREATE_FALLBACK_STATUSES;
         if (!(err instanceof HospitalError && err.code === 'ERR_HOSPITAL_REJECTED' && fallback.has(err.status ?? 0))) {
@@ -477,7 +675,7 @@ export class HospitalClient {
     }
     if (tryPut && mapped === undefined) this.#assignsOwnIds = true;
     await this.#remember(nodeRef, `${type}/${newId}`);
-    return { hospitalId: newId };
+    return { hospitalId: newId, ...storedVersionOf(res, type) };
   }
 
   async #remember(nodeRef: string, hospitalRef: string): Promise<void> {
@@ -511,14 +709,7 @@ export class HospitalClient {
 
   /** Copy of `node` with references in hospital ids and `id` set (or removed when `undefined`). */
   async #toHospitalForm(node: FhirJsonObject, hospitalId: string | undefined): Promise<FhirJsonObject> {
-    const refs = new Set<string>();
-    collectReferences(node, refs);
-    const table = new Map<string, string>();
-    for (const ref of refs) {
-      const mapped = await this.idMap.toHospital(ref);
-      if (mapped !== undefined) table.set(ref, mapped);
-    }
-    const out = rewriteReferences(node, table) as FhirJsonObject;
+    const out = await this.toHospitalForm(node);
     if (hospitalId === undefined) delete out['id'];
     else out['id'] = hospitalId;
     return out;
@@ -526,18 +717,19 @@ export class HospitalClient {
 
   /** Converts hospital resources to node-id form (id and references). */
   async #toNodeForms(resources: readonly FhirJsonObject[]): Promise<FhirJsonObject[]> {
+    const bases: RewriteBases = { from: this.baseUrl, to: this.nodeBaseUrl };
     const refs = new Set<string>();
     for (const r of resources) {
-      collectReferences(r, refs);
+      collectRefs(r, refs, bases.from);
       if (typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') refs.add(`${r['resourceType']}/${r['id']}`);
     }
     const table = new Map<string, string>();
     for (const ref of refs) {
-      const mapped = await this.idMap.toNode(ref);
+      const mapped = (await this.idMap.toNode(ref)) ?? this.#removed.get(ref);
       if (mapped !== undefined) table.set(ref, mapped);
     }
     return resources.map((r) => {
-      const out = rewriteReferences(r, table) as FhirJsonObject;
+      const out = rewriteRefs(r, table, bases) as FhirJsonObject;
       if (typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') {
         const nodeRef = table.get(`${r['resourceType']}/${r['id']}`);
         if (nodeRef !== undefined) out['id'] = nodeRef.slice(r['resourceType'].length + 1);
@@ -555,6 +747,35 @@ export class HospitalClient {
     url.protocol = this.#origin.protocol;
     url.host = this.#origin.host;
     return url.href;
+  }
+
+  /** GET of an absolute URL expected to answer a Bundle; parsed losslessly. */
+  async #getBundle(url: string, what: string): Promise<{ bundle: FhirJsonObject; date: string | undefined }> {
+    let res: Response;
+    let text: string;
+    try {
+      res = await fetch(url, { headers: { accept: 'application/fhir+json' }, signal: AbortSignal.timeout(this.timeoutMs) });
+      text = await res.text();
+    } catch (err) {
+      throw toHospitalError(err, 'history', what, this.timeoutMs);
+    }
+    let data: unknown;
+    try {
+      data = parseFhirJson(text);
+    } catch {
+      data = undefined;
+    }
+    if (!res.ok) throw toHospitalError({ response: { status: res.status, data: data === undefined ? undefined : toPlainJson(data as FhirJson) } }, 'history', what, this.timeoutMs);
+    if (!isJsonObject(data) || data['resourceType'] !== 'Bundle') {
+      throw new HospitalError('ERR_HOSPITAL_REJECTED', `Hospital history of ${what} returned something other than a Bundle`, {
+        operation: 'history',
+        resourceType: what,
+        status: res.status,
+      });
+    }
+    const dateHeader = res.headers.get('date');
+    const ms = dateHeader === null ? Number.NaN : Date.parse(dateHeader);
+    return { bundle: data, date: Number.isNaN(ms) ? undefined : new Date(ms).toISOString() };
   }
 
   async #request(
@@ -634,36 +855,138 @@ function compareIds(a: FhirJson | undefined, b: FhirJson | undefined): number {
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
-/** Adds every relative `Type/id` found in a `reference` string anywhere in `value`. */
-function collectReferences(value: FhirJson, out: Set<string>): void {
+/** Base URLs between which absolute references and `fullUrl`s are rewritten (either may be absent). */
+interface RewriteBases {
+  from: string | undefined;
+  to: string | undefined;
+}
+
+/** `Type/id[/_history/v]` at the end of `url` when `url` is `${base}/Type/id…`, else undefined. */
+function underBase(url: string, base: string | undefined): RegExpExecArray | null {
+  if (base === undefined || !url.startsWith(`${base}/`)) return null;
+  return REF_RE.exec(url.slice(base.length + 1));
+}
+
+/** `Type/id` of a relative `Type/id[/_history/v]` or `Type/id?…`-free `request.url`, else null. */
+function relativeRef(value: string): RegExpExecArray | null {
+  return REF_RE.exec(value);
+}
+
+/**
+ * Adds every `Type/id` that {@link rewriteRefs} may rewrite in `value`: relative and (under
+ * `fromBase`) absolute `reference`s at any depth, and in Bundle entries `request.url`, `fullUrl`
+ * (under `fromBase`) and the entry resource's `Type/id`.
+ */
+function collectRefs(value: FhirJson, out: Set<string>, fromBase: string | undefined): void {
   if (Array.isArray(value)) {
-    for (const v of value) collectReferences(v, out);
-  } else if (isJsonObject(value)) {
-    for (const [k, v] of Object.entries(value)) {
-      if (k === 'reference' && typeof v === 'string') {
-        const m = REF_RE.exec(v);
-        if (m !== null) out.add(`${m[1]}/${m[2]}`);
-      } else {
-        collectReferences(v, out);
-      }
+    for (const v of value) collectRefs(v, out, fromBase);
+    return;
+  }
+  if (!isJsonObject(value)) return;
+  for (const [k, v] of Object.entries(value)) {
+    if (k === 'reference' && typeof v === 'string') {
+      const m = relativeRef(v) ?? underBase(v, fromBase);
+      if (m !== null) out.add(`${m[1]}/${m[2]}`);
+    } else {
+      collectRefs(v, out, fromBase);
+    }
+  }
+  if (value['resourceType'] === 'Bundle' && Array.isArray(value['entry'])) {
+    for (const entry of value['entry']) {
+      if (!isJsonObject(entry)) continue;
+      const full = typeof entry['fullUrl'] === 'string' ? underBase(entry['fullUrl'], fromBase) : null;
+      if (full !== null) out.add(`${full[1]}/${full[2]}`);
+      const request = entry['request'];
+      const url = isJsonObject(request) && typeof request['url'] === 'string' ? relativeRef(request['url']) : null;
+      if (url !== null) out.add(`${url[1]}/${url[2]}`);
+      const r = entry['resource'];
+      if (isJsonObject(r) && typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') out.add(`${r['resourceType']}/${r['id']}`);
     }
   }
 }
 
-/** Deep copy of `value` with the `Type/id` part of `reference` strings replaced via `table`. */
-function rewriteReferences(value: FhirJson, table: ReadonlyMap<string, string>): FhirJson {
-  if (Array.isArray(value)) return value.map((v) => rewriteReferences(v, table));
+/**
+ * Deep copy of `value` with ids rewritten via `table` (`Type/id` → `Type/id`), see
+ * {@link HospitalClient.toHospitalForm}: `reference`s (relative; absolute under `bases.from`, which
+ * become absolute under `bases.to`, or relative when `bases.to` is absent), and in Bundle entries
+ * `request.url`, `fullUrl` (under `bases.from`, only when `bases.to` is set) and the entry
+ * resource's `id`. Version suffixes are kept.
+ */
+function rewriteRefs(value: FhirJson, table: ReadonlyMap<string, string>, bases: RewriteBases): FhirJson {
+  if (Array.isArray(value)) return value.map((v) => rewriteRefs(v, table, bases));
   if (!isJsonObject(value)) return value;
+  const mapRef = (m: RegExpExecArray): string => `${table.get(`${m[1]}/${m[2]}`) ?? `${m[1]}/${m[2]}`}${m[3] ?? ''}`;
   const out: FhirJsonObject = {};
   for (const [k, v] of Object.entries(value)) {
     if (k === 'reference' && typeof v === 'string') {
-      const m = REF_RE.exec(v);
-      const mapped = m === null ? undefined : table.get(`${m[1]}/${m[2]}`);
-      out[k] = mapped === undefined ? v : `${mapped}${m?.[3] ?? ''}`;
+      const rel = relativeRef(v);
+      const abs = rel === null ? underBase(v, bases.from) : null;
+      if (rel !== null) out[k] = mapRef(rel);
+      else if (abs !== null) out[k] = bases.to === undefined ? mapRef(abs) : `${bases.to}/${mapRef(abs)}`;
+      else out[k] = v;
     } else {
-      out[k] = rewriteReferences(v, table);
+      out[k] = rewriteRefs(v, table, bases);
     }
   }
+  if (out['resourceType'] === 'Bundle' && Array.isArray(out['entry'])) {
+    for (const entry of out['entry']) {
+      if (!isJsonObject(entry)) continue;
+      const full = typeof entry['fullUrl'] === 'string' && bases.to !== undefined ? underBase(entry['fullUrl'], bases.from) : null;
+      if (full !== null) entry['fullUrl'] = `${bases.to}/${mapRef(full)}`;
+      const request = entry['request'];
+      if (isJsonObject(request) && typeof request['url'] === 'string') {
+        const url = relativeRef(request['url']);
+        if (url !== null) request['url'] = mapRef(url);
+      }
+      const r = entry['resource'];
+      if (isJsonObject(r) && typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') {
+        const mapped = table.get(`${r['resourceType']}/${r['id']}`);
+        if (mapped !== undefined) r['id'] = mapped.slice(r['resourceType'].length + 1);
+      }
+    }
+  }
+  return out;
+}
+
+/** The parts of a history Bundle entry (https://hl7.org/fhir/R4/bundle.html), in hospital form. */
+function parseHistoryEntry(entry: FhirJsonObject):
+  | { hospitalRef: string; versionId: string | undefined; lastUpdated: string | undefined; deleted: boolean; resource: FhirJsonObject | undefined }
+  | undefined {
+  const request = isJsonObject(entry['request']) ? entry['request'] : undefined;
+  const response = isJsonObject(entry['response']) ? entry['response'] : undefined;
+  const r = isJsonObject(entry['resource']) ? entry['resource'] : undefined;
+  const method = typeof request?.['method'] === 'string' ? request['method'] : undefined;
+  const status = typeof response?.['status'] === 'string' ? response['status'] : '';
+  const deleted = method === 'DELETE' || (r === undefined && /^(204|410)\b/.test(status));
+  let hospitalRef: string | undefined;
+  if (r !== undefined && typeof r['resourceType'] === 'string' && typeof r['id'] === 'string' && REF_RE.test(`${r['resourceType']}/${r['id']}`)) {
+    hospitalRef = `${r['resourceType']}/${r['id']}`;
+  } else {
+    const url = typeof request?.['url'] === 'string' ? REF_RE.exec(request['url'].split('?')[0]!) : null;
+    const full = url === null && typeof entry['fullUrl'] === 'string' ? LOCATION_RE.exec(entry['fullUrl'].split('?')[0]!) : null;
+    const m = url ?? full;
+    if (m !== null) hospitalRef = `${m[1]}/${m[2]}`;
+  }
+  if (hospitalRef === undefined || (!deleted && r === undefined)) return undefined;
+  const meta = r !== undefined && isJsonObject(r['meta']) ? r['meta'] : undefined;
+  const etag = typeof response?.['etag'] === 'string' ? /^(?:W\/)?"([^"]+)"$/.exec(response['etag']) : null;
+  const versionId = typeof meta?.['versionId'] === 'string' ? meta['versionId'] : (etag?.[1] ?? undefined);
+  const when = typeof meta?.['lastUpdated'] === 'string' ? meta['lastUpdated'] : typeof response?.['lastModified'] === 'string' ? response['lastModified'] : undefined;
+  const ms = when === undefined ? Number.NaN : Date.parse(when);
+  return { hospitalRef, versionId, lastUpdated: Number.isNaN(ms) ? undefined : new Date(ms).toISOString(), deleted, resource: deleted ? undefined : r };
+}
+
+/** `meta.versionId`/`meta.lastUpdated` of a stored resource, else the version from the `ETag`. */
+function storedVersionOf(res: FhirResource, type: string): { versionId?: string; lastUpdated?: string } {
+  const meta = res.resourceType === type && typeof res['meta'] === 'object' && res['meta'] !== null ? (res['meta'] as { versionId?: unknown; lastUpdated?: unknown }) : undefined;
+  const out: { versionId?: string; lastUpdated?: string } = {};
+  if (typeof meta?.versionId === 'string') out.versionId = meta.versionId;
+  else {
+    const etag = Client.httpFor(res).response?.headers.get('etag');
+    const m = etag ? /^(?:W\/)?"([^"]+)"$/.exec(etag) : null;
+    if (m !== null) out.versionId = m[1]!;
+  }
+  if (typeof meta?.lastUpdated === 'string') out.lastUpdated = meta.lastUpdated;
   return out;
 }
 

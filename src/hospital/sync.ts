@@ -6,6 +6,9 @@
  * the same resource are skipped, never written out of order. A failed write is retried with
  * exponential backoff and jitter; after `maxAttempts` it is recorded in `failures()` and retried
  * again on the next version of that resource.
+ *
+ * A node uses the durable `HospitalOutbox` (src/hospital/outbox.ts) instead, which has the
+ * same surface; this in-memory variant remains for embedding without Redis.
  */
 import { parseFhirJson } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { generateNodeKeys } from '../envelope/index.ts';
 import type { NodePublicKeys } from '../envelope/index.ts';
 import { HospitalClient, comparableForm, startMedplumHospital } from '../hospital/index.ts';
-import type { MedplumHospital } from '../hospital/index.ts';
+import type { MedplumHospital, MedplumHospitalOptions } from '../hospital/index.ts';
 import { TidegateNode } from './node.ts';
 
 /** One hospital of the network. */
@@ -34,6 +34,13 @@ export interface NetworkOptions {
   /** Anti-entropy scheduler period, ms (0 = off; {@link Network.antiEntropy} still works). */
   antiEntropyIntervalMs?: number;
   batchDelayMs?: number;
+  /** Period of each node's hospital `_history` poll, ms (0 = off). Default: the node's default (5000). */
+  hospitalPollIntervalMs?: number;
+  /** Outbox retry delays of each node, ms: base and cap (defaults: the node's, 200 and 30000). */
+  hospitalBackoffMs?: number;
+  hospitalMaxBackoffMs?: number;
+  /** Options of every stand-in hospital server (e.g. `allowUpdateCreate: false`); port and name are set per hospital. */
+  hospitalServer?: Omit<MedplumHospitalOptions, 'port' | 'name' | 'repo'>;
 }
 
 /** A running network; see {@link startNetwork}. */
@@ -154,7 +161,7 @@ export async function startNetwork(opts: NetworkOptions): Promise<Network> {
   const network = new Network(members, prefix, opts.redisUrl);
   try {
     for (const [i, name] of names.entries()) {
-      const hospital = await startMedplumHospital({ name: `${name}-fhir` });
+      const hospital = await startMedplumHospital({ ...opts.hospitalServer, name: `${name}-fhir` });
       const client = new HospitalClient({ baseUrl: hospital.url });
       const node = new TidegateNode({
         secretKeys: keys[i]!.secretKeys,
@@ -165,6 +172,9 @@ export async function startNetwork(opts: NetworkOptions): Promise<Network> {
         logger: log.child({ node: name }),
         antiEntropyIntervalMs: opts.antiEntropyIntervalMs ?? 0,
         ...(opts.batchDelayMs !== undefined ? { batchDelayMs: opts.batchDelayMs } : {}),
+        ...(opts.hospitalPollIntervalMs !== undefined ? { hospitalPollIntervalMs: opts.hospitalPollIntervalMs } : {}),
+        ...(opts.hospitalBackoffMs !== undefined ? { hospitalBackoffMs: opts.hospitalBackoffMs } : {}),
+        ...(opts.hospitalMaxBackoffMs !== undefined ? { hospitalMaxBackoffMs: opts.hospitalMaxBackoffMs } : {}),
       });
       members.push({ name, node, hospital, client, gateway: '', fhirServer: hospital.url });
       members[members.length - 1]!.gateway = await node.start();

@@ -19,8 +19,13 @@ import { Tide } from '../tide/index.ts';
 import { opsRouter } from '../ops/index.ts';
 import type { PeerConfig, ResourceUpdate, TideStats } from '../tide/index.ts';
 import type { NodeSecretKeys } from '../envelope/index.ts';
-import { HospitalSync } from '../hospital/sync.ts';
 import type { HospitalWriter } from '../hospital/sync.ts';
+import { HospitalOutbox } from '../hospital/outbox.ts';
+import { HospitalPoller } from '../hospital/poller.ts';
+import type { HospitalHistorySource } from '../hospital/poller.ts';
+import { RedisCursorStore } from '../hospital/cursor.ts';
+import type { HospitalCursorStore } from '../hospital/cursor.ts';
+import { SyncLedger } from '../hospital/ledger.ts';
 
 /** Options of {@link TidegateNode}. Durations in ms. */
 export interface TidegateNodeOptions {
@@ -35,6 +40,18 @@ export interface TidegateNodeOptions {
   antiEntropyIntervalMs?: number;
   /** Tide batching: flush a peer's batch after this many ms. */
   batchDelayMs?: number;
+  /**
+   * Period of polling the hospital's `_history` for edits made directly on it, ms; `0` = off.
+   * Default 5000. Only when `hospital` can read history (a `HospitalClient`).
+   */
+  hospitalPollIntervalMs?: number;
+  /** Resource types polled one by one when the hospital has no system-level `_history`; also limits what is picked up. */
+  hospitalPollTypes?: string[];
+  /** Where the poller keeps its cursor; default the Redis key `<queuePrefix>:hospital-cursor:<nodeId>` on `redisUrl`. */
+  hospitalCursor?: HospitalCursorStore;
+  /** Outbox retry delays, ms: base (default 200) and cap (default 30000). */
+  hospitalBackoffMs?: number;
+  hospitalMaxBackoffMs?: number;
 }
 
 /** See module doc. */
@@ -42,7 +59,10 @@ export class TidegateNode {
   readonly nodeId: string;
   readonly replica: Replica;
   readonly tide: Tide;
-  readonly hospitalSync: HospitalSync;
+  /** Durable outbox of writes to the hospital (BullMQ on the node's Redis). */
+  readonly hospitalSync: HospitalOutbox;
+  /** Poller of the hospital's `_history`, when enabled. */
+  readonly hospitalPoller: HospitalPoller | undefined;
   readonly service: FhirService;
   readonly log: Logger;
   private server: Server | undefined;
@@ -55,7 +75,16 @@ export class TidegateNode {
     this.nodeId = opts.secretKeys.nodeId;
     this.log = opts.logger ?? pino({ level: 'info' });
     const log = this.log;
-    this.hospitalSync = new HospitalSync(opts.hospital, {
+    const ledger = new SyncLedger();
+    this.hospitalSync = new HospitalOutbox(opts.hospital, {
+      nodeId: this.nodeId,
+      redisUrl: opts.redisUrl,
+      prefix: opts.queuePrefix ?? 'tidegate',
+      secret: opts.secretKeys.kemSecretKey,
+      ledger,
+      logger: log,
+      ...(opts.hospitalBackoffMs !== undefined ? { backoffMs: opts.hospitalBackoffMs } : {}),
+      ...(opts.hospitalMaxBackoffMs !== undefined ? { maxBackoffMs: opts.hospitalMaxBackoffMs } : {}),
       onFailure: (key, err) => log.error({ key, code: (err as { code?: string }).code, status: (err as { status?: number }).status }, 'hospital write failed'),
     });
     this.replica = new Replica({
@@ -86,6 +115,24 @@ export class TidegateNode {
         diffFor: (key, sv) => replica.diffFor(key, sv),
       },
     });
+    const pollMs = opts.hospitalPollIntervalMs ?? 5000;
+    const history = opts.hospital as Partial<HospitalHistorySource>;
+    this.hospitalPoller =
+      pollMs > 0 && typeof history.history === 'function'
+        ? new HospitalPoller({
+            source: history as HospitalHistorySource,
+            replica: this.replica,
+            ledger,
+            intervalMs: pollMs,
+            cursor: opts.hospitalCursor ?? new RedisCursorStore({ redisUrl: opts.redisUrl, key: `${opts.queuePrefix ?? 'tidegate'}:hospital-cursor:${this.nodeId}` }),
+            ...(opts.hospitalPollTypes !== undefined ? { types: opts.hospitalPollTypes } : {}),
+            logger: log,
+            onUpdate: (key, update) => {
+              this.localUpdates++;
+              this.tide.publish([{ key, update }]);
+            },
+          })
+        : undefined;
     this.service = new FhirService(this.replica, (key, update) => {
       this.localUpdates++;
       this.tide.publish([{ key, update }]);
@@ -100,7 +147,9 @@ export class TidegateNode {
    * @throws when Redis is unreachable or the port is taken.
    */
   async start(port = 0, host = '127.0.0.1'): Promise<string> {
+    await this.hospitalSync.start();
     await this.tide.start();
+    await this.hospitalPoller?.start();
     const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), opsRouter({ tide: this.tide, nodeId: this.nodeId }));
     this.server = await new Promise<Server>((resolve, reject) => {
       const s = app.listen(port, host, () => resolve(s));
@@ -119,18 +168,20 @@ export class TidegateNode {
   }
 
   /** Local and remote update counts, plus gossip counters. */
-  stats(): { localUpdates: number; remoteUpdates: number; hospitalWrites: number; hospitalFailures: number; tide: TideStats } {
+  stats(): { localUpdates: number; remoteUpdates: number; hospitalWrites: number; hospitalFailures: number; hospitalInbound: number; tide: TideStats } {
     return {
       localUpdates: this.localUpdates,
       remoteUpdates: this.remoteUpdates,
       hospitalWrites: this.hospitalSync.writes,
       hospitalFailures: this.hospitalSync.failures().size,
+      hospitalInbound: this.hospitalPoller?.stats().applied ?? 0,
       tide: this.tide.stats(),
     };
   }
 
   /** Outgoing batches sent, inbox drained, hospital writes done. Resolves to true when quiet. */
   async quiet(): Promise<boolean> {
+    await this.hospitalPoller?.idle();
     await this.tide.flush();
     const pending = await this.tide.pending();
     await this.hospitalSync.idle();
@@ -145,6 +196,7 @@ export class TidegateNode {
       s.closeAllConnections?.();
       await new Promise<void>((r) => s.close(() => r()));
     }
+    await this.hospitalPoller?.stop();
     await this.tide.stop();
     await this.hospitalSync.stop();
   }
