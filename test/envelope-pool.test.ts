@@ -36,3 +36,27 @@ test('concurrent calls are all answered', async () => {
   const opened = await Promise.all(envs.map((e) => pool.open(e, b.secretKeys, new Map([['node-a', a.publicKeys]]))));
   assert.deepEqual(opened.map((o) => o.header.messageId), ['m-0', 'm-1', 'm-2', 'm-3', 'm-4', 'm-5']);
 });
+
+test('an idle pool does not keep the process alive (bug: the worker port stayed ref\'d)', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const index = fileURLToPath(new URL('../src/envelope/index.ts', import.meta.url));
+  const script = `
+    const { EnvelopeCryptoPool, generateNodeKeys } = await import(${JSON.stringify(index)});
+    new EnvelopeCryptoPool(1); // created, never used (a node without peers)
+    const used = new EnvelopeCryptoPool(1);
+    const a = generateNodeKeys('node-a'), b = generateNodeKeys('node-b');
+    await used.seal({ kind: 'updates', messageId: 'm', resources: [], plaintext: new Uint8Array([1]) }, a.secretKeys, b.publicKeys);
+    console.log('sealed');`;
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(join(tmpdir(), 'tidegate-pool-'));
+  const file = join(dir, 'seal.mjs');
+  writeFileSync(file, script);
+  const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 20_000 });
+  rmSync(dir, { recursive: true, force: true });
+  assert.equal(r.stdout.trim(), 'sealed');
+  assert.equal(r.signal, null, 'the process exited by itself instead of being killed by the timeout');
+  assert.equal(r.status, 0);
+});

@@ -41,7 +41,6 @@ export class EnvelopeCryptoPool {
   private spawn(): Slot {
     const worker = new Worker(new URL('./worker.ts', import.meta.url));
     const slot: Slot = { worker, busy: 0 };
-    worker.unref();
     worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; error?: { name: string; code?: string; message: string } }) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
@@ -61,6 +60,8 @@ export class EnvelopeCryptoPool {
     worker.on('exit', (code) => {
       if (!this.closed) this.failSlot(slot, new Error(`envelope worker exited with code ${code}`));
     });
+    // After the listeners: adding a 'message' listener refs the worker's port again.
+    worker.unref();
     return slot;
   }
 
