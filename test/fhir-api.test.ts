@@ -139,3 +139,57 @@ describe('FHIR REST API', () => {
     assert.equal('parameter' in res.body, false, 'no empty parameter array (FHIR forbids empty arrays)');
   });
 });
+
+describe('ids that are URL dot-segments', () => {
+  // Bug found by a fresh-user test: `PUT Patient/..` was accepted; its hospital write went to the
+  // wrong URL, the hospital client then took the server for one that assigns its own ids, and every
+  // later resource landed under a server-assigned id (duplicates at the hospitals).
+  test('`.` and `..` are refused with 400 and nothing is written', async () => {
+    const ctx = makeApp();
+    for (const id of ['.', '..', '...']) {
+      const body = JSON.stringify({ resourceType: 'Patient', id, gender: 'male' });
+      const res = await request(ctx.app).put(`/fhir/Patient/${encodeURIComponent(id)}`).set('Content-Type', FHIR).send(body);
+      assert.equal(res.status, 400, `PUT Patient/${id}`);
+      assert.equal(res.body.resourceType, 'OperationOutcome');
+    }
+    assert.equal(ctx.updates.length, 0);
+  });
+});
+
+describe('errors of the HTTP layer are 4xx OperationOutcomes (bugs found by a fresh-user test)', () => {
+  test('bad Content-Encoding, bad percent-encoding, oversized body, paths outside /fhir', async () => {
+    const { app, updates } = makeApp();
+    const cases: Array<[string, () => request.Test, number]> = [
+      ['gzip header, plain body', () => request(app).put('/fhir/Patient/p1').set('Content-Type', FHIR).set('Content-Encoding', 'gzip').send('{"resourceType":"Patient","id":"p1"}'), 400],
+      ['br header, plain body', () => request(app).put('/fhir/Patient/p1').set('Content-Type', FHIR).set('Content-Encoding', 'br').send('{"resourceType":"Patient","id":"p1"}'), 400],
+      ['bad percent-encoding', () => request(app).get('/fhir/Patient/%ZZ'), 400],
+      ['oversized body', () => request(app).put('/fhir/Patient/p1').set('Content-Type', FHIR).send(`{"resourceType":"Patient","id":"p1","x":"${'a'.repeat(17 * 1024 * 1024)}"}`), 413],
+    ];
+    for (const [name, make, status] of cases) {
+      const res = await make();
+      assert.equal(res.status, status, name);
+      assert.equal(res.body.resourceType, 'OperationOutcome', name);
+    }
+    const outside = await request(app).get('/nothing-here').expect(404);
+    assert.match(outside.headers['content-type'] ?? '', /application\/fhir\+json/);
+    assert.equal(JSON.parse(outside.text).resourceType, 'OperationOutcome');
+    assert.equal(updates.length, 0);
+  });
+});
+
+describe('element names that are JavaScript built-ins (bug found by a fresh-user test)', () => {
+  test('constructor, toString, hasOwnProperty … are unknown elements: 422, nothing written', async () => {
+    const { app, updates } = makeApp();
+    for (const body of [
+      { resourceType: 'Patient', id: 'js1', constructor: 'x' },
+      { resourceType: 'Patient', id: 'js2', toString: 'x' },
+      { resourceType: 'Patient', id: 'js3', name: [{ hasOwnProperty: 'x' }] },
+      { resourceType: 'Patient', id: 'js4', valueOf: 'x' },
+    ]) {
+      const res = await request(app).put(`/fhir/Patient/${body.id}`).set('Content-Type', FHIR).send(JSON.stringify(body));
+      assert.equal(res.status, 422, JSON.stringify(Object.keys(body)));
+      assert.ok(res.body.issue.some((i: { expression?: string[] }) => i.expression?.length), 'the issue names the element');
+    }
+    assert.equal(updates.length, 0);
+  });
+});

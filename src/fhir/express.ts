@@ -7,7 +7,7 @@ import type { NextFunction, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import { FhirService } from './service.ts';
 import type { FhirResult } from './service.ts';
-import { methodNotAllowed, notImplemented, toOutcome, badRequest, notFound, unsupportedMediaType } from './outcomes.ts';
+import { FhirError, methodNotAllowed, notImplemented, toOutcome, badRequest, notFound, unsupportedMediaType } from './outcomes.ts';
 import { canonicalStringify } from './json.ts';
 import { parseSearchQuery } from './search.ts';
 
@@ -50,6 +50,23 @@ function formSearchParams(req: Request): Array<[string, string]> {
   const text = typeof req.body === 'string' ? req.body : '';
   if (text !== '' && (!ct || !FORM_MEDIA.test(ct))) throw unsupportedMediaType('POST _search needs Content-Type application/x-www-form-urlencoded');
   return [...parseSearchQuery(rawQuery(req)), ...parseSearchQuery(text)];
+}
+
+/**
+ * Maps anything thrown while handling a request to a status and an OperationOutcome. Errors of the
+ * HTTP layer itself (body parsing, decompression, path decoding) are the client's: 4xx, never 500.
+ */
+function edgeError(err: unknown): { status: number; outcome: ReturnType<typeof toOutcome>['outcome'] } {
+  const e = err as { type?: string; status?: number; statusCode?: number; code?: string };
+  if (e?.type === 'entity.too.large') return { status: 413, outcome: toOutcome(badRequest(`Body larger than ${MAX_BODY_BYTES} bytes`)).outcome };
+  if (err instanceof URIError) return toOutcome(badRequest('Malformed percent-encoding in the URL'));
+  if (typeof e?.code === 'string' && (e.code.startsWith('Z_') || e.code.startsWith('ERR__ERROR_FORMAT'))) return toOutcome(badRequest('Request body does not match its Content-Encoding'));
+  const status = e?.status ?? e?.statusCode;
+  if (!(err instanceof FhirError) && typeof status === 'number' && status >= 400 && status < 500) {
+    if (status === 415) return toOutcome(unsupportedMediaType('Unsupported Content-Encoding or media type'));
+    return toOutcome(badRequest('Unreadable request'));
+  }
+  return toOutcome(err);
 }
 
 /**
@@ -125,11 +142,7 @@ export function fhirRouter(service: FhirService, log: Logger): Router {
     throw methodNotAllowed(`Method ${req.method} is not allowed`);
   }));
   r.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    const e = err as { type?: string; status?: number };
-    let result;
-    if (e?.type === 'entity.too.large') result = toOutcome(badRequest(`Body larger than ${MAX_BODY_BYTES} bytes`));
-    else if (e?.type && typeof e.status === 'number' && e.status < 500) result = toOutcome(badRequest('Unreadable request body'));
-    else result = toOutcome(err);
+    const result = edgeError(err);
     if (result.status >= 500) log.error({ err: { name: (err as Error)?.name, code: (err as { code?: string })?.code }, method: req.method, path: req.path }, 'FHIR request failed');
     send(res, { status: result.status, headers: {}, body: result.outcome });
   });
@@ -153,5 +166,9 @@ export function fhirApp(service: FhirService, log: Logger, health: () => object 
   });
   if (extra) app.use(extra);
   app.use('/fhir', fhirRouter(service, log));
+  // Anything else: an OperationOutcome, not Express's HTML page.
+  app.use((req, res) => {
+    res.status(404).type('application/fhir+json').send(canonicalStringify(toOutcome(notFound(`Nothing at ${req.path}; the FHIR API is under /fhir`)).outcome));
+  });
   return app;
 }

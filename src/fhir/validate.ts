@@ -5,11 +5,12 @@
 import { isResourceType, validateResource } from '@medplum/core';
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
-import { toPlainJson } from './json.ts';
+import { isJsonObject, toPlainJson } from './json.ts';
 import type { FhirJsonObject } from './json.ts';
 
 /** FHIR id: https://hl7.org/fhir/R4/datatypes.html#id */
-export const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+/** Also refuses ids made only of dots (`.`, `..`): legal by the pattern but URL dot-segments. */
+export const FHIR_ID = /^(?!\.+$)[A-Za-z0-9\-.]{1,64}$/;
 
 /**
  * True when `type` is an R4 resource type (loads the definitions on first call, ~1–2 s).
@@ -26,6 +27,10 @@ export function isKnownResourceType(type: string): boolean {
  */
 export function validateFhirResource(resource: FhirJsonObject): OperationOutcomeIssue[] {
   ensureFhirDefinitionsLoaded();
+  // Medplum's validator looks element names up in plain objects, so names inherited from
+  // Object.prototype (`constructor`, `toString`, …) pass as known elements: refuse them here.
+  const inherited = inheritedNameIssues(resource);
+  if (inherited.length > 0) return inherited;
   try {
     const issues = validateResource(toPlainJson(resource) as Resource);
     return issues.filter((i) => i.severity === 'error' || i.severity === 'fatal');
@@ -34,4 +39,28 @@ export function validateFhirResource(resource: FhirJsonObject): OperationOutcome
     if (e.outcome?.issue) return e.outcome.issue;
     return [{ severity: 'error', code: 'invalid', diagnostics: 'Resource could not be validated' }];
   }
+}
+
+const OBJECT_PROTOTYPE_NAMES = new Set(Object.getOwnPropertyNames(Object.prototype));
+
+/**
+ * Error issues for members named like Object.prototype properties (`constructor`, `toString`, …),
+ * which Medplum's validator takes for known elements.
+ * @param resource - parsed FHIR JSON.
+ * @returns One `structure` error per such member, with its FHIRPath; empty when there is none.
+ */
+export function inheritedNameIssues(resource: FhirJsonObject): OperationOutcomeIssue[] {
+  return inheritedNames(resource, String(resource.resourceType)).map((path) => ({ severity: 'error', code: 'structure', diagnostics: 'Invalid additional property', expression: [path] }));
+}
+
+/** FHIRPath-like paths of members named like Object.prototype properties, at any depth. */
+function inheritedNames(value: unknown, path: string, out: string[] = []): string[] {
+  if (Array.isArray(value)) value.forEach((v, i) => inheritedNames(v, `${path}[${i}]`, out));
+  else if (isJsonObject(value)) {
+    for (const [k, v] of Object.entries(value)) {
+      if (OBJECT_PROTOTYPE_NAMES.has(k)) out.push(`${path}.${k}`);
+      else inheritedNames(v, `${path}.${k}`, out);
+    }
+  }
+  return out;
 }

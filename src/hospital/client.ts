@@ -251,7 +251,7 @@ export const SERVER_MANAGED_META_FIELDS: readonly string[] = Object.freeze([
 
 const TYPE_RE = /^[A-Z][A-Za-z]{1,63}$/;
 /** FHIR `id` (https://hl7.org/fhir/R4/datatypes.html#id). */
-const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
+const ID_RE = /^(?!\.+$)[A-Za-z0-9\-.]{1,64}$/; // dot-only ids are URL dot-segments: refused
 /** Relative literal reference `Type/id`, optionally versioned. */
 const REF_RE = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
 /** `Location` of a created resource: `…/Type/id[/_history/vid]`. */

@@ -82,7 +82,7 @@ export interface ImportPlan {
 /** A FHIR resource type name as accepted on import (syntax only; not checked against R4's list). */
 export const RESOURCE_TYPE_PATTERN = /^[A-Z][A-Za-z]+$/;
 /** A FHIR id, https://hl7.org/fhir/R4/datatypes.html#id: 1 to 64 of `A-Z a-z 0-9 - .`. */
-export const FHIR_ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+export const FHIR_ID_PATTERN = /^(?!\.+$)[A-Za-z0-9\-.]{1,64}$/; // dot-only ids (URL dot-segments) refused
 
 /**
  * Fixed preference used to order types deterministically: among types whose dependencies are all

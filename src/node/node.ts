@@ -152,8 +152,8 @@ export class TidegateNode {
     await this.hospitalPoller?.start();
     const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), opsRouter({ tide: this.tide, nodeId: this.nodeId }));
     this.server = await new Promise<Server>((resolve, reject) => {
-      const s = app.listen(port, host, () => resolve(s));
-      s.once('error', reject);
+      // Express 5 hands listen errors (EADDRINUSE, EACCES) to this callback.
+      const s = app.listen(port, host, (err?: Error) => (err ? reject(err) : resolve(s)));
     });
     const addr = this.server.address() as AddressInfo;
     this.url = `http://${host}:${addr.port}/fhir`;

@@ -19,7 +19,7 @@ export const PLAINTEXT_VERSION = 1;
  * Resource keys Tide accepts: FHIR resource type (`[A-Z][A-Za-z]{0,63}`), `/`, FHIR id
  * (`[A-Za-z0-9.-]{1,64}`, FHIR R4 `id` datatype, https://hl7.org/fhir/R4/datatypes.html#id).
  */
-export const RESOURCE_KEY_RE = /^[A-Z][A-Za-z]{0,63}\/[A-Za-z0-9.-]{1,64}$/;
+export const RESOURCE_KEY_RE = /^[A-Z][A-Za-z]{0,63}\/(?!\.+$)[A-Za-z0-9.-]{1,64}$/; // dot-only ids refused
 
 /** True when `key` is a valid `'Type/id'` resource key ({@link RESOURCE_KEY_RE}). */
 export function isResourceKey(key: unknown): key is string {
