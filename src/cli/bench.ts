@@ -209,8 +209,13 @@ export async function runBench(o: { json: boolean; data: string }): Promise<void
   report.machine.loadAvg1mAtEnd = loadavg()[0] ?? null;
   const cpu = process.cpuUsage(cpu0);
   report.processCpuSeconds = Math.round((cpu.user + cpu.system) / 1e5) / 10;
-  await writeFile(BENCHMARKS_MD, renderMarkdown(report, PROFILE_NOTES));
-  info(`wrote ${BENCHMARKS_MD.pathname}`);
+  // A partial run (no Synthea sample, or a failed figure) must not replace the committed figures.
+  if (Object.keys(skipped).length === 0) {
+    await writeFile(BENCHMARKS_MD, renderMarkdown(report, PROFILE_NOTES));
+    info(`wrote ${BENCHMARKS_MD.pathname}`);
+  } else {
+    info(`docs/BENCHMARKS.md left unchanged: figures skipped (${Object.keys(skipped).join(', ')})`);
+  }
   if (o.json) process.stdout.write(`${JSON.stringify(report)}\n`);
   else process.stdout.write(`${formatTable(report)}\n`);
 }
