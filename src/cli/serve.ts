@@ -7,11 +7,13 @@ import { readPublicKeys, readSecretKeys } from '../envelope/index.ts';
 import { FileCursorStore, HospitalClient } from '../hospital/index.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { TidegateNode } from '../node/node.ts';
+import { openStore } from '../store/open.ts';
 
 /**
  * Starts a node from a configuration file and runs until SIGINT/SIGTERM.
  * @param configPath - node configuration JSON (see config/node-a.example.json).
- * @throws Error when the config, key files or policy are invalid, or Redis is unreachable.
+ * @throws Error when the config, key files or policy are invalid, the store file cannot be opened,
+ *   or Redis is unreachable.
  */
 export async function serve(configPath: string): Promise<void> {
   const cfg = loadNodeConfig(configPath);
@@ -24,7 +26,11 @@ export async function serve(configPath: string): Promise<void> {
     if (publicKeys.nodeId !== p.nodeId) throw new Error(`Public key file ${p.publicKeyFile} is for node ${publicKeys.nodeId}, not ${p.nodeId}`);
     peers.push({ nodeId: p.nodeId, redisUrl: p.redisUrl, publicKeys });
   }
+  // Durable by default (config `storeFile`): a write is answered only once it is on disk.
+  const opened = openStore(cfg.storeFile);
+  log.info({ store: opened.kind, location: opened.location }, 'resource store opened');
   const node = new TidegateNode({
+    store: opened.store,
     secretKeys,
     peers,
     redisUrl: cfg.redisUrl,
@@ -39,11 +45,15 @@ export async function serve(configPath: string): Promise<void> {
     hospitalBackoffMs: cfg.hospitalRetryBaseMs,
     hospitalMaxBackoffMs: cfg.hospitalRetryMaxMs,
   });
-  await node.start(cfg.listen.port, cfg.listen.host);
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  log.info('shutting down');
-  await node.stop();
+  try {
+    await node.start(cfg.listen.port, cfg.listen.host);
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    log.info('shutting down');
+    await node.stop();
+  } finally {
+    opened.close();
+  }
 }

@@ -3,7 +3,7 @@
  * Documented in README.md ("Configuration"); example in config/node-a.example.json.
  */
 import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 
 const NodeId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'node ids are 1-64 of A-Z a-z 0-9 . _ - (starting alphanumeric)');
@@ -38,6 +38,11 @@ export const NodeConfigSchema = z.object({
   hospitalRetryMaxMs: z.number().int().min(1).default(30000),
   /** Merge-policy file (repeating-element keys), relative to the config file. */
   mergePolicyFile: z.string().optional(),
+  /**
+   * The node's resource store: a SQLite file (src/store/sqlite-store.ts), relative to the config file;
+   * default `data/<nodeId>.sqlite`. `:memory:` keeps resources in memory only (lost on restart).
+   */
+  storeFile: z.string().min(1).optional(),
   /** pino log level. */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -50,7 +55,8 @@ export type NodeConfig = z.infer<typeof NodeConfigSchema>;
  * `LOG_LEVEL` overrides `logLevel`.
  * @param path - JSON file path.
  * @param env - environment (injectable for tests).
- * @returns The configuration; key, policy and cursor paths resolved against the file's folder.
+ * @returns The configuration; key, policy, cursor and store paths resolved against the file's folder
+ *   (`storeFile` is always set: `data/<nodeId>.sqlite` by default, or `:memory:`).
  * @throws Error listing every invalid field (`field.path: message`).
  */
 export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -70,6 +76,7 @@ export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.en
   for (const p of cfg.peers) p.publicKeyFile = resolve(dir, p.publicKeyFile);
   if (cfg.mergePolicyFile) cfg.mergePolicyFile = resolve(dir, cfg.mergePolicyFile);
   if (cfg.hospitalCursorFile) cfg.hospitalCursorFile = resolve(dir, cfg.hospitalCursorFile);
+  cfg.storeFile = cfg.storeFile === ':memory:' ? cfg.storeFile : resolve(dir, cfg.storeFile ?? join('data', `${cfg.nodeId}.sqlite`));
   if (env.REDIS_URL) cfg.redisUrl = RedisUrl.parse(env.REDIS_URL);
   if (env.PORT) cfg.listen.port = z.coerce.number().int().min(0).max(65535).parse(env.PORT);
   if (env.LOG_LEVEL) cfg.logLevel = NodeConfigSchema.shape.logLevel.parse(env.LOG_LEVEL);
