@@ -6,21 +6,16 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import express from 'express';
 import request from 'supertest';
-import { Redis } from 'ioredis';
 import { seal } from '../src/envelope/index.ts';
 import { encodeUpdates, inboxQueueName } from '../src/tide/index.ts';
 import type { AuditBundle } from '../src/tide/index.ts';
 import { opsRouter } from '../src/ops/index.ts';
-import { Cluster, DocReplica, PATIENT_NAME, keysOf, waitFor, waitForJobState } from './fixtures/tide/harness.ts';
+import { Cluster, DocReplica, PATIENT_NAME, freePort, keysOf, killRedisServer, startRedisServer, waitFor, waitForJobState } from './fixtures/tide/harness.ts';
 
 /** A sealed `updates` envelope from `from` to `to` and its message id. */
 function sealed(from: string, to: string, plaintext: Uint8Array, resources: string[] = []): { id: string; env: string } {
@@ -366,42 +361,5 @@ describe('tide quarantine and ops', { timeout: 120_000 }, () => {
   });
 });
 
-async function startRedisServer(port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-  await waitFor(
-    `redis-server on ${port}`,
-    async () => {
-      const r = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      r.on('error', () => {});
-      try {
-        await r.connect();
-        return (await r.ping()) === 'PONG';
-      } catch {
-        return false;
-      } finally {
-        r.disconnect();
-      }
-    },
-    5000,
-  );
-  return child;
-}
-
-async function killRedisServer(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGKILL');
-  await exited;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const { port } = srv.address() as AddressInfo;
-  srv.close();
-  await once(srv, 'close');
-  return port;
-}
 
 

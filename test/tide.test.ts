@@ -8,12 +8,8 @@
  */
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
@@ -31,6 +27,7 @@ import {
   TidePlaintextError,
 } from '../src/tide/index.ts';
 import type { DigestEntry, Replica, ResourceUpdate, TideLogger, TideOptions } from '../src/tide/index.ts';
+import { freePort, killRedisServer, startRedisServer } from './fixtures/tide/harness.ts';
 
 const REDIS_BASE = (process.env.TIDE_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379').replace(/\/\d*$/, '');
 const DBS = { a: 11, b: 12, c: 13 } as const;
@@ -287,50 +284,6 @@ function tamper(env: string, field: string): string {
 }
 
 const HAVE_REDIS_SERVER = spawnSync('redis-server', ['--version']).status === 0;
-
-/** Starts a throw-away redis-server on `port` (no persistence) and waits until it answers. */
-async function startRedisServer(port: number): Promise<ChildProcess> {
-  const child = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
-    { stdio: 'ignore' },
-  );
-  await waitFor(
-    `redis-server on ${port}`,
-    async () => {
-      const r = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
-      r.on('error', () => {});
-      try {
-        await r.connect();
-        return (await r.ping()) === 'PONG';
-      } catch {
-        return false;
-      } finally {
-        r.disconnect();
-      }
-    },
-    5000,
-  );
-  return child;
-}
-
-/** A TCP port that was free a moment ago (the OS picks it). */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  srv.listen(0, '127.0.0.1');
-  await once(srv, 'listening');
-  const { port } = srv.address() as AddressInfo;
-  srv.close();
-  await once(srv, 'close');
-  return port;
-}
-
-async function killRedisServer(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  child.kill('SIGKILL');
-  await exited;
-}
 
 // ------------------------------------------------------------------ codec
 
