@@ -22,13 +22,16 @@ import { PROFILE_NOTES } from '../bench/profile-notes.ts';
 import { runReplicationBench } from '../bench/replication.ts';
 import { formatTable, renderMarkdown } from '../bench/report.ts';
 import type { BenchReport } from '../bench/report.ts';
+import { loadSections, runSections } from '../bench/sections.ts';
 import { resolveRedis } from './redis.ts';
 
 /** Where the Markdown report is written. */
 export const BENCHMARKS_MD = new URL('../../docs/BENCHMARKS.md', import.meta.url);
 
-/** Target wall time of a whole run, ms; the import (with its drain) is time-boxed to what is left of it. */
+/** Target wall time of the core figures, ms; the import (with its drain) is time-boxed to what is left of it. */
 const BUDGET_MS = 285_000;
+/** Wall time shared by the bench sections (src/bench/sections.ts) after the core figures, ms. */
+const SECTIONS_BUDGET_MS = 420_000;
 /** Reserved at the end of the budget for stopping the network and writing the report, ms. */
 const STOP_RESERVE_MS = 10_000;
 /** Tide batch delay of the bench network (ms): small, so latency is not dominated by batching. */
@@ -99,14 +102,18 @@ function envelopeInputs(plan: ImportPlan, patients: FhirJsonObject[]): Parameter
  * listed as such) and figure 3 uses a small built-in Patient. A figure that throws is recorded as
  * failed in `skipped` and sets `process.exitCode = 1`; the other figures still run. The whole run
  * aims at under 5 minutes: the import and its drain are time-boxed to what is left of
- * {@link BUDGET_MS} (a subset is imported when the machine is slow, and the report says so).
+ * {@link BUDGET_MS} (a subset is imported when the machine is slow, and the report says so). The
+ * sections (Automerge comparison, HTTP overhead, Tide scale) then share {@link SECTIONS_BUDGET_MS}.
  *
  * @param o.json - print the {@link BenchReport} as one JSON object on stdout (progress on stderr);
  *   otherwise print a table on stdout.
  * @param o.data - Synthea FHIR Bulk Data ndjson folder (resolved against the working directory).
+ * @param o.only - ids to run: `core` (figures 1–4) and/or section ids of src/bench/sections.ts;
+ *   all when empty. A run limited this way does not rewrite docs/BENCHMARKS.md.
+ * @param o.quick - smallest sizes in the sections (smoke run); docs/BENCHMARKS.md is not written.
  * @throws Error when no Redis can be found or started (see `resolveRedis`), or the report cannot be written.
  */
-export async function runBench(o: { json: boolean; data: string }): Promise<void> {
+export async function runBench(o: { json: boolean; data: string; only?: string[]; quick?: boolean }): Promise<void> {
   const started = performance.now();
   const cpu0 = process.cpuUsage();
   const date = new Date().toISOString();
@@ -130,8 +137,11 @@ export async function runBench(o: { json: boolean; data: string }): Promise<void
     envelope: null,
     replication: null,
     import: null,
+    sections: [],
     skipped,
   };
+  const only = o.only ?? [];
+  const core = only.length === 0 || only.includes('core');
 
   let plan: ImportPlan | undefined;
   let patients: FhirJsonObject[] = [];
@@ -149,7 +159,9 @@ export async function runBench(o: { json: boolean; data: string }): Promise<void
     skipped['4. import'] = why;
   }
 
-  if (plan && patients.length > 0) {
+  if (!core) {
+    skipped['1-4. core figures'] = `not selected (--only ${only.join(',')})`;
+  } else if (plan && patients.length > 0) {
     info('1. merge time per edit…');
     try {
       report.merge = runMergeBench(patients);
@@ -165,40 +177,57 @@ export async function runBench(o: { json: boolean; data: string }): Promise<void
   } else if (plan) {
     skipped['1. merge'] = skipped['2. envelope'] = `no Patient in ${dataDir}`;
   }
+  if (!core) {
+    plan = undefined;
+    patients = [];
+  }
 
   const redis = await resolveRedis();
   report.redis = redis.source === 'spawned' ? `spawned redis-server (${redis.url})` : redis.source === 'default' ? 'redis://127.0.0.1:6379' : 'REDIS_URL';
   const log = pino({ level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));
   let net: Network | undefined;
   try {
-    info('3. replication latency: starting 2 hospitals…');
-    // The hospital `_history` poller (inbound edits made directly at a hospital) is off: it is not on
-    // the measured path, and with it on a resource written more often than about every 0.3 s has
-    // its own older versions merged back as hospital edits (reported bug), stalling samples.
-    const netOpts: NetworkOptions & { hospitalPollIntervalMs?: number } = {
-      hospitals: 2,
-      redisUrl: redis.url,
-      logger: log,
-      antiEntropyIntervalMs: 0,
-      batchDelayMs: BATCH_DELAY_MS,
-      hospitalPollIntervalMs: 0,
-    };
-    net = await startNetwork(netOpts);
-    try {
-      const patient = patients.length > 0 ? medianBy(patients, (p) => JSON.stringify(p).length) : FALLBACK_PATIENT;
-      report.replication = await runReplicationBench(net, patient, { batchDelayMs: BATCH_DELAY_MS, progress: info });
-    } catch (err) {
-      fail('3. replication', err);
-    }
-    if (plan) {
-      const budgetEnd = Math.max(started + BUDGET_MS - STOP_RESERVE_MS, performance.now() + 60_000);
-      info(`4. import through hospital-1 (time box for import and drain ${((budgetEnd - performance.now()) / 1000).toFixed(0)} s)…`);
+    if (core) {
+      info('3. replication latency: starting 2 hospitals…');
+      // The hospital `_history` poller (inbound edits made directly at a hospital) is off: it is not on
+      // the measured path, and with it on a resource written more often than about every 0.3 s has
+      // its own older versions merged back as hospital edits (reported bug), stalling samples.
+      const netOpts: NetworkOptions & { hospitalPollIntervalMs?: number } = {
+        hospitals: 2,
+        redisUrl: redis.url,
+        logger: log,
+        antiEntropyIntervalMs: 0,
+        batchDelayMs: BATCH_DELAY_MS,
+        hospitalPollIntervalMs: 0,
+      };
+      net = await startNetwork(netOpts);
       try {
-        report.import = await runImportBench(net, plan.resources, { budgetEnd, progress: info });
+        const patient = patients.length > 0 ? medianBy(patients, (p) => JSON.stringify(p).length) : FALLBACK_PATIENT;
+        report.replication = await runReplicationBench(net, patient, { batchDelayMs: BATCH_DELAY_MS, progress: info });
       } catch (err) {
-        fail('4. import', err);
+        fail('3. replication', err);
       }
+      if (plan) {
+        const budgetEnd = Math.max(started + BUDGET_MS - STOP_RESERVE_MS, performance.now() + 60_000);
+        info(`4. import through hospital-1 (time box for import and drain ${((budgetEnd - performance.now()) / 1000).toFixed(0)} s)…`);
+        try {
+          report.import = await runImportBench(net, plan.resources, { budgetEnd, progress: info });
+        } catch (err) {
+          fail('4. import', err);
+        }
+      }
+      await net.stop();
+      net = undefined;
     }
+    const { sections, missing } = await loadSections(only.filter((id) => id !== 'core'));
+    for (const [id, why] of Object.entries(missing)) skipped[`section ${id}`] = why;
+    const { results, failed } = await runSections(
+      sections,
+      { dataDir, dataPresent: present, redisUrl: redis.url, quick: o.quick === true, log },
+      SECTIONS_BUDGET_MS,
+    );
+    report.sections = results;
+    for (const [id, err] of Object.entries(failed)) fail(`section ${id}`, new Error(err));
   } finally {
     info('stopping the network…');
     await net?.stop();
@@ -210,7 +239,7 @@ export async function runBench(o: { json: boolean; data: string }): Promise<void
   const cpu = process.cpuUsage(cpu0);
   report.processCpuSeconds = Math.round((cpu.user + cpu.system) / 1e5) / 10;
   // A partial run (no Synthea sample, or a failed figure) must not replace the committed figures.
-  if (Object.keys(skipped).length === 0) {
+  if (Object.keys(skipped).length === 0 && o.quick !== true) {
     await writeFile(BENCHMARKS_MD, renderMarkdown(report, PROFILE_NOTES));
     info(`wrote ${BENCHMARKS_MD.pathname}`);
   } else {

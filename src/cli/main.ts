@@ -123,12 +123,14 @@ program
 
 program
   .command('bench')
-  .description('benchmarks: merge, seal/open, replication latency; writes docs/BENCHMARKS.md')
+  .description('benchmarks: merge, seal/open, replication, import, then the sections (Automerge, HTTP overhead, Tide scale); writes docs/BENCHMARKS.md')
   .option('--json', 'print the figures as JSON', false)
   .option('--data <dir>', 'Synthea ndjson folder', '../shared/data/synthea-10')
-  .action(async (o: { json: boolean; data: string }) => {
+  .option('--only <ids>', 'comma-separated: core (figures 1-4) and/or section ids (merge-automerge, http, tide)')
+  .option('--quick', 'smallest sizes (smoke run; docs/BENCHMARKS.md is not written)', false)
+  .action(async (o: { json: boolean; data: string; only?: string; quick: boolean }) => {
     const { runBench } = await import('./bench.ts');
-    await runBench(o);
+    await runBench({ json: o.json, data: o.data, quick: o.quick, only: o.only ? o.only.split(',').map((s) => s.trim()).filter(Boolean) : [] });
   });
 
 program.parseAsync(process.argv).then(
