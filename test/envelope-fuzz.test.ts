@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { EnvelopeError, generateNodeKeys, open, peekHeader, seal, SUITE } from '../src/envelope/index.ts';
+import { EnvelopeError, generateNodeKeys, open, peekHeader, sealV1 as seal, SUITE } from '../src/envelope/index.ts';
 
 const A = generateNodeKeys('hospital-a', new Uint8Array(32).fill(1));
 const B = generateNodeKeys('hospital-b', new Uint8Array(32).fill(2));

@@ -11,7 +11,7 @@ import { hkdf } from '@noble/hashes/hkdf.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { ml_dsa65 } from '@noble/post-quantum/ml-dsa.js';
 import { ml_kem768_x25519 } from '@noble/post-quantum/hybrid.js';
-import { sealWithRandomness, signatureInput } from '../src/envelope/envelope.ts';
+import { sealV1WithRandomness as sealWithRandomness, signatureInput } from '../src/envelope/v1.ts';
 import { createKeyStore, EnvelopeError, keyStoreToPublicKeys, keyStoreToSecretKeys, open, peekHeader } from '../src/envelope/index.ts';
 import type { SealInput } from '../src/envelope/index.ts';
 

@@ -1,3 +1,4 @@
+// tidegate-env/1 (old data, still read): these tests seal with sealV1; tidegate-env/2 is in test/envelope-v2.test.ts.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -16,7 +17,7 @@ import {
   publicKeysToJson,
   readPublicKeys,
   readSecretKeys,
-  seal,
+  sealV1 as seal,
   signatureInput,
   SUITE,
   writeKeyFiles,
@@ -500,9 +501,9 @@ describe('open / peekHeader: malformed and unsupported', () => {
   });
 
   const unsupported: [string, (h: Record<string, unknown>) => void][] = [
-    ['v tidegate-env/2', (h) => (h['v'] = 'tidegate-env/2')],
-    ['v tidegate-env/2 with another field set', (h) => {
-      h['v'] = 'tidegate-env/2';
+    ['v tidegate-env/3 (unknown version)', (h) => (h['v'] = 'tidegate-env/3')],
+    ['v tidegate-env/3 with another field set', (h) => {
+      h['v'] = 'tidegate-env/3';
       h['recipients'] = [];
     }],
     ['kem ML-KEM-768', (h) => (h['kem'] = 'ML-KEM-768')],

@@ -78,7 +78,7 @@ export function formatTable(r: BenchReport): string {
     out.push('');
   }
   if (r.envelope) {
-    out.push('2. Envelope per message (tidegate-env/1)   p50 / p99');
+    out.push('2. Envelope per message (tidegate-env/2, one recipient)   p50 / p99');
     out.push(
       rows([
         ['payload', 'plaintext', 'envelope', 'overhead', 'seal+sign', 'verify+open'],
@@ -165,14 +165,14 @@ function envelopeSection(e: EnvelopeFigures): string {
   const pl = e.pool;
   return `## 2. Seal+sign and verify+open per message
 
-Plaintext = a Tide \`updates\` message (\`encodeUpdates\`); envelope = the serialized tidegate-env/1 JSON string (ASCII, so characters = bytes).
+Plaintext = a Tide \`updates\` message (\`encodeUpdates\`); envelope = the serialized tidegate-env/2 JSON string with one recipient (ASCII, so characters = bytes).
 
 ${mdTable(
   ['payload', 'n', 'plaintext', 'envelope', 'overhead', 'seal+sign p50 / p99', 'verify+open p50 / p99'],
   e.cases.map((c) => [c.label, String(c.seal.n), fmtBytes(c.plaintextBytes), fmtBytes(c.envelopeBytes), `+${fmtBytes(c.overheadBytes)} (${x(c.expansion)})`, `${ms(c.seal.p50)} / ${ms(c.seal.p99)}`, `${ms(c.open.p50)} / ${ms(c.open.p99)}`]),
 )}
 
-The fixed overhead is ML-DSA-65 signature (3309 B) + X-Wing ciphertext (1120 B) + nonce and tag (28 B) + the header, all base64url (×4/3); the payload itself also grows by 4/3.
+The fixed overhead is the ML-DSA-65 signature (3309 B) + per recipient the X-Wing encapsulated key (1120 B) and the HPKE-wrapped content key (32 B + 16 B tag) + the content nonce and tag (28 B) + the header (with its content-key commitment), all base64url (×4/3); the payload itself also grows by 4/3. See docs/envelope.md.
 
 Primitives of one envelope (1 Patient create update), measured side by side in one loop (each iteration: seal, open, then each primitive), ${b.mldsaSign.n} iterations:
 
@@ -182,7 +182,7 @@ ${mdTable(
     ['`seal` (whole)', ms(b.seal.p50), ms(b.seal.p99)],
     ['`open` (whole)', ms(b.open.p50), ms(b.open.p99)],
     ['ML-DSA-65 sign (hedged)', ms(b.mldsaSign.p50), ms(b.mldsaSign.p99)],
-    ['X-Wing encapsulate', ms(b.xwingEncapsulate.p50), ms(b.xwingEncapsulate.p99)],
+    ['X-Wing encapsulate (inside HPKE SealBase)', ms(b.xwingEncapsulate.p50), ms(b.xwingEncapsulate.p99)],
     ['AES-256-GCM encrypt', ms(b.aesGcmEncrypt.p50), ms(b.aesGcmEncrypt.p99)],
     ['ML-DSA-65 verify', ms(b.mldsaVerify.p50), ms(b.mldsaVerify.p99)],
     ['X-Wing decapsulate', ms(b.xwingDecapsulate.p50), ms(b.xwingDecapsulate.p99)],

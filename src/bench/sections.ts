@@ -8,6 +8,7 @@ import type { BenchContext, BenchSection, BenchSectionResult } from './section.t
 /** Module (relative to this file) and export name of every section. */
 export const SECTION_MODULES: ReadonlyArray<{ id: string; module: string; name: string }> = [
   { id: 'merge-automerge', module: './merge-automerge.ts', name: 'mergeCompareSection' },
+  { id: 'envelope-throughput', module: './envelope.ts', name: 'envelopeThroughputSection' },
   { id: 'http', module: './http.ts', name: 'httpSection' },
   { id: 'tide', module: './tide-scale.ts', name: 'tideSection' },
 ];

@@ -1,5 +1,5 @@
 /**
- * Public API of the tidegate-env/1 post-quantum envelope (see docs/envelope.md).
+ * Public API of the post-quantum envelope: tidegate-env/2 (written) and tidegate-env/1 (read), see docs/envelope.md.
  * Named re-exports only.
  */
 export { ENVELOPE_ERROR_CODES, EnvelopeError, KeyFileError } from './errors.ts';
@@ -25,8 +25,11 @@ export {
 export type { AkpPublicJwk, KeyListing, KeyStatus, KeyStore, NodePublicKeys, NodePublicKeysJson, NodeSecretKeys, StoredKey } from './keys.ts';
 export { ReplayGuard } from './replay.ts';
 export type { ReplayGuardOptions, ReplayKey } from './replay.ts';
-export { open, peekHeader, seal, signatureInput } from './envelope.ts';
-export type { EnvelopeHeader, OpenResult, SealInput, SealRandom } from './envelope.ts';
-// sealWithRandomness (fixed randomness, for test vectors only) is deliberately NOT re-exported.
-export { SUITE } from './suite.ts';
+export { contentKeyCommitment, open, peekHeader, seal, sealV1, signatureInput, signatureInputV2, verifySignature } from './envelope.ts';
+export type { EnvelopeHeader, EnvelopeHeaderV2, OpenedHeaderV2, OpenOptions, OpenResult, RecipientId, SealInput, SealRandom } from './envelope.ts';
+// sealV1WithRandomness / sealV2WithRandomness (fixed randomness, for test vectors only) are deliberately NOT re-exported.
+export { ENVELOPE_VERSIONS, SUITE, SUITE_V2 } from './suite.ts';
+export type { EnvelopeVersion } from './suite.ts';
+export { PeerKeyring } from './keyring.ts';
+export type { PeerKeyFile, KeyringReloadResult } from './keyring.ts';
 export { EnvelopeCryptoPool, sharedCryptoPool } from './pool.ts';

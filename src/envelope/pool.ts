@@ -12,7 +12,7 @@ import { availableParallelism } from 'node:os';
 import { EnvelopeError } from './errors.ts';
 import type { EnvelopeErrorCode } from './errors.ts';
 import type { NodePublicKeys, NodeSecretKeys } from './keys.ts';
-import type { OpenResult, SealInput } from './envelope.ts';
+import type { OpenOptions, OpenResult, SealInput } from './envelope.ts';
 
 interface Pending {
   resolve: (v: unknown) => void;
@@ -90,19 +90,21 @@ export class EnvelopeCryptoPool {
   }
 
   /**
-   * {@link seal} on a worker thread. Same inputs, output and errors (TypeError for bad input).
+   * {@link seal} on a worker thread (tidegate-env/2). Same inputs, output and errors (TypeError for bad input).
+   * @param recipient - One recipient's public keys, or an array of 1..64.
    * @returns The serialized envelope (compact JSON, ASCII).
    */
-  seal(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys): Promise<string> {
+  seal(input: SealInput, sender: NodeSecretKeys, recipient: NodePublicKeys | readonly NodePublicKeys[]): Promise<string> {
     return this.call<string>('seal', [input, sender, recipient]);
   }
 
   /**
-   * {@link open} on a worker thread. Same inputs and output; rejects with {@link EnvelopeError}
-   * carrying the same `code` as the synchronous call.
+   * {@link open} on a worker thread (tidegate-env/1 or /2). Same inputs and output; rejects with
+   * {@link EnvelopeError} carrying the same `code` as the synchronous call. `peers` is copied at the
+   * call, so keys reloaded by a `PeerKeyring` apply from the next call on.
    */
-  open(serialized: string, self: NodeSecretKeys, peers: ReadonlyMap<string, NodePublicKeys>): Promise<OpenResult> {
-    return this.call<OpenResult>('open', [serialized, self, [...peers]]);
+  open(serialized: string, self: NodeSecretKeys, peers: ReadonlyMap<string, NodePublicKeys>, options?: OpenOptions): Promise<OpenResult> {
+    return this.call<OpenResult>('open', options === undefined ? [serialized, self, [...peers]] : [serialized, self, [...peers], options]);
   }
 
   /** Terminates the workers; pending calls reject. */

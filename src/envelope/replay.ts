@@ -14,6 +14,10 @@
  * messageId are then authenticated, so the number of senders is bounded by the configured peers and
  * an attacker cannot fill the cache. Memory: about 100 bytes × `maxEntriesPerSender` × peers.
  *
+ * Version ratchet: once a sender's tidegate-env/2 envelope was recorded, its tidegate-env/1
+ * envelopes are refused (`ERR_UNSUPPORTED_ALGORITHM`), so a sender that moved to v2 cannot be
+ * held to v1 by replaying its old envelopes (docs/envelope.md §13).
+ *
  * In memory only: after a restart, envelopes younger than `ttlMs` are accepted once more. In
  * tidegate that is harmless (applying a Yjs update twice is a no-op), but it is a limit to know.
  */
@@ -39,6 +43,11 @@ export interface ReplayKey {
   messageId: string;
   /** Sender's creation time, integer ms since the Unix epoch. */
   createdAt: number;
+  /**
+   * Envelope format version (`tidegate-env/1` or `/2`), when known. Once a tidegate-env/2 envelope
+   * of a sender was recorded, its tidegate-env/1 envelopes are refused (no downgrade, docs/envelope.md §13).
+   */
+  v?: string;
 }
 
 interface SenderState {
@@ -46,6 +55,8 @@ interface SenderState {
   ids: Map<string, number>;
   /** Highest createdAt among evicted ids; envelopes with createdAt ≤ floor are refused. */
   floor: number;
+  /** True once a tidegate-env/2 envelope of this sender was recorded: its v1 envelopes are refused. */
+  v2: boolean;
 }
 
 function positive(name: string, v: number): number {
@@ -83,8 +94,9 @@ export class ReplayGuard {
    * Throws if the envelope must be refused; changes nothing.
    *
    * @param key - `sender`, `messageId`, `createdAt` (ms since epoch) of a verified header.
-   * @throws {@link EnvelopeError} `ERR_REPLAY` if the id was recorded; `ERR_STALE` if createdAt is
-   *   older than now − ttlMs, ≤ the sender's floor, or newer than now + maxFutureSkewMs;
+   * @throws {@link EnvelopeError} `ERR_REPLAY` if the id was recorded; `ERR_UNSUPPORTED_ALGORITHM` for a
+   *   tidegate-env/1 envelope from a sender already seen sealing tidegate-env/2 (downgrade);
+   *   `ERR_STALE` if createdAt is older than now − ttlMs, ≤ the sender's floor, or newer than now + maxFutureSkewMs;
    *   `TypeError` for a key without string sender/messageId and integer createdAt.
    */
   check(key: ReplayKey): void {
@@ -93,6 +105,9 @@ export class ReplayGuard {
     const state = this.#senders.get(key.sender);
     if (state?.ids.has(key.messageId)) {
       throw new EnvelopeError('ERR_REPLAY', `Replayed message ${key.messageId} from "${key.sender}"`);
+    }
+    if (state?.v2 === true && key.v === 'tidegate-env/1') {
+      throw new EnvelopeError('ERR_UNSUPPORTED_ALGORITHM', `Downgrade refused: "${key.sender}" already seals tidegate-env/2, message ${key.messageId} is tidegate-env/1`);
     }
     if (key.createdAt < now - this.#ttlMs) {
       throw new EnvelopeError('ERR_STALE', `Message ${key.messageId} from "${key.sender}" is older than the replay window`);
@@ -117,9 +132,10 @@ export class ReplayGuard {
     checkKey(key);
     let state = this.#senders.get(key.sender);
     if (state === undefined) {
-      state = { ids: new Map(), floor: -1 };
+      state = { ids: new Map(), floor: -1, v2: false };
       this.#senders.set(key.sender, state);
     }
+    if (key.v === 'tidegate-env/2') state.v2 = true;
     state.ids.delete(key.messageId); // re-insert at the end
     state.ids.set(key.messageId, key.createdAt);
     const horizon = this.#now() - this.#ttlMs;
@@ -164,7 +180,7 @@ export class ReplayGuard {
     if (state === undefined) return;
     let floor = state.floor;
     for (const createdAt of state.ids.values()) if (createdAt > floor) floor = createdAt;
-    this.#senders.set(sender, { ids: new Map(), floor });
+    this.#senders.set(sender, { ids: new Map(), floor, v2: state.v2 });
   }
 }
 

@@ -129,3 +129,45 @@ export function hasExactKeys(value: unknown, keys: readonly string[]): value is 
   if (own.length !== keys.length) return false;
   return keys.every((k) => Object.hasOwn(value, k));
 }
+
+/**
+ * Frozen parameter table of tidegate-env/2 (docs/envelope.md §11). Changing any value is a new
+ * format version. The algorithm ids pin the drafts they follow: HPKE (RFC 9180) base mode with the
+ * X-Wing KEM as registered for HPKE by draft-ietf-hpke-pq-05 (KEM id 0x647a `MLKEM768-X25519`),
+ * KDF HKDF-SHA256 (0x0001), AEAD AES-256-GCM (0x0002); X-Wing per draft-connolly-cfrg-xwing-kem-10.
+ */
+export const SUITE_V2 = Object.freeze({
+  /** Format identifier, header field `v`. */
+  v: 'tidegate-env/2',
+  /** Content-key wrapping, header field `hpke`: RFC 9180 mode_base, draft-ietf-hpke-pq-05, kem/kdf/aead ids. */
+  hpke: 'RFC9180-base/draft-ietf-hpke-pq-05/0x647a-0x0001-0x0002',
+  /** KEM, header field `kem`: X-Wing as specified by draft-connolly-cfrg-xwing-kem-10. */
+  kem: 'X-Wing/draft-connolly-cfrg-xwing-kem-10',
+  /** Content encryption, header field `enc`: AES-256-GCM with a random per-message 256-bit content key (RFC 7518 name). */
+  enc: 'A256GCM',
+  /** Signature, header field `sig`: ML-DSA-65 (FIPS 204), pure, hedged, with context string. */
+  sig: 'ML-DSA-65',
+  /** HPKE `info` for wrapping the content key (UTF-8). */
+  hpkeInfo: 'tidegate-env/2 content key',
+  /** Label of the content-key commitment: `cekCommit = SHA-256(label || 0x00 || CEK)`. */
+  commitLabel: 'tidegate-env/2 content key commitment',
+  /** ML-DSA context string `ctx` (FIPS 204 §5.2), UTF-8. */
+  sigContext: 'tidegate-env/2',
+  /** Label that starts the signature input, followed by one 0x00 byte. */
+  sigLabel: 'tidegate-env/2 signature',
+  lengths: Object.freeze({
+    /** Random content encryption key (AES-256). */
+    contentKey: 32,
+    /** HPKE-wrapped content key: 32 + 16-byte tag. */
+    wrappedKey: 48,
+    /** SHA-256 commitment to the content key. */
+    commitment: 32,
+    /** Recipients per envelope. */
+    maxRecipients: 64,
+  }),
+} as const);
+
+/** Envelope format versions this code reads; `seal()` writes the last one. */
+export const ENVELOPE_VERSIONS = Object.freeze(['tidegate-env/1', 'tidegate-env/2'] as const);
+/** One of {@link ENVELOPE_VERSIONS}. */
+export type EnvelopeVersion = (typeof ENVELOPE_VERSIONS)[number];

@@ -9,6 +9,7 @@
  * | `GET /admin/peers` | `{ node, peers: [...] }`: per peer status, last contact, backlog, lag, last error, quarantined |
  * | `GET /admin/audit` | FHIR R4 `searchset` Bundle of the quarantine AuditEvents, newest first (`?_count=N`) |
  * | `GET /admin/quarantine` | `{ node, key, entries: [...] }`: newest quarantine records from Redis (no envelopes) (`?_count=N`) |
+ * | `POST /admin/reload` | `{ node, reloaded: { changed, unchanged } }`: peers' public key files re-read (`reloadKeys`); 422 OperationOutcome when a file is invalid (nothing changed); 404 when not configured |
  *
  * Nothing here returns plaintext, envelopes or resource keys. These routes are not authenticated
  * yet (see the authorization issue): bind the node to a trusted interface.
@@ -29,6 +30,11 @@ export interface OpsRouterOptions {
   registry?: Registry;
   /** Bound of the readiness PING, ms. Default 1000. */
   readyTimeoutMs?: number;
+  /**
+   * Re-reads the peers' public key files (a `PeerKeyring.reload`, src/envelope/keyring.ts) for
+   * `POST /admin/reload`; it must change nothing when it throws. Absent: the route answers 404.
+   */
+  reloadKeys?: () => Promise<unknown>;
 }
 
 const MAX_COUNT = 1000;
@@ -94,6 +100,19 @@ export function opsRouter(opts: OpsRouterOptions): Router {
       });
     } catch {
       res.status(503).json({ node: nodeId, error: 'quarantine unavailable (Redis)' });
+    }
+  });
+
+  r.post('/admin/reload', async (_req: Request, res: Response) => {
+    const outcome = (status: number, code: string, diagnostics: string): void => {
+      res.status(status).type('application/fhir+json').send(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics }] }));
+    };
+    if (opts.reloadKeys === undefined) return outcome(404, 'not-supported', 'key reload is not configured on this node');
+    try {
+      res.json({ node: nodeId, reloaded: await opts.reloadKeys() });
+    } catch (err) {
+      // key-file errors name the file and the problem, never key bytes; nothing was changed
+      outcome(422, 'invalid', `peer keys not reloaded: ${(err as Error).message}`);
     }
   });
 

@@ -11,7 +11,7 @@ import { gcm } from '@noble/ciphers/aes.js';
 import { hkdf } from '@noble/hashes/hkdf.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { ml_kem768_x25519 } from '@noble/post-quantum/hybrid.js';
-import { sealWithRandomness, signatureInput } from '../../src/envelope/envelope.ts';
+import { sealV1WithRandomness as sealWithRandomness, signatureInput } from '../../src/envelope/v1.ts';
 import { createKeyStore, keyStoreToPublicKeys, keyStoreToSecretKeys } from '../../src/envelope/keys.ts';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
