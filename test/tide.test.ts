@@ -17,14 +17,20 @@ import * as Y from 'yjs';
 import { generateNodeKeys, seal } from '../src/envelope/index.ts';
 import type { NodePublicKeys, NodeSecretKeys } from '../src/envelope/index.ts';
 import {
-  chunkDigest,
+  DigestTree,
+  childrenOf,
   decodeDigest,
+  decodeTree,
   decodeUpdates,
   encodeDigest,
+  encodeTree,
   encodeUpdates,
   inboxQueueName,
+  keyHashOf,
+  makeLeaf,
   Tide,
   TidePlaintextError,
+  underPath,
 } from '../src/tide/index.ts';
 import type { DigestEntry, Replica, ResourceUpdate, TideLogger, TideOptions } from '../src/tide/index.ts';
 import { freePort, killRedisServer, startRedisServer } from './fixtures/tide/harness.ts';
@@ -309,21 +315,61 @@ describe('tide plaintext codec', () => {
       key,
       stateVector: sv,
     }));
-    const chunks = chunkDigest(entries, '', undefined, 2);
-    assert.equal(chunks.length, 3);
-    assert.deepEqual(
-      chunks.map((c) => [c.from, c.to, c.entries.length]),
-      [
-        ['', 'Patient/c', 2],
-        ['Patient/c', 'Patient/e', 2],
-        ['Patient/e', undefined, 1],
-      ],
-    );
-    for (const c of chunks) assert.deepEqual(decodeDigest(encodeDigest(c)), c);
-    assert.deepEqual(chunkDigest([], '', undefined, 2), [{ from: '', to: undefined, entries: [] }]);
-    // unsorted / out-of-range digests are malformed
-    assert.throws(() => decodeDigest(encodeDigest({ from: '', to: undefined, entries: [...entries].reverse() })), TidePlaintextError);
-    assert.throws(() => decodeDigest(encodeDigest({ from: 'Patient/c', to: 'Patient/d', entries })), TidePlaintextError);
+    const root = { depth: 0, index: 0 };
+    const digest = { types: undefined, paths: [root], entries };
+    assert.deepEqual(decodeDigest(encodeDigest(digest)), digest);
+    const typed = { types: ['Observation', 'Patient'], paths: [root], entries };
+    assert.deepEqual(decodeDigest(encodeDigest(typed)), typed);
+    // unsorted keys, keys of a type outside the digest, unsorted types: malformed
+    assert.throws(() => decodeDigest(encodeDigest({ ...digest, entries: [...entries].reverse() })), TidePlaintextError);
+    assert.throws(() => decodeDigest(encodeDigest({ ...digest, types: ['Observation'] })), TidePlaintextError);
+    assert.throws(() => decodeDigest(encodeDigest({ ...digest, types: ['Patient', 'Observation'] })), TidePlaintextError);
+    // a key below none of the paths; overlapping paths; a path outside the tree; no path
+    const h = keyHashOf('Patient/a');
+    const own = { depth: 8, index: h };
+    const other = { depth: 8, index: (h + 1) % 2 ** 32 };
+    assert.deepEqual(decodeDigest(encodeDigest({ ...digest, paths: [own], entries: entries.slice(0, 1) })).paths, [own]);
+    assert.throws(() => decodeDigest(encodeDigest({ ...digest, paths: [other], entries: entries.slice(0, 1) })), TidePlaintextError);
+    assert.throws(() => decodeDigest(encodeDigest({ ...digest, paths: [root, own] })), TidePlaintextError);
+    assert.throws(() => decodeDigest(encodeDigest({ ...digest, paths: [{ depth: 1, index: 16 }], entries: [] })), TidePlaintextError);
+    assert.throws(() => decodeDigest(encodeDigest({ ...digest, paths: [], entries: [] })), TidePlaintextError);
+    // the range digest of format version 1 is no longer accepted
+    assert.throws(() => decodeDigest(new Uint8Array([1, 0, 0, 0])), TidePlaintextError);
+
+    // ae-tree messages
+    const tree = new DigestTree(entries.map((e) => makeLeaf(e.key, keyHashOf(e.key), e.stateVector)));
+    const nodes = [tree.node(root)];
+    assert.equal(nodes[0]!.count, 5);
+    assert.equal(nodes[0]!.hash.length, 32);
+    const msg = { types: undefined, nodes: [...nodes, ...childrenOf(root).map((c) => tree.node(c))].slice(1) };
+    assert.deepEqual(decodeTree(encodeTree(msg)), msg);
+    assert.equal(msg.nodes.reduce((n, x) => n + x.count, 0), 5, 'the 16 children partition the root');
+    assert.throws(() => decodeTree(encodeTree({ types: undefined, nodes: [] })), TidePlaintextError);
+    assert.throws(() => decodeTree(encodeTree({ types: undefined, nodes: [{ ...root, count: 1, hash: new Uint8Array(31) }] })), TidePlaintextError);
+    assert.throws(() => decodeTree(encodeTree({ types: undefined, nodes: [{ ...root, count: 0, hash: new Uint8Array(32) }] })), TidePlaintextError);
+    assert.throws(() => decodeTree(encodeTree({ types: undefined, nodes: [nodes[0]!, msg.nodes[0]!] })), TidePlaintextError);
+    assert.throws(() => decodeTree(randomBytes(64)), TidePlaintextError);
+  });
+
+  test('digest tree: a node changes exactly when a key below it changes; leaves are canonical', () => {
+    const svOf = (clock: number): Uint8Array => Y.encodeStateVector(new Map([[7, clock]]));
+    const keys = Array.from({ length: 500 }, (_, i) => `Patient/t-${i}`);
+    const build = (changed?: string): DigestTree =>
+      new DigestTree(keys.map((k) => makeLeaf(k, keyHashOf(k), svOf(k === changed ? 2 : 1))));
+    const a = build();
+    const b = build('Patient/t-42');
+    const h = keyHashOf('Patient/t-42');
+    for (let depth = 0; depth <= 8; depth++) {
+      const index = depth === 0 ? 0 : Math.floor(h / 2 ** (32 - 4 * depth));
+      assert.notDeepEqual(a.node({ depth, index }).hash, b.node({ depth, index }).hash, `depth ${depth} differs`);
+      // a sibling is untouched
+      const sib = { depth, index: index % 2 === 0 ? index + 1 : index - 1 };
+      if (depth > 0) assert.deepEqual(a.node(sib), b.node(sib));
+    }
+    // a non-canonical state vector (a zero clock) gives the same leaf
+    const zero = Y.encodeStateVector(new Map([[7, 1], [9, 0]]));
+    assert.deepEqual(makeLeaf('Patient/x', 1, zero).leafHash, makeLeaf('Patient/x', 1, svOf(1)).leafHash);
+    assert.ok(underPath(h, { depth: 8, index: h }));
   });
 
   test('constructor validates its options', () => {
@@ -340,6 +386,11 @@ describe('tide plaintext codec', () => {
       TypeError,
     );
     assert.throws(() => new Tide({ ...base, batchMaxUpdates: 0 }), RangeError);
+    assert.throws(() => new Tide({ ...base, backoffJitter: 1.5 }), RangeError);
+    const peerB = { nodeId: 'hosp-b', redisUrl: urlOf(DBS.b), publicKeys: KEYS.b.publicKeys };
+    assert.throws(() => new Tide({ ...base, peers: [{ ...peerB, resourceTypes: [] }] }), TypeError);
+    assert.throws(() => new Tide({ ...base, peers: [{ ...peerB, resourceTypes: ['patient'] }] }), TypeError);
+    assert.deepEqual(new Tide({ ...base, peers: [{ ...peerB, resourceTypes: ['Patient', 'Observation', 'Patient'] }] }).peers()[0]?.resourceTypes, ['Observation', 'Patient']);
     const t = new Tide(base);
     assert.throws(() => t.publish([{ key: 'nope', update: new Uint8Array([1]) }]), TypeError);
   });
@@ -531,8 +582,8 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
     }
   });
 
-  test('(d) anti-entropy alone repairs lost messages, both directions, over range digests', async () => {
-    const mesh = new Mesh(['a', 'b'], { digestMaxKeys: 2, batchMaxUpdates: 3 });
+  test('(d) anti-entropy alone repairs lost messages, both directions, over the digest tree', async () => {
+    const mesh = new Mesh(['a', 'b'], { digestMaxKeys: 2, digestLeafKeys: 1, batchMaxUpdates: 3 });
     try {
       await mesh.startAll();
       const A = mesh.node('a');
@@ -559,8 +610,8 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       assert.deepEqual(B.replica.snapshot(), A.replica.snapshot());
       assert.deepEqual(A.replica.json('Patient/shared'), { fromA: 'x', fromB: 'y' });
       assert.deepEqual(A.replica.json('Encounter/b-1'), { status: 'finished' });
-      assert.equal(B.tide.stats().digestsReceived, 3); // 6 keys on A → 3 range digests of ≤ 2 keys
-      assert.equal(A.tide.stats().digestsReceived, 3); // B lacked something in every range → 3 ae-replies
+      // the tree was descended (A's root differed from B's, 6 vs 2 keys > digestLeafKeys)
+      assert.ok(A.tide.stats().aeTreeNodesSent > 1 || B.tide.stats().aeTreeNodesSent > 0);
 
       // the other direction, started by B: both sides wrote without publishing
       A.replica.set('Patient/a-0', { active: 'false' });
@@ -572,13 +623,17 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       assert.deepEqual(B.replica.json('Patient/a-0'), { name: `${PATIENT_NAME} 0`, active: 'false' });
       assert.deepEqual(A.replica.json('Patient/b-new'), { name: 'only on B' });
 
-      // a round between converged nodes sends digests only: no updates, no replies
+      // a round between converged nodes is one ae-tree message (the root): no answer at all
       const before = A.tide.stats();
+      const beforeB = B.tide.stats();
       await A.tide.runAntiEntropy();
       await mesh.quiesce();
       const afterStats = A.tide.stats();
       assert.equal(afterStats.updatesReceived, before.updatesReceived);
       assert.equal(afterStats.digestsReceived, before.digestsReceived);
+      assert.equal(afterStats.aeMessagesSent - before.aeMessagesSent, 1);
+      assert.equal(afterStats.aeTreeNodesSent - before.aeTreeNodesSent, 1);
+      assert.equal(B.tide.stats().aeMessagesSent, beforeB.aeMessagesSent);
     } finally {
       await mesh.cleanup();
     }

@@ -23,7 +23,10 @@ export type MetricsSource = Pick<Tide, 'stats' | 'peers' | 'pending'>;
  * `…_updates_sent_total`, `…_updates_received_total`, `…_updates_relayed_total` (resource diffs
  * forwarded under the relay rule), `…_sent_bytes_total`, `…_received_bytes_total`,
  * `…_send_failures_total`, `…_apply_failures_total`, `…_anti_entropy_runs_total`,
- * `…_digests_received_total`.
+ * `…_digests_received_total`, and for anti-entropy cost (it scales with the differences, see
+ * docs/tide.md): `…_anti_entropy_messages_sent_total`, `…_anti_entropy_sent_bytes_total`,
+ * `…_anti_entropy_tree_nodes_sent_total`, `…_anti_entropy_digest_entries_sent_total`,
+ * `…_anti_entropy_repairs_queued_total`.
  * Gauges per `peer`: `tidegate_tide_peer_up` (1 = status up), `…_peer_backlog_updates`,
  * `…_peer_backlog_messages`, `…_peer_oldest_unsent_seconds` (convergence lag on the sending
  * side: age of the oldest update for that peer not yet in its inbox; 0 when none waits),
@@ -89,6 +92,11 @@ export function tideMetricsRegistry(tide: MetricsSource, nodeId: string): Regist
   counter('tidegate_tide_apply_failures_total', 'Failed replica.applyRemote calls (each attempt).', () => tide.stats().applyFailures);
   counter('tidegate_tide_anti_entropy_runs_total', 'Completed anti-entropy rounds started by this node.', () => tide.stats().antiEntropyRuns);
   counter('tidegate_tide_digests_received_total', 'Anti-entropy digests received and processed.', () => tide.stats().digestsReceived);
+  counter('tidegate_tide_anti_entropy_messages_sent_total', 'Anti-entropy envelopes (ae-tree, ae-digest, ae-reply) sent.', () => tide.stats().aeMessagesSent);
+  counter('tidegate_tide_anti_entropy_sent_bytes_total', 'Bytes of anti-entropy envelopes sent.', () => tide.stats().aeBytesSent);
+  counter('tidegate_tide_anti_entropy_tree_nodes_sent_total', 'Digest-tree node summaries sent in ae-tree messages.', () => tide.stats().aeTreeNodesSent);
+  counter('tidegate_tide_anti_entropy_digest_entries_sent_total', '(key, state vector) entries sent in ae-digest / ae-reply messages.', () => tide.stats().aeDigestEntriesSent);
+  counter('tidegate_tide_anti_entropy_repairs_queued_total', 'Resource diffs queued to peers as anti-entropy repairs.', () => tide.stats().aeUpdatesQueued);
 
   perPeer('tidegate_tide_peer_up', '1 when the peer link is up (Redis connected, not marked down).', (p) => (p.status === 'up' ? 1 : 0));
   perPeer('tidegate_tide_peer_backlog_updates', 'Updates waiting in the peer\u2019s outbox.', (p) => p.backlogUpdates);

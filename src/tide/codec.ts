@@ -11,8 +11,10 @@ import * as encoding from 'lib0/encoding';
 import * as decoding from 'lib0/decoding';
 import * as Y from 'yjs';
 import type { ResourceUpdate } from './types.ts';
+import { PathSet, TREE_HASH_BYTES, isTreePath, keyHashOf } from './tree.ts';
+import type { TreeNode, TreePath } from './tree.ts';
 
-/** Version number that starts every Tide plaintext. */
+/** Version number that starts an `updates` plaintext (digests and tree messages have their own, below). */
 export const PLAINTEXT_VERSION = 1;
 
 /**
@@ -39,20 +41,61 @@ export interface DigestEntry {
 }
 
 /**
- * An anti-entropy digest of the key range `[from, to)` (JavaScript string order; `to`
- * `undefined` = no upper bound). Every key the sender holds in that range is listed, so a key in
- * the range that is absent from `entries` is a key the sender lacks.
+ * Resource types an anti-entropy message covers: a sorted list of distinct FHIR type names, or
+ * `undefined` for every type.
+ */
+export type TypeFilter = readonly string[] | undefined;
+
+/**
+ * An anti-entropy digest (`ae-digest` / `ae-reply`): every key the sender holds, of the types in
+ * `types`, below the tree paths `paths` (see ./tree.ts), with its state vector. A key of those
+ * types below those paths that is absent from `entries` is a key the sender lacks.
  */
 export interface Digest {
-  from: string;
-  to: string | undefined;
-  /** Sorted by key, strictly ascending, all inside `[from, to)`. */
+  types: TypeFilter;
+  /** Non-overlapping subtrees, at least one. */
+  paths: TreePath[];
+  /** Sorted by key, strictly ascending, each below one of `paths` and of a type in `types`. */
   entries: DigestEntry[];
 }
 
-/** True when `key` lies in `[from, to)`. */
-export function inRange(key: string, from: string, to: string | undefined): boolean {
-  return key >= from && (to === undefined || key < to);
+/**
+ * An `ae-tree` message: the sender's summaries (count, hash) of some tree nodes, computed over the
+ * keys of the types in `types`. The receiver compares each with its own and descends where they
+ * differ (docs/tide.md, "Anti-entropy").
+ */
+export interface TreeMessage {
+  types: TypeFilter;
+  /** At least one node; a node's hash is 32 bytes, or empty iff its count is 0. */
+  nodes: TreeNode[];
+}
+
+/** Plaintext format version of `ae-digest` / `ae-reply` (1 was the key-range digest, no longer accepted). */
+export const DIGEST_VERSION = 2;
+/** Plaintext format version of `ae-tree`. */
+export const TREE_VERSION = 1;
+/** Most paths or tree nodes in one message (4096 = one full tree level at depth 3). */
+export const MAX_TREE_ITEMS = 4096;
+
+/** Resource type of a `'Type/id'` key. */
+export function typeOf(key: string): string {
+  return key.slice(0, key.indexOf('/'));
+}
+
+/** True when `key`'s resource type is in `types` (`undefined` = all). */
+export function typeAllowed(key: string, types: TypeFilter): boolean {
+  return types === undefined || types.includes(typeOf(key));
+}
+
+/**
+ * Intersection of two type filters (`undefined` = all), sorted and distinct.
+ * @returns `undefined` only when both are `undefined`.
+ */
+export function intersectTypes(a: TypeFilter, b: TypeFilter): TypeFilter {
+  if (a === undefined) return b === undefined ? undefined : [...new Set(b)].sort();
+  if (b === undefined) return [...new Set(a)].sort();
+  const bs = new Set(b);
+  return [...new Set(a.filter((t) => bs.has(t)))].sort();
 }
 
 /**
@@ -77,7 +120,7 @@ export function encodeUpdates(updates: readonly ResourceUpdate[]): Uint8Array {
  * @throws TidePlaintextError on any malformation (truncation, trailing bytes, bad key, empty update).
  */
 export function decodeUpdates(bytes: Uint8Array): ResourceUpdate[] {
-  return strict(bytes, (dec) => {
+  return strict(bytes, PLAINTEXT_VERSION, (dec) => {
     const n = readCount(dec);
     const out: ResourceUpdate[] = [];
     for (let i = 0; i < n; i++) {
@@ -91,16 +134,20 @@ export function decodeUpdates(bytes: Uint8Array): ResourceUpdate[] {
 }
 
 /**
- * Encode an anti-entropy digest: `varUint 1`, `varString from`, `varUint hasTo (0|1)`,
- * [`varString to`], `varUint n`, then n × (`varString key`, `varUint8Array stateVector`).
+ * Encode an anti-entropy digest (`ae-digest` / `ae-reply`): `varUint 2`, types, `varUint p`,
+ * p × (`varUint depth`, `varUint index`), `varUint n`, n × (`varString key`, `varUint8Array sv`).
+ * Types: `varUint 0` (all) or `varUint 1`, `varUint t`, t × `varString type`.
  * @returns The plaintext bytes.
  */
 export function encodeDigest(digest: Digest): Uint8Array {
   const enc = encoding.createEncoder();
-  encoding.writeVarUint(enc, PLAINTEXT_VERSION);
-  encoding.writeVarString(enc, digest.from);
-  encoding.writeVarUint(enc, digest.to === undefined ? 0 : 1);
-  if (digest.to !== undefined) encoding.writeVarString(enc, digest.to);
+  encoding.writeVarUint(enc, DIGEST_VERSION);
+  writeTypes(enc, digest.types);
+  encoding.writeVarUint(enc, digest.paths.length);
+  for (const p of digest.paths) {
+    encoding.writeVarUint(enc, p.depth);
+    encoding.writeVarUint(enc, p.index);
+  }
   encoding.writeVarUint(enc, digest.entries.length);
   for (const e of digest.entries) {
     encoding.writeVarString(enc, e.key);
@@ -111,24 +158,33 @@ export function encodeDigest(digest: Digest): Uint8Array {
 
 /**
  * Decode an anti-entropy digest (see {@link encodeDigest}). Each state vector is checked with
- * `Y.decodeStateVector`.
- * @throws TidePlaintextError on any malformation, unsorted/duplicate keys or keys outside the range.
+ * `Y.decodeStateVector`; each key's hash is checked against the paths (SHA-256 per key).
+ * @throws TidePlaintextError on any malformation: bad version, types not sorted/distinct, no path,
+ *   more than {@link MAX_TREE_ITEMS} paths, a bad or overlapping path, unsorted/duplicate keys, a
+ *   key below no path or of a type outside `types`, a bad state vector.
  */
 export function decodeDigest(bytes: Uint8Array): Digest {
-  return strict(bytes, (dec) => {
-    const from = decoding.readVarString(dec);
-    const hasTo = decoding.readVarUint(dec);
-    if (hasTo !== 0 && hasTo !== 1) throw new TidePlaintextError('bad range flag');
-    const to = hasTo === 1 ? decoding.readVarString(dec) : undefined;
-    if (to !== undefined && !(from < to)) throw new TidePlaintextError('empty range');
+  return strict(bytes, DIGEST_VERSION, (dec) => {
+    const types = readTypes(dec);
+    const np = readCount(dec);
+    if (np === 0 || np > MAX_TREE_ITEMS) throw new TidePlaintextError('bad number of digest paths');
+    const paths: TreePath[] = [];
+    for (let i = 0; i < np; i++) paths.push(readPath(dec));
+    let set: PathSet;
+    try {
+      set = new PathSet(paths);
+    } catch {
+      throw new TidePlaintextError('overlapping digest paths');
+    }
     const n = readCount(dec);
     const entries: DigestEntry[] = [];
     let prev: string | undefined;
     for (let i = 0; i < n; i++) {
       const key = readKey(dec);
       if (prev !== undefined && !(prev < key)) throw new TidePlaintextError('digest keys not strictly ascending');
-      if (!inRange(key, from, to)) throw new TidePlaintextError('digest key outside its range');
       prev = key;
+      if (!typeAllowed(key, types)) throw new TidePlaintextError('digest key of a type outside the digest');
+      if (!set.has(keyHashOf(key))) throw new TidePlaintextError('digest key below none of its paths');
       const stateVector = decoding.readVarUint8Array(dec).slice();
       try {
         Y.decodeStateVector(stateVector);
@@ -137,33 +193,56 @@ export function decodeDigest(bytes: Uint8Array): Digest {
       }
       entries.push({ key, stateVector });
     }
-    return { from, to, entries };
+    return { types, paths, entries };
   });
 }
 
 /**
- * Split a sorted key list into digests that together cover `[from, to)` exactly, each with at
- * most `maxKeys` entries. Always returns at least one digest (an empty one when no key is held).
- * @param entries - Entries sorted strictly ascending, all inside `[from, to)`.
+ * Encode an `ae-tree` message: `varUint 1`, types (as in {@link encodeDigest}), `varUint n`,
+ * n × (`varUint depth`, `varUint index`, `varUint count`, `varUint8Array hash`).
+ * @returns The plaintext bytes.
  */
-export function chunkDigest(
-  entries: readonly DigestEntry[],
-  from: string,
-  to: string | undefined,
-  maxKeys: number,
-): Digest[] {
-  if (entries.length <= maxKeys) return [{ from, to, entries: [...entries] }];
-  const out: Digest[] = [];
-  for (let i = 0; i < entries.length; i += maxKeys) {
-    const next = entries[i + maxKeys];
-    const first = entries[i];
-    out.push({
-      from: i === 0 || first === undefined ? from : first.key,
-      to: next === undefined ? to : next.key,
-      entries: entries.slice(i, i + maxKeys),
-    });
+export function encodeTree(msg: TreeMessage): Uint8Array {
+  const enc = encoding.createEncoder();
+  encoding.writeVarUint(enc, TREE_VERSION);
+  writeTypes(enc, msg.types);
+  encoding.writeVarUint(enc, msg.nodes.length);
+  for (const n of msg.nodes) {
+    encoding.writeVarUint(enc, n.depth);
+    encoding.writeVarUint(enc, n.index);
+    encoding.writeVarUint(enc, n.count);
+    encoding.writeVarUint8Array(enc, n.hash);
   }
-  return out;
+  return encoding.toUint8Array(enc);
+}
+
+/**
+ * Decode an `ae-tree` message (see {@link encodeTree}).
+ * @throws TidePlaintextError on any malformation: bad version or types, no node or more than
+ *   {@link MAX_TREE_ITEMS}, a bad path, overlapping paths, a hash that is not 32 bytes (or not empty
+ *   with count 0).
+ */
+export function decodeTree(bytes: Uint8Array): TreeMessage {
+  return strict(bytes, TREE_VERSION, (dec) => {
+    const types = readTypes(dec);
+    const n = readCount(dec);
+    if (n === 0 || n > MAX_TREE_ITEMS) throw new TidePlaintextError('bad number of tree nodes');
+    const nodes: TreeNode[] = [];
+    for (let i = 0; i < n; i++) {
+      const p = readPath(dec);
+      const count = decoding.readVarUint(dec);
+      if (!Number.isSafeInteger(count)) throw new TidePlaintextError('bad node count');
+      const hash = decoding.readVarUint8Array(dec).slice();
+      if (count === 0 ? hash.length !== 0 : hash.length !== TREE_HASH_BYTES) throw new TidePlaintextError('bad node hash');
+      nodes.push({ ...p, count, hash });
+    }
+    try {
+      new PathSet(nodes);
+    } catch {
+      throw new TidePlaintextError('overlapping tree nodes');
+    }
+    return { types, nodes };
+  });
 }
 
 /**
@@ -179,11 +258,11 @@ export function stateVectorAhead(theirs: Uint8Array, mine: Uint8Array): boolean 
   return false;
 }
 
-function strict<T>(bytes: Uint8Array, body: (dec: decoding.Decoder) => T): T {
+function strict<T>(bytes: Uint8Array, expectedVersion: number, body: (dec: decoding.Decoder) => T): T {
   try {
     const dec = decoding.createDecoder(bytes);
     const version = decoding.readVarUint(dec);
-    if (version !== PLAINTEXT_VERSION) throw new TidePlaintextError('unsupported plaintext version');
+    if (version !== expectedVersion) throw new TidePlaintextError('unsupported plaintext version');
     const value = body(dec);
     if (decoding.hasContent(dec)) throw new TidePlaintextError('trailing bytes');
     return value;
@@ -204,4 +283,39 @@ function readKey(dec: decoding.Decoder): string {
   const key = decoding.readVarString(dec);
   if (!isResourceKey(key)) throw new TidePlaintextError('bad resource key');
   return key;
+}
+
+const TYPE_RE = /^[A-Z][A-Za-z]{0,63}$/;
+
+function writeTypes(enc: encoding.Encoder, types: TypeFilter): void {
+  if (types === undefined) {
+    encoding.writeVarUint(enc, 0);
+    return;
+  }
+  encoding.writeVarUint(enc, 1);
+  encoding.writeVarUint(enc, types.length);
+  for (const t of types) encoding.writeVarString(enc, t);
+}
+
+function readTypes(dec: decoding.Decoder): TypeFilter {
+  const flag = decoding.readVarUint(dec);
+  if (flag === 0) return undefined;
+  if (flag !== 1) throw new TidePlaintextError('bad types flag');
+  const n = readCount(dec);
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = decoding.readVarString(dec);
+    if (!TYPE_RE.test(t)) throw new TidePlaintextError('bad resource type');
+    if (out.length > 0 && !((out[out.length - 1] as string) < t)) throw new TidePlaintextError('types not sorted and distinct');
+    out.push(t);
+  }
+  return out;
+}
+
+function readPath(dec: decoding.Decoder): TreePath {
+  const depth = decoding.readVarUint(dec);
+  const index = decoding.readVarUint(dec);
+  const p = { depth, index };
+  if (!isTreePath(p)) throw new TidePlaintextError('bad tree path');
+  return p;
 }

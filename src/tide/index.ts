@@ -2,21 +2,40 @@
  * Tide, tidegate's gossip engine: batched, sealed Yjs updates over BullMQ, plus state-vector
  * anti-entropy. Named exports only; see docs/tide.md.
  */
-export { Tide, inboxQueueName, controlQueueName } from './tide.ts';
+export { Tide, backoffDelay, inboxQueueName, controlQueueName } from './tide.ts';
 export {
+  DIGEST_VERSION,
+  MAX_TREE_ITEMS,
   PLAINTEXT_VERSION,
   RESOURCE_KEY_RE,
+  TREE_VERSION,
   TidePlaintextError,
-  chunkDigest,
   decodeDigest,
+  decodeTree,
   decodeUpdates,
   encodeDigest,
+  encodeTree,
   encodeUpdates,
-  inRange,
+  intersectTypes,
   isResourceKey,
   stateVectorAhead,
+  typeAllowed,
+  typeOf,
 } from './codec.ts';
-export type { Digest, DigestEntry } from './codec.ts';
+export type { Digest, DigestEntry, TreeMessage, TypeFilter } from './codec.ts';
+export {
+  DigestTree,
+  PathSet,
+  ROOT_PATH,
+  TREE_FANOUT,
+  TREE_MAX_DEPTH,
+  childrenOf,
+  keyHashOf,
+  makeLeaf,
+  pathSpan,
+  underPath,
+} from './tree.ts';
+export type { TreeLeaf, TreeNode, TreePath } from './tree.ts';
 export { AuditLog, quarantineAuditEvent, NODE_ID_SYSTEM, MESSAGE_ID_SYSTEM, QUARANTINE_REASON_SYSTEM } from './audit.ts';
 export type { AuditBundle, AuditEvent, QuarantineRecord } from './audit.ts';
 export type {

@@ -21,17 +21,22 @@ import { EnvelopeError, ReplayGuard, peekHeader, sharedCryptoPool } from '../env
 import type { EnvelopeCryptoPool } from '../envelope/index.ts';
 import type { NodePublicKeys, NodeSecretKeys, OpenResult } from '../envelope/index.ts';
 import {
-  chunkDigest,
+  MAX_TREE_ITEMS,
   decodeDigest,
+  decodeTree,
   decodeUpdates,
   encodeDigest,
+  encodeTree,
   encodeUpdates,
-  inRange,
+  intersectTypes,
   isResourceKey,
   stateVectorAhead,
   TidePlaintextError,
+  typeAllowed,
 } from './codec.ts';
-import type { Digest, DigestEntry } from './codec.ts';
+import type { Digest, DigestEntry, TreeMessage, TypeFilter } from './codec.ts';
+import { DigestTree, PathSet, ROOT_PATH, TREE_MAX_DEPTH, childrenOf, keyHashOf, makeLeaf, pathsOverlap, pathId, sameNode } from './tree.ts';
+import type { TreeLeaf, TreeNode, TreePath } from './tree.ts';
 import { AuditLog, quarantineAuditEvent } from './audit.ts';
 import type { QuarantineRecord } from './audit.ts';
 import type {
@@ -60,6 +65,29 @@ const MAX_QUEUED_SENDS_PER_PEER = 1000;
 const LOG_RATE_LIMIT_MS = 30_000;
 /** Job scheduler id / job name of the periodic anti-entropy job on the control queue. */
 const AE_SCHEDULER_ID = 'anti-entropy';
+/** FHIR resource type names (as in resource keys). */
+const RESOURCE_TYPE_RE = /^[A-Z][A-Za-z]{0,63}$/;
+
+/**
+ * Delay (ms) before retry number `attempt` (1-based) of an exponential backoff with jitter, the
+ * same formula as BullMQ's built-in `exponential` strategy with `jitter`
+ * (https://docs.bullmq.io/guide/retrying-failing-jobs): the ceiling `baseMs · 2^(attempt−1)`,
+ * of which a random fraction up to `jitter` is taken off, i.e. uniform in
+ * `[ceiling · (1 − jitter), ceiling)`. Jitter spreads the retries of many nodes that failed
+ * together (one Redis restart) so they do not retry in lockstep.
+ * @param attempt - 1 for the first retry.
+ * @param baseMs - Base delay, ms (≥ 0).
+ * @param jitter - Fraction in [0, 1]; 0 = no jitter.
+ * @param random - Uniform source in [0, 1). Default `Math.random`.
+ * @returns A whole number of ms.
+ * @throws RangeError for attempt < 1 or jitter outside [0, 1].
+ */
+export function backoffDelay(attempt: number, baseMs: number, jitter: number, random: () => number = Math.random): number {
+  if (!Number.isSafeInteger(attempt) || attempt < 1) throw new RangeError('backoffDelay: attempt must be an integer ≥ 1');
+  if (!(jitter >= 0 && jitter <= 1)) throw new RangeError('backoffDelay: jitter must be in [0, 1]');
+  const ceiling = baseMs * 2 ** (attempt - 1);
+  return Math.floor(ceiling * (1 - jitter) + random() * ceiling * jitter);
+}
 
 /** Job data of every inbox job: the serialized envelope. */
 interface InboxJobData {
@@ -76,14 +104,21 @@ interface Outbox {
 interface PeerKnowledge {
   /** Key → the peer's state vector as last known (digest, or merged with what it sent / we relayed). */
   sv: Map<string, Uint8Array>;
-  /** Set once a digest of the peer was processed: from then on a key absent from `sv` is one it lacks. */
+  /** When an anti-entropy message (tree or digest) of the peer was last processed. */
   digestAt: number | undefined;
-  /** Per digest range start: whether that digest showed the peer lacking content held > relayGraceMs. */
-  laggingRanges: Map<string, boolean>;
+  /** Tree paths whose last comparison showed the peer lacking content held > relayGraceMs (by {@link pathId}). */
+  laggingPaths: Map<string, TreePath>;
+  /**
+   * Resource types anti-entropy with this peer covers, as last agreed: the intersection of what we
+   * send it and what it sends us (learned from its messages); `null` until it sent one.
+   */
+  types: TypeFilter | null;
 }
 
 interface PeerLink {
   config: PeerConfig;
+  /** Resource types this peer subscribes to (sorted, distinct), `undefined` = all. */
+  sendTypes: TypeFilter;
   knowledge: PeerKnowledge;
   /** Enqueue times (ms) of the envelopes in the send chain, oldest first (chain is FIFO). */
   sendTimes: number[];
@@ -175,6 +210,11 @@ export class Tide {
   readonly #eventsMaxLen: number;
   readonly #relay: boolean;
   readonly #relayGraceMs: number;
+  readonly #backoffJitter: number;
+  readonly #random: () => number;
+  readonly #digestLeafKeys: number;
+  /** Key → its 32-bit tree key hash (SHA-256 prefix); cleared when it grows past 2^21 entries. */
+  readonly #keyHashes = new Map<string, number>();
   readonly #audit: AuditLog;
   /** Key → when this node last learned new content for it (ms); bounded by the keys held. */
   readonly #changedAt = new Map<string, number>();
@@ -209,6 +249,11 @@ export class Tide {
     digestsReceived: 0,
     quarantined: {},
     updatesRelayed: 0,
+    aeMessagesSent: 0,
+    aeBytesSent: 0,
+    aeTreeNodesSent: 0,
+    aeDigestEntriesSent: 0,
+    aeUpdatesQueued: 0,
   };
 
   /**
@@ -242,6 +287,10 @@ export class Tide {
     this.#eventsMaxLen = positiveInt('eventsMaxLen', opts.eventsMaxLen ?? 1000);
     this.#relay = opts.relay ?? true;
     this.#relayGraceMs = nonNegativeInt('relayGraceMs', opts.relayGraceMs ?? 5000);
+    this.#backoffJitter = opts.backoffJitter ?? 0.5;
+    if (!(this.#backoffJitter >= 0 && this.#backoffJitter <= 1)) throw new RangeError('Tide: backoffJitter must be in [0, 1]');
+    this.#random = opts.random ?? Math.random;
+    this.#digestLeafKeys = positiveInt('digestLeafKeys', opts.digestLeafKeys ?? 16);
     this.#audit = new AuditLog(positiveInt('auditMaxEvents', opts.auditMaxEvents ?? 500));
 
     const selfId = this.#self.nodeId;
@@ -260,6 +309,14 @@ export class Tide {
       if (peer.publicKeys.nodeId !== peer.nodeId) {
         throw new TypeError(`Tide: peer ${peer.nodeId} has the public keys of ${peer.publicKeys.nodeId}`);
       }
+      if (peer.resourceTypes !== undefined) {
+        if (!Array.isArray(peer.resourceTypes) || peer.resourceTypes.length === 0) {
+          throw new TypeError(`Tide: peer ${peer.nodeId} resourceTypes must be a non-empty array (omit it for all types)`);
+        }
+        for (const t of peer.resourceTypes) {
+          if (typeof t !== 'string' || !RESOURCE_TYPE_RE.test(t)) throw new TypeError(`Tide: peer ${peer.nodeId} has an invalid resource type ${JSON.stringify(t)}`);
+        }
+      }
       keys.set(peer.nodeId, peer.publicKeys);
     }
     this.#peerConfigs = [...opts.peers];
@@ -267,7 +324,8 @@ export class Tide {
     for (const config of this.#peerConfigs) {
       this.#links.set(config.nodeId, {
         config,
-        knowledge: { sv: new Map(), digestAt: undefined, laggingRanges: new Map() },
+        sendTypes: config.resourceTypes === undefined ? undefined : [...new Set<string>(config.resourceTypes)].sort(),
+        knowledge: { sv: new Map(), digestAt: undefined, laggingPaths: new Map(), types: null },
         sendTimes: [],
         outboxSince: undefined,
         lastSentAt: undefined,
@@ -397,11 +455,15 @@ export class Tide {
         this.#controlWorker?.waitUntilReady(),
       ]);
       if (this.#aeIntervalMs > 0) {
-        await controlQueue.upsertJobScheduler(
-          AE_SCHEDULER_ID,
-          { every: this.#aeIntervalMs },
-          { name: AE_SCHEDULER_ID, data: {}, opts: { removeOnComplete: true, removeOnFail: { count: 100 } } },
-        );
+        await this.#upsertScheduler(controlQueue);
+        // A Redis that restarted without its data has lost the scheduler: put it back on every
+        // reconnect of the own Redis (upsert is idempotent). Registered after the first 'ready'.
+        local.on('ready', () => {
+          if (this.#state !== 'running') return;
+          this.#upsertScheduler(controlQueue).catch((err: unknown) =>
+            this.#warnRateLimited('sched', { err: errText(err) }, 'tide: re-creating the anti-entropy scheduler failed'),
+          );
+        });
       } else {
         await controlQueue.removeJobScheduler(AE_SCHEDULER_ID);
       }
@@ -415,6 +477,15 @@ export class Tide {
     // Updates published between construction and start() are sent now.
     for (const peerId of this.#links.keys()) this.#scheduleOrSend(peerId);
     this.#log.info({ node: this.nodeId, peers: this.#links.size }, 'tide: started');
+  }
+
+  /** `upsertJobScheduler` of the anti-entropy job (https://docs.bullmq.io/guide/job-schedulers). */
+  async #upsertScheduler(controlQueue: Queue): Promise<void> {
+    await controlQueue.upsertJobScheduler(
+      AE_SCHEDULER_ID,
+      { every: this.#aeIntervalMs },
+      { name: AE_SCHEDULER_ID, data: {}, opts: { removeOnComplete: true, removeOnFail: { count: 100 } } },
+    );
   }
 
   /**
@@ -502,21 +573,29 @@ export class Tide {
   }
 
   /**
-   * One anti-entropy round: sends each peer a sealed `ae-digest` message listing
-   * (key, `Y.encodeStateVector`) for every key held (several range digests of at most
-   * `digestMaxKeys` keys for big stores). The peer answers with `updates` for what this node
-   * lacks and, if this node's digest shows state the peer lacks, with an `ae-reply` digest to
-   * which this node answers with `updates` (a reply is never answered by a digest).
-   * Resolves once the digests are enqueued. Also run by the job scheduler.
+   * One anti-entropy round: sends each peer one sealed `ae-tree` message holding the root of this
+   * node's digest tree (count and SHA-256 over the per-resource (key, state vector) leaf hashes,
+   * see ./tree.ts) over the resource types agreed with that peer. Where the peer's tree differs,
+   * the two nodes descend alternately, exchanging only the child summaries of differing nodes,
+   * down to buckets of at most `digestLeafKeys` keys, whose (key, state vector) entries they then
+   * exchange as `ae-digest` / `ae-reply`, and finally send each other only the missing Yjs updates.
+   * Converged nodes exchange one message per peer per round. Resolves once the roots are
+   * enqueued. Also run by the job scheduler.
    * @throws Error when the Tide is not running.
    */
   async runAntiEntropy(): Promise<void> {
     if (this.#state !== 'running') throw new Error(`Tide ${this.nodeId}: runAntiEntropy() when ${this.#state}`);
-    const digests = chunkDigest(this.#localEntries(''), '', undefined, this.#digestMaxKeys);
-    const plaintexts = digests.map(encodeDigest);
+    const roots = new Map<string, TreeNode>();
     const sends: Promise<void>[] = [];
-    for (const peerId of this.#links.keys()) {
-      for (const pt of plaintexts) sends.push(this.#send(peerId, 'ae-digest', [], pt, 0));
+    for (const [peerId, link] of this.#links) {
+      const types = link.knowledge.types ?? link.sendTypes;
+      const fid = types === undefined ? '*' : types.join(',');
+      let root = roots.get(fid);
+      if (!root) {
+        root = this.#tree(types).node(ROOT_PATH);
+        roots.set(fid, root);
+      }
+      sends.push(this.#sendTree(peerId, types, [root]));
     }
     await Promise.all(sends);
     this.#stats.antiEntropyRuns++;
@@ -576,6 +655,7 @@ export class Tide {
         updatesRelayed: l.counters.relayed,
         lastDigestAt: l.knowledge.digestAt,
         lagging: isLagging(l),
+        resourceTypes: l.sendTypes === undefined ? undefined : [...l.sendTypes],
       });
     }
     return out;
@@ -637,11 +717,13 @@ export class Tide {
 
   // ---------------------------------------------------------------- sending
 
+  /** Queues updates for one peer, keeping only the resource types it subscribes to. */
   #enqueue(peerId: string, updates: readonly ResourceUpdate[]): void {
     const link = this.#links.get(peerId);
     if (!link) return;
     const box = link.outbox;
     for (const u of updates) {
+      if (!typeAllowed(u.key, link.sendTypes)) continue;
       if (box.items.length === 0) link.outboxSince = Date.now();
       box.items.push(u);
       box.bytes += u.key.length + u.update.length;
@@ -749,7 +831,7 @@ export class Tide {
           const added = queue.add(kind, { env }, {
             jobId: messageId,
             attempts: this.#attempts,
-            backoff: { type: 'exponential', delay: this.#backoffMs },
+            backoff: { type: 'exponential', delay: this.#backoffMs, jitter: this.#backoffJitter },
             removeOnComplete: this.#keepCompleted,
             removeOnFail: this.#keepFailed,
           });
@@ -761,6 +843,10 @@ export class Tide {
           this.#stats.messagesSent++;
           this.#stats.bytesSent += env.length;
           this.#stats.updatesSent += updateCount;
+          if (kind !== 'updates') {
+            this.#stats.aeMessagesSent++;
+            this.#stats.aeBytesSent += env.length;
+          }
           return;
         } catch (err) {
           link.lastError = { at: Date.now(), message: errText(err) };
@@ -775,7 +861,7 @@ export class Tide {
             return;
           }
           this.#log.warn({ peer: peerId, kind, messageId, attempt, err: errText(err) }, 'tide: send failed, retrying');
-          await sleep(this.#backoffMs * 2 ** (attempt - 1));
+          await sleep(backoffDelay(attempt, this.#backoffMs, this.#backoffJitter, this.#random));
         }
       }
     };
@@ -925,6 +1011,12 @@ export class Tide {
         this.#stats.updatesReceived += updates.length;
         break;
       }
+      case 'ae-tree': {
+        const tree = this.#decode(job, sender, header.kind, () => decodeTree(plaintext));
+        this.#answerTree(sender, tree);
+        this.#stats.digestsReceived++;
+        break;
+      }
       case 'ae-digest':
       case 'ae-reply': {
         const digest = this.#decode(job, sender, header.kind, () => decodeDigest(plaintext));
@@ -1041,6 +1133,7 @@ export class Tide {
       if (peerId === sender || link.knowledge.digestAt === undefined || !isLagging(link)) continue;
       const out: ResourceUpdate[] = [];
       for (const key of fresh) {
+        if (!typeAllowed(key, link.sendTypes)) continue; // not subscribed
         const mine = this.#replica.stateVector(key);
         if (mine === undefined) continue;
         const theirs = link.knowledge.sv.get(key);
@@ -1062,74 +1155,192 @@ export class Tide {
     }
   }
 
+  // ---------------------------------------------------------------- anti-entropy
+
+  /** The tree key hash of `key` (cached). */
+  #keyHash(key: string): number {
+    let h = this.#keyHashes.get(key);
+    if (h === undefined) {
+      if (this.#keyHashes.size >= 2 ** 21) this.#keyHashes.clear();
+      h = keyHashOf(key);
+      this.#keyHashes.set(key, h);
+    }
+    return h;
+  }
+
   /**
-   * Answers a digest of `peerId` for its range: queues the diff of every held key in the range
+   * The digest tree of the held keys of `types`; with `paths`, only the keys below them (so a
+   * question about a few deep nodes costs the state vectors of their keys only).
+   */
+  #tree(types: TypeFilter, paths?: readonly TreePath[]): DigestTree {
+    const below = paths === undefined || paths.some((p) => p.depth === 0) ? undefined : new PathSet(paths);
+    const leaves: TreeLeaf[] = [];
+    const seen = new Set<string>();
+    for (const key of this.#replica.keys()) {
+      if (seen.has(key) || !isResourceKey(key) || !typeAllowed(key, types)) continue;
+      seen.add(key);
+      const h = this.#keyHash(key);
+      if (below !== undefined && !below.has(h)) continue;
+      const sv = this.#replica.stateVector(key);
+      if (sv === undefined) continue;
+      try {
+        leaves.push(makeLeaf(key, h, sv));
+      } catch (err) {
+        this.#warnRateLimited('badsv', { err: errText(err) }, 'tide: replica returned an undecodable state vector');
+      }
+    }
+    return new DigestTree(leaves);
+  }
+
+  /** Sends `nodes` to the peer as `ae-tree` messages of at most {@link MAX_TREE_ITEMS} nodes. */
+  #sendTree(peerId: string, types: TypeFilter, nodes: readonly TreeNode[]): Promise<void> {
+    const sends: Promise<void>[] = [];
+    for (let i = 0; i < nodes.length; i += MAX_TREE_ITEMS) {
+      const chunk = nodes.slice(i, i + MAX_TREE_ITEMS);
+      this.#stats.aeTreeNodesSent += chunk.length;
+      sends.push(this.#send(peerId, 'ae-tree', [], encodeTree({ types, nodes: chunk }), 0));
+    }
+    return Promise.all(sends).then(() => undefined);
+  }
+
+  /**
+   * Sends this node's (key, state vector) entries below `paths` as `kind` digests, grouped so that
+   * a message holds at most `digestMaxKeys` entries (a single path with more is sent whole) and
+   * {@link MAX_TREE_ITEMS} paths.
+   */
+  #sendDigests(peerId: string, kind: 'ae-digest' | 'ae-reply', types: TypeFilter, paths: readonly TreePath[], tree: DigestTree): void {
+    let batch: TreePath[] = [];
+    let entries: DigestEntry[] = [];
+    const flush = (): void => {
+      if (batch.length === 0) return;
+      entries.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      const digest: Digest = { types, paths: batch, entries };
+      this.#stats.aeDigestEntriesSent += entries.length;
+      void this.#send(peerId, kind, [], encodeDigest(digest), 0);
+      batch = [];
+      entries = [];
+    };
+    for (const p of paths) {
+      const under = tree.leavesUnder(p).map((l) => ({ key: l.key, stateVector: l.stateVector }));
+      if (batch.length > 0 && (entries.length + under.length > this.#digestMaxKeys || batch.length >= MAX_TREE_ITEMS)) flush();
+      batch.push(p);
+      entries.push(...under);
+    }
+    flush();
+  }
+
+  /**
+   * Answers an `ae-tree` message of `peerId`: compares each of its nodes with this node's node at
+   * the same path, over the agreed types (theirs ∩ what we send them). Equal: nothing to do (and
+   * the peer is not lagging there). Different:
+   * - the peer holds nothing there → queue every held resource below as `updates`;
+   * - this node holds at most `digestLeafKeys` keys there, or it is a depth-8 bucket → send an
+   *   `ae-digest` with this node's entries below (the peer answers with what we lack, and
+   *   replies with its own entries if we lack something it has);
+   * - else → send back an `ae-tree` with this node's 16 children of that node (the peer then
+   *   compares them: the descent alternates between the two nodes).
+   */
+  #answerTree(peerId: string, msg: TreeMessage): void {
+    const link = this.#links.get(peerId);
+    if (!link) return;
+    const types = intersectTypes(msg.types, link.sendTypes);
+    const k = link.knowledge;
+    k.types = types;
+    k.digestAt = Date.now();
+    const tree = this.#tree(types, msg.nodes);
+    const descend: TreeNode[] = [];
+    const digestPaths: TreePath[] = [];
+    const pushPaths: TreePath[] = [];
+    for (const theirs of msg.nodes) {
+      const mine = tree.node(theirs);
+      if (sameNode(mine, theirs)) {
+        this.#setLagging(link, theirs, false);
+      } else if (mine.count === 0) {
+        digestPaths.push(theirs); // empty digest: "I lack all of it"
+      } else if (theirs.count === 0) {
+        pushPaths.push(theirs);
+      } else if (mine.count <= this.#digestLeafKeys || theirs.depth >= TREE_MAX_DEPTH) {
+        digestPaths.push(theirs);
+      } else {
+        for (const c of childrenOf(theirs)) descend.push(tree.node(c));
+      }
+    }
+    for (const p of pushPaths) {
+      const lagging = this.#pushDiffs(link, tree.leavesUnder(p), new Map());
+      this.#setLagging(link, p, lagging);
+    }
+    if (descend.length > 0) void this.#sendTree(peerId, types, descend);
+    if (digestPaths.length > 0) this.#sendDigests(peerId, 'ae-digest', types, digestPaths, tree);
+  }
+
+  /**
+   * Answers a digest of `peerId` for its paths: queues the diff of every held key below them
    * that the peer lacks (`diffFor(key, theirSv)`, `undefined` sv if the peer lacks the key), and,
    * when `mayReply` and the digest shows state this node lacks, sends an `ae-reply` digest of
-   * the same range.
+   * the same paths.
    */
   #answerDigest(peerId: string, digest: Digest, mayReply: boolean): void {
-    const theirs = new Map<string, Uint8Array>();
-    for (const e of digest.entries) theirs.set(e.key, e.stateVector);
     const link = this.#links.get(peerId);
-    const now = Date.now();
-    let lagging = false;
-    const diffs: ResourceUpdate[] = [];
-    for (const key of this.#replica.keys()) {
-      if (!inRange(key, digest.from, digest.to) || !isResourceKey(key)) continue;
-      try {
-        const diff = this.#replica.diffFor(key, theirs.get(key));
-        if (diff !== undefined && diff.length > 0) {
-          diffs.push({ key, update: diff });
-          const since = this.#changedAt.get(key);
-          if (since === undefined || now - since > this.#relayGraceMs) lagging = true;
-        }
-      } catch (err) {
-        this.#log.warn({ peer: peerId, err: errText(err) }, 'tide: diffFor failed');
-      }
-    }
-    if (link) {
-      // the digest is the peer's state of the whole range: replace what was known of it
-      const k = link.knowledge;
-      for (const key of [...k.sv.keys()]) if (inRange(key, digest.from, digest.to)) k.sv.delete(key);
-      for (const [key, sv] of theirs) k.sv.set(key, sv);
-      // what we are about to send it (diffs) will be known to it
-      for (const d of diffs) {
-        const mine = this.#replica.stateVector(d.key);
-        if (mine) this.#learnSv(link, d.key, mine);
-      }
-      k.digestAt = now;
-      if (digest.from === '') k.laggingRanges.clear(); // first digest of a round
-      k.laggingRanges.set(digest.from, lagging);
-    }
-    if (diffs.length > 0) this.#enqueue(peerId, diffs);
+    if (!link) return;
+    const types = intersectTypes(digest.types, link.sendTypes);
+    const k = link.knowledge;
+    k.types = types;
+    k.digestAt = Date.now();
+    const theirs = new Map<string, Uint8Array>();
+    for (const e of digest.entries) if (typeAllowed(e.key, types)) theirs.set(e.key, e.stateVector);
+    const tree = this.#tree(types, digest.paths);
+    // the digest is the peer's state of these paths: replace what was known of it
+    for (const l of tree.leaves) if (!theirs.has(l.key)) k.sv.delete(l.key);
+    for (const [key, sv] of theirs) k.sv.set(key, sv);
+    const lagging = this.#pushDiffs(link, tree.leaves, theirs);
+    for (const p of digest.paths) this.#setLagging(link, p, lagging);
     if (!mayReply) return;
     let lacking = false;
+    const mine = new Map(tree.leaves.map((l) => [l.key, l.stateVector]));
     for (const [key, sv] of theirs) {
-      const mine = this.#replica.stateVector(key);
-      if (mine === undefined || stateVectorAhead(sv, mine)) {
+      const m = mine.get(key);
+      if (m === undefined || stateVectorAhead(sv, m)) {
         lacking = true;
         break;
       }
     }
-    if (!lacking) return;
-    const entries = this.#localEntries(digest.from, digest.to);
-    for (const d of chunkDigest(entries, digest.from, digest.to, this.#digestMaxKeys)) {
-      void this.#send(peerId, 'ae-reply', [], encodeDigest(d), 0);
-    }
+    if (lacking) this.#sendDigests(peerId, 'ae-reply', types, digest.paths, tree);
   }
 
-  /** Sorted (key, state vector) entries of the held keys in `[from, to)`. */
-  #localEntries(from: string, to?: string): DigestEntry[] {
-    const out: DigestEntry[] = [];
-    for (const key of this.#replica.keys()) {
-      if (!inRange(key, from, to) || !isResourceKey(key)) continue;
-      const stateVector = this.#replica.stateVector(key);
-      if (stateVector !== undefined) out.push({ key, stateVector });
+  /**
+   * Queues to the peer `diffFor(key, theirs.get(key))` for every leaf whose diff is non-empty,
+   * and records that the peer will then hold our state of those keys.
+   * @returns True when some of it is content this node has held for longer than `relayGraceMs`
+   *   (the peer is not reached directly by its writers: "lagging", a relay target).
+   */
+  #pushDiffs(link: PeerLink, leaves: readonly TreeLeaf[], theirs: ReadonlyMap<string, Uint8Array>): boolean {
+    const now = Date.now();
+    let lagging = false;
+    const diffs: ResourceUpdate[] = [];
+    for (const l of leaves) {
+      try {
+        const diff = this.#replica.diffFor(l.key, theirs.get(l.key));
+        if (diff === undefined || diff.length === 0) continue;
+        diffs.push({ key: l.key, update: diff });
+        this.#learnSv(link, l.key, l.stateVector);
+        const since = this.#changedAt.get(l.key);
+        if (since === undefined || now - since > this.#relayGraceMs) lagging = true;
+      } catch (err) {
+        this.#log.warn({ peer: link.config.nodeId, err: errText(err) }, 'tide: diffFor failed');
+      }
     }
-    out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    // keys() should be unique; drop duplicates defensively (the digest must be strictly ascending)
-    return out.filter((e, i) => i === 0 || out[i - 1]?.key !== e.key);
+    if (diffs.length > 0) {
+      this.#stats.aeUpdatesQueued += diffs.length;
+      this.#enqueue(link.config.nodeId, diffs);
+    }
+    return lagging;
+  }
+
+  /** Records whether the last comparison of `path` showed the peer lagging (replacing overlapping paths). */
+  #setLagging(link: PeerLink, path: TreePath, lagging: boolean): void {
+    const m = link.knowledge.laggingPaths;
+    for (const [id, p] of m) if (pathsOverlap(p, path)) m.delete(id);
+    if (lagging) m.set(pathId(path), { depth: path.depth, index: path.index });
   }
 }
 
@@ -1148,10 +1359,9 @@ class Rejection extends Error {
   }
 }
 
-/** True when some range of the peer's last digest round showed it lagging (see the relay rule). */
+/** True when some path of the peer's last comparisons showed it lagging (see the relay rule). */
 function isLagging(link: PeerLink): boolean {
-  for (const v of link.knowledge.laggingRanges.values()) if (v) return true;
-  return false;
+  return link.knowledge.laggingPaths.size > 0;
 }
 
 /**

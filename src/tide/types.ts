@@ -53,6 +53,12 @@ export interface PeerConfig {
   redisUrl: string;
   /** The peer's public keys (envelopes to it are encrypted to its KEM key; its signatures are checked). */
   publicKeys: NodePublicKeys;
+  /**
+   * FHIR resource types the peer subscribes to (e.g. `['Patient', 'Observation']`); omitted = all.
+   * Direct fanout, relay and anti-entropy repairs send it only these types, and anti-entropy with
+   * it compares only these types (intersected with what it sends back, see docs/tide.md).
+   */
+  resourceTypes?: readonly string[];
 }
 
 /** Minimal pino-compatible logger: `logger.info({ ...fields }, 'message')`. */
@@ -84,12 +90,24 @@ export interface TideOptions {
   batchDelayMs?: number;
   /** Anti-entropy period (ms) of the BullMQ job scheduler; 0 turns the scheduler off. Default 30000. */
   antiEntropyIntervalMs?: number;
-  /** Max keys per anti-entropy digest message; larger stores send several range digests. Default 5000. */
+  /** Max (key, state vector) entries per anti-entropy digest message. Default 5000. */
   digestMaxKeys?: number;
+  /**
+   * Anti-entropy stops descending the digest tree at a node where this node holds at most this
+   * many keys, and exchanges their (key, state vector) entries instead. Default 16.
+   */
+  digestLeafKeys?: number;
   /** BullMQ `attempts` of every sent job (and tries of each `queue.add`). Default 5. */
   attempts?: number;
   /** Base delay (ms) of the exponential backoff (BullMQ `backoff.delay`). Default 1000. */
   backoffMs?: number;
+  /**
+   * Jitter of every backoff, fraction in [0, 1]: retry n waits uniformly in
+   * `[c · (1 − jitter), c)` with `c = backoffMs · 2^(n−1)` (BullMQ `backoff.jitter`). Default 0.5.
+   */
+  backoffJitter?: number;
+  /** Uniform random source in [0, 1) for the jitter of send retries. Default `Math.random`. */
+  random?: () => number;
   /** Worker threads for seal/open. Default: the process-wide shared pool. */
   cryptoPool?: EnvelopeCryptoPool;
   /** Inbox worker lock duration (ms); crypto is CPU-bound so it is generous. Default 60000. */
@@ -162,6 +180,8 @@ export interface PeerStatus {
   lastDigestAt: number | undefined;
   /** Its last digests showed it lacking content this node held for longer than `relayGraceMs`. */
   lagging: boolean;
+  /** Resource types it subscribes to (sorted), or `undefined` for all. */
+  resourceTypes: string[] | undefined;
 }
 
 /** Result of {@link Tide.health}. */
@@ -209,10 +229,20 @@ export interface TideStats {
   quarantined: Record<string, number>;
   /** Resource updates (per-peer diffs) queued for relay to a peer that lacks them. */
   updatesRelayed: number;
+  /** Anti-entropy envelopes (`ae-tree`, `ae-digest`, `ae-reply`) added to peers' inboxes. */
+  aeMessagesSent: number;
+  /** Sum of the lengths of those envelopes (bytes). */
+  aeBytesSent: number;
+  /** Tree node summaries put into `ae-tree` messages. */
+  aeTreeNodesSent: number;
+  /** (key, state vector) entries put into `ae-digest` / `ae-reply` messages. */
+  aeDigestEntriesSent: number;
+  /** Resource diffs queued to peers as anti-entropy repairs (they travel in `updates` messages). */
+  aeUpdatesQueued: number;
 }
 
 /** Envelope `kind` values Tide sends and accepts. */
-export type TideMessageKind = 'updates' | 'ae-digest' | 'ae-reply';
+export type TideMessageKind = 'updates' | 'ae-tree' | 'ae-digest' | 'ae-reply';
 
 /** Re-exported so callers can type `TideOptions.self` without importing the envelope module. */
 export type { NodePublicKeys, NodeSecretKeys };
