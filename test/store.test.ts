@@ -224,8 +224,11 @@ describe('SqliteStore: bytes on disk', () => {
     const s = store.sizes(KEY);
     const whole = store.storedState(KEY)!.length;
     assert.equal(s.versions, 61);
-    assert.ok(s.keyframes <= 2, `${s.keyframes} keyframes`);
-    assert.ok(s.historyStateBytes < (s.versions * whole) / 10, `history ${s.historyStateBytes} B vs ${s.versions} × ${whole} B`);
+    // Merge documents hold ~2 Yjs structs per live entry whatever their history (src/merge/doc.ts),
+    // so the whole document is small (~2.6 KB here) and a delta is ~1/8 of it: with keyframeRatio 2
+    // a keyframe comes every ~20 versions.
+    assert.ok(s.keyframes <= 3, `${s.keyframes} keyframes`);
+    assert.ok(s.historyStateBytes < (s.versions * whole) / 6, `history ${s.historyStateBytes} B vs ${s.versions} × ${whole} B`);
     assert.ok(s.compressedBodyBytes + s.plainBodyBytes < s.versions * 200 + 2 * 1500, `bodies ${s.compressedBodyBytes + s.plainBodyBytes} B`);
     store.close();
   });

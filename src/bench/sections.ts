@@ -9,6 +9,7 @@ import type { BenchContext, BenchSection, BenchSectionResult } from './section.t
 export const SECTION_MODULES: ReadonlyArray<{ id: string; module: string; name: string }> = [
   { id: 'merge-automerge', module: './merge-automerge.ts', name: 'mergeCompareSection' },
   { id: 'envelope-throughput', module: './envelope.ts', name: 'envelopeThroughputSection' },
+  { id: 'store-sealed', module: './store-sealed.ts', name: 'storeSealingSection' },
   { id: 'http', module: './http.ts', name: 'httpSection' },
   { id: 'tide', module: './tide-scale.ts', name: 'tideSection' },
 ];

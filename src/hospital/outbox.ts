@@ -219,6 +219,8 @@ export class HospitalOutbox {
   readonly #writtenCache = new Map<string, string>();
   readonly #locks = new Map<string, Promise<void>>();
   readonly #failed = new Map<string, string>();
+  /** Keys dropped by {@link drop} (crypto-shredded): never written again by this process. */
+  readonly #dropped = new Set<string>();
   readonly #stats: HospitalOutboxStats = { written: 0, superseded: 0, stale: 0, inSync: 0, attemptsFailed: 0 };
   #waiters: Array<() => void> = [];
 
@@ -313,6 +315,7 @@ export class HospitalOutbox {
    */
   enqueue(key: string, version: VersionRecord): void {
     if (this.#state === 'stopping' || this.#state === 'stopped') return;
+    if (this.#dropped.has(key)) return;
     this.#pending.set(key, version);
     this.#scheduleFlush(0);
   }
@@ -369,6 +372,63 @@ export class HospitalOutbox {
     await this.#closeConnections();
     this.#state = 'stopped';
     this.#notify(true);
+  }
+
+  /**
+   * Drops every queued write of `keys` (crypto-shredding, src/store/shred.ts): versions not yet in
+   * Redis, and jobs in Redis that are waiting, delayed, prioritized or failed (each job is
+   * decrypted to learn its key); their written-version entries are deleted too. A job being written
+   * at this moment finishes, but this process writes nothing more for these keys. Works before
+   * `start()` (connects for the call) and while running.
+   * @param keys - `Type/id` keys.
+   * @returns Jobs and pending versions dropped.
+   * @throws Error when Redis is unreachable.
+   */
+  async drop(keys: ReadonlySet<string>): Promise<number> {
+    let n = 0;
+    for (const k of keys) {
+      this.#dropped.add(k);
+      if (this.#pending.delete(k)) n++;
+      this.#latestQueued.delete(k);
+      this.#writtenCache.delete(k);
+      this.#failed.delete(k);
+    }
+    let client = this.#client;
+    let queue = this.#queue;
+    const temporary = queue === undefined || client === undefined;
+    if (temporary) {
+      client = new Redis(this.#redisUrl, { maxRetriesPerRequest: 1, lazyConnect: true });
+      client.on('error', () => {});
+      await client.connect();
+      queue = new Queue<OutboxJobData>(this.queueName, { connection: client, prefix: this.#prefix });
+    }
+    try {
+      for (const job of await queue!.getJobs(['wait', 'delayed', 'prioritized', 'waiting-children', 'failed'])) {
+        if (!job) continue;
+        let item: OutboxItem;
+        try {
+          item = this.#decrypt(job.data);
+        } catch {
+          continue;
+        }
+        if (!keys.has(item.k)) continue;
+        try {
+          await job.remove();
+          n++;
+          this.#settle(job.id);
+        } catch {
+          // Taken by the worker meanwhile: #write skips dropped keys.
+        }
+      }
+      if (keys.size > 0) await client!.hdel(this.#writtenKey, ...[...keys].map((k) => this.#tag(k)));
+    } finally {
+      if (temporary) {
+        await queue!.close().catch(() => {});
+        client!.disconnect();
+      }
+    }
+    this.#notify();
+    return n;
   }
 
   // ---- queueing ----
@@ -468,6 +528,7 @@ export class HospitalOutbox {
 
   async #write(item: OutboxItem, job: Job<OutboxJobData>, token: string | undefined): Promise<string> {
     const key = item.k;
+    if (this.#dropped.has(key)) return 'dropped';
     const sum = clockSum(item.v);
     const latest = this.#latestQueued.get(key);
     if (latest !== undefined && clockSum(latest) > sum) {

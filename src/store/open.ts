@@ -1,10 +1,12 @@
 /**
- * Opens the resource store a node configuration names (`storeFile`, src/config/config.ts).
+ * Opens the resource store a node configuration names (`storeFile` or `storeUrl`, src/config/config.ts).
  */
 import { MemoryStore } from './store.ts';
 import type { ResourceStore } from './store.ts';
 import { SqliteStore } from './sqlite-store.ts';
 import type { SqliteStoreOptions } from './sqlite-store.ts';
+import { PgStore } from './pg-store.ts';
+import type { PgStoreOptions } from './pg-store.ts';
 
 /** The `storeFile` value that selects the in-memory store. */
 export const MEMORY_STORE = ':memory:';
@@ -12,12 +14,12 @@ export const MEMORY_STORE = ':memory:';
 /** An opened store and how to close it. */
 export interface OpenedStore {
   store: ResourceStore;
-  /** `sqlite` for a file, `memory` for {@link MEMORY_STORE}. */
-  kind: 'sqlite' | 'memory';
-  /** Absolute file path, or `:memory:`. */
+  /** `sqlite` for a file, `memory` for {@link MEMORY_STORE}, `postgres` for a `storeUrl`. */
+  kind: 'sqlite' | 'memory' | 'postgres';
+  /** Absolute file path, `:memory:`, or `host:port/db schema` (no credentials). */
   location: string;
-  /** Closes the file (no-op for memory). Safe to call twice. */
-  close(): void;
+  /** Closes the file or pool (no-op for memory); for PostgreSQL after queued writes are committed. Safe to call twice. */
+  close(): void | Promise<void>;
 }
 
 /**
@@ -34,4 +36,26 @@ export function openStore(storeFile: string | undefined, opts: SqliteStoreOption
   }
   const store = new SqliteStore(storeFile, opts);
   return { store, kind: 'sqlite', location: store.path, close: () => store.close() };
+}
+
+/**
+ * Opens the store of a node configuration: PostgreSQL when `storeUrl` is set, else as
+ * {@link openStore}.
+ * @param cfg - `storeUrl` (+ `storeSchema`) or `storeFile` (see src/config/config.ts).
+ * @param pgOpts - further options of the PostgreSQL store (see {@link PgStoreOptions}).
+ * @param sqliteOpts - options of the SQLite store; `tidegate serve` passes the node's `secretKeys`,
+ *   so the file is sealed at rest (see {@link SqliteStoreOptions}).
+ * @returns The store and its closer.
+ * @throws StoreUnavailableError when PostgreSQL is unreachable; StoreFormatError when its schema
+ *   holds another store schema version; Error as {@link openStore} for a file.
+ */
+export async function openConfiguredStore(
+  cfg: { storeFile?: string | undefined; storeUrl?: string | undefined; storeSchema?: string | undefined },
+  pgOpts: Omit<PgStoreOptions, 'url' | 'schema'> = {},
+  sqliteOpts: SqliteStoreOptions = {},
+): Promise<OpenedStore> {
+  if (cfg.storeUrl === undefined) return openStore(cfg.storeFile, sqliteOpts);
+  const store = await PgStore.open({ ...pgOpts, url: cfg.storeUrl, ...(cfg.storeSchema !== undefined ? { schema: cfg.storeSchema } : {}) });
+  const u = new URL(cfg.storeUrl);
+  return { store, kind: 'postgres', location: `${u.host}${u.pathname} schema ${store.schema}`, close: () => store.close() };
 }

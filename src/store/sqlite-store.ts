@@ -25,12 +25,27 @@
  *
  * The store keeps recently used records decoded in memory (LRU bounded by `cacheBytes`), so it
  * assumes it is the only writer of its file: one node process per file.
+ *
+ * **Sealed at rest** (option `secretKeys`, always set by `tidegate serve`): every field about a
+ * resource — its key, current document (with the conflict records it holds), held-back updates,
+ * state vector, each version's metadata, document and body, and its hospital id map pairing — is
+ * sealed with the resource's own content key (src/store/seal.ts, `tidegate-store/1`), rows are filed
+ * under an HMAC tag of the key instead of the key, and the content keys live in a separate key
+ * vault file (src/store/vault.ts, `<file>.keys`) wrapped under the node's X-Wing key.
+ * {@link SqliteStore.shred} destroys content keys (crypto-shredding) and keeps a tombstone.
+ * Without `secretKeys` the same schema holds plaintext (tests and benchmarks only).
  */
 import { DatabaseSync } from 'node:sqlite';
 import type { StatementSync } from 'node:sqlite';
 import { mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { ResourceRecord, ResourceStore, VersionRecord } from './store.ts';
+import type { NodeSecretKeys } from '../envelope/keys.ts';
+import { FhirError, outcome } from '../fhir/outcomes.ts';
+import { RecordKind, decodeVersionMeta, encodeVersionMeta, openRecord, resourceTag, sealRecord } from './seal.ts';
+import type { RecordKindId } from './seal.ts';
+import { KeyVault, vaultPathOf } from './vault.ts';
+import type { RewrapResult } from './vault.ts';
 import {
   BodyCodec,
   StateKind,
@@ -69,6 +84,42 @@ export interface SqliteStoreOptions {
   keyframeRatio?: number;
   /** How long a write waits for a lock held by another connection, ms. Default 2000. */
   busyTimeoutMs?: number;
+  /**
+   * The node's secret keys: the store is then **sealed** (see module doc), with its key vault at
+   * `vaultFile`. Without them the store keeps plaintext (tests and benchmarks only); a file remembers
+   * which it is and refuses to be opened the other way.
+   */
+  secretKeys?: NodeSecretKeys;
+  /** Key vault file of a sealed store; default `<path>.keys`. */
+  vaultFile?: string;
+  /** Content keys created per vault write (see {@link KeyVault}). Default 256. */
+  vaultPoolSize?: number;
+  /** Re-wrap the vault at open when it is not under the current X-Wing key. Default true. */
+  autoRewrap?: boolean;
+}
+
+/**
+ * Raised by {@link SqliteStore.set} for a resource that was crypto-shredded on this node: its key is
+ * tombstoned, so neither a local write nor a peer's update brings it back. The FHIR edge answers
+ * 410 Gone with an OperationOutcome (code `deleted`). The message names no resource.
+ */
+export class ResourceShreddedError extends FhirError {
+  /** Stable machine-readable code. */
+  readonly code = 'ERR_RESOURCE_SHREDDED';
+  /** Builds the 410 Gone error with its OperationOutcome (issue code `deleted`, no resource named). */
+  constructor() {
+    super(410, outcome('error', 'deleted', 'This resource was erased on this node (crypto-shredded); it cannot be written again'));
+  }
+}
+
+/** Result of {@link SqliteStore.shred}. */
+export interface StoreShredResult {
+  /** Keys whose rows and content keys were destroyed (held before). */
+  shredded: string[];
+  /** Keys only tombstoned (not held, or already shredded). */
+  tombstoned: string[];
+  /** Content keys destroyed in the vault. */
+  keysDestroyed: number;
 }
 
 /** Storage figures of a store or of one resource, bytes unless stated. */
@@ -104,7 +155,7 @@ export interface CompactionResult {
   bytesAfter: number;
 }
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 /** Most version bodies one background step rewrites (~0.2 ms each), so a step stays short. */
 const SLICE_ROWS = 32;
 /** Free pages returned to the file system after a background step (4 KiB each). */
@@ -112,9 +163,14 @@ const VACUUM_PAGES = 1024;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tidegate_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resource_key (
+  key PRIMARY KEY,
+  slot INTEGER NOT NULL,
+  name BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS resource (
   rid INTEGER PRIMARY KEY,
-  key TEXT NOT NULL UNIQUE,
+  key NOT NULL UNIQUE,
   state BLOB NOT NULL,
   pending BLOB,
   nversions INTEGER NOT NULL DEFAULT 0,
@@ -126,8 +182,7 @@ CREATE TABLE IF NOT EXISTS resource (
 CREATE TABLE IF NOT EXISTS version (
   rid INTEGER NOT NULL REFERENCES resource(rid),
   seq INTEGER NOT NULL,
-  version_id TEXT NOT NULL,
-  last_updated TEXT NOT NULL,
+  meta BLOB NOT NULL,
   deleted INTEGER NOT NULL,
   body BLOB,
   body_codec INTEGER NOT NULL,
@@ -142,6 +197,14 @@ CREATE TABLE IF NOT EXISTS fresh_body (
   body BLOB NOT NULL,
   PRIMARY KEY (rid, seq)
 );
+CREATE TABLE IF NOT EXISTS id_map (
+  node_tag PRIMARY KEY,
+  hospital_tag NOT NULL UNIQUE,
+  pair BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shredded (tag PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS shred_pending (slot INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS audit_event (id TEXT PRIMARY KEY, recorded TEXT NOT NULL, event TEXT NOT NULL);
 `;
 
 /** Per-version cache of the newest version's decoded body and state (dropped when a newer one comes). */
@@ -156,6 +219,8 @@ interface VersionCache {
 interface Entry {
   key: string;
   rid: number;
+  /** Key vault slot of the resource's content key (0 in an unsealed store). */
+  slot: number;
   stateV2: Uint8Array;
   stateV1?: Uint8Array;
   pendingBlob: Uint8Array | null;
@@ -176,8 +241,16 @@ interface Entry {
   bytes: number;
 }
 
+/** What reading a resource's version fields needs. */
+interface ResourceRef {
+  key: string;
+  slot: number;
+  rid: number;
+}
+
 interface ResourceRow {
   rid: number;
+  slot: number;
   state: Uint8Array;
   pending: Uint8Array | null;
   nversions: number;
@@ -201,6 +274,14 @@ function num(v: unknown): number {
   if (typeof v === 'number') return v;
   if (typeof v === 'bigint') return Number(v);
   return 0;
+}
+
+/** Value of a `key` column: the HMAC tag (sealed store) or the key text (unsealed store). */
+type RowKey = Uint8Array | string;
+
+/** Hex of a row key (strings as their UTF-8). */
+function hexOf(k: RowKey): string {
+  return typeof k === 'string' ? Buffer.from(k, 'utf8').toString('hex') : Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString('hex');
 }
 
 function blob(v: unknown): Uint8Array | null {
@@ -229,10 +310,20 @@ export class SqliteStore implements ResourceStore {
   private timer: ReturnType<typeof setTimeout> | undefined;
   private count: number;
   private closed = false;
+  /** Key vault of a sealed store; undefined when unsealed. */
+  private readonly vault: KeyVault | undefined;
+  /** Hex tags of shredded keys (tombstones). */
+  private readonly tombstones = new Set<string>();
+  /** Keys in insertion order, decoded once (sealed names cost one AES-GCM open each). */
+  private keyList: string[] | undefined;
+  /** Sets collecting the keys written while they are registered ({@link watchWrites}). */
+  private readonly watchers = new Set<Set<string>>();
   /** The last reference body decoded (compacted bodies are stored against one). */
   private lastRef: { rid: number; seq: number; text: string } | undefined;
   private readonly st: Record<
     | 'selResource'
+    | 'selResourceKey'
+    | 'insResourceKey'
     | 'insResource'
     | 'updResource'
     | 'selVersionMeta'
@@ -284,12 +375,26 @@ export class SqliteStore implements ResourceStore {
       const mode = String((this.db.prepare('PRAGMA journal_mode=WAL').get() as { journal_mode?: unknown } | undefined)?.journal_mode);
       if (this.path !== ':memory:' && mode !== 'wal') throw new Error(`cannot enable WAL mode (journal_mode is ${mode})`);
       this.db.exec(`PRAGMA synchronous=${opts.synchronous === 'NORMAL' ? 'NORMAL' : 'FULL'}`);
+      // Zero what a delete frees when that costs no extra I/O (shredded rows are ciphertext anyway).
+      this.db.exec('PRAGMA secure_delete=FAST');
       this.db.exec('BEGIN IMMEDIATE');
       try {
+        const sealed = opts.secretKeys !== undefined ? '1' : '0';
+        const old = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'tidegate_meta'").get();
+        const oldSchema = old ? (this.db.prepare("SELECT value FROM tidegate_meta WHERE name = 'schema'").get() as { value?: unknown } | undefined) : undefined;
+        if (oldSchema && Number(oldSchema.value) !== SCHEMA_VERSION) {
+          throw new Error(`schema version ${String(oldSchema.value)} is not supported (this build reads ${SCHEMA_VERSION}; version 1 files are unsealed: start from an empty store and let anti-entropy restore it from peers)`);
+        }
         this.db.exec(SCHEMA);
         const row = this.db.prepare("SELECT value FROM tidegate_meta WHERE name = 'schema'").get() as { value?: unknown } | undefined;
-        if (!row) this.db.prepare("INSERT INTO tidegate_meta (name, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION));
-        else if (Number(row.value) !== SCHEMA_VERSION) throw new Error(`schema version ${String(row.value)} is not supported (this build reads ${SCHEMA_VERSION})`);
+        if (!row) {
+          this.db.prepare("INSERT INTO tidegate_meta (name, value) VALUES ('schema', ?)").run(String(SCHEMA_VERSION));
+          this.db.prepare("INSERT INTO tidegate_meta (name, value) VALUES ('sealed', ?)").run(sealed);
+        }
+        const stored = this.db.prepare("SELECT value FROM tidegate_meta WHERE name = 'sealed'").get() as { value?: unknown } | undefined;
+        if (stored?.value !== sealed) {
+          throw new Error(stored?.value === '1' ? 'the file is sealed: open it with the node secret keys' : 'the file holds plaintext and cannot be opened as a sealed store');
+        }
         this.db.exec('COMMIT');
       } catch (err) {
         this.db.exec('ROLLBACK');
@@ -299,18 +404,33 @@ export class SqliteStore implements ResourceStore {
       this.db.close();
       throw new Error(`Cannot open store ${this.path}: ${(err as Error).message}`, { cause: err });
     }
+    if (opts.secretKeys !== undefined) {
+      try {
+        this.vault = new KeyVault(opts.vaultFile ?? vaultPathOf(this.path), {
+          secretKeys: opts.secretKeys,
+          ...(opts.vaultPoolSize !== undefined ? { poolSize: opts.vaultPoolSize } : {}),
+          ...(opts.autoRewrap !== undefined ? { autoRewrap: opts.autoRewrap } : {}),
+        });
+      } catch (err) {
+        this.db.close();
+        throw err;
+      }
+    }
     const p = (sql: string) => this.db.prepare(sql);
     this.st = {
       selResource: p(
-        'SELECT rid, state, pending, nversions, vsv, kf_bytes, delta_bytes, compacted, ' +
-          '(SELECT state_kind FROM version v WHERE v.rid = resource.rid AND v.seq = resource.nversions - 1) AS newest_kind FROM resource WHERE key = ?',
+        'SELECT r.rid AS rid, k.slot AS slot, r.state AS state, r.pending AS pending, r.nversions AS nversions, r.vsv AS vsv, r.kf_bytes AS kf_bytes, ' +
+          'r.delta_bytes AS delta_bytes, r.compacted AS compacted, ' +
+          '(SELECT state_kind FROM version v WHERE v.rid = r.rid AND v.seq = r.nversions - 1) AS newest_kind FROM resource r JOIN resource_key k ON k.key = r.key WHERE r.key = ?',
       ),
+      selResourceKey: p('SELECT slot FROM resource_key WHERE key = ?'),
+      insResourceKey: p('INSERT INTO resource_key (key, slot, name) VALUES (?, ?, ?)'),
       selCurrentState: p('SELECT state FROM resource WHERE rid = ?'),
       updMaterialize: p('UPDATE version SET state = ?, state_kind = 0 WHERE rid = ? AND seq = ? AND state_kind = 2'),
       insResource: p('INSERT INTO resource (key, state, pending) VALUES (?, ?, ?)'),
       updResource: p('UPDATE resource SET state = ?, pending = ?, nversions = ?, vsv = ?, kf_bytes = ?, delta_bytes = ?, compacted = MIN(compacted, ?) WHERE rid = ?'),
-      selVersionMeta: p('SELECT seq, version_id, last_updated, deleted FROM version WHERE rid = ? ORDER BY seq'),
-      insVersion: p('INSERT INTO version (rid, seq, version_id, last_updated, deleted, body, body_codec, body_ref, state, state_kind) VALUES (?, ?, ?, ?, ?, NULL, ?, NULL, ?, ?)'),
+      selVersionMeta: p('SELECT seq, meta, deleted FROM version WHERE rid = ? ORDER BY seq'),
+      insVersion: p('INSERT INTO version (rid, seq, meta, deleted, body, body_codec, body_ref, state, state_kind) VALUES (?, ?, ?, ?, NULL, ?, NULL, ?, ?)'),
       insFresh: p('INSERT INTO fresh_body (rid, seq, body) VALUES (?, ?, ?)'),
       delVersions: p('DELETE FROM version WHERE rid = ?'),
       delFreshAll: p('DELETE FROM fresh_body WHERE rid = ?'),
@@ -320,8 +440,8 @@ export class SqliteStore implements ResourceStore {
         'SELECT seq, state, state_kind FROM version WHERE rid = $rid AND seq <= $seq AND seq >= ' +
           '(SELECT MAX(seq) FROM version WHERE rid = $rid AND seq <= $seq AND state_kind <> 1) ORDER BY seq',
       ),
-      selKeys: p('SELECT key FROM resource ORDER BY rid'),
-      selCompact: p('SELECT key, nversions, compacted FROM resource WHERE rid = ?'),
+      selKeys: p('SELECT k.key AS tag, k.slot AS slot, k.name AS name FROM resource r JOIN resource_key k ON k.key = r.key ORDER BY r.rid'),
+      selCompact: p('SELECT r.nversions AS nversions, r.compacted AS compacted, k.key AS tag, k.slot AS slot, k.name AS name FROM resource r JOIN resource_key k ON k.key = r.key WHERE r.rid = ?'),
       selCompactRef: p('SELECT seq, body FROM version WHERE rid = ? AND seq < ? AND body_codec = 2 ORDER BY seq DESC LIMIT 1'),
       selCompactRows: p('SELECT v.seq AS seq, v.body_codec AS body_codec, f.body AS fresh FROM version v LEFT JOIN fresh_body f ON f.rid = v.rid AND f.seq = v.seq WHERE v.rid = ? AND v.seq >= ? AND v.seq < ? ORDER BY v.seq'),
       updBody: p('UPDATE version SET body = ?, body_codec = ?, body_ref = ? WHERE rid = ? AND seq = ?'),
@@ -330,6 +450,16 @@ export class SqliteStore implements ResourceStore {
       vacuum: p(`PRAGMA incremental_vacuum(${VACUUM_PAGES})`),
     };
     this.count = num((this.db.prepare('SELECT COUNT(*) AS n FROM resource').get() as { n?: unknown }).n);
+    for (const r of this.db.prepare('SELECT tag FROM shredded').all()) this.tombstones.add(hexOf(r.tag as RowKey));
+    if (this.vault) {
+      this.vault.setUsed(this.db.prepare('SELECT slot FROM resource_key').all().map((r) => num(r.slot)));
+      // A shred interrupted between its data transaction and the vault: finish destroying the keys.
+      const pendingSlots = this.db.prepare('SELECT slot FROM shred_pending').all().map((r) => num(r.slot));
+      if (pendingSlots.length > 0) {
+        this.vault.destroy(pendingSlots);
+        this.db.exec('DELETE FROM shred_pending');
+      }
+    }
     if (this.background) {
       for (const r of this.st.selDirty.all(this.compactAfter)) this.dirty.add(num(r.rid));
       this.schedule();
@@ -359,6 +489,8 @@ export class SqliteStore implements ResourceStore {
    */
   set(key: string, record: ResourceRecord): void {
     if (this.closed) throw new Error('Store is closed');
+    if (this.isShredded(key)) throw new ResourceShreddedError();
+    for (const w of this.watchers) w.add(key);
     const e = this.entry(key);
     const oldVersions = e ? (e.versions ?? this.loadVersions(e)) : [];
     const next = record.versions;
@@ -412,29 +544,55 @@ export class SqliteStore implements ResourceStore {
       last.state = new Uint8Array(0);
     }
     const materialize = e !== undefined && e.newestShared && !rewrite && (rows.length > 0 || stateChanged);
+    // Seal everything before the transaction too (a new resource takes a content key slot first).
+    let slot = e?.slot;
+    let keyRow: { tag: RowKey; slot: number; name: Uint8Array } | undefined;
+    const tag = this.tagOf(key);
+    if (slot === undefined) {
+      const existing = this.st.selResourceKey.get(tag);
+      if (existing) slot = num(existing.slot);
+      else {
+        slot = this.vault ? this.vault.allocate() : 0;
+        keyRow = { tag, slot, name: this.sealName(tag, slot, key) };
+      }
+    }
+    const sealedState = this.seal(slot, RecordKind.state, key, 0, stateV2);
+    const sealedPending = pendingBlob === null ? null : this.seal(slot, RecordKind.pending, key, 0, pendingBlob);
+    const sealedVsv = vsv === null ? null : this.seal(slot, RecordKind.stateVector, key, 0, vsv);
+    const sealedMaterial = materialize ? this.seal(slot, RecordKind.versionState, key, e.nversions - 1, e.stateV2) : undefined;
+    const sealedRows = rows.map((r) => ({
+      meta: this.seal(slot, RecordKind.versionMeta, key, r.seq, encodeVersionMeta(r.v.versionId, r.v.lastUpdated)),
+      state: r.kind === StateKind.current ? r.state : this.seal(slot, RecordKind.versionState, key, r.seq, r.state),
+      body: r.v.body === null ? null : this.seal(slot, RecordKind.freshBody, key, r.seq, plainBody(r.v.body)),
+    }));
     const db = this.db;
     let rid = e?.rid;
     db.exec('BEGIN IMMEDIATE');
     try {
-      if (rid === undefined) rid = num(this.st.insResource.run(key, stateV2, pendingBlob).lastInsertRowid);
+      if (keyRow) this.st.insResourceKey.run(keyRow.tag, keyRow.slot, keyRow.name);
+      if (rid === undefined) rid = num(this.st.insResource.run(tag, sealedState, sealedPending).lastInsertRowid);
       if (rewrite) {
         this.st.delVersions.run(rid);
         this.st.delFreshAll.run(rid);
         if (this.lastRef?.rid === rid) this.lastRef = undefined;
       }
-      if (materialize) this.st.updMaterialize.run(e.stateV2, rid, e.nversions - 1);
-      for (const r of rows) {
+      if (sealedMaterial) this.st.updMaterialize.run(sealedMaterial, rid, e!.nversions - 1);
+      for (const [i, r] of rows.entries()) {
         const codec = r.v.body === null ? BodyCodec.none : BodyCodec.plain;
-        this.st.insVersion.run(rid, r.seq, r.v.versionId, r.v.lastUpdated, r.v.deleted ? 1 : 0, codec, r.state, r.kind);
-        if (r.v.body !== null) this.st.insFresh.run(rid, r.seq, plainBody(r.v.body));
+        const sr = sealedRows[i]!;
+        this.st.insVersion.run(rid, r.seq, sr.meta, r.v.deleted ? 1 : 0, codec, sr.state, r.kind);
+        if (sr.body !== null) this.st.insFresh.run(rid, r.seq, sr.body);
       }
-      this.st.updResource.run(stateV2, pendingBlob, next.length, vsv, kfBytes, deltaBytes, rewrite ? 0 : next.length, rid);
+      this.st.updResource.run(sealedState, sealedPending, next.length, sealedVsv, kfBytes, deltaBytes, rewrite ? 0 : next.length, rid);
       db.exec('COMMIT');
     } catch (err) {
       if (db.isTransaction) db.exec('ROLLBACK');
       throw err;
     }
-    if (!e) this.count++;
+    if (!e) {
+      this.count++;
+      this.keyList?.push(key);
+    }
     // The cache now mirrors the file. New versions become lazy handles; only the newest keeps its
     // decoded body and state in memory.
     let versions: VersionRecord[];
@@ -449,7 +607,7 @@ export class SqliteStore implements ResourceStore {
       versions = rewrite ? [] : oldVersions.slice();
       for (const r of rows) {
         const cache: VersionCache = {};
-        versions.push(this.handle(rid, r.seq, r.v, cache));
+        versions.push(this.handle({ key, slot, rid }, r.seq, r.v, cache));
         newest = cache;
       }
       const last = rows[rows.length - 1];
@@ -459,7 +617,7 @@ export class SqliteStore implements ResourceStore {
         newest.keep = true;
       }
     }
-    const entry: Entry = e ?? this.newEntry(key, rid, stateV2, pendingBlob);
+    const entry: Entry = e ?? this.newEntry(key, rid, slot, stateV2, pendingBlob);
     entry.stateV2 = stateV2;
     entry.stateV1 = recordState;
     entry.pendingBlob = pendingBlob;
@@ -495,7 +653,9 @@ export class SqliteStore implements ResourceStore {
    * @throws Error when the store is closed.
    */
   keys(): IterableIterator<string> {
-    return this.st.selKeys.all().map((r) => String(r.key)).values();
+    if (this.closed) throw new Error('Store is closed');
+    this.keyList ??= this.st.selKeys.all().map((r) => this.openName(r.tag as RowKey, num(r.slot), r.name as Uint8Array));
+    return this.keyList.slice().values();
   }
 
   /** Number of stored keys. */
@@ -533,9 +693,9 @@ export class SqliteStore implements ResourceStore {
    */
   sizes(key?: string): StoreSizes {
     const one = key !== undefined;
-    const args: Record<string, string> = one ? { key } : {};
-    const r = this.db.prepare(`SELECT COUNT(*) AS n, TOTAL(length(state)) AS s, TOTAL(length(pending)) AS p FROM resource${one ? ' WHERE key = $key' : ''}`).get(args) ?? {};
-    const ridIs = one ? ' WHERE rid = (SELECT rid FROM resource WHERE key = $key)' : '';
+    const args: Record<string, RowKey> = one ? { tag: this.tagOf(key) } : {};
+    const r = this.db.prepare(`SELECT COUNT(*) AS n, TOTAL(length(state)) AS s, TOTAL(length(pending)) AS p FROM resource${one ? ' WHERE key = $tag' : ''}`).get(args) ?? {};
+    const ridIs = one ? ' WHERE rid = (SELECT rid FROM resource WHERE key = $tag)' : '';
     const v = this.db.prepare(`SELECT COUNT(*) AS n, TOTAL(length(state)) AS s, TOTAL(state_kind <> 1) AS k, TOTAL(length(body)) AS bc FROM version${ridIs}`).get(args) ?? {};
     const f = this.db.prepare(`SELECT TOTAL(length(body)) AS bp FROM fresh_body${ridIs}`).get(args) ?? {};
     let fileBytes = 0;
@@ -568,15 +728,268 @@ export class SqliteStore implements ResourceStore {
     this.timer = undefined;
     this.cache.clear();
     this.db.close();
+    this.vault?.close();
+  }
+
+  /**
+   * The row id of a key as hex: HMAC-SHA256 tag in a sealed store (names a patient in an AuditEvent
+   * without its id), the UTF-8 of the key in an unsealed one.
+   * @param key - `Type/id`.
+   */
+  resourceTagHex(key: string): string {
+    return hexOf(this.tagOf(key));
+  }
+
+  /** True when the store is sealed (opened with the node's secret keys). */
+  get sealed(): boolean {
+    return this.vault !== undefined;
+  }
+
+  /** The key vault of a sealed store (undefined when unsealed). */
+  get keyVault(): KeyVault | undefined {
+    return this.vault;
+  }
+
+  /**
+   * True when `key` was crypto-shredded on this node (its tombstone is kept): reads answer as for a
+   * resource never held, writes throw {@link ResourceShreddedError}, peers' updates are refused.
+   * @param key - `Type/id`.
+   */
+  isShredded(key: string): boolean {
+    return this.tombstones.size > 0 && this.tombstones.has(hexOf(this.tagOf(key)));
+  }
+
+  /**
+   * Re-wraps every content key under the node's current X-Wing key (after `tidegate keys rotate`;
+   * also done automatically when a store opens under a rotated key file). Payloads are untouched.
+   * @returns Generations before and after, and the number of keys re-wrapped.
+   * @throws Error when the store is unsealed or closed; SealedRecordError for a damaged wrapped key.
+   */
+  rewrap(): RewrapResult {
+    if (!this.vault) throw new Error('Store is not sealed: nothing to re-wrap');
+    return this.vault.rewrap();
+  }
+
+  /**
+   * Crypto-shreds resources on this node: in one transaction their rows (documents, history,
+   * pending updates, id map pairings) are deleted and a tombstone (the resource tag) is recorded;
+   * then their content keys are destroyed in the key vault and both write-ahead logs truncated.
+   * A crash in between is finished at the next open (table `shred_pending`). Afterwards no copy of
+   * the data file decrypts them. Idempotent; keys not held are tombstoned all the same (a peer's
+   * later update must not create them).
+   * @param keys - `Type/id` keys.
+   * @param at - time of the shred (recorded with the tombstones).
+   * @returns Which keys were held, and how many content keys were destroyed.
+   * @throws Error on an SQLite error (nothing is shredded then) or a closed store.
+   */
+  shred(keys: readonly string[], at: Date = new Date()): StoreShredResult {
+    if (this.closed) throw new Error('Store is closed');
+    const db = this.db;
+    const result: StoreShredResult = { shredded: [], tombstoned: [], keysDestroyed: 0 };
+    const slots: number[] = [];
+    const tags: RowKey[] = [];
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      const selKey = db.prepare('SELECT slot FROM resource_key WHERE key = ?');
+      const selRid = db.prepare('SELECT rid FROM resource WHERE key = ?');
+      const insTomb = db.prepare('INSERT OR IGNORE INTO shredded (tag, at) VALUES (?, ?)');
+      const insPending = db.prepare('INSERT OR IGNORE INTO shred_pending (slot) VALUES (?)');
+      for (const key of new Set(keys)) {
+        const tag = this.tagOf(key);
+        tags.push(tag);
+        const k = selKey.get(tag);
+        const r = selRid.get(tag);
+        if (r) {
+          const rid = num(r.rid);
+          this.st.delVersions.run(rid);
+          this.st.delFreshAll.run(rid);
+          db.prepare('DELETE FROM resource WHERE rid = ?').run(rid);
+          this.dirty.delete(rid);
+          if (this.lastRef?.rid === rid) this.lastRef = undefined;
+        }
+        db.prepare('DELETE FROM id_map WHERE node_tag = ?').run(tag);
+        if (k) {
+          db.prepare('DELETE FROM resource_key WHERE key = ?').run(tag);
+          if (this.vault) {
+            slots.push(num(k.slot));
+            insPending.run(num(k.slot));
+          }
+        }
+        insTomb.run(tag, at.toISOString());
+        (r ? result.shredded : result.tombstoned).push(key);
+      }
+      db.exec('COMMIT');
+    } catch (err) {
+      if (db.isTransaction) db.exec('ROLLBACK');
+      throw err;
+    }
+    for (const tag of tags) this.tombstones.add(hexOf(tag));
+    for (const key of result.shredded) {
+      const e = this.cache.get(key);
+      if (e) {
+        this.cache.delete(key);
+        this.cachedBytes -= e.bytes;
+      }
+      this.count--;
+    }
+    if (this.keyList) {
+      const gone = new Set(result.shredded);
+      this.keyList = this.keyList.filter((k) => !gone.has(k));
+    }
+    if (this.vault && slots.length > 0) {
+      result.keysDestroyed = this.vault.destroy(slots);
+      db.exec('DELETE FROM shred_pending');
+    }
+    db.prepare('PRAGMA wal_checkpoint(TRUNCATE)').all();
+    return result;
+  }
+
+  /**
+   * Collects the keys written (`set`) from now until `stop()`: a long scan that yields to the event
+   * loop (the shred's compartment search) re-checks what was written meanwhile.
+   * @returns The live set of keys and a function that stops collecting.
+   */
+  watchWrites(): { keys: ReadonlySet<string>; stop: () => void } {
+    const keys = new Set<string>();
+    this.watchers.add(keys);
+    return { keys, stop: () => this.watchers.delete(keys) };
+  }
+
+  /**
+   * Number of tombstones (keys shredded on this node).
+   */
+  get shreddedCount(): number {
+    return this.tombstones.size;
+  }
+
+  /**
+   * Appends a FHIR AuditEvent (JSON without PHI, e.g. a shred record) to the store's audit table;
+   * it is kept in plaintext so the record outlives what it describes.
+   * @param event - an AuditEvent with `id` and `recorded`.
+   * @throws Error on an SQLite error or a duplicate id.
+   */
+  appendAuditEvent(event: { id: string; recorded: string }): void {
+    this.db.prepare('INSERT INTO audit_event (id, recorded, event) VALUES (?, ?, ?)').run(event.id, event.recorded, JSON.stringify(event));
+  }
+
+  /**
+   * The stored AuditEvents, newest first.
+   * @param limit - at most this many. Default 100.
+   */
+  auditEvents(limit = 100): unknown[] {
+    return this.db
+      .prepare('SELECT event FROM audit_event ORDER BY recorded DESC, id DESC LIMIT ?')
+      .all(limit)
+      .map((r) => JSON.parse(String(r.event)) as unknown);
+  }
+
+  // ---- hospital id map (sealed under the node resource's content key; src/store/id-map.ts) ----
+
+  /**
+   * The hospital reference paired with node reference `nodeRef`.
+   * @returns `Type/id` at the hospital, or undefined when unmapped.
+   * @throws SealedRecordError / KeyVaultError when the stored pairing cannot be opened.
+   */
+  idMapToHospital(nodeRef: string): string | undefined {
+    if (this.closed) throw new Error('Store is closed');
+    const tag = this.tagOf(nodeRef);
+    const row = this.db.prepare('SELECT m.pair AS pair, k.slot AS slot FROM id_map m JOIN resource_key k ON k.key = m.node_tag WHERE m.node_tag = ?').get(tag);
+    if (!row) return undefined;
+    return this.openPair(num(row.slot), nodeRef, row.pair as Uint8Array)[1];
+  }
+
+  /**
+   * The node reference paired with hospital reference `hospitalRef`.
+   * @returns `Type/id` on the node, or undefined when unmapped.
+   */
+  idMapToNode(hospitalRef: string): string | undefined {
+    if (this.closed) throw new Error('Store is closed');
+    const row = this.db
+      .prepare('SELECT m.pair AS pair, k.slot AS slot, k.key AS tag, k.name AS name FROM id_map m JOIN resource_key k ON k.key = m.node_tag WHERE m.hospital_tag = ?')
+      .get(this.tagOf(`hospital:${hospitalRef}`));
+    if (!row) return undefined;
+    const slot = num(row.slot);
+    const nodeRef = this.openName(row.tag as RowKey, slot, row.name as Uint8Array);
+    const [n, h] = this.openPair(slot, nodeRef, row.pair as Uint8Array);
+    return h === hospitalRef ? n : undefined;
+  }
+
+  /**
+   * Pairs node `nodeRef` with hospital `hospitalRef` (replacing any pairing of either side), in one
+   * transaction. A node reference gets its content key slot here if it has none yet.
+   * @throws ResourceShreddedError for a shredded `nodeRef`; Error on SQLite errors.
+   */
+  idMapSet(nodeRef: string, hospitalRef: string): void {
+    if (this.closed) throw new Error('Store is closed');
+    if (this.isShredded(nodeRef)) throw new ResourceShreddedError();
+    const tag = this.tagOf(nodeRef);
+    const htag = this.tagOf(`hospital:${hospitalRef}`);
+    const existing = this.st.selResourceKey.get(tag);
+    const slot = existing ? num(existing.slot) : this.vault ? this.vault.allocate() : 0;
+    const name = existing ? undefined : this.sealName(tag, slot, nodeRef);
+    const pair = this.seal(slot, RecordKind.idMap, nodeRef, 0, new TextEncoder().encode(JSON.stringify([nodeRef, hospitalRef])));
+    const db = this.db;
+    db.exec('BEGIN IMMEDIATE');
+    try {
+      if (name) this.st.insResourceKey.run(tag, slot, name);
+      db.prepare('DELETE FROM id_map WHERE node_tag = ? OR hospital_tag = ?').run(tag, htag);
+      db.prepare('INSERT INTO id_map (node_tag, hospital_tag, pair) VALUES (?, ?, ?)').run(tag, htag, pair);
+      db.exec('COMMIT');
+    } catch (err) {
+      if (db.isTransaction) db.exec('ROLLBACK');
+      throw err;
+    }
+  }
+
+  /** Forgets the pairing of `nodeRef`, if any. */
+  idMapDelete(nodeRef: string): void {
+    if (this.closed) throw new Error('Store is closed');
+    this.db.prepare('DELETE FROM id_map WHERE node_tag = ?').run(this.tagOf(nodeRef));
   }
 
   // ---- internals ----
 
-  private newEntry(key: string, rid: number, stateV2: Uint8Array, pendingBlob: Uint8Array | null): Entry {
+  /** Row id of a key (column `key`): its HMAC tag (sealed store) or the key text itself (unsealed). */
+  private tagOf(key: string): RowKey {
+    return this.vault ? resourceTag(this.vault.indexKey, key) : key;
+  }
+
+  private seal(slot: number, kind: RecordKindId, key: string, seq: number, bytes: Uint8Array): Uint8Array {
+    return this.vault ? sealRecord(this.vault.contentKey(slot), kind, key, seq, bytes) : bytes;
+  }
+
+  private open(slot: number, kind: RecordKindId, key: string, seq: number, bytes: Uint8Array): Uint8Array {
+    return this.vault ? openRecord(this.vault.contentKey(slot), kind, key, seq, bytes) : bytes;
+  }
+
+  /** The sealed name record of a key: bound to its tag (hex) instead of the key, which the reader does not know yet. */
+  private sealName(tag: RowKey, slot: number, key: string): Uint8Array {
+    const bytes = new TextEncoder().encode(key);
+    return this.vault ? sealRecord(this.vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, bytes) : bytes;
+  }
+
+  private openName(tag: RowKey, slot: number, name: Uint8Array): string {
+    if (!this.vault) return new TextDecoder().decode(name);
+    if (typeof tag === 'string') throw new Error(`Store ${this.path}: a resource row of a sealed store is filed under a plain key`);
+    const key = new TextDecoder().decode(openRecord(this.vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, name));
+    if (Buffer.compare(resourceTag(this.vault.indexKey, key), tag) !== 0) throw new Error(`Store ${this.path}: a resource name does not match its tag`);
+    return key;
+  }
+
+  private openPair(slot: number, nodeRef: string, pair: Uint8Array): [string, string] {
+    const v = JSON.parse(new TextDecoder().decode(this.open(slot, RecordKind.idMap, nodeRef, 0, pair))) as unknown;
+    if (!Array.isArray(v) || v.length !== 2 || typeof v[0] !== 'string' || typeof v[1] !== 'string' || v[0] !== nodeRef) {
+      throw new Error(`Store ${this.path}: an id map pairing is malformed`);
+    }
+    return [v[0], v[1]];
+  }
+
+  private newEntry(key: string, rid: number, slot: number, stateV2: Uint8Array, pendingBlob: Uint8Array | null): Entry {
     const store = this;
     const e = {
       key,
       rid,
+      slot,
       stateV2,
       pendingBlob,
       nversions: 0,
@@ -616,11 +1029,16 @@ export class SqliteStore implements ResourceStore {
       this.cache.set(key, hit);
       return hit;
     }
-    const row = this.st.selResource.get(key) as unknown as ResourceRow | undefined;
+    if (this.isShredded(key)) return undefined;
+    const row = this.st.selResource.get(this.tagOf(key)) as unknown as ResourceRow | undefined;
     if (!row) return undefined;
-    const e = this.newEntry(key, num(row.rid), blob(row.state) ?? new Uint8Array(0), blob(row.pending));
+    const slot = num(row.slot);
+    const state = this.open(slot, RecordKind.state, key, 0, blob(row.state) ?? new Uint8Array(0));
+    const pendingRaw = blob(row.pending);
+    const vsvRaw = blob(row.vsv);
+    const e = this.newEntry(key, num(row.rid), slot, state, pendingRaw === null ? null : this.open(slot, RecordKind.pending, key, 0, pendingRaw));
     e.nversions = num(row.nversions);
-    e.vsv = blob(row.vsv);
+    e.vsv = vsvRaw === null ? null : this.open(slot, RecordKind.stateVector, key, 0, vsvRaw);
     e.kfBytes = num(row.kf_bytes);
     e.deltaBytes = num(row.delta_bytes);
     e.newestShared = row.newest_kind !== null && num(row.newest_kind) === StateKind.current;
@@ -638,7 +1056,8 @@ export class SqliteStore implements ResourceStore {
       const seq = num(r.seq);
       if (seq !== out.length) throw new Error(`Store ${this.path}: versions of ${e.key} are not contiguous (missing ${out.length})`);
       newest = {};
-      out.push(this.handle(e.rid, seq, { versionId: String(r.version_id), lastUpdated: String(r.last_updated), deleted: num(r.deleted) !== 0 }, newest));
+      const meta = decodeVersionMeta(this.open(e.slot, RecordKind.versionMeta, e.key, seq, blob(r.meta) ?? new Uint8Array(0)));
+      out.push(this.handle(e, seq, { ...meta, deleted: num(r.deleted) !== 0 }, newest));
     }
     e.versions = out;
     if (newest) {
@@ -650,47 +1069,51 @@ export class SqliteStore implements ResourceStore {
   }
 
   /** A version whose body and state are read from the file on access (or from `cache`). */
-  private handle(rid: number, seq: number, meta: { versionId: string; lastUpdated: string; deleted: boolean }, cache: VersionCache): VersionRecord {
+  private handle(res: ResourceRef, seq: number, meta: { versionId: string; lastUpdated: string; deleted: boolean }, cache: VersionCache): VersionRecord {
     const store = this;
+    const ref: ResourceRef = { key: res.key, slot: res.slot, rid: res.rid };
     return {
       versionId: meta.versionId,
       lastUpdated: meta.lastUpdated,
       deleted: meta.deleted,
       get body(): string | null {
         if (cache.body !== undefined) return cache.body;
-        const body = store.readBody(rid, seq);
+        const body = store.readBody(ref, seq);
         if (cache.keep) cache.body = body;
         return body;
       },
       get state(): Uint8Array {
-        return cache.state ?? store.readState(rid, seq);
+        return cache.state ?? store.readState(ref, seq);
       },
     };
   }
 
-  private readBody(rid: number, seq: number): string | null {
+  private readBody(res: ResourceRef, seq: number): string | null {
     if (this.closed) throw new Error('Store is closed');
+    const rid = res.rid;
     const row = this.st.selBody.get(rid, seq);
     if (!row) throw new Error(`Store ${this.path}: version ${seq} of resource ${rid} is missing`);
     const codec = num(row.body_codec);
     if (codec === BodyCodec.none) return null;
-    const bytes = codec === BodyCodec.plain ? blob(row.fresh) : blob(row.body);
-    if (bytes === null) throw new Error(`Store ${this.path}: body of version ${seq} of resource ${rid} is missing`);
+    const stored = codec === BodyCodec.plain ? blob(row.fresh) : blob(row.body);
+    if (stored === null) throw new Error(`Store ${this.path}: body of version ${seq} of resource ${rid} is missing`);
+    const bytes = this.open(res.slot, codec === BodyCodec.plain ? RecordKind.freshBody : RecordKind.compactBody, res.key, seq, stored);
     let ref: string | undefined;
     if (codec === BodyCodec.deflateWithRef) {
       // Consecutive versions share a reference (history reads them in a row): decode it once.
       const refSeq = num(row.body_ref);
       if (this.lastRef?.rid === rid && this.lastRef.seq === refSeq) ref = this.lastRef.text;
       else {
-        ref = this.readBody(rid, refSeq) ?? undefined;
+        ref = this.readBody(res, refSeq) ?? undefined;
         if (ref !== undefined) this.lastRef = { rid, seq: refSeq, text: ref };
       }
     }
     return decodeBody(bytes, codec, ref);
   }
 
-  private readState(rid: number, seq: number): Uint8Array {
+  private readState(res: ResourceRef, seq: number): Uint8Array {
     if (this.closed) throw new Error('Store is closed');
+    const rid = res.rid;
     const rows = this.st.selStateChain.all({ rid, seq });
     const first = rows[0];
     if (!first || num(first.state_kind) === StateKind.delta || num(rows[rows.length - 1]!.seq) !== seq) {
@@ -698,9 +1121,9 @@ export class SqliteStore implements ResourceStore {
     }
     if (num(first.state_kind) === StateKind.current) {
       const cur = this.st.selCurrentState.get(rid);
-      return toV1(blob(cur?.state) ?? new Uint8Array(0));
+      return toV1(this.open(res.slot, RecordKind.state, res.key, 0, blob(cur?.state) ?? new Uint8Array(0)));
     }
-    return toV1(mergeStates(rows.map((r) => blob(r.state) ?? new Uint8Array(0))));
+    return toV1(mergeStates(rows.map((r) => this.open(res.slot, RecordKind.versionState, res.key, num(r.seq), blob(r.state) ?? new Uint8Array(0)))));
   }
 
   /** Recomputes an entry's memory estimate, marks it most recent, and evicts beyond the budget. */
@@ -765,13 +1188,18 @@ export class SqliteStore implements ResourceStore {
     const start = num(res.compacted);
     const upto = Math.min(num(res.nversions) - 1, start + maxRows);
     if (start >= upto) return false;
+    const slot = num(res.slot);
+    const key = this.openName(res.tag as RowKey, slot, res.name as Uint8Array);
     const refRow = this.st.selCompactRef.get(rid, start);
-    let ref: { seq: number; text: string } | undefined = refRow ? { seq: num(refRow.seq), text: decodeBody(blob(refRow.body)!, BodyCodec.deflate) } : undefined;
+    let ref: { seq: number; text: string } | undefined = refRow
+      ? { seq: num(refRow.seq), text: decodeBody(this.open(slot, RecordKind.compactBody, key, num(refRow.seq), blob(refRow.body)!), BodyCodec.deflate) }
+      : undefined;
     const rows = this.st.selCompactRows.all(rid, start, upto);
     const updates: Array<{ seq: number; bytes: Uint8Array; codec: number; ref: number | null }> = [];
     for (const r of rows) {
-      const bytes = blob(r.fresh);
-      if (bytes === null || num(r.body_codec) !== BodyCodec.plain) continue;
+      const stored = blob(r.fresh);
+      if (stored === null || num(r.body_codec) !== BodyCodec.plain) continue;
+      const bytes = this.open(slot, RecordKind.freshBody, key, num(r.seq), stored);
       const text = decodeBody(bytes, BodyCodec.plain);
       let next: { bytes: Uint8Array; codec: number; ref: number | null } | undefined;
       if (ref) {
@@ -782,9 +1210,10 @@ export class SqliteStore implements ResourceStore {
         next = { bytes: compressBody(text), codec: BodyCodec.deflate, ref: null };
         ref = { seq: num(r.seq), text };
       }
-      out.bytesBefore += bytes.length;
-      out.bytesAfter += next.bytes.length;
-      updates.push({ seq: num(r.seq), ...next });
+      out.bytesBefore += stored.length;
+      const sealedBytes = this.seal(slot, RecordKind.compactBody, key, num(r.seq), next.bytes);
+      out.bytesAfter += sealedBytes.length;
+      updates.push({ seq: num(r.seq), ...next, bytes: sealedBytes });
     }
     this.db.exec('BEGIN IMMEDIATE');
     try {
@@ -796,7 +1225,7 @@ export class SqliteStore implements ResourceStore {
       if (this.db.isTransaction) this.db.exec('ROLLBACK');
       throw err;
     }
-    const cached = this.cache.get(String(res.key));
+    const cached = this.cache.get(key);
     if (cached) cached.compacted = upto;
     out.resources++;
     out.bodies += updates.length;

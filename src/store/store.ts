@@ -35,6 +35,22 @@ export interface ResourceStore {
   set(key: string, record: ResourceRecord): void;
   keys(): IterableIterator<string>;
   readonly size: number;
+  /**
+   * Durability barrier of a write-behind store (src/store/pg-store.ts): resolves once every `set`
+   * made before the call is durable; rejects (code `ERR_STORE_UNAVAILABLE`) when one of them could
+   * not be, after the store has rolled those records back. Nothing that depends on a write (HTTP
+   * answer, gossip, hospital write) leaves the node before it resolves. Absent: `set` is durable
+   * when it returns (MemoryStore: never durable; SqliteStore: after COMMIT).
+   */
+  durable?(): Promise<void>;
+  /** With {@link durable}: true while `key` has a `set` that is not durable yet (anti-entropy skips it). */
+  unsettled?(key: string): boolean;
+  /**
+   * True when `key` was crypto-shredded on this node (a tombstone is kept, docs/storage.md): `get`
+   * answers undefined and `set` throws (410 at the FHIR edge); the node refuses peers' updates for it.
+   * Absent: the store cannot shred.
+   */
+  isShredded?(key: string): boolean;
 }
 
 /** A {@link ResourceStore} in process memory. Lost on restart; peers restore it by anti-entropy. */
