@@ -14,6 +14,8 @@ import fc from 'fast-check';
 import { isJsonObject } from '../src/fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../src/fhir/json.ts';
 import { assertConverged, copy, fhir, makeNode, T0 } from './fixtures/merge/harness.ts';
+import { DELETED, loadDoc, readPaths } from '../src/merge/doc.ts';
+import type { Entry } from '../src/merge/doc.ts';
 import type { TestNode } from './fixtures/merge/harness.ts';
 
 const KEY = 'Patient/p';
@@ -28,7 +30,7 @@ type Op =
   | { kind: 'deliver'; from: number; to: number; idx: number }
   | { kind: 'sync'; from: number; to: number };
 
-const N_EDITS = 14;
+const N_EDITS = 15;
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ kind: fc.constant('edit' as const), node: fc.nat(2), edit: fc.nat(N_EDITS - 1), arg: fc.nat(7), stale: fc.nat(3), dt: fc.nat(3) }) },
@@ -126,10 +128,55 @@ function applyEdit(p: FhirJsonObject, edit: number, arg: number): FhirJsonObject
       // A name without a key: content-hash keyed, so edits replace the item.
       arr(p, 'name').push(fhir(`{"use":"nickname","given":["N${arg % 3}"]}`));
       break;
+    case 14:
+      // Switch the type of a choice element (deceased[x]): boolean or dateTime.
+      delete p.deceasedBoolean;
+      delete p.deceasedDateTime;
+      if (arg % 2 === 0) p.deceasedBoolean = arg % 4 === 0;
+      else p.deceasedDateTime = `20${10 + arg}-01-01`;
+      break;
     default:
       throw new Error(`no edit ${edit}`);
   }
   return p;
+}
+
+/** Every entry a client write made in this run: path, and the entry (value, stamp, node). */
+let written: Array<{ path: string; entry: Entry }> = [];
+
+/** The entries `node`'s last write made (those of its own log stamped with its newest stamp). */
+function recordWrite(node: TestNode): void {
+  const paths = readPaths(loadDoc(node.store.get(KEY)!.state, node.id));
+  let newest = '';
+  for (const ps of paths.values()) for (const e of ps.entries) if (e.n === node.id && e.t > newest) newest = e.t;
+  for (const [path, ps] of paths) for (const e of ps.entries) if (e.n === node.id && e.t === newest) written.push({ path, entry: e });
+}
+
+/**
+ * Issue 3: every clinician's write is either in the final resource or in a conflict record. An
+ * entry is accounted for when its value is the winner's, a conflict record's loser holds its value
+ * (its own entry, or a later one of its node with the same value), or the writer of a later entry at
+ * its path had seen it (a knowing overwrite, even if that entry was overwritten in turn); when the resource ends deleted, a delete that saw
+ * the write accounts for it too.
+ */
+function assertNothingLostSilently(node: TestNode): void {
+  const paths = readPaths(loadDoc(node.store.get(KEY)!.state, node.id));
+  const conflicts = node.replica.conflicts(KEY);
+  const deletedWinner = paths.get(DELETED)?.winner;
+  const deleted = deletedWinner?.v === 'true';
+  const saw = (w: Entry | undefined, e: Entry): boolean => w !== undefined && (w.s?.[e.n] ?? '') >= e.t;
+  for (const { path, entry } of written) {
+    const ps = paths.get(path);
+    assert.ok(ps, `entry at ${path} of ${entry.n}@${entry.t} vanished`);
+    if (ps.winner.v === entry.v) continue;
+    // A later write whose client had seen it overwrote it knowingly (that write may itself be gone).
+    if (written.some((w) => w.path === path && saw(w.entry, entry))) continue;
+    // The same value is kept in a record (this entry's, or a later one of the same node that
+    // rewrote the same value without having seen this one).
+    if (conflicts.some((c) => c.path === path && c.loser.n === entry.n && c.loser.t >= entry.t && c.loser.v === entry.v)) continue;
+    if (deleted && written.some((w) => w.path === DELETED && w.entry.v === 'true' && saw(w.entry, entry))) continue;
+    assert.fail(`lost silently: ${path} = ${entry.v ?? '(removed)'} by ${entry.n}@${entry.t}; winner ${ps.winner.n}@${ps.winner.t} = ${ps.winner.v ?? '(removed)'}`);
+  }
 }
 
 /** What a client sends: the node's current (or an older) version edited, or a fresh create. */
@@ -149,7 +196,10 @@ function clientWrite(node: TestNode, edit: number, arg: number, stale: number): 
   const body = applyEdit(copy(start), edit, arg);
   const opts = base && stale > 0 ? { baseVersionId: base.versionId } : {};
   const res = node.replica.write(KEY, body, opts);
-  if (res.update) node.produced.push(res.update);
+  if (res.update) {
+    node.produced.push(res.update);
+    recordWrite(node);
+  }
   // Local invariants of every write.
   const cur = node.replica.current(KEY);
   assert.ok(cur);
@@ -162,10 +212,11 @@ function clientWrite(node: TestNode, edit: number, arg: number, stale: number): 
 }
 
 /** Coverage counters, reported as test diagnostics. */
-const stats = { runs: 0, writes: 0, deliveries: 0, withConflicts: 0, conflicts: 0, deletedAtEnd: 0, removedItem: 0 };
+const stats = { runs: 0, writes: 0, deliveries: 0, withConflicts: 0, conflicts: 0, deletedAtEnd: 0, removedItem: 0, choice: 0 };
 
 function run(ops: Op[], finalOrder: number[]): void {
   stats.runs++;
+  written = [];
   const nodes = ['a', 'b', 'c'].map((id) => makeNode(id, T0));
   for (const op of ops) {
     if (op.kind === 'edit') {
@@ -194,6 +245,7 @@ function run(ops: Op[], finalOrder: number[]): void {
   for (const i of order) for (const to of nodes) if (to !== all[i]!.from) to.replica.applyRemote(KEY, all[i]!.u);
 
   const body = assertConverged(KEY, nodes);
+  assertNothingLostSilently(nodes[0]!);
   const conflicts = nodes[0]!.replica.conflicts(KEY);
   stats.conflicts += conflicts.length;
   if (conflicts.length > 0) stats.withConflicts++;
@@ -202,7 +254,10 @@ function run(ops: Op[], finalOrder: number[]): void {
   if (body) {
     assert.equal(body.resourceType, 'Patient');
     assert.equal(body.id, 'p');
+    // A choice element ([x]) has at most one variant.
+    assert.ok(!('deceasedBoolean' in body && 'deceasedDateTime' in body), 'two deceased[x] variants');
   }
+  if (conflicts.some((c) => c.kind === 'choice')) stats.choice++;
   // Idempotence: re-delivering everything changes nothing and makes no version.
   const before = nodes.map((n) => n.replica.history(KEY).length);
   for (const { from, u } of all) for (const to of nodes) if (to !== from) assert.equal(to.replica.applyRemote(KEY, u), undefined);

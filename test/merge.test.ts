@@ -5,6 +5,9 @@
  * until they are fixed (see docs/merge.md, "Known limitations").
  */
 import { describe, it } from 'node:test';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import * as Y from 'yjs';
 import { canonicalStringify, isJsonObject, parseFhirJson } from '../src/fhir/json.ts';
@@ -996,7 +999,15 @@ describe('bugs (todo)', () => {
     assert.equal(n.replica.diffFor('Patient/x', undefined), undefined, 'and would be sent to peers by anti-entropy');
   });
 
-  it('a concurrent switch of a choice type ([x]) keeps one choice', { todo: 'limitation (docs/merge.md): value[x] alternatives are separate paths, so both survive' }, () => {
+});
+
+describe('choice types ([x]): one logical element', () => {
+  const OBS = 'Observation/o1';
+  const OBS_BASE = '{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"weight"},"valueQuantity":{"value":1.50,"unit":"kg"}}';
+  const QTY = '"valueQuantity":{"value":1.50,"unit":"kg"}';
+  const choices = (r: FhirJsonObject | null): string[] => Object.keys(r ?? {}).filter((k) => k.startsWith('value'));
+
+  it('a concurrent switch of the type at one node and an edit of the old type at another keep one choice', () => {
     const key = 'Observation/o1';
     const a = makeNode('a');
     const b = makeNode('b');
@@ -1012,5 +1023,237 @@ describe('bugs (todo)', () => {
     assert.ok(merged);
     const choices = Object.keys(merged).filter((k) => k.startsWith('value'));
     assert.equal(choices.length, 1, `got ${str(choices.map((k) => ({ [k]: merged[k] })))}`);
+  });
+
+  for (const switchLater of [true, false]) {
+    it(`the variant of the later write wins, the other is a "choice" conflict record (switch ${switchLater ? 'after' : 'before'} the edit)`, () => {
+      const a = makeNode('a');
+      const b = makeNode('b');
+      deliver(b, OBS, write(a, OBS, OBS_BASE).update!);
+      a.wall = T0 + (switchLater ? 200 : 100);
+      b.wall = T0 + (switchLater ? 100 : 200);
+      write(a, OBS, OBS_BASE.replace(QTY, '"valueString":"not measured"'), { author: 'Practitioner/a' });
+      write(b, OBS, OBS_BASE.replace('1.50', '1.75'), { author: 'Practitioner/b' });
+      deliver(a, OBS, ...b.produced);
+      deliver(b, OBS, ...a.produced);
+      const merged = bodyOf(a, OBS);
+      assert.equal(bodyOf(b, OBS) && str(bodyOf(b, OBS)), str(merged));
+      assert.deepEqual(choices(merged), [switchLater ? 'valueString' : 'valueQuantity']);
+      const records = a.replica.conflicts(OBS);
+      assert.equal(str(records), str(b.replica.conflicts(OBS)));
+      if (switchLater) {
+        // The switch removed valueQuantity after b's edit: b's value lost at its own path and is kept
+        // in a value record, with its author; no leaf of valueQuantity is left, so no choice record.
+        assert.deepEqual(summarize(records), [{ path: 'valueQuantity/value', kind: 'value', winner: 'a(Practitioner/a)=∅', loser: 'b(Practitioner/b)=1.75' }]);
+      } else {
+        assert.deepEqual(summarize(records.filter((c) => c.kind === 'choice')), [{ path: 'valueString', kind: 'choice', winner: 'b(Practitioner/b)=1.75', loser: 'a(Practitioner/a)="not measured"' }]);
+      }
+    });
+  }
+
+  it('a sequential switch (at the same or another node) leaves one choice and no conflict', () => {
+    const a = makeNode('a');
+    const b = makeNode('b');
+    deliver(b, OBS, write(a, OBS, OBS_BASE).update!);
+    b.wall = T0 + 10;
+    deliver(a, OBS, write(b, OBS, OBS_BASE.replace(QTY, '"valueString":"x"')).update!);
+    a.wall = T0 + 20;
+    deliver(b, OBS, write(a, OBS, OBS_BASE.replace(QTY, '"valueBoolean":true')).update!);
+    assert.deepEqual(choices(bodyOf(a, OBS)), ['valueBoolean']);
+    assert.equal(bodyOf(a, OBS) && str(bodyOf(a, OBS)), str(bodyOf(b, OBS)));
+    assert.deepEqual(a.replica.conflicts(OBS), []);
+  });
+
+  it('an unrelated later write keeps the choice conflict; a write to the choice element resolves it', () => {
+    const a = makeNode('a');
+    const b = makeNode('b');
+    deliver(b, OBS, write(a, OBS, OBS_BASE).update!);
+    a.wall = T0 + 100;
+    b.wall = T0 + 200;
+    write(a, OBS, OBS_BASE.replace(QTY, '"valueString":"not measured"'));
+    write(b, OBS, OBS_BASE.replace('1.50', '1.75'));
+    deliver(a, OBS, ...b.produced);
+    deliver(b, OBS, ...a.produced);
+    assert.deepEqual(choices(bodyOf(a, OBS)), ['valueQuantity']);
+    assert.equal(a.replica.conflicts(OBS).filter((c) => c.kind === 'choice').length, 1);
+    // A client at b reads the merged version and edits an unrelated element.
+    b.wall = T0 + 300;
+    const cur = bodyOf(b, OBS)!;
+    delete cur.meta;
+    cur.status = 'amended';
+    deliver(a, OBS, write(b, OBS, cur).update!);
+    assert.equal(a.replica.conflicts(OBS).filter((c) => c.kind === 'choice').length, 1, 'still listed after an unrelated write');
+    assert.deepEqual(choices(bodyOf(a, OBS)), ['valueQuantity']);
+    // The clinician settles the value: the quantity, with its unit again.
+    b.wall = T0 + 400;
+    const pick = bodyOf(b, OBS)!;
+    delete pick.meta;
+    pick.valueQuantity = json('{"value":1.75,"unit":"kg"}');
+    deliver(a, OBS, write(b, OBS, pick).update!);
+    assert.deepEqual(a.replica.conflicts(OBS).filter((c) => c.kind === 'choice'), []);
+    const final = bodyOf(a, OBS)!;
+    assert.deepEqual(choices(final), ['valueQuantity']);
+    assert.equal(str(final.valueQuantity), '{"unit":"kg","value":1.75}');
+    assert.equal(str(final), str(bodyOf(b, OBS)));
+  });
+
+  it('nested choice elements (component.value[x], extension.value[x]) keep one variant each', () => {
+    const base = '{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"bp"},"component":[{"id":"sys","code":{"text":"systolic"},"valueQuantity":{"value":120,"unit":"mm[Hg]"}}],"extension":[{"url":"http://example.org/x","valueDecimal":1.0}]}';
+    const a = makeNode('a');
+    const b = makeNode('b');
+    deliver(b, OBS, write(a, OBS, base).update!);
+    b.wall = T0 + 100;
+    write(a, OBS, base.replace('"valueQuantity":{"value":120,"unit":"mm[Hg]"}', '"valueString":"n/a"').replace('"valueDecimal":1.0', '"valueString":"one"'));
+    write(b, OBS, base.replace('"value":120', '"value":121').replace('"valueDecimal":1.0', '"valueDecimal":1.00'));
+    deliver(a, OBS, ...b.produced);
+    deliver(b, OBS, ...a.produced);
+    const merged = bodyOf(a, OBS)!;
+    assert.equal(str(merged), str(bodyOf(b, OBS)));
+    const comp = (merged.component as FhirJsonObject[])[0]!;
+    assert.deepEqual(choices(comp), ['valueQuantity']);
+    assert.deepEqual(choices((merged.extension as FhirJsonObject[])[0]!), ['valueDecimal']);
+    assert.equal(str((merged.extension as FhirJsonObject[])[0]!.valueDecimal), '1.00');
+    assert.deepEqual(a.replica.conflicts(OBS).filter((c) => c.kind === 'choice').map((c) => c.path).sort(), ['component[id%3Asys]/valueString', 'extension[k%3Ahttp%3A%2F%2Fexample.org%2Fx]/valueString']);
+  });
+
+  it('element names that only look like choices (no sibling variant) are left alone', () => {
+    const [a] = setup(['a'], KEY, BASE) as [TestNode];
+    assert.ok(liveBody(a, KEY).birthDate, 'birthDate is "birth" + Date, but "birth" is no choice element');
+    assert.deepEqual(a.replica.conflicts(KEY), []);
+  });
+});
+
+describe('conflict flag (meta.tag) and $resolve-conflict (Replica.resolveConflict)', () => {
+  const TAG = { system: 'urn:tidegate:merge', code: 'conflict', display: 'Unresolved merge conflict: see $conflicts' };
+  const tagsOf = (r: FhirJsonObject | null): unknown[] => ((r?.meta as FhirJsonObject | undefined)?.tag as unknown[] | undefined) ?? [];
+
+  /** Two nodes that set gender concurrently: b (later) wins, a's value is a conflict record. */
+  function conflicted(): [TestNode, TestNode] {
+    const nodes = setup(['a', 'b'], KEY, BASE);
+    const [a, b] = nodes as [TestNode, TestNode];
+    write(a, KEY, editCurrent(a, (p) => (p.gender = 'male')), { author: 'Practitioner/a' });
+    b.wall = T0 + 50;
+    write(b, KEY, editCurrent(b, (p) => (p.gender = 'other')), { author: 'Practitioner/b' });
+    exchange(nodes);
+    return [a, b];
+  }
+
+  it('a resource with unresolved records carries the tag on every replica; one without does not', () => {
+    const [a, b] = conflicted();
+    assert.deepEqual(tagsOf(bodyOf(a, KEY)), [TAG]);
+    assertConverged(KEY, [a, b]);
+    const [c] = setup(['c'], KEY, BASE) as [TestNode];
+    assert.deepEqual(tagsOf(bodyOf(c, KEY)), []);
+  });
+
+  it('the tag is server-managed: a client sending it back stores nothing', () => {
+    const [a] = conflicted();
+    const body = liveBody(a, KEY);
+    delete (body.meta as FhirJsonObject).versionId;
+    delete (body.meta as FhirJsonObject).lastUpdated;
+    const res = write(a, KEY, body);
+    assert.equal(res.update, undefined, 'the rendered body sent back is a no-op');
+    assert.ok(![...readPaths(loadDoc(a.store.get(KEY)!.state, 'a')).keys()].some((p) => p.startsWith('meta/tag')), 'no tag leaf stored');
+  });
+
+  it('resolveConflict keeps the winner by default, at every replica, and removes the tag', () => {
+    const [a, b] = conflicted();
+    assert.deepEqual(summarize(a.replica.conflicts(KEY)), [{ path: 'gender', kind: 'value', winner: 'b(Practitioner/b)="other"', loser: 'a(Practitioner/a)="male"' }]);
+    a.wall = T0 + 100;
+    const res = a.replica.resolveConflict(KEY, 'gender', { author: 'Practitioner/a' });
+    deliver(b, KEY, res.update!);
+    assert.deepEqual(a.replica.conflicts(KEY), []);
+    const merged = assertConverged(KEY, [a, b]);
+    assert.equal(merged?.gender, 'other');
+    assert.deepEqual(tagsOf(merged), []);
+  });
+
+  it('resolveConflict can take the losing value, or remove the element', () => {
+    const [a, b] = conflicted();
+    a.wall = T0 + 100;
+    deliver(b, KEY, a.replica.resolveConflict(KEY, 'gender', { value: '"male"' }).update!);
+    assert.equal(assertConverged(KEY, [a, b])?.gender, 'male');
+    assert.deepEqual(b.replica.conflicts(KEY), []);
+    const [c, d] = conflicted();
+    c.wall = T0 + 100;
+    deliver(d, KEY, c.replica.resolveConflict(KEY, 'gender', { value: null }).update!);
+    assert.equal(assertConverged(KEY, [c, d])?.gender, undefined);
+  });
+
+  it('a path without conflict record is refused and changes nothing', () => {
+    const [a] = conflicted();
+    const before = a.replica.current(KEY);
+    assert.throws(() => a.replica.resolveConflict(KEY, 'birthDate'), { code: 'ERR_NO_CONFLICT' });
+    assert.equal(a.replica.current(KEY), before);
+  });
+
+  it('a choice conflict resolves by removing the losing variant', () => {
+    const OBS = 'Observation/o1';
+    const base = '{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"weight"},"valueQuantity":{"value":1.50,"unit":"kg"}}';
+    const a = makeNode('a');
+    const b = makeNode('b');
+    deliver(b, OBS, write(a, OBS, base).update!);
+    b.wall = T0 + 100;
+    write(a, OBS, base.replace('"valueQuantity":{"value":1.50,"unit":"kg"}', '"valueString":"n/a"'));
+    write(b, OBS, base.replace('1.50', '1.75'));
+    deliver(a, OBS, ...b.produced);
+    deliver(b, OBS, ...a.produced);
+    const rec = a.replica.conflicts(OBS).find((c) => c.kind === 'choice');
+    assert.equal(rec?.path, 'valueString');
+    a.wall = T0 + 200;
+    deliver(b, OBS, a.replica.resolveConflict(OBS, 'valueString').update!);
+    assert.deepEqual(a.replica.conflicts(OBS).filter((c) => c.kind === 'choice'), []);
+    assert.equal(bodyOf(a, OBS) && str(bodyOf(a, OBS)), str(bodyOf(b, OBS)));
+  });
+});
+
+describe('contained resources and narrative', () => {
+  it('contained resources merge by their id: concurrent additions both kept, an edit inside one merges field by field', () => {
+    const key = 'Observation/o2';
+    const base = '{"resourceType":"Observation","id":"o2","status":"final","code":{"text":"x"},"contained":[{"resourceType":"Practitioner","id":"p1","name":[{"family":"One"}]}]}';
+    const a = makeNode('a');
+    const b = makeNode('b');
+    deliver(b, key, write(a, key, base).update!);
+    write(a, key, base.replace(']}]}', ']},{"resourceType":"Device","id":"d1","status":"active"}]}'));
+    b.wall = T0 + 10;
+    write(b, key, base.replace('"id":"p1",', '"id":"p1","gender":"female",'));
+    deliver(a, key, ...b.produced);
+    deliver(b, key, ...a.produced);
+    const merged = bodyOf(a, key)!;
+    assert.equal(str(merged), str(bodyOf(b, key)));
+    assert.equal(str(merged.contained), '[{"resourceType":"Practitioner","id":"p1","gender":"female","name":[{"family":"One"}]},{"resourceType":"Device","id":"d1","status":"active"}]');
+    assert.deepEqual(a.replica.conflicts(key), []);
+  });
+
+  it('text.div is atomic: concurrent edits never interleave characters; the later one wins, the other is a record', () => {
+    const key = 'Patient/n1';
+    const base = (div: string): string => `{"resourceType":"Patient","id":"n1","text":{"status":"generated","div":"<div xmlns=\\"http://www.w3.org/1999/xhtml\\">${div}</div>"}}`;
+    const a = makeNode('a');
+    const b = makeNode('b');
+    deliver(b, key, write(a, key, base('<p>Ada</p>')).update!);
+    write(a, key, base('<p>Ada <b>Tide</b></p>'));
+    b.wall = T0 + 10;
+    write(b, key, base('<p>Ada</p><p>allergic</p>'));
+    deliver(a, key, ...b.produced);
+    deliver(b, key, ...a.produced);
+    const div = ((bodyOf(a, key)!.text as FhirJsonObject).div as string);
+    assert.equal(div, '<div xmlns="http://www.w3.org/1999/xhtml"><p>Ada</p><p>allergic</p></div>');
+    assert.deepEqual(a.replica.conflicts(key).map((c) => [c.path, c.kind, c.loser.v]), [['text/div', 'value', JSON.stringify('<div xmlns="http://www.w3.org/1999/xhtml"><p>Ada <b>Tide</b></p></div>')]]);
+  });
+});
+
+describe('merge policy: choiceElements', () => {
+  it('the default policy file lists every R4 choice element; a policy without the list uses the same default', () => {
+    assert.ok(POLICY.choiceElements?.includes('value') && POLICY.choiceElements.includes('deceased'));
+    const fallback = loadMergePolicy(fixturePath('policy-name-by-use.json'));
+    assert.equal(fallback.choiceElements, undefined);
+  });
+
+  it('rejects a malformed choiceElements entry, naming the field', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tidegate-policy-'));
+    const file = join(dir, 'p.json');
+    writeFileSync(file, JSON.stringify({ version: 1, arrayKeys: {}, choiceElements: ['Value[x]'] }));
+    assert.throws(() => loadMergePolicy(file), /choiceElements\.0/);
+    rmSync(dir, { recursive: true, force: true });
   });
 });

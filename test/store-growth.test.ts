@@ -2,7 +2,7 @@
  * Bounded document growth (issue 3, "Persistence"): field edits to one Patient through the merge
  * engine and the SQLite store, then the stored document's size, its load time, and the cost of the
  * version history. CI runs 1,000 edits and projects to 10,000; `TIDEGATE_STORE_GROWTH_FULL=1` runs
- * the full 10,000 (about 2 minutes on the 2-core development machine). Figures: docs/storage.md.
+ * the full 10,000 (about 20 s on the 2-core development machine). Figures: docs/storage.md.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -24,19 +24,22 @@ describe('bounded document growth', () => {
     assert.equal(r.versions, 1001, 'every edit made a version');
     const perEdit = (r.storedDocumentBytes - base.storedDocumentBytes) / r.edits;
     const projected = base.storedDocumentBytes + 10_000 * perEdit;
-    assert.ok(r.storedDocumentBytes < r.v1DocumentBytes, `V2 ${r.storedDocumentBytes} B < V1 ${r.v1DocumentBytes} B`);
+    // Superseded entries are deleted log elements that Yjs merges into one struct per run: the
+    // document's struct count does not grow with the number of edits.
+    assert.ok(r.structs < 20, `${r.structs} Yjs structs after ${r.edits} edits (${r.deletedStructs} deleted)`);
     assert.ok(projected < LIMIT_BYTES, `projected ${Math.round(projected)} B after 10,000 edits (${perEdit.toFixed(2)} B/edit)`);
-    // Load time is a speed target: reported here, asserted only by the bench (this machine is shared).
+    // Load time is a speed target; the machine is shared, so CI asserts it with a 4× margin.
     t.diagnostic(`cold load p50 ${r.loadMs.p50} ms (target < ${LIMIT_LOAD_MS} ms)`);
+    assert.ok(r.loadMs.p50 < LIMIT_LOAD_MS * 4, `cold load p50 ${r.loadMs.p50} ms`);
     assert.ok(r.history.bytesPerVersion < 1024, `history ${r.history.bytesPerVersion} B/version`);
     assert.ok(
-      r.history.bytesPerVersion * 10 < r.history.fullCopyBytesPerVersion,
+      r.history.bytesPerVersion * 8 < r.history.fullCopyBytesPerVersion,
       `history ${r.history.bytesPerVersion} B/version vs ${r.history.fullCopyBytesPerVersion} B for a whole V1 document + body`,
     );
     assert.ok(r.history.keyframes * 10 < r.versions, `${r.history.keyframes} keyframes for ${r.versions} versions`);
   });
 
-  it('10,000 field edits: stored document under 50 KB', { skip: FULL ? false : 'set TIDEGATE_STORE_GROWTH_FULL=1 (≈2 min)' }, (t) => {
+  it('10,000 field edits: stored document under 50 KB', { skip: FULL ? false : 'set TIDEGATE_STORE_GROWTH_FULL=1 (≈20 s)' }, (t) => {
     const r = measureDocumentGrowth({ edits: 10_000, patient: PATIENT });
     t.diagnostic(JSON.stringify(r));
     assert.equal(r.versions, 10_001);
@@ -46,13 +49,12 @@ describe('bounded document growth', () => {
 
   it(
     '10,000 field edits: stored document loads under 5 ms',
-    FULL
-      ? { todo: 'misses: every edit leaves two deleted Yjs items (the field and @deleted slots), ~20,000 structs to integrate; see docs/storage.md' }
-      : { skip: 'set TIDEGATE_STORE_GROWTH_FULL=1 (≈2 min)' },
+    FULL ? {} : { skip: 'set TIDEGATE_STORE_GROWTH_FULL=1 (≈20 s)' },
     (t) => {
       const r = measureDocumentGrowth({ edits: 10_000, patient: PATIENT });
       t.diagnostic(JSON.stringify({ loadMs: r.loadMs, loadV2Ms: r.loadV2Ms, structs: r.structs, deleted: r.deletedStructs }));
       assert.ok(r.loadMs.p50 < LIMIT_LOAD_MS, `cold load p50 ${r.loadMs.p50} ms`);
+      assert.ok(r.structs < 20, `${r.structs} Yjs structs`);
     },
   );
 });

@@ -16,7 +16,7 @@
  * - an array that contains null without a companion is one atomic leaf at `name`.
  */
 import { createHash } from 'node:crypto';
-import { canonicalStringify, isJsonObject, isLosslessNumber, parseFhirJson } from '../fhir/json.ts';
+import { canonicalStringify, isJsonObject, isLosslessNumber, LosslessNumber, parseFhirJson } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
 import type { MergePolicy } from './policy.ts';
 
@@ -31,6 +31,14 @@ export const VALUE = '@v';
 export const PAIR = '@p';
 /** Paths of server-managed elements that are never merged. */
 const SERVER_MANAGED = new Set(['meta/versionId', 'meta/lastUpdated']);
+
+/** Canonical JSON text of a leaf value; primitives directly (same text as `canonicalStringify`). */
+function leafText(v: FhirJson): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (isLosslessNumber(v)) return v.value;
+  return canonicalStringify(v);
+}
 
 function contentHash(v: FhirJson): string {
   return createHash('sha256').update(canonicalStringify(v)).digest('base64url').slice(0, 16);
@@ -65,6 +73,16 @@ function isAtomicArray(arr: FhirJson[]): boolean {
   return arr.some((v) => v === null) || arr.some((v) => Array.isArray(v));
 }
 
+/** Most cached top-level flattens kept per policy before the cache is emptied. */
+const FLATTEN_CACHE_SIZE = 4096;
+
+/**
+ * Leaves of top-level elements already flattened, per policy: key `<element>\u0000<canonical text>`,
+ * with the order numbers of the base version they were computed from (an array item's `@o` depends
+ * on them). Entries are never mutated.
+ */
+const flattenCaches = new WeakMap<MergePolicy, Map<string, { leaves: Leaves; orders: Array<[string, number | undefined]> }>>();
+
 /**
  * Flattens a resource into leaves.
  *
@@ -75,7 +93,7 @@ function isAtomicArray(arr: FhirJson[]): boolean {
  * @returns Leaves keyed by element path; `meta.versionId` and `meta.lastUpdated` are left out.
  */
 export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: ReadonlyMap<string, number> = new Map()): Leaves {
-  const out: Leaves = new Map();
+  let out: Leaves = new Map();
   const walk = (obj: FhirJsonObject, prefix: string): void => {
     for (const [name, value] of Object.entries(obj)) {
       const path = prefix ? `${prefix}/${name}` : name;
@@ -111,17 +129,46 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
         items.forEach((item, i) => {
           out.set(`${item.itemPath}/${ORDER}`, String(assigned[i]));
           if (isJsonObject(item.value)) walk(item.value, item.itemPath);
-          else out.set(`${item.itemPath}/${VALUE}`, canonicalStringify(item.value));
+          else out.set(`${item.itemPath}/${VALUE}`, leafText(item.value));
         });
       } else if (isJsonObject(value)) {
         walk(value, path);
       } else if (value !== null && value !== '') {
-        out.set(path, canonicalStringify(value));
+        out.set(path, leafText(value));
       }
     }
   };
-  walk(resource, '');
-  return out;
+  // Top-level elements one by one (an element and its `_element` companion together): the leaves
+  // of an element whose canonical text and base order numbers were flattened before are reused.
+  const result: Leaves = new Map();
+  const groups = new Map<string, FhirJsonObject>();
+  for (const [name, value] of Object.entries(resource)) {
+    const g = name.startsWith('_') ? name.slice(1) : name;
+    let o = groups.get(g);
+    if (!o) groups.set(g, (o = {}));
+    o[name] = value;
+  }
+  let cache = flattenCaches.get(policy);
+  if (!cache) flattenCaches.set(policy, (cache = new Map()));
+  for (const [g, sub] of groups) {
+    // `meta` holds the server-managed versionId/lastUpdated, which differ in every version.
+    const key = g === 'meta' ? undefined : `${g}\u0000${canonicalStringify(sub)}`;
+    const hit = key === undefined ? undefined : cache.get(key);
+    if (hit && hit.orders.every(([itemPath, o]) => orders.get(itemPath) === o)) {
+      for (const [path, text] of hit.leaves) result.set(path, text);
+      continue;
+    }
+    out = new Map();
+    walk(sub, '');
+    for (const [path, text] of out) result.set(path, text);
+    if (key !== undefined) {
+      const consulted: Array<[string, number | undefined]> = [];
+      for (const path of out.keys()) if (path.endsWith(`/${ORDER}`)) consulted.push([path.slice(0, -ORDER.length - 1), orders.get(path.slice(0, -ORDER.length - 1))]);
+      if (cache.size >= FLATTEN_CACHE_SIZE) cache.clear();
+      cache.set(key, { leaves: out, orders: consulted });
+    }
+  }
+  return result;
 }
 
 /**
@@ -171,6 +218,22 @@ export function ordersOf(leaves: ReadonlyMap<string, string>): Map<string, numbe
   return orders;
 }
 
+const PLAIN_STRING = /^"[^"\\]*"$/;
+const JSON_NUMBER = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$/;
+
+/**
+ * Parses a leaf's canonical JSON text: plain strings, booleans and numbers (as
+ * {@link LosslessNumber}, keeping their lexical form) directly, anything else with the lossless
+ * parser. Same result as `parseFhirJson(text)`.
+ */
+export function parseLeaf(text: string): FhirJson {
+  if (PLAIN_STRING.test(text)) return text.slice(1, -1);
+  if (text === 'true') return true;
+  if (text === 'false') return false;
+  if (JSON_NUMBER.test(text)) return new LosslessNumber(text);
+  return parseFhirJson(text);
+}
+
 interface Node {
   value?: FhirJson; // atomic or primitive leaf
   children: Map<string, Node>; // by element name, or by item segment for array items
@@ -197,7 +260,8 @@ const join = (prefix: string, seg: string): string => (prefix ? `${prefix}/${seg
  * @param leaves - element path → JSON text.
  * @returns The resource, and the live leaves that were left out ({@link Orphan}s).
  */
-export function unflatten(leaves: ReadonlyMap<string, string>): { resource: FhirJsonObject; orphans: Orphan[] } {
+export function unflatten(leaves: ReadonlyMap<string, string>, cache?: UnflattenCache): { resource: FhirJsonObject; orphans: Orphan[] } {
+  if (cache) return unflattenCached(leaves, cache);
   const root: Node = { children: new Map() };
   for (const [path, text] of leaves) {
     let node = root;
@@ -209,14 +273,14 @@ export function unflatten(leaves: ReadonlyMap<string, string>): { resource: Fhir
       }
       node = child;
     }
-    node.value = parseFhirJson(text);
+    node.value = parseLeaf(text);
   }
   const orphans: Orphan[] = [];
   const collectOrphans = (node: Node, path: string, cause: string): void => {
     if (node.value !== undefined) orphans.push({ path, cause });
     for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`, cause);
   };
-  const build = (node: Node, path: string): FhirJson | undefined => {
+  const build = (node: Node, path: string, isItem = false): FhirJson | undefined => {
     if (node.value !== undefined) {
       // An atomic leaf beside structured children: the atomic value wins deterministically.
       for (const [seg, child] of node.children) collectOrphans(child, `${path}/${seg}`, path);
@@ -227,6 +291,7 @@ export function unflatten(leaves: ReadonlyMap<string, string>): { resource: Fhir
     const pairs = new Map<string, string>();
     const pairNames = new Set([...node.children.keys()].filter((k) => k.endsWith(PAIR)).map((k) => k.slice(0, -PAIR.length)));
     for (const [seg, child] of node.children) {
+      if (isItem && seg === ORDER) continue;
       const childPath = join(path, seg);
       // A pair leaf takes precedence over an atomic leaf of the same array or companion, whatever
       // the order the leaves arrived in; the other becomes an orphan (a conflict record).
@@ -249,7 +314,8 @@ export function unflatten(leaves: ReadonlyMap<string, string>): { resource: Fhir
       if (m) {
         const [, name, key] = m as unknown as [string, string, string];
         const orderNode = child.children.get(ORDER);
-        const order = orderNode?.value !== undefined ? Number(canonicalStringify(orderNode.value)) : undefined;
+        const ov = orderNode?.value;
+        const order = ov === undefined ? undefined : Number(isLosslessNumber(ov) ? ov.value : canonicalStringify(ov));
         if (order === undefined || Number.isNaN(order)) {
           collectOrphans(child, childPath, `${childPath}/${ORDER}`);
           continue;
@@ -257,10 +323,7 @@ export function unflatten(leaves: ReadonlyMap<string, string>): { resource: Fhir
         const valueNode = child.children.get(VALUE);
         let item: FhirJson | undefined;
         if (valueNode && child.children.size === 2) item = valueNode.value;
-        else {
-          const rest: Node = { children: new Map([...child.children].filter(([k]) => k !== ORDER)) };
-          item = build(rest, childPath);
-        }
+        else item = build({ children: child.children }, childPath, true);
         if (item === undefined) continue;
         let list = arrays.get(name);
         if (!list) arrays.set(name, (list = []));
@@ -283,4 +346,64 @@ export function unflatten(leaves: ReadonlyMap<string, string>): { resource: Fhir
   };
   const resource = build(root, '');
   return { resource: isJsonObject(resource) ? resource : {}, orphans };
+}
+
+/**
+ * What {@link unflatten} keeps between renders of one document: per top-level element group, its
+ * leaves and the JSON built from them. Build results are shared between renders: never mutate a
+ * rendered resource below its top level.
+ */
+export interface UnflattenCache {
+  groups: Map<string, { leaves: Map<string, string>; part: FhirJsonObject; orphans: Orphan[] }>;
+}
+
+/** A new, empty {@link UnflattenCache}. */
+export function newUnflattenCache(): UnflattenCache {
+  return { groups: new Map() };
+}
+
+/**
+ * The top-level element a path belongs to: its first segment without item key, `@p` suffix or
+ * `_` prefix. Leaves of different groups never interact when rebuilding JSON (pair leaves, atomic
+ * leaves and array items of one element share its group).
+ */
+function groupOf(path: string): string {
+  const slash = path.indexOf('/');
+  let seg = slash < 0 ? path : path.slice(0, slash);
+  const bracket = seg.indexOf('[');
+  if (bracket >= 0) seg = seg.slice(0, bracket);
+  if (seg.endsWith(PAIR)) seg = seg.slice(0, -PAIR.length);
+  return seg.startsWith('_') ? seg.slice(1) : seg;
+}
+
+function sameLeaves(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of b) if (a.get(k) !== v) return false;
+  return true;
+}
+
+/** {@link unflatten} rebuilding only the top-level groups whose leaves changed since the last call. */
+function unflattenCached(leaves: ReadonlyMap<string, string>, cache: UnflattenCache): { resource: FhirJsonObject; orphans: Orphan[] } {
+  const groups = new Map<string, Map<string, string>>();
+  for (const [path, text] of leaves) {
+    const g = groupOf(path);
+    let m = groups.get(g);
+    if (!m) groups.set(g, (m = new Map()));
+    m.set(path, text);
+  }
+  const resource: FhirJsonObject = {};
+  const orphans: Orphan[] = [];
+  const next: UnflattenCache['groups'] = new Map();
+  for (const [g, m] of groups) {
+    let entry = cache.groups.get(g);
+    if (!entry || !sameLeaves(entry.leaves, m)) {
+      const built = unflatten(m);
+      entry = { leaves: m, part: built.resource, orphans: built.orphans };
+    }
+    next.set(g, entry);
+    Object.assign(resource, entry.part);
+    orphans.push(...entry.orphans);
+  }
+  cache.groups = next;
+  return { resource, orphans };
 }

@@ -5,18 +5,25 @@
  * Every call is synchronous from load to store, so two merges of one resource never interleave.
  */
 import * as Y from 'yjs';
-import { canonicalStringify } from '../fhir/json.ts';
+import { canonicalStringify, isLosslessNumber } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import type { ResourceRecord, ResourceStore, VersionRecord } from '../store/store.ts';
 import { HybridLogicalClock } from './hlc.ts';
-import { loadDoc, maxStampOf, readPaths, render, writeResource } from './doc.ts';
+import { loadDoc, maxStampOf, readPaths, render, resolveConflictAt, writeResource } from './doc.ts';
 import type { ConflictRecord, Rendered } from './doc.ts';
 import type { MergePolicy } from './policy.ts';
+import { buildMergeProvenance, describeMerge, PROVENANCE_TYPE } from './provenance.ts';
 
 /** Raised when a write names a base version this node does not hold. */
 export class UnknownVersionError extends Error {
   readonly code = 'ERR_UNKNOWN_VERSION';
   override readonly name = 'UnknownVersionError';
+}
+
+/** Raised when a conflict resolution names a path without conflict record. */
+export class NoConflictError extends Error {
+  readonly code = 'ERR_NO_CONFLICT';
+  override readonly name = 'NoConflictError';
 }
 
 /** Raised when a remote update is not a valid Yjs update. */
@@ -43,10 +50,18 @@ export interface ReplicaOptions {
   clock?: HybridLogicalClock;
   /** Called after each new version (local or remote), e.g. to write it to the hospital server. */
   onVersion?: (key: string, version: VersionRecord) => void;
+  /**
+   * How many loaded Yjs documents to keep in memory (least recently used dropped first), so a
+   * write or remote update does not decode the stored state again. A cached document is used only
+   * while the store still returns the very state bytes it was saved as. Default 256; 0 = off.
+   */
+  docCacheSize?: number;
 }
 
 /** Most held-back updates kept per resource; older ones are dropped (anti-entropy resends them). */
 const MAX_PENDING = 256;
+/** Default number of loaded documents kept in memory ({@link ReplicaOptions.docCacheSize}). */
+const DEFAULT_DOC_CACHE = 256;
 
 function dedupe(updates: Uint8Array[]): Uint8Array[] {
   const out: Uint8Array[] = [];
@@ -75,6 +90,9 @@ export class Replica {
   private readonly policy: MergePolicy;
   private readonly clock: HybridLogicalClock;
   private readonly onVersion: ((key: string, version: VersionRecord) => void) | undefined;
+  /** Loaded documents by key, with the state bytes they were saved as (LRU: Map insertion order). */
+  private readonly docs = new Map<string, { state: Uint8Array; doc: Y.Doc }>();
+  private readonly docCacheSize: number;
 
   constructor(opts: ReplicaOptions) {
     this.nodeId = opts.nodeId;
@@ -82,6 +100,33 @@ export class Replica {
     this.policy = opts.policy;
     this.clock = opts.clock ?? new HybridLogicalClock();
     this.onVersion = opts.onVersion;
+    this.docCacheSize = opts.docCacheSize ?? DEFAULT_DOC_CACHE;
+  }
+
+  /**
+   * The document of a record: the cached one when the store still holds the bytes it was saved
+   * as, else decoded from `rec.state`. The caller owns it until it calls {@link keep} or drops it
+   * (it is taken out of the cache, so a failed write never leaves a half-written cached document).
+   */
+  private take(key: string, rec: ResourceRecord | undefined): Y.Doc {
+    const hit = this.docs.get(key);
+    if (hit) {
+      this.docs.delete(key);
+      if (rec && hit.state === rec.state) return hit.doc;
+      hit.doc.destroy();
+    }
+    return loadDoc(rec?.state, this.nodeId);
+  }
+
+  /** Puts a document back into the cache as the one saved with `state`. */
+  private keep(key: string, state: Uint8Array, doc: Y.Doc): void {
+    if (this.docCacheSize <= 0) return;
+    this.docs.set(key, { state, doc });
+    if (this.docs.size > this.docCacheSize) {
+      const oldest = this.docs.keys().next().value as string;
+      this.docs.get(oldest)?.doc.destroy();
+      this.docs.delete(oldest);
+    }
   }
 
   /** The current version of `Type/id`, or undefined when never written here. */
@@ -108,7 +153,11 @@ export class Replica {
   /** Conflict records of the current version of `key` (empty when none). */
   conflicts(key: string): ConflictRecord[] {
     const rec = this.store.get(key);
-    return rec ? render(loadDoc(rec.state, this.nodeId)).conflicts : [];
+    if (!rec) return [];
+    const doc = this.take(key, rec);
+    const conflicts = render(doc, this.policy).conflicts;
+    this.keep(key, rec.state, doc);
+    return conflicts;
   }
 
   /**
@@ -126,7 +175,7 @@ export class Replica {
     const [type, id] = splitKey(key);
     if (body && (body.resourceType !== type || body.id !== id)) throw new TypeError(`Body resourceType/id do not match ${key}`);
     const rec = this.store.get(key);
-    const doc = loadDoc(rec?.state, this.nodeId);
+    const doc = this.take(key, rec);
     const before = rec?.versions[rec.versions.length - 1];
     let basePaths = readPaths(doc);
     if (opts.baseVersionId !== undefined && opts.baseVersionId !== before?.versionId) {
@@ -141,7 +190,10 @@ export class Replica {
     const ctx = { nodeId: this.nodeId, stamp: this.clock.now(), ...(opts.author ? { author: opts.author } : {}) };
     const written = writeResource(doc, basePaths, body, this.policy, ctx);
     const created = !before || before.deleted;
-    if (written === 0 && before) return { version: before, created: false };
+    if (written === 0 && before) {
+      if (rec) this.keep(key, rec.state, doc);
+      return { version: before, created: false };
+    }
     const update = Y.encodeStateAsUpdate(doc, sv);
     const version = this.commit(key, doc, rec);
     if (!version) throw new Error(`Write to ${key} left the resource incomplete`);
@@ -157,7 +209,7 @@ export class Replica {
    */
   applyRemote(key: string, update: Uint8Array): VersionRecord | undefined {
     const rec = this.store.get(key);
-    const doc = loadDoc(rec?.state, this.nodeId);
+    const doc = this.take(key, rec);
     const before = Y.encodeStateVector(doc);
     // An update whose dependencies have not arrived is held back whole. Handing it to Yjs early
     // would apply its delete set at once while its new entries wait, so values would vanish until
@@ -197,6 +249,7 @@ export class Replica {
     const after = Y.encodeStateVector(doc);
     if (Buffer.compare(before, after) === 0 && rec) {
       if (!samePending(rec.pending, pending)) this.store.set(key, withPending({ state: rec.state, versions: rec.versions }, pending));
+      this.keep(key, rec.state, doc);
       return undefined;
     }
     return this.commit(key, doc, rec, pending);
@@ -209,24 +262,95 @@ export class Replica {
    */
   private commit(key: string, doc: Y.Doc, rec: ResourceRecord | undefined, pending: Uint8Array[] = rec?.pending ?? []): VersionRecord | undefined {
     const state = Y.encodeStateAsUpdate(doc);
-    const r: Rendered = render(doc);
+    const r: Rendered = render(doc, this.policy);
     const last = rec?.versions[rec.versions.length - 1];
     const [type, id] = splitKey(key);
     const complete = r.resource !== null && r.resource.resourceType === type && r.resource.id === id;
     if ((last && last.versionId === r.versionId) || (!complete && !r.deleted)) {
       this.store.set(key, withPending({ state, versions: rec?.versions ?? [] }, pending));
+      this.keep(key, state, doc);
       return last && last.versionId === r.versionId ? last : undefined;
     }
     const version: VersionRecord = {
       versionId: r.versionId,
       lastUpdated: r.lastUpdated,
       deleted: r.deleted || r.resource === null,
-      body: r.deleted || r.resource === null ? null : withMeta(r.resource, r.versionId, r.lastUpdated),
+      body: r.deleted || r.resource === null ? null : renderedBody(r.resource, r.versionId, r.lastUpdated),
       state,
     };
     this.store.set(key, withPending({ state, versions: [...(rec?.versions ?? []), version] }, pending));
+    this.keep(key, state, doc);
     this.onVersion?.(key, version);
     return version;
+  }
+
+  /**
+   * Resolves the conflict records at one element path (the merge side of
+   * `POST [type]/[id]/$resolve-conflict`): a local write at `path` by a writer who has seen every
+   * entry there. See `resolveConflictAt` in doc.ts for what `value` means.
+   * @param key - `Type/id`.
+   * @param path - a conflict record's `path` (from {@link conflicts}).
+   * @param opts.value - canonical JSON text of the value to keep, null to remove the element, or
+   *   undefined to keep what is rendered now.
+   * @param opts.author - who resolved it.
+   * @returns The new version and the Yjs update to gossip.
+   * @throws {@link NoConflictError} when `key` has no conflict record at `path`.
+   */
+  resolveConflict(key: string, path: string, opts: { value?: string | null; author?: string } = {}): LocalWriteResult {
+    const rec = this.store.get(key);
+    if (!rec) throw new NoConflictError(`${key} has no conflict record at ${path}`);
+    const doc = this.take(key, rec);
+    const sv = Y.encodeStateVector(doc);
+    const stored = maxStampOf(doc);
+    if (stored) this.clock.observe(stored);
+    const ctx = { nodeId: this.nodeId, stamp: this.clock.now(), ...(opts.author ? { author: opts.author } : {}) };
+    const written = resolveConflictAt(doc, path, opts.value, this.policy, ctx);
+    if (written === 0) {
+      this.keep(key, rec.state, doc);
+      throw new NoConflictError(`${key} has no conflict record at ${path}`);
+    }
+    const update = Y.encodeStateAsUpdate(doc, sv);
+    const version = this.commit(key, doc, rec);
+    if (!version) throw new Error(`Resolving ${path} of ${key} left the resource incomplete`);
+    return { version, created: false, update };
+  }
+
+  /**
+   * The Provenance of the current version of `key` when that version merges concurrent writes
+   * (see src/merge/provenance.ts), built from the document alone: identical on every replica.
+   * @param key - `Type/id`.
+   * @returns The Provenance resource (FHIR JSON, without meta), or undefined when the current
+   *   version is not a merge of concurrent writes, the resource is unknown, or is a Provenance.
+   */
+  mergeProvenance(key: string): FhirJsonObject | undefined {
+    const rec = this.store.get(key);
+    const current = rec?.versions[rec.versions.length - 1];
+    if (!rec || !current) return undefined;
+    const doc = this.take(key, rec);
+    try {
+      const merge = describeMerge(key, doc);
+      if (!merge || merge.versionId !== current.versionId) return undefined;
+      return buildMergeProvenance(merge, current.lastUpdated);
+    } finally {
+      this.keep(key, rec.state, doc);
+    }
+  }
+
+  /**
+   * Writes the merge Provenance of the current version of `key` (see {@link mergeProvenance}) as a
+   * local write, unless this replica already holds a Provenance with that id (written here before,
+   * or by another replica that merged the same writes: same id, same content).
+   * Call it after {@link applyRemote} returned a new version.
+   * @param key - `Type/id` of the merged resource.
+   * @returns The Provenance key and the Yjs update to gossip, or undefined when nothing was written.
+   */
+  recordMergeProvenance(key: string): { key: string; update: Uint8Array } | undefined {
+    const provenance = this.mergeProvenance(key);
+    if (!provenance) return undefined;
+    const pkey = `${PROVENANCE_TYPE}/${String(provenance.id)}`;
+    if (this.store.get(pkey)) return undefined;
+    const res = this.write(pkey, provenance);
+    return res.update ? { key: pkey, update: res.update } : undefined;
   }
 
   // ---- questions asked by the gossip layer (src/tide) ----
@@ -270,4 +394,32 @@ export class Replica {
 export function withMeta(resource: FhirJsonObject, versionId: string, lastUpdated: string): string {
   const meta = { ...((resource.meta as FhirJsonObject | undefined) ?? {}), versionId, lastUpdated };
   return canonicalStringify({ ...resource, meta });
+}
+
+/** Canonical text of rendered element values; render reuses unchanged values, so their text is reused too. */
+const valueText = new WeakMap<object, string>();
+
+function rank(k: string): number {
+  return k === 'resourceType' ? 0 : k === 'id' ? 1 : k === 'meta' ? 2 : 3;
+}
+
+/**
+ * {@link withMeta} of a resource returned by `render`: the same text, with the canonical text of
+ * each top-level element value cached by object (render shares unchanged element values between
+ * versions and never mutates them). Key order as `canonicalStringify` (docs/merge.md).
+ */
+function renderedBody(resource: FhirJsonObject, versionId: string, lastUpdated: string): string {
+  const meta = { ...((resource.meta as FhirJsonObject | undefined) ?? {}), versionId, lastUpdated };
+  const keys = Object.keys(resource).filter((k) => k !== 'meta' && resource[k] !== undefined);
+  keys.push('meta');
+  keys.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+  const parts = keys.map((k) => {
+    if (k === 'meta') return `"meta":${canonicalStringify(meta)}`;
+    const v = resource[k]!;
+    if (typeof v !== 'object' || v === null || isLosslessNumber(v)) return `${JSON.stringify(k)}:${canonicalStringify(v)}`;
+    let text = valueText.get(v);
+    if (text === undefined) valueText.set(v, (text = canonicalStringify(v)));
+    return `${JSON.stringify(k)}:${text}`;
+  });
+  return `{${parts.join(',')}}`;
 }
