@@ -370,3 +370,70 @@ describe('shred on a running node (admin route, two nodes, Redis)', () => {
   });
 });
 
+
+describe('shred drops outgoing Tide batches still waiting in memory', () => {
+  it('updates of the shredded compartment batched for a peer (batch delay not over) are never sent; others are', { timeout: 120_000 }, async () => {
+    const prefix = `tg-shred-out-${randomBytes(4).toString('hex')}`;
+    const ka = createKeyStore('oA');
+    const kb = createKeyStore('oB');
+    const sk = keyStoreToSecretKeys(ka);
+    const store = new SqliteStore(dbPath(), { secretKeys: sk });
+    const hospital = await startMedplumHospital({ name: 'oA-fhir' });
+    const r = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
+    // Peer oB is never started: whatever oA sends stays in oB's inbox on Redis, to be inspected.
+    const node = new TidegateNode({
+      secretKeys: sk,
+      peers: [{ nodeId: 'oB', redisUrl: REDIS_URL, publicKeys: publicKeysFromJson(keyStoreToPublicJson(kb)) }],
+      redisUrl: REDIS_URL,
+      queuePrefix: prefix,
+      hospital: new HospitalClient({ baseUrl: hospital.url }),
+      store,
+      logger: pino({ level: 'silent' }),
+      antiEntropyIntervalMs: 0,
+      batchDelayMs: 60_000,
+      hospitalPollIntervalMs: 0,
+    });
+    const inboxB = new Queue('inbox-oB', { connection: { url: REDIS_URL }, prefix });
+    try {
+      await node.start();
+      const put = (res: Record<string, unknown>): Promise<Response> =>
+        fetch(`${node.baseUrl}/${String(res.resourceType)}/${String(res.id)}`, { method: 'PUT', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify(res) });
+      assert.equal((await put({ resourceType: 'Patient', id: 'pat-p', name: [{ family: FAMILY }] })).status, 201);
+      assert.equal((await put({ resourceType: 'Observation', id: 'obs-p1', status: 'final', code: { text: 'glucose' }, subject: { reference: 'Patient/pat-p' } })).status, 201);
+      assert.equal((await put({ resourceType: 'Patient', id: 'pat-q', name: [{ family: OTHER_FAMILY }] })).status, 201);
+      assert.equal(node.tide.stats().messagesSent, 0, 'the batch is still waiting (60 s batch delay)');
+      const report = await node.shred('Patient/pat-p', 'test');
+      assert.equal(report.shredded.length, 2);
+      assert.equal(report.dropped.outgoingUpdates, 2, 'the two shredded resources were dropped from the waiting batch');
+      await node.tide.flush();
+      const jobs = (await inboxB.getJobs(['wait', 'delayed', 'prioritized', 'completed', 'failed'])).filter((j) => j !== undefined);
+      const named = jobs.flatMap((j) => envelopeResources(j.data?.env) ?? ['?unrecognized']);
+      assert.ok(named.includes('Patient/pat-q'), `the other patient's update was sent (${named.join(', ')})`);
+      assert.ok(!named.includes('Patient/pat-p') && !named.includes('Observation/obs-p1'), `no envelope names the shredded compartment (${named.join(', ')})`);
+      // A batch already taken for sending but not sealed yet: the dropped key is left out at sealing.
+      assert.equal((await put({ resourceType: 'Patient', id: 'pat-r', name: [{ family: FAMILY }] })).status, 201);
+      assert.equal((await put({ resourceType: 'Patient', id: 'pat-u', name: [{ family: OTHER_FAMILY }] })).status, 201);
+      const sending = node.tide.flush();
+      assert.equal(node.tide.drop(new Set(['Patient/pat-r'])), 0, 'no longer in the waiting batch');
+      await sending;
+      const named2 = (await inboxB.getJobs(['wait', 'delayed', 'prioritized', 'completed', 'failed'])).filter((j) => j !== undefined).flatMap((j) => envelopeResources(j.data?.env) ?? []);
+      assert.ok(named2.includes('Patient/pat-u'), 'the rest of that batch was sent');
+      assert.ok(!named2.includes('Patient/pat-r'), 'the dropped key was left out when the batch was sealed');
+      // A later write of the shredded key is refused at the node, so nothing about it is published again.
+      assert.equal((await put({ resourceType: 'Patient', id: 'pat-p', name: [{ family: FAMILY }] })).status, 410);
+      assert.equal(node.tide.drop(new Set(['Patient/pat-p'])), 0, 'nothing of it is waiting any more');
+    } finally {
+      await inboxB.close();
+      await node.stop();
+      await hospital.close();
+      store.close();
+      let cursor = '0';
+      do {
+        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+        cursor = next;
+        if (keys.length > 0) await r.del(...keys);
+      } while (cursor !== '0');
+      r.disconnect();
+    }
+  });
+});

@@ -10,7 +10,9 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 import pg from 'pg';
@@ -31,6 +33,12 @@ import type { PgStoreOptions } from '../src/store/pg-store.ts';
 import { BodyCodec } from '../src/store/codec.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { generateNodeKeys } from '../src/envelope/index.ts';
+import { createKeyStore, keyStoreToSecretKeys, retireKey, rotateKeyStore, writeKeyStoreFiles } from '../src/envelope/keys.ts';
+import type { KeyStore } from '../src/envelope/keys.ts';
+import { ResourceShreddedError } from '../src/store/sqlite-store.ts';
+import { KeyVault, KeyVaultError } from '../src/store/vault.ts';
+import { shredPatient } from '../src/store/shred.ts';
+import { runRewrap, runShred } from '../src/cli/shred.ts';
 import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 
 const PG_URL = process.env.TIDEGATE_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -246,11 +254,15 @@ describe('PgStore (PostgreSQL)', { skip: SKIP }, () => {
     await a.close();
     const b = await openStore(s);
     const meta = await rows(s, 'SELECT name, value FROM $S.tidegate_meta ORDER BY name');
-    assert.deepEqual(meta, [{ name: 'schema', value: '1' }, { name: 'writer_epoch', value: '2' }]);
+    assert.deepEqual(meta, [{ name: 'schema', value: '2' }, { name: 'sealed', value: '0' }, { name: 'writer_epoch', value: '2' }]);
     assert.equal(b.epoch, 2);
     await b.close();
     await admin.query(`UPDATE "${s}".tidegate_meta SET value = '99' WHERE name = 'schema'`);
     await assert.rejects(openStore(s), (err: Error) => (err as { code?: string }).code === 'ERR_STORE_FORMAT' && /version 99/.test(err.message));
+    // A schema of the unsealed layout (version 1) is refused with the way out, and left as it was.
+    await admin.query(`UPDATE "${s}".tidegate_meta SET value = '1' WHERE name = 'schema'`);
+    await assert.rejects(openStore(s), (err: Error) => (err as { code?: string }).code === 'ERR_STORE_FORMAT' && /version 1\b/.test(err.message) && /anti-entropy/.test(err.message));
+    assert.equal((await rows(s, "SELECT value FROM $S.tidegate_meta WHERE name = 'schema'"))[0]!.value, '1');
     // Two openers at once: both succeed (advisory lock around CREATE … IF NOT EXISTS).
     const s2 = schema();
     const [x, y] = await Promise.all([openStore(s2), openStore(s2)]);
@@ -287,7 +299,8 @@ describe('PgStore (PostgreSQL)', { skip: SKIP }, () => {
     assert.ok(keys.length > 7000, `Synthea sample has ${keys.length} resources`);
     assert.ok(edited.length >= 10);
     // The stored documents are V2 updates (the V2→V1 conversion succeeds and gives the reference state).
-    const sample = await rows(s, 'SELECT key, state FROM $S.resource WHERE key = ANY($1::text[])', [[keys[0], edited[0], keys[keys.length - 1]]]);
+    // (An unsealed store: the key column holds the UTF-8 of the key; a sealed one its HMAC tag.)
+    const sample = await rows(s, "SELECT convert_from(key, 'UTF8') AS key, state FROM $S.resource WHERE key = ANY(SELECT convert_to(k, 'UTF8') FROM unnest($1::text[]) AS k)", [[keys[0], edited[0], keys[keys.length - 1]]]);
     assert.equal(sample.length, 3);
     for (const r of sample) {
       const v1 = Y.convertUpdateFormatV2ToV1(new Uint8Array(r.state as Buffer));
@@ -372,7 +385,7 @@ describe('PgStore (PostgreSQL)', { skip: SKIP }, () => {
         assert.ok(res.status === 200 || res.status === 201, `status ${res.status}`);
         const vid = /W\/"([^"]+)"/.exec(String(res.headers.etag))![1]!;
         // Committed at the time of the answer: the version row is there.
-        const found = await rows(s, 'SELECT version_id FROM $S.version WHERE key = $1 AND version_id = $2', [`Patient/${id}`, vid]);
+        const found = await rows(s, "SELECT seq FROM $S.version WHERE key = convert_to($1, 'UTF8') AND split_part(convert_from(meta, 'UTF8'), E'\\n', 1) = $2", [`Patient/${id}`, vid]);
         assert.equal(found.length, 1, `acknowledged version ${vid} of ${id} is in PostgreSQL`);
         acked.set(`Patient/${id}/${vid}`, res.text);
       }),
@@ -389,7 +402,7 @@ describe('PgStore (PostgreSQL)', { skip: SKIP }, () => {
     replica.write('Patient/barrier-late', edit(obj(PATIENT), (b) => (b.id = 'barrier-late')));
     await assert.rejects(store.durable(), (err: Error) => err instanceof StoreUnavailableError && err.reason === 'fenced');
     assert.equal(store.get('Patient/barrier-late'), undefined, 'the refused write is rolled back');
-    assert.equal((await rows(s, "SELECT key FROM $S.resource WHERE key = 'Patient/barrier-late'")).length, 0);
+    assert.equal((await rows(s, "SELECT key FROM $S.resource WHERE key = convert_to('Patient/barrier-late', 'UTF8')")).length, 0);
     assert.throws(() => replica.write('Patient/barrier-late', edit(obj(PATIENT), (b) => (b.id = 'barrier-late'))), StoreUnavailableError);
   });
 
@@ -495,7 +508,7 @@ describe('PgStore (PostgreSQL)', { skip: SKIP }, () => {
       assert.equal(replica.history('Patient/cut-1').length, 1);
       await until(() => store.unavailable === undefined, 'recovery');
       assert.equal(replica.history('Patient/cut-1').length, 1, 'not committed, not in memory');
-      assert.equal((await rows(s, "SELECT count(*)::int AS n FROM $S.version WHERE key = 'Patient/cut-1'"))[0]!.n, 1);
+      assert.equal((await rows(s, "SELECT count(*)::int AS n FROM $S.version WHERE key = convert_to('Patient/cut-1', 'UTF8')"))[0]!.n, 1);
       await assertNoDivergence(s, replica);
       assert.equal((await put('cut-1', '1981-01-01')).status, 200);
       await assertNoDivergence(s, replica);
@@ -509,7 +522,7 @@ describe('PgStore (PostgreSQL)', { skip: SKIP }, () => {
       const res = await put('lost-1', '1982-01-01');
       assert.equal(res.status, 503, 'not acknowledged: the client does not know');
       assert.equal(proxy.cuts, cuts + 1);
-      assert.equal((await rows(s, "SELECT count(*)::int AS n FROM $S.version WHERE key = 'Patient/lost-1'"))[0]!.n, 2, 'the server did commit');
+      assert.equal((await rows(s, "SELECT count(*)::int AS n FROM $S.version WHERE key = convert_to('Patient/lost-1', 'UTF8')"))[0]!.n, 2, 'the server did commit');
       await until(() => store.unavailable === undefined, 'recovery');
       assert.equal(replica.history('Patient/lost-1').length, 2, 'the committed version was re-read');
       assert.match(replica.current('Patient/lost-1')!.body!, /1982-01-01/);
@@ -609,5 +622,255 @@ describe('PgStore (PostgreSQL)', { skip: SKIP }, () => {
     } finally {
       await hospital.close();
     }
+  });
+
+  describe('sealed at rest (node keys, key vault file)', () => {
+    const FAMILY = 'Quillfeatherstonehaugh';
+    const OTHER_FAMILY = 'Brightwaterlow';
+    let dir: string;
+    before(() => {
+      dir = mkdtempSync(join(tmpdir(), 'tidegate-pg-sealed-'));
+    });
+    after(() => {
+      rmSync(dir, { recursive: true, force: true });
+    });
+    let v = 0;
+    const vaultFile = (): string => join(dir, `v${v++}.keys`);
+
+    /** Patient P (to shred) with its compartment, Patient Q, several versions, some compacted. */
+    function populate(p: ReturnType<typeof pair>): { pKeys: string[]; qKeys: string[] } {
+      let patient = obj(JSON.stringify({ resourceType: 'Patient', id: 'pat-s', name: [{ family: FAMILY, given: ['Ottoline'] }], birthDate: '1950-02-03' }));
+      p.write('Patient/pat-s', patient);
+      for (let i = 0; i < 6; i++) {
+        patient = edit(patient, (b) => (b.birthDate = `19${51 + i}-02-03`));
+        p.write('Patient/pat-s', patient);
+      }
+      p.write('Observation/obs-s1', obj(JSON.stringify({ resourceType: 'Observation', id: 'obs-s1', status: 'final', code: { text: 'glucose' }, subject: { reference: 'Patient/pat-s' }, valueString: `${FAMILY}-reading` })));
+      p.write('Patient/pat-t', obj(JSON.stringify({ resourceType: 'Patient', id: 'pat-t', name: [{ family: OTHER_FAMILY }] })));
+      return { pKeys: ['Patient/pat-s', 'Observation/obs-s1'], qKeys: ['Patient/pat-t'] };
+    }
+
+    /** Every byte of every column of every table of schema `s` (SELECT *), as one Buffer. */
+    async function rawBytes(s: string): Promise<Buffer> {
+      const tables = await admin.query('SELECT table_name FROM information_schema.tables WHERE table_schema = $1', [s]);
+      const parts: Buffer[] = [];
+      for (const t of tables.rows) {
+        for (const row of (await admin.query(`SELECT * FROM "${s}"."${String(t.table_name)}"`)).rows) {
+          for (const value of Object.values(row as Record<string, unknown>)) {
+            if (value === null || value === undefined) continue;
+            parts.push(Buffer.isBuffer(value) ? value : Buffer.from(String(value), 'utf8'));
+          }
+        }
+      }
+      return Buffer.concat(parts);
+    }
+
+    it('raw table bytes hold no plaintext (key, ids, names, bodies, documents); an unsealed store does (control)', { timeout: 120000 }, async () => {
+      const sk = keyStoreToSecretKeys(createKeyStore('pg-seal-a'));
+      const s = schema();
+      const sealed = await openStore(s, { secretKeys: sk, keyVaultFile: vaultFile() });
+      assert.equal(sealed.sealed, true);
+      const p = pair(sealed);
+      populate(p);
+      await sealed.compact();
+      await sealed.durable();
+      const raw = await rawBytes(s);
+      assert.ok(raw.length > 2000, `read ${raw.length} bytes`);
+      for (const needle of [FAMILY, OTHER_FAMILY, 'Ottoline', 'Patient/pat-s', 'pat-s', 'obs-s1', 'Observation', '1956-02-03', p.ref.current('Patient/pat-s')!.versionId]) {
+        assert.equal(raw.indexOf(Buffer.from(needle, 'utf8')), -1, `"${needle}" in the raw tables of the sealed store`);
+      }
+      const meta = await rows(s, "SELECT value FROM $S.tidegate_meta WHERE name = 'sealed'");
+      assert.equal(meta[0]!.value, '1');
+      assertSame(p.ref, sealed, ['Patient/pat-s', 'Observation/obs-s1', 'Patient/pat-t']);
+      // The same writes unsealed: the test above can fail.
+      const s2 = schema();
+      const plain = await openStore(s2);
+      const q = pair(plain);
+      populate(q);
+      await plain.durable();
+      const rawPlain = await rawBytes(s2);
+      assert.notEqual(rawPlain.indexOf(Buffer.from(FAMILY, 'utf8')), -1, 'control: the unsealed store holds the family name');
+      assert.notEqual(rawPlain.indexOf(Buffer.from('Patient/pat-s', 'utf8')), -1, 'control: the unsealed store holds the key');
+      // A sealed schema is not opened without keys, nor an unsealed one with keys.
+      await sealed.close();
+      await assert.rejects(openStore(s), (err: Error) => (err as { code?: string }).code === 'ERR_STORE_FORMAT' && /sealed/.test(err.message));
+      // Nor with another (e.g. a new, empty) key vault: every row would be unreadable, so the open is refused.
+      await assert.rejects(openStore(s, { secretKeys: sk, keyVaultFile: vaultFile() }), (err: Error) => (err as { code?: string }).code === 'ERR_STORE_FORMAT' && /not the key vault/.test(err.message));
+      await plain.close();
+      await assert.rejects(openStore(s2, { secretKeys: sk, keyVaultFile: vaultFile() }), (err: Error) => (err as { code?: string }).code === 'ERR_STORE_FORMAT' && /plaintext/.test(err.message));
+    });
+
+    it('restarts after a key rotation (re-wrap at open, payloads untouched), and after the old key is retired', { timeout: 120000 }, async () => {
+      const ks = createKeyStore('pg-seal-b');
+      const sk = keyStoreToSecretKeys(ks);
+      const vf = vaultFile();
+      const s = schema();
+      const store = await openStore(s, { secretKeys: sk, keyVaultFile: vf });
+      const p = pair(store);
+      const { pKeys, qKeys } = populate(p);
+      await store.durable();
+      const stateBefore = await rows(s, 'SELECT key, state FROM $S.resource ORDER BY key');
+      await store.close();
+
+      const ks2 = rotateKeyStore(ks);
+      const sk2 = keyStoreToSecretKeys(ks2);
+      const second = await openStore(s, { secretKeys: sk2, keyVaultFile: vf });
+      assert.equal(second.keyVault!.generation.kid, sk2.kemKeyId, 're-wrapped under the new key at open');
+      assertSame(p.ref, second, [...pKeys, ...qKeys]);
+      assert.deepEqual(await rows(s, 'SELECT key, state FROM $S.resource ORDER BY key'), stateBefore, 'payloads not re-encrypted');
+      // Writes go on after the rotation.
+      const dut = new Replica({ nodeId: 'a', store: second, policy: POLICY, clock: new HybridLogicalClock(() => 1_800_000_000_000) });
+      dut.write('Patient/pat-t', obj(JSON.stringify({ resourceType: 'Patient', id: 'pat-t', name: [{ family: OTHER_FAMILY }], gender: 'other' })));
+      await second.durable();
+      await second.close();
+
+      const retired = keyStoreToSecretKeys(retireKey(ks2, sk.kemKeyId));
+      const third = await openStore(s, { secretKeys: retired, keyVaultFile: vf });
+      assertSame(p.ref, third, pKeys);
+      assert.match(new Replica({ nodeId: 'a', store: third, policy: POLICY }).current('Patient/pat-t')!.body!, /"gender":"other"/);
+      await third.close();
+      // The old key alone no longer opens the vault (it was re-wrapped, then the old key retired).
+      await assert.rejects(openStore(s, { secretKeys: sk, keyVaultFile: vf }), (err: Error) => err instanceof KeyVaultError && err.code === 'ERR_VAULT_KEY_UNAVAILABLE');
+    });
+
+    it('shred: rows and content keys gone, tombstones survive a restart, a restored database backup cannot decrypt the shredded resources', { timeout: 120000 }, async () => {
+      const sk = keyStoreToSecretKeys(createKeyStore('pg-seal-c'));
+      const vf = vaultFile();
+      const s = schema();
+      const store = await openStore(s, { secretKeys: sk, keyVaultFile: vf });
+      const p = pair(store);
+      const { pKeys, qKeys } = populate(p);
+      await store.durable();
+      // A "backup" of the database taken before the shred: a copy of every table.
+      const backup = schema();
+      await admin.query(`CREATE SCHEMA "${backup}"`);
+      for (const t of (await admin.query('SELECT table_name FROM information_schema.tables WHERE table_schema = $1', [s])).rows) {
+        await admin.query(`CREATE TABLE "${backup}"."${String(t.table_name)}" (LIKE "${s}"."${String(t.table_name)}" INCLUDING ALL)`);
+        await admin.query(`INSERT INTO "${backup}"."${String(t.table_name)}" OVERRIDING SYSTEM VALUE SELECT * FROM "${s}"."${String(t.table_name)}"`);
+      }
+      const slotOf = new Map((await rows(s, 'SELECT key, slot FROM $S.resource')).map((r) => [Buffer.from(r.key as Buffer).toString('hex'), Number(r.slot)]));
+      const pSlots = pKeys.map((k) => slotOf.get(store.resourceTagHex(k))!);
+      assert.ok(pSlots.every((x) => Number.isInteger(x) && x > 0));
+
+      const report = await shredPatient('Patient/pat-s', { store, nodeId: 'pg-seal-c', requestor: 'test' });
+      assert.deepEqual([...report.shredded].sort(), [...pKeys].sort());
+      assert.equal(report.keysDestroyed, 2);
+      for (const k of pKeys) {
+        assert.equal(store.get(k), undefined);
+        assert.ok(store.isShredded(k));
+      }
+      assert.throws(() => p.dut.write('Patient/pat-s', obj(JSON.stringify({ resourceType: 'Patient', id: 'pat-s' }))), ResourceShreddedError);
+      assertSame(p.ref, store, qKeys);
+      const left = await rows(s, 'SELECT key FROM $S.resource');
+      assert.equal(left.length, qKeys.length);
+      assert.equal((await rows(s, 'SELECT count(*)::int AS n FROM $S.version WHERE NOT (key = ANY($1::bytea[]))', [left.map((r) => r.key)]))[0]!.n, 0, 'no version row of a shredded resource');
+      assert.equal((await rows(s, 'SELECT count(*)::int AS n FROM $S.shred_pending'))[0]!.n, 0);
+      const audit = await store.auditEvents();
+      assert.equal((audit[0] as { id: string }).id, report.auditEvent.id);
+      assert.doesNotMatch(JSON.stringify(audit), /pat-s|Quillfeather/);
+      for (const slot of pSlots) assert.throws(() => store.keyVault!.contentKey(slot), (err: Error) => err instanceof KeyVaultError && err.code === 'ERR_CONTENT_KEY_DESTROYED');
+      await store.close();
+
+      // Restart: still shredded, the others intact.
+      const again = await openStore(s, { secretKeys: sk, keyVaultFile: vf });
+      assert.ok(again.isShredded('Patient/pat-s'));
+      assert.equal(again.get('Observation/obs-s1'), undefined);
+      assert.deepEqual([...again.keys()], qKeys);
+      await again.close();
+
+      // The backup restored next to the vault: the shredded resources cannot be decrypted, the rest can.
+      const restored = await openStore(backup, { secretKeys: sk, keyVaultFile: vf });
+      assert.deepEqual([...restored.keys()], qKeys);
+      assert.equal(restored.unreadableAtOpen, pKeys.length);
+      assertSame(p.ref, restored, qKeys);
+      await restored.close();
+      const vault = new KeyVault(vf, { secretKeys: sk });
+      try {
+        for (const slot of pSlots) assert.equal(vault.wrappedKey(slot), undefined, 'the wrapped content key is gone from the vault');
+      } finally {
+        vault.close();
+      }
+    });
+
+    it('tidegate shred and keys rewrap on a PostgreSQL node (config keyVaultFile)', { timeout: 120000 }, async () => {
+      const ks: KeyStore = createKeyStore('pg-cli');
+      const keyDir = join(dir, 'keys-cli');
+      mkdirSync(keyDir, { recursive: true });
+      await writeKeyStoreFiles(keyDir, ks);
+      const s = schema();
+      const cfgFile = join(dir, 'pg-cli.json');
+      writeFileSync(cfgFile, JSON.stringify({ nodeId: 'pg-cli', hospitalFhirUrl: 'http://127.0.0.1:1/fhir', secretKeyFile: 'keys-cli/pg-cli.secret.json', storeUrl: PG_URL, storeSchema: s, keyVaultFile: 'pg-cli.keys' }));
+      const store = await openStore(s, { secretKeys: keyStoreToSecretKeys(ks), keyVaultFile: join(dir, 'pg-cli.keys') });
+      const p = pair(store);
+      const { pKeys, qKeys } = populate(p);
+      await store.durable();
+      // While the node holds its vault, the CLI refuses (and does not fence the node).
+      await assert.rejects(runShred('Patient/pat-s', { config: cfgFile, redis: false }), (err: Error) => (err as { code?: string }).code === 'ERR_VAULT_IN_USE');
+      const epoch = Number((await rows(s, "SELECT value FROM $S.tidegate_meta WHERE name = 'writer_epoch'"))[0]!.value);
+      assert.equal(epoch, store.epoch, 'the running store was not fenced');
+      await store.close();
+      const report = (await runShred('Patient/pat-s', { config: cfgFile, redis: false })) as { shredded: string[]; keysDestroyed: number };
+      assert.deepEqual([...report.shredded].sort(), [...pKeys].sort());
+      assert.equal(report.keysDestroyed, 2);
+      // Rotate, re-wrap offline, retire the old key: the store opens with the new key alone.
+      const ks2 = rotateKeyStore(ks);
+      await writeKeyStoreFiles(keyDir, ks2, { overwrite: true });
+      const rewrap = await runRewrap({ config: cfgFile });
+      assert.equal(rewrap.to.kid, keyStoreToSecretKeys(ks2).kemKeyId);
+      assert.ok(rewrap.keys >= 2);
+      const retired = retireKey(ks2, keyStoreToSecretKeys(ks).kemKeyId);
+      const reopened = await openStore(s, { secretKeys: keyStoreToSecretKeys(retired), keyVaultFile: join(dir, 'pg-cli.keys') });
+      assert.deepEqual([...reopened.keys()], qKeys);
+      assert.ok(reopened.isShredded('Patient/pat-s'));
+      assertSame(p.ref, reopened, qKeys);
+      await reopened.close();
+    });
+
+    it('POST /admin/shred on a node with a sealed PostgreSQL store: 200, then 404 / 410 OperationOutcomes', { timeout: 180000 }, async () => {
+      const s = schema();
+      const hospital = await startMedplumHospital({ name: 'pg-shred-fhir' });
+      const keys = keyStoreToSecretKeys(createKeyStore('pg-shred'));
+      const prefix = `tgpgs${process.pid}${Date.now().toString(36)}`;
+      const store = await openStore(s, { secretKeys: keys, keyVaultFile: vaultFile() });
+      const node = new TidegateNode({
+        secretKeys: keys,
+        peers: [],
+        redisUrl: REDIS_URL,
+        queuePrefix: prefix,
+        hospital: new HospitalClient({ baseUrl: hospital.url }),
+        store,
+        logger: pino({ level: 'silent' }),
+        antiEntropyIntervalMs: 0,
+        hospitalPollIntervalMs: 0,
+      });
+      try {
+        const base = (await node.start()).slice(0, -'/fhir'.length);
+        const put = (res: Record<string, unknown>) => request(base).put(`/fhir/${String(res.resourceType)}/${String(res.id)}`).set('content-type', 'application/fhir+json').send(JSON.stringify(res));
+        assert.equal((await put({ resourceType: 'Patient', id: 'pat-h', name: [{ family: FAMILY }] })).status, 201);
+        assert.equal((await put({ resourceType: 'Observation', id: 'obs-h', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/pat-h' } })).status, 201);
+        assert.equal((await put({ resourceType: 'Patient', id: 'pat-i', name: [{ family: OTHER_FAMILY }] })).status, 201);
+        const res = await request(base).post('/admin/shred/Patient/pat-h');
+        assert.equal(res.status, 200);
+        assert.equal(res.body.resourcesShredded, 2);
+        assert.equal(res.body.keysDestroyed, 2);
+        const read = await request(base).get('/fhir/Patient/pat-h');
+        assert.equal(read.status, 404);
+        assert.equal(read.body.resourceType, 'OperationOutcome');
+        const write = await put({ resourceType: 'Patient', id: 'pat-h', name: [{ family: 'Again' }] });
+        assert.equal(write.status, 410);
+        assert.equal(write.body.issue[0].code, 'deleted');
+        assert.equal((await request(base).get('/fhir/Patient/pat-i')).status, 200);
+        const raw = await rawBytes(s);
+        assert.equal(raw.indexOf(Buffer.from(OTHER_FAMILY, 'utf8')), -1);
+        await node.quiet();
+      } finally {
+        await node.stop();
+        await hospital.close();
+        const r = new (await import('ioredis')).Redis(REDIS_URL);
+        const left = await r.keys(`${prefix}:*`);
+        if (left.length > 0) await r.del(...left);
+        r.disconnect();
+      }
+    });
   });
 });

@@ -2,16 +2,21 @@
  * `tidegate shred Patient/ID --config FILE` and `tidegate keys rewrap --config FILE`: the store's
  * crypto-shredding and key re-wrapping from the command line (docs/storage.md).
  *
- * Both open the node's sealed store directly, so the node must be stopped (its key vault is held
- * exclusively by a running node: the command then fails with `ERR_VAULT_IN_USE`). A running node
+ * Both open the node's sealed store directly — the SQLite file, or PostgreSQL (`storeUrl`) with its
+ * local key vault (`keyVaultFile`) — so the node must be stopped (its key vault is held exclusively
+ * by a running node: the command then fails with `ERR_VAULT_IN_USE`, before touching the database).
+ * `keys rewrap` of a PostgreSQL node changes only the vault file. A running node
  * is shredded through its admin route instead: `--node-url http://HOST:PORT` sends
  * `POST /admin/shred/Patient/ID`.
  */
+import { existsSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { loadNodeConfig } from '../config/config.ts';
 import { readSecretKeys } from '../envelope/keys.ts';
 import { HospitalOutbox } from '../hospital/outbox.ts';
 import { SqliteStore } from '../store/sqlite-store.ts';
+import { PgStore } from '../store/pg-store.ts';
+import { KeyVault } from '../store/vault.ts';
 import { scrubTideRedis, shredPatient } from '../store/shred.ts';
 import type { ShredQueues, ShredReport } from '../store/shred.ts';
 
@@ -45,16 +50,19 @@ export async function runShred(patientKey: string, o: ShredCliOptions): Promise<
     return body;
   }
   const cfg = loadNodeConfig(o.config, o.env ?? process.env);
-  if (cfg.storeFile === undefined || cfg.storeFile === ':memory:') throw new Error('The node has no store file (storeFile): nothing is kept at rest to shred');
+  if (cfg.storeUrl === undefined && (cfg.storeFile === undefined || cfg.storeFile === ':memory:')) throw new Error('The node has no store file (storeFile) or database (storeUrl): nothing is kept at rest to shred');
   const secretKeys = await readSecretKeys(cfg.secretKeyFile);
   if (secretKeys.nodeId !== cfg.nodeId) throw new Error(`Secret key file is for node ${secretKeys.nodeId}, config says ${cfg.nodeId}`);
-  const store = new SqliteStore(cfg.storeFile, { secretKeys, compaction: 'manual' });
+  const store =
+    cfg.storeUrl !== undefined
+      ? await PgStore.open({ url: cfg.storeUrl, ...(cfg.storeSchema !== undefined ? { schema: cfg.storeSchema } : {}), secretKeys, ...(cfg.keyVaultFile !== undefined ? { keyVaultFile: cfg.keyVaultFile } : {}), compaction: 'manual' })
+      : new SqliteStore(cfg.storeFile!, { secretKeys, compaction: 'manual' });
   try {
     const queues: ShredQueues = {};
     if (o.redis !== false) {
       const outbox = new HospitalOutbox(
         { upsert: async () => undefined, remove: async () => undefined },
-        { nodeId: cfg.nodeId, redisUrl: cfg.redisUrl, prefix: cfg.queuePrefix, secret: secretKeys.kemSecretKey },
+        { nodeId: cfg.nodeId, redisUrl: cfg.redisUrl, prefix: cfg.queuePrefix, secret: secretKeys.kemSecretKey, previousSecrets: (secretKeys.additionalKemKeys ?? []).map((k) => k.secretKey) },
       );
       queues.outbox = (keys) => outbox.drop(keys);
       queues.tide = (keys) => scrubTideRedis({ redisUrl: cfg.redisUrl, prefix: cfg.queuePrefix, nodeId: cfg.nodeId }, keys);
@@ -67,7 +75,7 @@ export async function runShred(patientKey: string, o: ShredCliOptions): Promise<
     }
     return await shredPatient(patientKey, { store, nodeId: cfg.nodeId, queues, requestor: `cli:${who}` });
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -81,8 +89,20 @@ export async function runShred(patientKey: string, o: ShredCliOptions): Promise<
  */
 export async function runRewrap(o: { config: string; force?: boolean; env?: NodeJS.ProcessEnv }): Promise<{ from: { gen: number; kid: string }; to: { gen: number; kid: string }; keys: number }> {
   const cfg = loadNodeConfig(o.config, o.env ?? process.env);
-  if (cfg.storeFile === undefined || cfg.storeFile === ':memory:') throw new Error('The node has no store file (storeFile)');
   const secretKeys = await readSecretKeys(cfg.secretKeyFile);
+  if (cfg.storeUrl !== undefined) {
+    // PostgreSQL: the content keys are in the local vault file only; the database is not touched.
+    if (!existsSync(cfg.keyVaultFile!)) throw new Error(`No key vault at ${cfg.keyVaultFile!} (keyVaultFile of the PostgreSQL store)`);
+    const vault = new KeyVault(cfg.keyVaultFile!, { secretKeys, autoRewrap: false });
+    try {
+      const before = vault.generation;
+      if (before.kid === secretKeys.kemKeyId && o.force !== true) return { from: before, to: before, keys: 0 };
+      return vault.rewrap();
+    } finally {
+      vault.close();
+    }
+  }
+  if (cfg.storeFile === undefined || cfg.storeFile === ':memory:') throw new Error('The node has no store file (storeFile) or database (storeUrl)');
   const store = new SqliteStore(cfg.storeFile, { secretKeys, compaction: 'manual', autoRewrap: false });
   try {
     const before = store.keyVault!.generation;

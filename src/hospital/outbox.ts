@@ -28,6 +28,14 @@
  * queue name; the written-versions hash is keyed by an HMAC-SHA-256 tag of the resource key. Error
  * texts stored by BullMQ carry error codes and HTTP statuses only.
  *
+ * **Key rotation.** The keys derive from the node's *current* X-Wing secret, which `tidegate keys
+ * rotate` replaces. The key file's `previous` secrets are given as `previousSecrets`: a job is
+ * opened with whichever key sealed it, and {@link HospitalOutbox.start} re-encrypts every queued
+ * job still under a previous key under the current one before the worker runs, so once a node has
+ * restarted with the rotated key file, `tidegate keys retire` of the old key loses no queued write.
+ * Written-version entries filed under a previous tag key are read (and moved to the current tag) on
+ * first use, so a stale version is still refused after a rotation.
+ *
  * **References to resources not written yet.** A hospital that assigns its own ids can only take
  * a reference to a resource it already holds (the id map must know the target). Unless the writer
  * says the hospital takes client ids (`assignsOwnIds === false`), a job whose resource refers to
@@ -71,14 +79,21 @@ export interface HospitalOutboxOptions {
   nodeId: string;
   /** The node's own Redis, `redis://…` or `rediss://…`. */
   redisUrl: string;
-  /** BullMQ key prefix (no `:`). Default `tidegate`. */
+  /** BullMQ key prefix (no `:`; may hold one Redis Cluster `{hash tag}`). Default `tidegate`. */
   prefix?: string;
   /**
    * Secret key material (≥ 32 bytes) from which the payload encryption key and the resource tag
-   * key are derived, e.g. the node's `NodeSecretKeys.kemSecretKey`. Must stay the same across
-   * restarts, or queued jobs cannot be read (they then fail without retry).
+   * key are derived: the node's current `NodeSecretKeys.kemSecretKey`. After a rotation, pass the
+   * old one in `previousSecrets` (see module doc, "Key rotation"); a job sealed under a key given
+   * in neither cannot be read and fails without retry.
    */
   secret: Uint8Array;
+  /**
+   * Earlier secrets whose keys may have encrypted jobs still in Redis: the key file's `previous`
+   * X-Wing secrets (`NodeSecretKeys.additionalKemKeys`) after `tidegate keys rotate`. Jobs under
+   * them are opened, and re-encrypted under `secret` at {@link HospitalOutbox.start}. Default none.
+   */
+  previousSecrets?: readonly Uint8Array[];
   /** Shared with the hospital poller; default a private one. */
   ledger?: SyncLedger;
   /** Concurrent hospital writes (different resources). Default 4. */
@@ -179,6 +194,17 @@ function hospitalVersionOf(result: unknown): { versionId: string | undefined; la
   };
 }
 
+/**
+ * The payload and tag keys of one secret: HKDF-SHA-256 (RFC 5869) with salt `tidegate-outbox/1`
+ * and info `enc:<nodeId>` / `tag:<nodeId>`, 32 bytes each.
+ */
+function outboxKeys(secret: Uint8Array, nodeId: string): { enc: Buffer; tag: Buffer } {
+  return {
+    enc: Buffer.from(hkdfSync('sha256', secret, 'tidegate-outbox/1', `enc:${nodeId}`, 32)),
+    tag: Buffer.from(hkdfSync('sha256', secret, 'tidegate-outbox/1', `tag:${nodeId}`, 32)),
+  };
+}
+
 /** See module doc. */
 export class HospitalOutbox {
   /** BullMQ queue name. */
@@ -190,6 +216,8 @@ export class HospitalOutbox {
   readonly #prefix: string;
   readonly #encKey: Buffer;
   readonly #tagKey: Buffer;
+  /** Payload and tag keys of `previousSecrets`, in the order given. */
+  readonly #oldKeys: ReadonlyArray<{ enc: Buffer; tag: Buffer }>;
   readonly #concurrency: number;
   readonly #backoffMs: number;
   readonly #maxBackoffMs: number;
@@ -230,13 +258,18 @@ export class HospitalOutbox {
    * @param writer - the hospital client (src/hospital/client.ts `HospitalClient`); `upsert` may
    *   resolve to `{ versionId }`, the hospital's version id of the stored resource.
    * @param opts - see {@link HospitalOutboxOptions}.
-   * @throws TypeError for an invalid node id, prefix, secret shorter than 32 bytes, or out-of-range number.
+   * @throws TypeError for an invalid node id, prefix, secret (or previous secret) shorter than 32
+   *   bytes, or out-of-range number.
    */
   constructor(writer: HospitalWriter, opts: HospitalOutboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(opts.nodeId)) throw new TypeError('HospitalOutbox: invalid nodeId');
     const prefix = opts.prefix ?? 'tidegate';
-    if (!/^[A-Za-z0-9_-]+$/.test(prefix)) throw new TypeError('HospitalOutbox: prefix must be [A-Za-z0-9_-]+');
+    // As the node config's queuePrefix: optionally one Redis Cluster {hash tag} (docs/tide.md).
+    if (!/^(?:[A-Za-z0-9_-]*\{[A-Za-z0-9_-]+\}[A-Za-z0-9_-]*|[A-Za-z0-9_-]+)$/.test(prefix)) throw new TypeError('HospitalOutbox: prefix must be [A-Za-z0-9_-]+, optionally with one {hash tag}');
     if (!(opts.secret instanceof Uint8Array) || opts.secret.length < 32) throw new TypeError('HospitalOutbox: secret must be at least 32 bytes');
+    for (const old of opts.previousSecrets ?? []) {
+      if (!(old instanceof Uint8Array) || old.length < 32) throw new TypeError('HospitalOutbox: previousSecrets must be at least 32 bytes each');
+    }
     const positive = (v: number | undefined, dflt: number, name: string, min = 1): number => {
       const n = v ?? dflt;
       if (!Number.isInteger(n) || n < min) throw new TypeError(`HospitalOutbox: ${name} must be an integer >= ${min}`);
@@ -246,8 +279,8 @@ export class HospitalOutbox {
     this.queueName = outboxQueueName(opts.nodeId);
     this.#redisUrl = opts.redisUrl;
     this.#prefix = prefix;
-    this.#encKey = Buffer.from(hkdfSync('sha256', opts.secret, 'tidegate-outbox/1', `enc:${opts.nodeId}`, 32));
-    this.#tagKey = Buffer.from(hkdfSync('sha256', opts.secret, 'tidegate-outbox/1', `tag:${opts.nodeId}`, 32));
+    ({ enc: this.#encKey, tag: this.#tagKey } = outboxKeys(opts.secret, opts.nodeId));
+    this.#oldKeys = (opts.previousSecrets ?? []).map((s) => outboxKeys(s, opts.nodeId)).filter((k) => !k.enc.equals(this.#encKey));
     this.#concurrency = positive(opts.concurrency, 4, 'concurrency');
     this.#backoffMs = positive(opts.backoffMs, 200, 'backoffMs');
     this.#maxBackoffMs = positive(opts.maxBackoffMs, 30_000, 'maxBackoffMs');
@@ -275,6 +308,7 @@ export class HospitalOutbox {
     this.#queue = queue;
     try {
       for (const id of await queue.getRanges(['wait', 'active', 'delayed', 'prioritized'], 0, -1)) this.#outstanding.add(id);
+      if (this.#oldKeys.length > 0) await this.#reencrypt(queue);
     } catch (err) {
       await this.#closeConnections();
       this.#state = 'stopped';
@@ -420,7 +454,7 @@ export class HospitalOutbox {
           // Taken by the worker meanwhile: #write skips dropped keys.
         }
       }
-      if (keys.size > 0) await client!.hdel(this.#writtenKey, ...[...keys].map((k) => this.#tag(k)));
+      if (keys.size > 0) await client!.hdel(this.#writtenKey, ...[...keys].flatMap((k) => [this.#tag(k), ...this.#oldTags(k)]));
     } finally {
       if (temporary) {
         await queue!.close().catch(() => {});
@@ -609,21 +643,60 @@ export class HospitalOutbox {
     return `${this.#prefix}:${this.queueName}:tidegate-written`;
   }
 
-  #tag(key: string): string {
-    return createHmac('sha256', this.#tagKey).update(key).digest('base64url').slice(0, 22);
+  #tag(key: string, tagKey: Buffer = this.#tagKey): string {
+    return createHmac('sha256', tagKey).update(key).digest('base64url').slice(0, 22);
+  }
+
+  /** Tags of `key` under the previous tag keys. */
+  #oldTags(key: string): string[] {
+    return this.#oldKeys.map((k) => this.#tag(key, k.tag));
   }
 
   async #writtenVersion(key: string): Promise<string | undefined> {
     const cached = this.#writtenCache.get(key);
     if (cached !== undefined) return cached;
-    const stored = await this.#client!.hget(this.#writtenKey, this.#tag(key));
+    const client = this.#client!;
+    let stored = await client.hget(this.#writtenKey, this.#tag(key));
+    if (stored === null && this.#oldKeys.length > 0) {
+      // Filed under a previous tag key before a rotation: take the newest and move it to the current tag.
+      const old = (await client.hmget(this.#writtenKey, ...this.#oldTags(key))).filter((v): v is string => v !== null);
+      for (const v of old) if (stored === null || clockSum(v) > clockSum(stored)) stored = v;
+      if (stored !== null) await this.#setWritten(key, stored);
+    }
     if (stored !== null) this.#writtenCache.set(key, stored);
     return stored ?? undefined;
   }
 
   async #setWritten(key: string, versionId: string): Promise<void> {
     this.#writtenCache.set(key, versionId);
-    await this.#client!.hset(this.#writtenKey, this.#tag(key), versionId);
+    const client = this.#client!;
+    await client.hset(this.#writtenKey, this.#tag(key), versionId);
+    if (this.#oldKeys.length > 0) await client.hdel(this.#writtenKey, ...this.#oldTags(key));
+  }
+
+  /**
+   * Re-encrypts, under the current key, every queued job (waiting, delayed, prioritized, failed)
+   * sealed under a previous key. Runs at start, before this process's worker takes jobs.
+   */
+  async #reencrypt(queue: Queue<OutboxJobData>): Promise<void> {
+    let moved = 0;
+    for (const job of await queue.getJobs(['wait', 'delayed', 'prioritized', 'waiting-children', 'failed'])) {
+      if (!job) continue;
+      let opened: { item: OutboxItem; current: boolean };
+      try {
+        opened = this.#open(job.data);
+      } catch {
+        continue; // unreadable under every key: the worker fails it without retry
+      }
+      if (opened.current) continue;
+      try {
+        await job.updateData({ ...job.data, ...this.#encrypt(opened.item) });
+        moved++;
+      } catch {
+        // Removed meanwhile; nothing to re-encrypt.
+      }
+    }
+    if (moved > 0) this.#log?.warn({ jobs: moved }, 'hospital outbox: queued jobs re-encrypted under the current key (after a key rotation)');
   }
 
   #encrypt(item: OutboxItem): OutboxJobData {
@@ -635,14 +708,29 @@ export class HospitalOutbox {
   }
 
   #decrypt(data: OutboxJobData): OutboxItem {
-    const raw = Buffer.from(data.c, 'base64url');
-    const decipher = createDecipheriv('aes-256-gcm', this.#encKey, raw.subarray(0, 12));
-    decipher.setAAD(Buffer.from(this.queueName));
-    decipher.setAuthTag(raw.subarray(12, 28));
-    const text = Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8');
-    const item = JSON.parse(text) as OutboxItem;
-    if (typeof item.k !== 'string' || typeof item.v !== 'string' || typeof item.d !== 'boolean') throw new TypeError('malformed outbox item');
-    return item;
+    return this.#open(data).item;
+  }
+
+  /** Opens a job under the current key, else under each previous key. */
+  #open(data: OutboxJobData): { item: OutboxItem; current: boolean } {
+    const raw = Buffer.from(typeof data?.c === 'string' ? data.c : '', 'base64url');
+    if (raw.length < 28) throw new TypeError('malformed outbox job');
+    const keys = [this.#encKey, ...this.#oldKeys.map((k) => k.enc)];
+    for (const [i, key] of keys.entries()) {
+      let text: string;
+      try {
+        const decipher = createDecipheriv('aes-256-gcm', key, raw.subarray(0, 12));
+        decipher.setAAD(Buffer.from(this.queueName));
+        decipher.setAuthTag(raw.subarray(12, 28));
+        text = Buffer.concat([decipher.update(raw.subarray(28)), decipher.final()]).toString('utf8');
+      } catch {
+        continue;
+      }
+      const item = JSON.parse(text) as OutboxItem;
+      if (typeof item.k !== 'string' || typeof item.v !== 'string' || typeof item.d !== 'boolean') throw new TypeError('malformed outbox item');
+      return { item, current: i === 0 };
+    }
+    throw new TypeError('outbox job sealed under none of the keys');
   }
 
   async #closeConnections(): Promise<void> {

@@ -41,21 +41,31 @@ export function openStore(storeFile: string | undefined, opts: SqliteStoreOption
 /**
  * Opens the store of a node configuration: PostgreSQL when `storeUrl` is set, else as
  * {@link openStore}.
- * @param cfg - `storeUrl` (+ `storeSchema`) or `storeFile` (see src/config/config.ts).
+ * @param cfg - `storeUrl` (+ `storeSchema`, `keyVaultFile`) or `storeFile` (see src/config/config.ts).
  * @param pgOpts - further options of the PostgreSQL store (see {@link PgStoreOptions}).
- * @param sqliteOpts - options of the SQLite store; `tidegate serve` passes the node's `secretKeys`,
- *   so the file is sealed at rest (see {@link SqliteStoreOptions}).
+ * @param sqliteOpts - options of the SQLite store. Its `secretKeys` (which `tidegate serve` passes)
+ *   seal either store at rest: the SQLite file with its vault at `<storeFile>.keys`, PostgreSQL with
+ *   its vault at `cfg.keyVaultFile` (unless `pgOpts` gives its own `secretKeys`).
  * @returns The store and its closer.
  * @throws StoreUnavailableError when PostgreSQL is unreachable; StoreFormatError when its schema
- *   holds another store schema version; Error as {@link openStore} for a file.
+ *   holds another store schema version or the other sealing; KeyVaultError when the vault is in use
+ *   or cannot be opened with the keys; Error as {@link openStore} for a file.
  */
 export async function openConfiguredStore(
-  cfg: { storeFile?: string | undefined; storeUrl?: string | undefined; storeSchema?: string | undefined },
+  cfg: { storeFile?: string | undefined; storeUrl?: string | undefined; storeSchema?: string | undefined; keyVaultFile?: string | undefined },
   pgOpts: Omit<PgStoreOptions, 'url' | 'schema'> = {},
   sqliteOpts: SqliteStoreOptions = {},
 ): Promise<OpenedStore> {
   if (cfg.storeUrl === undefined) return openStore(cfg.storeFile, sqliteOpts);
-  const store = await PgStore.open({ ...pgOpts, url: cfg.storeUrl, ...(cfg.storeSchema !== undefined ? { schema: cfg.storeSchema } : {}) });
+  const secretKeys = pgOpts.secretKeys ?? sqliteOpts.secretKeys;
+  const keyVaultFile = pgOpts.keyVaultFile ?? cfg.keyVaultFile;
+  const store = await PgStore.open({
+    ...pgOpts,
+    ...(secretKeys !== undefined ? { secretKeys } : {}),
+    ...(keyVaultFile !== undefined ? { keyVaultFile } : {}),
+    url: cfg.storeUrl,
+    ...(cfg.storeSchema !== undefined ? { schema: cfg.storeSchema } : {}),
+  });
   const u = new URL(cfg.storeUrl);
   return { store, kind: 'postgres', location: `${u.host}${u.pathname} schema ${store.schema}`, close: () => store.close() };
 }

@@ -25,12 +25,31 @@
  *   older store whose epoch was taken over refuses to write (fenced).
  *
  * Tables (in a schema of their own, schema version {@link PG_SCHEMA_VERSION}): `tidegate_meta`
- * (schema version, writer epoch), `resource` (per key), `version` (per version). Bodies are written
- * plain and compacted in the background (raw DEFLATE against a reference body, src/store/codec.ts),
- * as in the SQLite store; history reads back byte-identical.
+ * (schema version, sealed flag, writer epoch), `resource` (per key), `version` (per version),
+ * `shredded` (tombstones), `shred_pending`, `audit_event`. Bodies are written plain and compacted in
+ * the background (raw DEFLATE against a reference body, src/store/codec.ts), as in the SQLite store;
+ * history reads back byte-identical.
+ *
+ * **Sealed at rest** (option `secretKeys`, always set by `tidegate serve`): the same design as the
+ * SQLite store (src/store/seal.ts, `tidegate-store/1`). Every byte string a row holds about a
+ * resource — its key, current document, held-back updates, state vector, each version's metadata
+ * (versionId, lastUpdated), document and body — is sealed with the resource's own content key
+ * (AES-256-GCM, AAD = record kind, version seq and key), rows are filed under the HMAC tag of the key
+ * (`resourceTag`) instead of `Type/id`, and the content keys live in a **local key vault file**
+ * (src/store/vault.ts, option `keyVaultFile`), not in the database: a database backup holds no key,
+ * so {@link PgStore.shred} (crypto-shredding) reaches every backup of the database. Without
+ * `secretKeys` the same schema holds plaintext (tests and benchmarks only); a schema remembers which
+ * it is and refuses to be opened the other way.
  */
 import pg from 'pg';
 import type { ResourceRecord, ResourceStore, VersionRecord } from './store.ts';
+import type { NodeSecretKeys } from '../envelope/keys.ts';
+import { RecordKind, decodeVersionMeta, encodeVersionMeta, openRecord, resourceTag, sealRecord } from './seal.ts';
+import type { RecordKindId } from './seal.ts';
+import { KeyVault, KeyVaultError } from './vault.ts';
+import type { RewrapResult } from './vault.ts';
+import { ResourceShreddedError } from './sqlite-store.ts';
+import type { StoreShredResult } from './sqlite-store.ts';
 import {
   BodyCodec,
   StateKind,
@@ -47,8 +66,11 @@ import {
   toV2,
 } from './codec.ts';
 
-/** The schema version this build reads and writes (row `schema` of `tidegate_meta`). */
-export const PG_SCHEMA_VERSION = 1;
+/**
+ * The schema version this build reads and writes (row `schema` of `tidegate_meta`). Version 1 (before
+ * sealing: keys, version ids and times in clear) is refused.
+ */
+export const PG_SCHEMA_VERSION = 2;
 
 /**
  * Raised when the store cannot make a write durable: PostgreSQL unreachable or failing, the store
@@ -107,6 +129,21 @@ export interface PgStoreOptions {
   readOnly?: boolean;
   /** Called with a failed batch's or recovery's error (no resource content). */
   onError?: (err: Error) => void;
+  /**
+   * The node's secret keys: the store is then **sealed** (see module doc), its content keys in the
+   * key vault file `keyVaultFile`. Without them the store keeps plaintext (tests and benchmarks only).
+   */
+  secretKeys?: NodeSecretKeys;
+  /**
+   * Key vault file of a sealed store (a local SQLite file, src/store/vault.ts), required with
+   * `secretKeys`. Keep it off the database server and out of database backups: that is what makes
+   * crypto-shredding reach those backups (docs/storage.md "PostgreSQL: sealed at rest").
+   */
+  keyVaultFile?: string;
+  /** Content keys created per vault write (see {@link KeyVault}). Default 256. */
+  vaultPoolSize?: number;
+  /** Re-wrap the vault at open when it is not under the current X-Wing key. Default true (false when `readOnly`). */
+  autoRewrap?: boolean;
 }
 
 /** Result of a compaction run. */
@@ -137,6 +174,8 @@ interface StoredVersion {
 /** A record in its stored form. Never mutated: a `set` builds a new one (rollback keeps the old). */
 interface Entry {
   key: string;
+  /** Key vault slot of the resource's content key (0 in an unsealed store). */
+  slot: number;
   stateV2: Uint8Array;
   pendingBlob: Uint8Array | null;
   versions: readonly StoredVersion[];
@@ -166,6 +205,8 @@ interface Batch {
 }
 
 const EMPTY = new Uint8Array(0);
+/** Tagged (HMAC under the vault's index key) into `tidegate_meta.vault_check`; not a `Type/id`, so no resource has this tag. */
+const VAULT_CHECK = 'tidegate-store/1 vault-check';
 const utf8d = new TextDecoder('utf-8', { fatal: true });
 /** Most version bodies one background step rewrites. */
 const SLICE_ROWS = 32;
@@ -208,24 +249,84 @@ function fromBuffer(b: unknown): Uint8Array | null {
   return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 }
 
+/** What each sealed column holds (the record kind bound in its AAD, src/store/seal.ts). */
+const COLUMN_KIND = {
+  'resource.state': RecordKind.state,
+  'resource.pending': RecordKind.pending,
+  'resource.vsv': RecordKind.stateVector,
+  'version.meta': RecordKind.versionMeta,
+  'version.state': RecordKind.versionState,
+  /** Plain (uncompacted) body. */
+  'version.body': RecordKind.freshBody,
+  /** Compacted body (raw DEFLATE). */
+  'version.body.compacted': RecordKind.compactBody,
+} as const satisfies Record<string, RecordKindId>;
+/** A sealed column of {@link COLUMN_KIND}. */
+type Column = keyof typeof COLUMN_KIND;
+
+/** Hex of a row key. */
+function hexOf(b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+}
+
 /**
- * The one place where stored forms become column bytes (writes) and back (reads). Sealing at rest
- * (src/store, the envelope issue) goes here: every byte string the store writes passes through
- * `out`, every one it reads through `in`. `column` names the column (`resource.state`,
- * `resource.pending`, `resource.vsv`, `version.body`, `version.state`), `key`/`seq` the row (AAD).
+ * The one place where stored forms become column bytes (writes) and back (reads): every byte
+ * string the store writes about a resource passes through `out`, every one it reads through `in`.
+ * With a key vault they are sealed records (`sealRecord` / `openRecord` under the slot's content key;
+ * the AAD binds the column's record kind, `seq` — 0 for resource columns — and the key); without one
+ * the bytes are stored as they are. `tag` is the row id of a key, `name`/`openName` the sealed key.
  */
-const columnBytes = {
-  out(bytes: Uint8Array, _column: string, _key: string, _seq?: number): Buffer {
-    return toBuffer(bytes);
-  },
-  in(bytes: unknown, column: string, key: string, _seq?: number): Uint8Array | null {
+interface ColumnCodec {
+  /** The row id of `key`: HMAC-SHA256 tag (sealed) or the key's UTF-8 (unsealed). */
+  tag(key: string): Buffer;
+  /** Column bytes of a field. @throws KeyVaultError when the slot's key was destroyed. */
+  out(bytes: Uint8Array, column: Column, key: string, slot: number, seq?: number): Buffer;
+  /** Field bytes of a column, or null for SQL NULL. @throws StoreFormatError (not bytea), SealedRecordError, KeyVaultError. */
+  in(bytes: unknown, column: Column, key: string, slot: number, seq?: number): Uint8Array | null;
+  /** The `name` column of a key (the key sealed and bound to its tag, which the reader knows). */
+  name(tag: Uint8Array, slot: number, key: string): Buffer;
+  /** The key of a row from its `key` (tag) and `name` columns. @throws StoreFormatError when the name does not match the tag. */
+  openName(tag: Uint8Array, slot: number, name: Uint8Array): string;
+}
+
+/** The codec of a store: sealing under `vault`'s keys, or plain bytes without a vault. */
+function columnCodec(vault: KeyVault | undefined): ColumnCodec {
+  const utf8e = new TextEncoder();
+  const read = (bytes: unknown, what: string): Uint8Array | null => {
     try {
       return fromBuffer(bytes);
     } catch (err) {
-      throw new StoreFormatError(`Stored ${column} of a resource is unreadable (${(err as Error).message})`, { cause: err });
+      throw new StoreFormatError(`Stored ${what} of a resource is unreadable (${(err as Error).message})`, { cause: err });
     }
-  },
-};
+  };
+  if (!vault) {
+    return {
+      tag: (key) => Buffer.from(key, 'utf8'),
+      out: (bytes) => toBuffer(bytes),
+      in: (bytes, column) => read(bytes, column),
+      name: (_tag, _slot, key) => Buffer.from(key, 'utf8'),
+      openName: (tag, _slot, name) => {
+        const key = utf8d.decode(name);
+        if (Buffer.compare(Buffer.from(key, 'utf8'), tag) !== 0) throw new StoreFormatError('A resource name does not match its row');
+        return key;
+      },
+    };
+  }
+  return {
+    tag: (key) => toBuffer(resourceTag(vault.indexKey, key)),
+    out: (bytes, column, key, slot, seq = 0) => toBuffer(sealRecord(vault.contentKey(slot), COLUMN_KIND[column], key, seq, bytes)),
+    in: (bytes, column, key, slot, seq = 0) => {
+      const raw = read(bytes, column);
+      return raw === null ? null : openRecord(vault.contentKey(slot), COLUMN_KIND[column], key, seq, raw);
+    },
+    name: (tag, slot, key) => toBuffer(sealRecord(vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, utf8e.encode(key))),
+    openName: (tag, slot, name) => {
+      const key = utf8d.decode(openRecord(vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, name));
+      if (Buffer.compare(resourceTag(vault.indexKey, key), tag) !== 0) throw new StoreFormatError('A resource name does not match its tag');
+      return key;
+    },
+  };
+}
 
 /**
  * The durable PostgreSQL {@link ResourceStore} (see module doc). Open with {@link PgStore.open};
@@ -258,20 +359,33 @@ export class PgStore implements ResourceStore {
   private recovering: Promise<void> | undefined;
   private closed = false;
   private lastRef: { version: StoredVersion; text: string } | undefined;
+  /** Key vault of a sealed store; undefined when unsealed. */
+  private readonly vault: KeyVault | undefined;
+  private readonly codec: ColumnCodec;
+  /** Hex tags of shredded keys (tombstones). */
+  private readonly tombstones: Set<string>;
+  /** Sets collecting the keys written while they are registered ({@link watchWrites}). */
+  private readonly watchers = new Set<Set<string>>();
+  /** Resource rows skipped at open because they cannot be decrypted (see {@link unreadableAtOpen}). */
+  readonly unreadableAtOpen: number;
 
-  private constructor(pool: pg.Pool, schema: string, epoch: number, entries: Map<string, Entry>, opts: PgStoreOptions) {
+  private constructor(pool: pg.Pool, schema: string, epoch: number, loaded: Loaded, opts: PgStoreOptions, vault: KeyVault | undefined, codec: ColumnCodec, tombstones: Set<string>) {
     this.pool = pool;
     this.schema = schema;
     this.q = quoteIdent(schema);
     this.epoch = epoch;
-    this.entries = entries;
+    this.entries = loaded.entries;
+    this.unreadableAtOpen = loaded.unreadable;
+    this.vault = vault;
+    this.codec = codec;
+    this.tombstones = tombstones;
     this.opts = opts;
     this.keyframeRatio = opts.keyframeRatio ?? 2;
     this.compactAfter = Math.max(1, opts.compactAfter ?? 16);
     this.background = !opts.readOnly && (opts.compaction ?? 'background') === 'background';
     if (opts.readOnly) this.down = new StoreUnavailableError('read-only', 'This resource store was opened read-only');
     if (this.background) {
-      for (const e of entries.values()) if (e.versions.length - 1 - e.compacted >= this.compactAfter) this.dirty.add(e.key);
+      for (const e of this.entries.values()) if (e.versions.length - 1 - e.compacted >= this.compactAfter) this.dirty.add(e.key);
       this.schedule();
     }
   }
@@ -281,13 +395,41 @@ export class PgStore implements ResourceStore {
    * concurrent openers do not race), takes the writer epoch, and loads every record.
    * @param opts - see {@link PgStoreOptions}.
    * @returns The opened store.
+   * A sealed store opens its key vault first: a vault held by a running node (`ERR_VAULT_IN_USE`)
+   * stops the open before the writer epoch is taken, so `tidegate shred` cannot fence a running node
+   * that shares the vault file. Resource rows whose content key was destroyed (a restored backup
+   * taken before a shred) are skipped and counted ({@link unreadableAtOpen}).
    * @throws StoreUnavailableError (`connection`) when PostgreSQL is unreachable or refuses the
-   *   connection; Error when the schema was written by another schema version or the stored rows
-   *   are inconsistent (versions not contiguous).
+   *   connection; StoreFormatError when the schema was written by another schema version (1:
+   *   unsealed), is sealed and no keys were given (or the reverse), or the stored rows are
+   *   inconsistent (versions not contiguous); KeyVaultError when the vault is in use, damaged, or
+   *   wrapped under a key the key file lacks; TypeError for `secretKeys` without `keyVaultFile`.
    */
   static async open(opts: PgStoreOptions): Promise<PgStore> {
     const schema = opts.schema ?? 'tidegate';
     const q = quoteIdent(schema);
+    let vault: KeyVault | undefined;
+    if (opts.secretKeys !== undefined) {
+      if (opts.keyVaultFile === undefined || opts.keyVaultFile === '') throw new TypeError('PgStore: a sealed store (secretKeys) needs keyVaultFile');
+      vault = new KeyVault(opts.keyVaultFile, {
+        secretKeys: opts.secretKeys,
+        ...(opts.vaultPoolSize !== undefined ? { poolSize: opts.vaultPoolSize } : {}),
+        autoRewrap: opts.autoRewrap ?? !opts.readOnly,
+      });
+    }
+    try {
+      return await PgStore.openWith(opts, schema, q, vault);
+    } catch (err) {
+      vault?.close();
+      throw err;
+    }
+  }
+
+  private static async openWith(opts: PgStoreOptions, schema: string, q: string, vault: KeyVault | undefined): Promise<PgStore> {
+    const sealed = vault !== undefined ? '1' : '0';
+    const codec = columnCodec(vault);
+    // Identifies the vault (its index key, stable across rotations) without revealing anything of it.
+    const vaultCheck = vault !== undefined ? hexOf(codec.tag(VAULT_CHECK)) : undefined;
     const pool = new pg.Pool({
       connectionString: opts.url,
       max: opts.poolSize ?? 3,
@@ -309,29 +451,54 @@ export class PgStore implements ResourceStore {
     let epoch: number;
     try {
       await client.query('BEGIN');
+      const checkMeta = (m: Map<string, string>): void => {
+        const version = m.get('schema');
+        if (Number(version) !== PG_SCHEMA_VERSION) {
+          throw new StoreFormatError(
+            `PostgreSQL schema ${schema} has store schema version ${String(version)}; this build reads ${PG_SCHEMA_VERSION}` +
+              (version === '1' ? ' (version 1 is unsealed: start on an empty schema and let anti-entropy restore it from the peers)' : ''),
+          );
+        }
+        if (m.get('sealed') !== sealed) {
+          throw new StoreFormatError(m.get('sealed') === '1' ? `PostgreSQL schema ${schema} is sealed: open it with the node secret keys and its keyVaultFile` : `PostgreSQL schema ${schema} holds plaintext and cannot be opened as a sealed store`);
+        }
+        // A vault that is not this schema's (wrong keyVaultFile, a new empty vault) would make every
+        // row unreadable: refuse it instead of starting empty.
+        if (vaultCheck !== undefined && m.get('vault_check') !== vaultCheck) {
+          throw new StoreFormatError(`Key vault ${String(opts.keyVaultFile)} is not the key vault of PostgreSQL schema ${schema} (check keyVaultFile)`);
+        }
+      };
+      const readMeta = async (): Promise<Map<string, string>> =>
+        new Map((await client.query(`SELECT name, value FROM ${q}.tidegate_meta WHERE name IN ('schema', 'sealed', 'vault_check', 'writer_epoch')`)).rows.map((r) => [String(r.name), String(r.value)]));
       if (opts.readOnly) {
-        const meta = await client.query(`SELECT name, value FROM ${q}.tidegate_meta WHERE name IN ('schema', 'writer_epoch')`);
-        const m = new Map(meta.rows.map((r) => [String(r.name), String(r.value)]));
-        if (Number(m.get('schema')) !== PG_SCHEMA_VERSION) throw new StoreFormatError(`PostgreSQL schema ${schema} has store schema version ${String(m.get('schema'))}; this build reads ${PG_SCHEMA_VERSION}`);
+        const m = await readMeta();
+        checkMeta(m);
         epoch = Number(m.get('writer_epoch') ?? 0);
         await client.query('COMMIT');
       } else {
         await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`tidegate-schema:${schema}`]);
         await client.query(`CREATE SCHEMA IF NOT EXISTS ${q}`);
         await client.query(`CREATE TABLE IF NOT EXISTS ${q}.tidegate_meta (name text PRIMARY KEY, value text NOT NULL)`);
+        // The version is checked before any other table is created: an older layout is left as it is.
+        const existing = await readMeta();
+        if (existing.has('schema')) checkMeta(existing);
+        else {
+          await client.query(`INSERT INTO ${q}.tidegate_meta (name, value) VALUES ('schema', $1), ('sealed', $2)`, [String(PG_SCHEMA_VERSION), sealed]);
+          if (vaultCheck !== undefined) await client.query(`INSERT INTO ${q}.tidegate_meta (name, value) VALUES ('vault_check', $1)`, [vaultCheck]);
+        }
+        // `key` = HMAC-SHA256 tag of `Type/id` (sealed) or its UTF-8 (unsealed); `name` = the key, sealed;
+        // `slot` = its content key in the key vault; every other bytea column about a resource is sealed.
         await client.query(
-          `CREATE TABLE IF NOT EXISTS ${q}.resource (rid bigint GENERATED BY DEFAULT AS IDENTITY UNIQUE, key text PRIMARY KEY, state bytea NOT NULL, pending bytea, ` +
-            'nversions integer NOT NULL, vsv bytea, kf_bytes integer NOT NULL, delta_bytes integer NOT NULL, compacted integer NOT NULL)',
+          `CREATE TABLE IF NOT EXISTS ${q}.resource (rid bigint GENERATED BY DEFAULT AS IDENTITY UNIQUE, key bytea PRIMARY KEY, slot bigint NOT NULL, name bytea NOT NULL, ` +
+            'state bytea NOT NULL, pending bytea, nversions integer NOT NULL, vsv bytea, kf_bytes integer NOT NULL, delta_bytes integer NOT NULL, compacted integer NOT NULL)',
         );
         await client.query(
-          `CREATE TABLE IF NOT EXISTS ${q}.version (key text NOT NULL, seq integer NOT NULL, version_id text NOT NULL, last_updated text NOT NULL, ` +
+          `CREATE TABLE IF NOT EXISTS ${q}.version (key bytea NOT NULL, seq integer NOT NULL, meta bytea NOT NULL, ` +
             'deleted boolean NOT NULL, body bytea, body_codec smallint NOT NULL, body_ref integer, state bytea NOT NULL, state_kind smallint NOT NULL, PRIMARY KEY (key, seq))',
         );
-        const sv = await client.query(`SELECT value FROM ${q}.tidegate_meta WHERE name = 'schema'`);
-        if (sv.rows.length === 0) await client.query(`INSERT INTO ${q}.tidegate_meta (name, value) VALUES ('schema', $1)`, [String(PG_SCHEMA_VERSION)]);
-        else if (Number(sv.rows[0].value) !== PG_SCHEMA_VERSION) {
-          throw new StoreFormatError(`PostgreSQL schema ${schema} has store schema version ${String(sv.rows[0].value)}; this build reads ${PG_SCHEMA_VERSION}`);
-        }
+        await client.query(`CREATE TABLE IF NOT EXISTS ${q}.shredded (tag bytea PRIMARY KEY, at text NOT NULL)`);
+        await client.query(`CREATE TABLE IF NOT EXISTS ${q}.shred_pending (slot bigint PRIMARY KEY)`);
+        await client.query(`CREATE TABLE IF NOT EXISTS ${q}.audit_event (id text PRIMARY KEY, recorded text NOT NULL, event text NOT NULL)`);
         const ep = await client.query(
           `INSERT INTO ${q}.tidegate_meta (name, value) VALUES ('writer_epoch', '1') ON CONFLICT (name) DO UPDATE SET value = (${q}.tidegate_meta.value::bigint + 1)::text RETURNING value`,
         );
@@ -345,16 +512,27 @@ export class PgStore implements ResourceStore {
       if (err instanceof StoreFormatError) throw err;
       throw new StoreUnavailableError('connection', `Cannot prepare PostgreSQL schema ${schema}: ${(err as Error).message}`, { cause: err });
     }
-    let entries: Map<string, Entry>;
+    let loaded: Loaded;
+    const tombstones = new Set<string>();
     try {
-      entries = await loadEntries(client, q, undefined);
+      for (const r of (await client.query(`SELECT tag FROM ${q}.shredded`)).rows) tombstones.add(hexOf(fromBuffer(r.tag) ?? EMPTY));
+      loaded = await loadEntries(client, q, codec, undefined, tombstones);
+      if (vault) {
+        vault.setUsed(loaded.slots);
+        // A shred interrupted between its database transaction and the vault: finish destroying the keys.
+        const pendingSlots = (await client.query(`SELECT slot FROM ${q}.shred_pending`)).rows.map((r) => Number(r.slot));
+        if (pendingSlots.length > 0 && !opts.readOnly) {
+          vault.destroy(pendingSlots);
+          await client.query(`DELETE FROM ${q}.shred_pending WHERE slot = ANY($1::bigint[])`, [pendingSlots]);
+        }
+      }
     } catch (err) {
       release(true);
       await pool.end().catch(() => {});
-      throw err instanceof StoreFormatError ? err : new StoreUnavailableError('connection', `Cannot load the resource store from PostgreSQL: ${(err as Error).message}`, { cause: err });
+      throw err instanceof StoreFormatError || err instanceof KeyVaultError ? err : new StoreUnavailableError('connection', `Cannot load the resource store from PostgreSQL: ${(err as Error).message}`, { cause: err });
     }
     release();
-    return new PgStore(pool, schema, epoch, entries, opts);
+    return new PgStore(pool, schema, epoch, loaded, opts, vault, codec, tombstones);
   }
 
   /**
@@ -376,11 +554,15 @@ export class PgStore implements ResourceStore {
    * @param key - `Type/id`.
    * @param record - document (V1), versions (each `state` V1), optional held-back updates (V1).
    * @throws StoreUnavailableError while the store refuses writes (recovering from a failed batch,
-   *   fenced, closed); Error when a document is not a valid Yjs V1 update. Nothing changes then.
+   *   fenced, closed); ResourceShreddedError (410) for a crypto-shredded key; Error when a document
+   *   is not a valid Yjs V1 update, or a new resource gets no content key (vault I/O error). Nothing
+   *   changes then.
    */
   set(key: string, record: ResourceRecord): void {
     if (this.closed) throw new StoreUnavailableError('closed', 'The resource store is closed');
     if (this.down) throw this.down;
+    if (this.isShredded(key)) throw new ResourceShreddedError();
+    for (const w of this.watchers) w.add(key);
     const e = this.entries.get(key);
     const oldViews = e ? this.viewsOf(e) : [];
     const next = record.versions;
@@ -449,8 +631,12 @@ export class PgStore implements ResourceStore {
     if (from < next.length && last && last.stateKind === StateKind.keyframe && lastV1 === recordState) {
       versions[versions.length - 1] = { ...last, state: EMPTY, stateKind: StateKind.current };
     }
+    // A new resource takes a content key slot (no vault write but once per pool); until its batch is
+    // committed a crash returns the slot to the pool.
+    const slot = e?.slot ?? (this.vault ? this.vault.allocate() : 0);
     const entry: Entry = {
       key,
+      slot,
       stateV2,
       pendingBlob,
       versions,
@@ -547,6 +733,165 @@ export class PgStore implements ResourceStore {
     await this.durable().catch(() => {});
     this.down = new StoreUnavailableError('closed', 'The resource store is closed');
     await this.pool.end().catch(() => {});
+    this.vault?.close();
+  }
+
+  // ---- sealing, crypto-shredding, audit ----
+
+  /** True when the store is sealed (opened with the node's secret keys and a key vault). */
+  get sealed(): boolean {
+    return this.vault !== undefined;
+  }
+
+  /** The key vault of a sealed store (undefined when unsealed). */
+  get keyVault(): KeyVault | undefined {
+    return this.vault;
+  }
+
+  /**
+   * The row id of a key as hex: HMAC-SHA256 tag in a sealed store (names a patient in an AuditEvent
+   * without its id), the UTF-8 of the key in an unsealed one.
+   * @param key - `Type/id`.
+   */
+  resourceTagHex(key: string): string {
+    return hexOf(this.codec.tag(key));
+  }
+
+  /**
+   * True when `key` was crypto-shredded on this node (its tombstone is kept): reads answer as for a
+   * resource never held, writes throw {@link ResourceShreddedError}, peers' updates are refused.
+   * @param key - `Type/id`.
+   */
+  isShredded(key: string): boolean {
+    return this.tombstones.size > 0 && this.tombstones.has(this.resourceTagHex(key));
+  }
+
+  /** Number of tombstones (keys shredded on this node). */
+  get shreddedCount(): number {
+    return this.tombstones.size;
+  }
+
+  /**
+   * Collects the keys written (`set`) from now until `stop()`: the shred's compartment search, which
+   * yields to the event loop, re-checks what was written meanwhile.
+   * @returns The live set of keys and a function that stops collecting.
+   */
+  watchWrites(): { keys: ReadonlySet<string>; stop: () => void } {
+    const keys = new Set<string>();
+    this.watchers.add(keys);
+    return { keys, stop: () => this.watchers.delete(keys) };
+  }
+
+  /**
+   * Re-wraps every content key under the node's current X-Wing key (after `tidegate keys rotate`;
+   * also done at open). Only the local key vault changes; no row in PostgreSQL is touched.
+   * @returns Generations before and after, and the number of keys re-wrapped.
+   * @throws Error when the store is unsealed or its vault closed; SealedRecordError for a damaged wrapped key.
+   */
+  rewrap(): RewrapResult {
+    if (!this.vault) throw new Error('Store is not sealed: nothing to re-wrap');
+    return this.vault.rewrap();
+  }
+
+  /**
+   * Crypto-shreds resources on this node. At once (synchronously) the keys are tombstoned, so no
+   * later write or peer update can queue a change for them; then, once the changes queued before
+   * are committed, one transaction deletes their `resource` and `version` rows and records the
+   * tombstones and the content key slots to destroy (`shred_pending`); then the slots' content keys
+   * are destroyed in the local key vault, so no copy of the database (backups, replicas, WAL
+   * archives) decrypts them. A crash after the transaction is finished at the next open.
+   * Idempotent; keys not held are tombstoned all the same (a peer's later update must not create them).
+   * @param keys - `Type/id` keys.
+   * @param at - time of the shred (recorded with the tombstones).
+   * @returns Which keys were held, and how many content keys were destroyed.
+   * @throws StoreUnavailableError when the store is closed, read-only, fenced, or PostgreSQL fails
+   *   (nothing is shredded then: the tombstones are taken back; retry).
+   */
+  async shred(keys: readonly string[], at: Date = new Date()): Promise<StoreShredResult> {
+    if (this.closed) throw new StoreUnavailableError('closed', 'The resource store is closed');
+    if (this.down && this.down.reason !== 'connection') throw this.down;
+    const list = [...new Set(keys)];
+    const tags = list.map((k) => this.codec.tag(k));
+    const added: string[] = [];
+    for (const t of tags) {
+      const h = hexOf(t);
+      if (!this.tombstones.has(h)) {
+        this.tombstones.add(h);
+        added.push(h);
+      }
+    }
+    for (const k of list) this.dirty.delete(k);
+    const held = new Map<string, number>();
+    try {
+      // Changes queued before the tombstones are committed (or rolled back) first: none can follow.
+      await this.durable().catch(() => {});
+      const { client, release } = await acquire(this.pool, this.opts.onError).catch((err: unknown) => {
+        throw new StoreUnavailableError('connection', `Cannot connect to PostgreSQL for the resource store: ${(err as Error).message}`, { cause: err });
+      });
+      let ok = false;
+      try {
+        await client.query('BEGIN');
+        await client.query('SET LOCAL synchronous_commit TO on');
+        const ep = await client.query(`SELECT value FROM ${this.q}.tidegate_meta WHERE name = 'writer_epoch' FOR SHARE`);
+        if (Number(ep.rows[0]?.value) !== this.epoch) throw new StoreUnavailableError('fenced', `Another store took over PostgreSQL schema ${this.schema}; this one no longer writes`);
+        await client.query(`DELETE FROM ${this.q}.version WHERE key = ANY($1::bytea[])`, [tags]);
+        const gone = await client.query(`DELETE FROM ${this.q}.resource WHERE key = ANY($1::bytea[]) RETURNING key, slot`, [tags]);
+        for (const r of gone.rows) held.set(hexOf(fromBuffer(r.key) ?? EMPTY), Number(r.slot));
+        await client.query(`INSERT INTO ${this.q}.shredded (tag, at) SELECT unnest($1::bytea[]), $2 ON CONFLICT (tag) DO NOTHING`, [tags, at.toISOString()]);
+        if (this.vault && held.size > 0) {
+          await client.query(`INSERT INTO ${this.q}.shred_pending (slot) SELECT unnest($1::bigint[]) ON CONFLICT (slot) DO NOTHING`, [[...held.values()]]);
+        }
+        await client.query('COMMIT');
+        ok = true;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => {});
+        throw err;
+      } finally {
+        release(!ok);
+      }
+    } catch (err) {
+      for (const h of added) this.tombstones.delete(h);
+      if (err instanceof StoreUnavailableError) throw err;
+      throw new StoreUnavailableError('connection', `PostgreSQL did not commit the shred: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+    const result: StoreShredResult = { shredded: [], tombstoned: [], keysDestroyed: 0 };
+    for (const [i, key] of list.entries()) {
+      (held.has(hexOf(tags[i]!)) ? result.shredded : result.tombstoned).push(key);
+      this.entries.delete(key);
+      this.v1Drop(key);
+      this.dirty.delete(key);
+    }
+    this.lastRef = undefined;
+    if (this.vault && held.size > 0) {
+      const slots = [...held.values()].filter((x) => x > 0);
+      result.keysDestroyed = this.vault.destroy(slots);
+      try {
+        await this.pool.query(`DELETE FROM ${this.q}.shred_pending WHERE slot = ANY($1::bigint[])`, [slots]);
+      } catch (err) {
+        // The keys are destroyed; the next open finds the rows and destroys nothing more.
+        this.opts.onError?.(err as Error);
+      }
+    }
+    return result;
+  }
+
+  /**
+   * Appends a FHIR AuditEvent (JSON without PHI, e.g. a shred record) to the `audit_event` table; it
+   * is kept in plaintext so the record outlives what it describes.
+   * @param event - an AuditEvent with `id` and `recorded`.
+   * @throws Error on a PostgreSQL error or a duplicate id.
+   */
+  async appendAuditEvent(event: { id: string; recorded: string }): Promise<void> {
+    await this.pool.query(`INSERT INTO ${this.q}.audit_event (id, recorded, event) VALUES ($1, $2, $3)`, [event.id, event.recorded, JSON.stringify(event)]);
+  }
+
+  /**
+   * The stored AuditEvents, newest first.
+   * @param limit - at most this many. Default 100.
+   */
+  async auditEvents(limit = 100): Promise<unknown[]> {
+    const res = await this.pool.query(`SELECT event FROM ${this.q}.audit_event ORDER BY recorded DESC, id DESC LIMIT $1`, [limit]);
+    return res.rows.map((r) => JSON.parse(String(r.event)) as unknown);
   }
 
   // ---- batches ----
@@ -645,7 +990,7 @@ export class PgStore implements ResourceStore {
               return;
             }
             const keys = [...this.suspect];
-            const fresh = await loadEntries(client, this.q, keys);
+            const fresh = (await loadEntries(client, this.q, this.codec, keys, this.tombstones)).entries;
             for (const key of keys) {
               const e = fresh.get(key);
               if (e) this.entries.set(key, e);
@@ -674,22 +1019,24 @@ export class PgStore implements ResourceStore {
   /** Writes one batch in one transaction. */
   private async commitBatch(batch: Batch, after: Map<string, Entry>): Promise<void> {
     const q = this.q;
-    const rewrites: string[] = [];
-    const v = { key: [] as string[], seq: [] as number[], vid: [] as string[], lu: [] as string[], del: [] as boolean[], body: [] as Array<Buffer | null>, codec: [] as number[], ref: [] as Array<number | null>, state: [] as Buffer[], kind: [] as number[] };
-    const r = { key: [] as string[], state: [] as Buffer[], pending: [] as Array<Buffer | null>, n: [] as number[], vsv: [] as Array<Buffer | null>, kf: [] as number[], delta: [] as number[], compacted: [] as number[] };
+    const codec = this.codec;
+    const rewrites: Buffer[] = [];
+    const v = { key: [] as Buffer[], seq: [] as number[], meta: [] as Buffer[], del: [] as boolean[], body: [] as Array<Buffer | null>, codec: [] as number[], ref: [] as Array<number | null>, state: [] as Buffer[], kind: [] as number[] };
+    const r = { key: [] as Buffer[], slot: [] as number[], name: [] as Buffer[], state: [] as Buffer[], pending: [] as Array<Buffer | null>, n: [] as number[], vsv: [] as Array<Buffer | null>, kf: [] as number[], delta: [] as number[], compacted: [] as number[] };
+    // Sealing happens here, off the request path (the set() that queued the change has returned).
     for (const [key, e] of after) {
+      const tag = codec.tag(key);
       const prev = batch.before.get(key);
       const rewrite = batch.rewrites.has(key);
-      if (rewrite) rewrites.push(key);
+      if (rewrite) rewrites.push(tag);
       const old = rewrite ? [] : (prev?.versions ?? []);
       for (let seq = 0; seq < e.versions.length; seq++) {
         const sv = e.versions[seq]!;
         if (old[seq] === sv) continue;
-        const row = versionColumns(key, seq, sv);
-        v.key.push(key);
+        const row = versionColumns(codec, key, e.slot, seq, sv);
+        v.key.push(tag);
         v.seq.push(seq);
-        v.vid.push(sv.versionId);
-        v.lu.push(sv.lastUpdated);
+        v.meta.push(row.meta);
         v.del.push(sv.deleted);
         v.body.push(row.body);
         v.codec.push(sv.bodyCodec);
@@ -697,8 +1044,10 @@ export class PgStore implements ResourceStore {
         v.state.push(row.state);
         v.kind.push(sv.stateKind);
       }
-      const res = resourceColumns(e);
-      r.key.push(key);
+      const res = resourceColumns(codec, e);
+      r.key.push(tag);
+      r.slot.push(e.slot);
+      r.name.push(codec.name(tag, e.slot, key));
       r.state.push(res.state);
       r.pending.push(res.pending);
       r.n.push(e.versions.length);
@@ -722,22 +1071,22 @@ export class PgStore implements ResourceStore {
       if (Number(ep.rows[0]?.value) !== this.epoch) {
         throw new StoreUnavailableError('fenced', `Another store took over PostgreSQL schema ${this.schema} (writer epoch ${String(ep.rows[0]?.value)}, this one ${this.epoch}); this one no longer writes`);
       }
-      if (rewrites.length > 0) await client.query(`DELETE FROM ${q}.version WHERE key = ANY($1::text[])`, [rewrites]);
+      if (rewrites.length > 0) await client.query(`DELETE FROM ${q}.version WHERE key = ANY($1::bytea[])`, [rewrites]);
       if (v.key.length > 0) {
         await client.query(
-          `INSERT INTO ${q}.version (key, seq, version_id, last_updated, deleted, body, body_codec, body_ref, state, state_kind) ` +
-            'SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bool[], $6::bytea[], $7::smallint[], $8::int[], $9::bytea[], $10::smallint[]) ' +
-            'ON CONFLICT (key, seq) DO UPDATE SET version_id = EXCLUDED.version_id, last_updated = EXCLUDED.last_updated, deleted = EXCLUDED.deleted, body = EXCLUDED.body, ' +
+          `INSERT INTO ${q}.version (key, seq, meta, deleted, body, body_codec, body_ref, state, state_kind) ` +
+            'SELECT * FROM unnest($1::bytea[], $2::int[], $3::bytea[], $4::bool[], $5::bytea[], $6::smallint[], $7::int[], $8::bytea[], $9::smallint[]) ' +
+            'ON CONFLICT (key, seq) DO UPDATE SET meta = EXCLUDED.meta, deleted = EXCLUDED.deleted, body = EXCLUDED.body, ' +
             'body_codec = EXCLUDED.body_codec, body_ref = EXCLUDED.body_ref, state = EXCLUDED.state, state_kind = EXCLUDED.state_kind',
-          [v.key, v.seq, v.vid, v.lu, v.del, v.body, v.codec, v.ref, v.state, v.kind],
+          [v.key, v.seq, v.meta, v.del, v.body, v.codec, v.ref, v.state, v.kind],
         );
       }
       await client.query(
-        `INSERT INTO ${q}.resource (key, state, pending, nversions, vsv, kf_bytes, delta_bytes, compacted) ` +
-          'SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[], $5::bytea[], $6::int[], $7::int[], $8::int[]) ' +
+        `INSERT INTO ${q}.resource (key, slot, name, state, pending, nversions, vsv, kf_bytes, delta_bytes, compacted) ` +
+          'SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::int[], $7::bytea[], $8::int[], $9::int[], $10::int[]) ' +
           'ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, pending = EXCLUDED.pending, nversions = EXCLUDED.nversions, vsv = EXCLUDED.vsv, ' +
           'kf_bytes = EXCLUDED.kf_bytes, delta_bytes = EXCLUDED.delta_bytes, compacted = EXCLUDED.compacted',
-        [r.key, r.state, r.pending, r.n, r.vsv, r.kf, r.delta, r.compacted],
+        [r.key, r.slot, r.name, r.state, r.pending, r.n, r.vsv, r.kf, r.delta, r.compacted],
       );
       await client.query('COMMIT');
       ok = true;
@@ -910,7 +1259,7 @@ export class PgStore implements ResourceStore {
    */
   private compactKey(key: string, out: PgCompactionResult, maxRows: number): boolean {
     const e = this.entries.get(key);
-    if (!e) return false;
+    if (!e || this.isShredded(key)) return false;
     const start = e.compacted;
     const upto = Math.min(e.versions.length - 1, start + maxRows);
     if (start >= upto) return false;
@@ -953,84 +1302,130 @@ export class PgStore implements ResourceStore {
   }
 }
 
-/** Column bytes of a version row (through {@link columnBytes}). */
-function versionColumns(key: string, seq: number, v: StoredVersion): { body: Buffer | null; state: Buffer } {
+/** Column bytes of a version row (through the store's {@link ColumnCodec}). */
+function versionColumns(codec: ColumnCodec, key: string, slot: number, seq: number, v: StoredVersion): { meta: Buffer; body: Buffer | null; state: Buffer } {
   return {
-    body: v.body === null ? null : columnBytes.out(v.body, 'version.body', key, seq),
-    state: columnBytes.out(v.state, 'version.state', key, seq),
+    meta: codec.out(encodeVersionMeta(v.versionId, v.lastUpdated), 'version.meta', key, slot, seq),
+    body: v.body === null ? null : codec.out(v.body, v.bodyCodec === BodyCodec.plain ? 'version.body' : 'version.body.compacted', key, slot, seq),
+    state: codec.out(v.state, 'version.state', key, slot, seq),
   };
 }
 
-/** Column bytes of a resource row (through {@link columnBytes}). */
-function resourceColumns(e: Entry): { state: Buffer; pending: Buffer | null; vsv: Buffer | null } {
+/** Column bytes of a resource row (through the store's {@link ColumnCodec}). */
+function resourceColumns(codec: ColumnCodec, e: Entry): { state: Buffer; pending: Buffer | null; vsv: Buffer | null } {
   return {
-    state: columnBytes.out(e.stateV2, 'resource.state', e.key),
-    pending: e.pendingBlob === null ? null : columnBytes.out(e.pendingBlob, 'resource.pending', e.key),
-    vsv: e.vsv === null ? null : columnBytes.out(e.vsv, 'resource.vsv', e.key),
+    state: codec.out(e.stateV2, 'resource.state', e.key, e.slot),
+    pending: e.pendingBlob === null ? null : codec.out(e.pendingBlob, 'resource.pending', e.key, e.slot),
+    vsv: e.vsv === null ? null : codec.out(e.vsv, 'resource.vsv', e.key, e.slot),
   };
+}
+
+/** What {@link loadEntries} read. */
+interface Loaded {
+  entries: Map<string, Entry>;
+  /** Content key slots of the rows read (the vault frees every other slot). */
+  slots: number[];
+  /** Resource rows skipped: their content key was destroyed (crypto-shredded) or their name cannot be opened. */
+  unreadable: number;
+}
+
+/** True for errors that mean "this resource's content key is gone". */
+function keyDestroyed(err: unknown): boolean {
+  return err instanceof KeyVaultError && err.code === 'ERR_CONTENT_KEY_DESTROYED';
 }
 
 /**
  * Reads resource and version rows into entries: all of them (`keys` undefined) or those keys.
- * @throws Error when rows are inconsistent (versions not contiguous, count mismatch) or unreadable;
+ * Rows filed under a tombstone, and rows whose content key was destroyed (a database backup restored
+ * after a shred), are skipped and counted as unreadable.
+ * @throws StoreFormatError when rows are inconsistent (versions not contiguous, count mismatch, a
+ *   name that does not match its tag) or unreadable; SealedRecordError for a damaged sealed field;
  *   pg errors as thrown by the client.
  */
-async function loadEntries(client: pg.PoolClient, q: string, keys: string[] | undefined): Promise<Map<string, Entry>> {
+async function loadEntries(client: pg.PoolClient, q: string, codec: ColumnCodec, keys: string[] | undefined, tombstones: ReadonlySet<string>): Promise<Loaded> {
   const entries = new Map<string, Entry>();
   const byKey = keys !== undefined;
+  const tags = byKey ? keys.map((k) => codec.tag(k)) : [];
   const res = await client.query(
-    `SELECT key, state, pending, nversions, vsv, kf_bytes, delta_bytes, compacted FROM ${q}.resource${byKey ? ' WHERE key = ANY($1::text[])' : ''} ORDER BY rid`,
-    byKey ? [keys] : [],
+    `SELECT key, slot, name, state, pending, nversions, vsv, kf_bytes, delta_bytes, compacted FROM ${q}.resource${byKey ? ' WHERE key = ANY($1::bytea[])' : ''} ORDER BY rid`,
+    byKey ? [tags] : [],
   );
   const counts = new Map<string, number>();
   const versions = new Map<string, StoredVersion[]>();
+  /** Tag hex → the entry of that row. */
+  const byTag = new Map<string, Entry>();
+  const skipped = new Set<string>();
+  const slots: number[] = [];
   for (const row of res.rows) {
-    const key = String(row.key);
-    counts.set(key, Number(row.nversions));
-    versions.set(key, []);
-    entries.set(key, {
+    const tag = fromBuffer(row.key) ?? EMPTY;
+    const hex = hexOf(tag);
+    const slot = Number(row.slot);
+    if (tombstones.has(hex)) {
+      skipped.add(hex);
+      continue;
+    }
+    let key: string;
+    try {
+      key = codec.openName(tag, slot, fromBuffer(row.name) ?? EMPTY);
+    } catch (err) {
+      if (!keyDestroyed(err)) throw err;
+      skipped.add(hex);
+      continue;
+    }
+    slots.push(slot);
+    counts.set(hex, Number(row.nversions));
+    versions.set(hex, []);
+    const e: Entry = {
       key,
-      stateV2: columnBytes.in(row.state, 'resource.state', key) ?? EMPTY,
-      pendingBlob: columnBytes.in(row.pending, 'resource.pending', key),
+      slot,
+      stateV2: codec.in(row.state, 'resource.state', key, slot) ?? EMPTY,
+      pendingBlob: codec.in(row.pending, 'resource.pending', key, slot),
       versions: [],
-      vsv: columnBytes.in(row.vsv, 'resource.vsv', key),
+      vsv: codec.in(row.vsv, 'resource.vsv', key, slot),
       kfBytes: Number(row.kf_bytes),
       deltaBytes: Number(row.delta_bytes),
       compacted: Number(row.compacted),
-    });
+    };
+    entries.set(key, e);
+    byTag.set(hex, e);
   }
-  let after: [string, number] = ['', -1];
+  let after: [Buffer, number] = [Buffer.alloc(0), -1];
   for (;;) {
     const page = await client.query(
-      `SELECT key, seq, version_id, last_updated, deleted, body, body_codec, body_ref, state, state_kind FROM ${q}.version ` +
-        `WHERE (key, seq) > ($1, $2)${byKey ? ' AND key = ANY($4::text[])' : ''} ORDER BY key, seq LIMIT $3`,
-      byKey ? [after[0], after[1], LOAD_PAGE, keys] : [after[0], after[1], LOAD_PAGE],
+      `SELECT key, seq, meta, deleted, body, body_codec, body_ref, state, state_kind FROM ${q}.version ` +
+        `WHERE (key, seq) > ($1::bytea, $2::int)${byKey ? ' AND key = ANY($4::bytea[])' : ''} ORDER BY key, seq LIMIT $3`,
+      byKey ? [after[0], after[1], LOAD_PAGE, tags] : [after[0], after[1], LOAD_PAGE],
     );
     for (const row of page.rows) {
-      const key = String(row.key);
+      const tag = fromBuffer(row.key) ?? EMPTY;
+      const hex = hexOf(tag);
       const seq = Number(row.seq);
-      const list = versions.get(key);
-      if (!list) throw new StoreFormatError('Stored versions are inconsistent: a version row has no resource row');
+      after = [toBuffer(tag), seq];
+      if (skipped.has(hex)) continue;
+      const e = byTag.get(hex);
+      const list = versions.get(hex);
+      if (!e || !list) throw new StoreFormatError('Stored versions are inconsistent: a version row has no resource row');
       if (seq !== list.length) throw new StoreFormatError(`Stored versions of a resource are not contiguous (missing ${list.length})`);
+      const codecNo = Number(row.body_codec);
+      const meta = decodeVersionMeta(codec.in(row.meta, 'version.meta', e.key, e.slot, seq) ?? EMPTY);
       list.push({
-        versionId: String(row.version_id),
-        lastUpdated: String(row.last_updated),
+        versionId: meta.versionId,
+        lastUpdated: meta.lastUpdated,
         deleted: row.deleted === true,
-        body: columnBytes.in(row.body, 'version.body', key, seq),
-        bodyCodec: Number(row.body_codec),
+        body: codec.in(row.body, codecNo === BodyCodec.plain ? 'version.body' : 'version.body.compacted', e.key, e.slot, seq),
+        bodyCodec: codecNo,
         bodyRef: row.body_ref === null ? null : Number(row.body_ref),
-        state: columnBytes.in(row.state, 'version.state', key, seq) ?? EMPTY,
+        state: codec.in(row.state, 'version.state', e.key, e.slot, seq) ?? EMPTY,
         stateKind: Number(row.state_kind),
       });
-      after = [key, seq];
     }
     if (page.rows.length < LOAD_PAGE) break;
   }
-  for (const [key, e] of entries) {
-    const list = versions.get(key)!;
-    if (list.length !== counts.get(key)) throw new StoreFormatError(`Stored versions of a resource are inconsistent (${list.length} rows, ${String(counts.get(key))} expected)`);
+  for (const [hex, e] of byTag) {
+    const list = versions.get(hex)!;
+    if (list.length !== counts.get(hex)) throw new StoreFormatError(`Stored versions of a resource are inconsistent (${list.length} rows, ${String(counts.get(hex))} expected)`);
     for (const v of list) if (v.bodyRef !== null) v.ref = list[v.bodyRef];
     e.versions = list;
   }
-  return entries;
+  return { entries, slots, unreadable: skipped.size - [...skipped].filter((h) => tombstones.has(h)).length };
 }

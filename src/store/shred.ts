@@ -5,8 +5,9 @@
  *    every resource any of whose versions is in the compartment), plus the Patient itself;
  * 2. drop queued messages about them: the hospital outbox's jobs (src/hospital/outbox.ts) and, on
  *    the node's own Redis, Tide inbox jobs and quarantine entries whose envelope header names them;
- * 3. {@link SqliteStore.shred}: delete their rows, keep tombstones, destroy their content keys in the
- *    key vault (so no copy of the data file — disk, backup — decrypts them);
+ * 3. the store's `shred` ({@link SqliteStore.shred}, `PgStore.shred`): delete their rows, keep
+ *    tombstones, destroy their content keys in the key vault (so no copy of the data file or
+ *    database — disk, backup — decrypts them);
  * 4. drop queued messages again (anything enqueued meanwhile);
  * 5. record a FHIR AuditEvent (no PHI: the patient is named by its resource tag, an HMAC).
  *
@@ -19,7 +20,38 @@ import { Redis } from 'ioredis';
 import type { AuditEvent } from '../tide/audit.ts';
 import { NODE_ID_SYSTEM } from '../tide/audit.ts';
 import { mayBeInPatientCompartment, inPatientCompartment } from './compartment.ts';
-import type { SqliteStore } from './sqlite-store.ts';
+import type { SqliteStore, StoreShredResult } from './sqlite-store.ts';
+import type { ResourceRecord } from './store.ts';
+
+/**
+ * A store that can crypto-shred: the sealed SQLite store ({@link SqliteStore}) and the sealed
+ * PostgreSQL store (src/store/pg-store.ts `PgStore`). `shred` must tombstone the keys before it
+ * first yields (so no write can slip in between the compartment check and the shred).
+ */
+export interface ShreddableStore {
+  /** True when opened with the node's keys (shredding needs a key vault). */
+  readonly sealed: boolean;
+  keys(): IterableIterator<string>;
+  get(key: string): ResourceRecord | undefined;
+  /** Collects the keys written from now until `stop()`. */
+  watchWrites(): { keys: ReadonlySet<string>; stop: () => void };
+  shred(keys: readonly string[], at?: Date): StoreShredResult | Promise<StoreShredResult>;
+  /** Hex row id (HMAC tag) of a key. */
+  resourceTagHex(key: string): string;
+  appendAuditEvent(event: { id: string; recorded: string }): void | Promise<void>;
+}
+
+/**
+ * True when `store` has what {@link shredPatient} needs (sealed or not; {@link shredPatient} refuses
+ * an unsealed one with a clear error).
+ * @param store - any resource store.
+ */
+export function isShreddableStore(store: unknown): store is ShreddableStore {
+  const s = store as Partial<Record<keyof ShreddableStore, unknown>> | null;
+  return (
+    typeof s === 'object' && s !== null && typeof s.shred === 'function' && typeof s.watchWrites === 'function' && typeof s.resourceTagHex === 'function' && typeof s.appendAuditEvent === 'function' && typeof s.sealed === 'boolean'
+  );
+}
 
 /** `Identifier.system` of resource tags (hex HMAC-SHA256 of `Type/id` under the store's index key). */
 export const RESOURCE_TAG_SYSTEM = 'urn:tidegate:store:resource-tag';
@@ -51,12 +83,14 @@ export interface ShredQueues {
   outbox?: (keys: ReadonlySet<string>) => Promise<number>;
   /** Drops Tide inbox jobs and quarantine entries naming these keys ({@link scrubTideRedis}). */
   tide?: (keys: ReadonlySet<string>) => Promise<{ inboxJobs: number; quarantineEntries: number; unrecognized: number }>;
+  /** Drops outgoing Tide updates of these keys still waiting in memory (`Tide.drop`). */
+  outgoing?: (keys: ReadonlySet<string>) => number;
 }
 
 /** Options of {@link shredPatient}. */
 export interface ShredOptions {
-  /** The node's store (must be a {@link SqliteStore}; sealed in production). */
-  store: SqliteStore;
+  /** The node's store: a sealed {@link SqliteStore} or `PgStore`. */
+  store: ShreddableStore;
   /** This node's id (AuditEvent observer). */
   nodeId: string;
   /** Queues to purge. */
@@ -80,8 +114,8 @@ export interface ShredReport {
   keysDestroyed: number;
   /** Resources that could not be read while looking for the compartment (damaged records), counted only. */
   unreadable: number;
-  /** Queued messages dropped. */
-  dropped: { outboxJobs: number; inboxJobs: number; quarantineEntries: number; unrecognized: number };
+  /** Queued messages dropped; `outgoingUpdates` = updates removed from Tide batches waiting in memory. */
+  dropped: { outboxJobs: number; inboxJobs: number; quarantineEntries: number; unrecognized: number; outgoingUpdates: number };
   /** The AuditEvent recorded. */
   auditEvent: AuditEvent;
 }
@@ -91,7 +125,7 @@ export interface ShredReport {
  * itself, or a resource any of whose versions is a member by the R4 Patient CompartmentDefinition.
  * @returns true / false, or `'unreadable'` when its records cannot be opened (damaged).
  */
-export function heldInCompartment(store: SqliteStore, key: string, patientKey: string): boolean | 'unreadable' {
+export function heldInCompartment(store: ShreddableStore, key: string, patientKey: string): boolean | 'unreadable' {
   if (key === patientKey) return true;
   if (!mayBeInPatientCompartment(key.slice(0, key.indexOf('/')))) return false;
   try {
@@ -117,7 +151,7 @@ export function heldInCompartment(store: SqliteStore, key: string, patientKey: s
  * @param sliceMs - longest stretch without yielding, ms. Default 8.
  * @returns The keys, and how many resources could not be read (damaged records are skipped).
  */
-export async function patientCompartmentKeys(store: SqliteStore, patientKey: string, sliceMs = 8): Promise<{ keys: string[]; unreadable: number }> {
+export async function patientCompartmentKeys(store: ShreddableStore, patientKey: string, sliceMs = 8): Promise<{ keys: string[]; unreadable: number }> {
   const keys: string[] = [];
   let unreadable = 0;
   let t0 = performance.now();
@@ -189,7 +223,7 @@ export function shredAuditEvent(o: { nodeId: string; requestor: string; patientT
 export async function shredPatient(patientKey: string, opts: ShredOptions): Promise<ShredReport> {
   if (typeof patientKey !== 'string' || !PATIENT_KEY.test(patientKey)) throw new ShredError('ERR_SHRED_INVALID_KEY', 'Expected Patient/<id> (FHIR id: 1-64 of A-Z a-z 0-9 - .)');
   const store = opts.store;
-  if (!store.sealed) throw new ShredError('ERR_SHRED_UNSUPPORTED_STORE', 'Crypto-shredding needs a sealed store (a storeFile opened with the node keys)');
+  if (!store.sealed) throw new ShredError('ERR_SHRED_UNSUPPORTED_STORE', 'Crypto-shredding needs a sealed store (a storeFile, or a storeUrl with its keyVaultFile, opened with the node keys)');
   const now = opts.now ?? (() => new Date());
   const watch = store.watchWrites();
   let keys: string[];
@@ -202,8 +236,9 @@ export async function shredPatient(patientKey: string, opts: ShredOptions): Prom
   }
   if (!keys.includes(patientKey)) keys.push(patientKey);
   const set = new Set(keys);
-  const dropped = { outboxJobs: 0, inboxJobs: 0, quarantineEntries: 0, unrecognized: 0 };
+  const dropped = { outboxJobs: 0, inboxJobs: 0, quarantineEntries: 0, unrecognized: 0, outgoingUpdates: 0 };
   const drop = async (): Promise<void> => {
+    if (opts.queues?.outgoing) dropped.outgoingUpdates += opts.queues.outgoing(set);
     if (opts.queues?.outbox) dropped.outboxJobs += await opts.queues.outbox(set);
     if (opts.queues?.tide) {
       const t = await opts.queues.tide(set);
@@ -212,7 +247,7 @@ export async function shredPatient(patientKey: string, opts: ShredOptions): Prom
       dropped.unrecognized = t.unrecognized;
     }
   };
-  let result: ReturnType<SqliteStore['shred']>;
+  let shredding: StoreShredResult | Promise<StoreShredResult>;
   const at = now();
   try {
     await drop();
@@ -224,10 +259,12 @@ export async function shredPatient(patientKey: string, opts: ShredOptions): Prom
         keys.push(k);
       }
     }
-    result = store.shred(keys, at);
+    // The store tombstones the keys before it first yields (PgStore then awaits its transaction).
+    shredding = store.shred(keys, at);
   } finally {
     watch.stop();
   }
+  const result = await shredding;
   await drop();
   const event = shredAuditEvent({
     nodeId: opts.nodeId,
@@ -235,10 +272,10 @@ export async function shredPatient(patientKey: string, opts: ShredOptions): Prom
     patientTagHex: store.resourceTagHex(patientKey),
     resources: result.shredded.length,
     keysDestroyed: result.keysDestroyed,
-    dropped: dropped.outboxJobs + dropped.inboxJobs + dropped.quarantineEntries,
+    dropped: dropped.outboxJobs + dropped.inboxJobs + dropped.quarantineEntries + dropped.outgoingUpdates,
     at,
   });
-  store.appendAuditEvent(event);
+  await store.appendAuditEvent(event);
   opts.audit?.(event);
   return { patient: patientKey, shredded: result.shredded, tombstoned: result.tombstoned, keysDestroyed: result.keysDestroyed, unreadable, dropped, auditEvent: event };
 }
