@@ -12,6 +12,7 @@ export const SECTION_MODULES: ReadonlyArray<{ id: string; module: string; name: 
   { id: 'store-sealed', module: './store-sealed.ts', name: 'storeSealingSection' },
   { id: 'http', module: './http.ts', name: 'httpSection' },
   { id: 'tide', module: './tide-scale.ts', name: 'tideSection' },
+  { id: 'detection', module: './detection.ts', name: 'detectionSection' },
 ];
 
 /**

@@ -5,4 +5,4 @@
 export { opsRouter } from './router.ts';
 export type { OpsRouterOptions } from './router.ts';
 export { tideMetricsRegistry } from './metrics.ts';
-export type { MetricsSource } from './metrics.ts';
+export type { MetricsSource, SecurityMetricsSource } from './metrics.ts';

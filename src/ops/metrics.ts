@@ -15,6 +15,12 @@ import type { Tide } from '../tide/index.ts';
 /** The part of {@link Tide} the metrics read. */
 export type MetricsSource = Pick<Tide, 'stats' | 'peers' | 'pending'>;
 
+/** The part of the breach detector (src/security) the metrics read. */
+export interface SecurityMetricsSource {
+  /** Alerts raised since start, per signal (every signal present). */
+  alertCounts(): Record<string, number>;
+}
+
 /**
  * Builds a Registry with Tide's metrics (names below; units in the name: `_seconds`, `_bytes`).
  *
@@ -34,12 +40,15 @@ export type MetricsSource = Pick<Tide, 'stats' | 'peers' | 'pending'>;
  * `createdAt`, on the sender's clock, so clock skew adds in), `…_peer_lagging` (1 when its last
  * digests showed it behind; relay target), `…_peer_quarantined_total`.
  * Gauge `tidegate_tide_inbox_pending` (`tide.pending()`, a Redis call; -1 when it fails).
+ * With `security`: counter `tidegate_security_alerts_total{signal}` (breach-detection alerts raised,
+ * docs/security.md "Breach detection"; every signal present from the start, at 0).
  *
  * @param tide - The node's Tide (or anything with `stats()`, `peers()`, `pending()`).
  * @param nodeId - Set as the default label `node` on every metric.
+ * @param security - The node's breach detector (optional).
  * @returns A new prom-client Registry; serve it with `registry.metrics()` and `registry.contentType`.
  */
-export function tideMetricsRegistry(tide: MetricsSource, nodeId: string): Registry {
+export function tideMetricsRegistry(tide: MetricsSource, nodeId: string, security?: SecurityMetricsSource): Registry {
   const registry = new Registry();
   registry.setDefaultLabels({ node: nodeId });
 
@@ -113,6 +122,19 @@ export function tideMetricsRegistry(tide: MetricsSource, nodeId: string): Regist
   );
   perPeer('tidegate_tide_peer_lagging', '1 when the peer\u2019s last digests showed it behind (relay target).', (p) => (p.lagging ? 1 : 0));
   perPeer('tidegate_tide_peer_quarantined_total', 'Messages quarantined whose (claimed) sender is the peer.', (p) => p.quarantined);
+
+  if (security) {
+    new Counter({
+      name: 'tidegate_security_alerts_total',
+      help: 'Breach-detection alerts raised, by signal.',
+      labelNames: ['signal'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [signal, n] of Object.entries(security.alertCounts())) this.inc({ signal }, n);
+      },
+    });
+  }
 
   new Gauge({
     name: 'tidegate_tide_inbox_pending',

@@ -19,6 +19,7 @@ import type { Request, Response, Router } from 'express';
 import type { Registry } from 'prom-client';
 import type { Tide } from '../tide/index.ts';
 import { tideMetricsRegistry } from './metrics.ts';
+import type { SecurityMetricsSource } from './metrics.ts';
 
 /** Options of {@link opsRouter}. */
 export interface OpsRouterOptions {
@@ -28,6 +29,8 @@ export interface OpsRouterOptions {
   nodeId: string;
   /** Registry to serve; default a new one from {@link tideMetricsRegistry} (one per node). */
   registry?: Registry;
+  /** The breach detector, for `tidegate_security_alerts_total{signal}` in the default registry. */
+  security?: SecurityMetricsSource;
   /** Bound of the readiness PING, ms. Default 1000. */
   readyTimeoutMs?: number;
   /**
@@ -55,7 +58,7 @@ const iso = (ms: number | undefined): string | undefined => (ms === undefined ? 
  */
 export function opsRouter(opts: OpsRouterOptions): Router {
   const { tide, nodeId } = opts;
-  const registry = opts.registry ?? tideMetricsRegistry(tide, nodeId);
+  const registry = opts.registry ?? tideMetricsRegistry(tide, nodeId, opts.security);
   const r = express.Router();
 
   r.get('/metrics', async (_req: Request, res: Response) => {

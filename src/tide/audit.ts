@@ -100,6 +100,10 @@ const REASON_TEXT: Record<string, string> = {
   ERR_PLAINTEXT_MALFORMED: 'plaintext does not decode',
   ERR_UPDATE_MALFORMED: 'a Yjs update does not decode',
   ERR_APPLY_FAILED: 'the store refused the updates on every attempt',
+  ERR_REPLAY: 'message id already accepted (replay)',
+  ERR_STALE: 'outside the replay window',
+  ERR_PEER_NOT_ALLOWED: 'the peer may not send a resource type in the message',
+  ERR_PEER_QUARANTINED: 'the peer is quarantined',
 };
 
 /**

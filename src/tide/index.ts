@@ -38,16 +38,20 @@ export {
 export type { TreeLeaf, TreeNode, TreePath } from './tree.ts';
 export { AuditLog, quarantineAuditEvent, NODE_ID_SYSTEM, MESSAGE_ID_SYSTEM, QUARANTINE_REASON_SYSTEM } from './audit.ts';
 export type { AuditBundle, AuditEvent, QuarantineRecord } from './audit.ts';
+export { V3_ACT_CODE, V3_CONFIDENTIALITY, labelsWithheld, parseLabelRule, ruleText, securityLabelsOf } from './peer-authz.ts';
+export type { LabelRule, SecurityLabel } from './peer-authz.ts';
 export type {
   NodePublicKeys,
   NodeSecretKeys,
   PeerConfig,
+  PeerQuarantine,
   PeerStatus,
   Replica,
   ResourceUpdate,
   TideLogger,
   TideMessageKind,
   TideOptions,
+  TideRejectionEvent,
   TideHealth,
   TideStats,
 } from './types.ts';

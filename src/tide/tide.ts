@@ -39,8 +39,12 @@ import { DigestTree, PathSet, ROOT_PATH, TREE_MAX_DEPTH, childrenOf, keyHashOf, 
 import type { TreeLeaf, TreeNode, TreePath } from './tree.ts';
 import { AuditLog, quarantineAuditEvent } from './audit.ts';
 import type { QuarantineRecord } from './audit.ts';
+import { labelsWithheld, parseLabelRule, ruleText } from './peer-authz.ts';
+import type { LabelRule, SecurityLabel } from './peer-authz.ts';
 import type {
   PeerConfig,
+  PeerQuarantine,
+  TideRejectionEvent,
   PeerStatus,
   TideHealth,
   Replica,
@@ -67,6 +71,10 @@ const LOG_RATE_LIMIT_MS = 30_000;
 const AE_SCHEDULER_ID = 'anti-entropy';
 /** FHIR resource type names (as in resource keys). */
 const RESOURCE_TYPE_RE = /^[A-Z][A-Za-z]{0,63}$/;
+/** A resource's cached `meta.security` labels are re-read after this long even if its state vector did not move (a label removal is a Yjs delete, invisible in state vectors). */
+const LABEL_CACHE_MS = 30_000;
+/** Most entries of the label cache; cleared when full. */
+const LABEL_CACHE_MAX = 200_000;
 
 /**
  * Delay (ms) before retry number `attempt` (1-based) of an exponential backoff with jitter, the
@@ -117,8 +125,16 @@ interface PeerKnowledge {
 
 interface PeerLink {
   config: PeerConfig;
-  /** Resource types this peer subscribes to (sorted, distinct), `undefined` = all. */
+  /** Resource types this peer subscribes to = may receive (sorted, distinct), `undefined` = all. */
   sendTypes: TypeFilter;
+  /** Resource types this peer may send us (sorted, distinct), `undefined` = all. */
+  maySend: TypeFilter;
+  /** Types anti-entropy with this peer starts from: may receive ∩ may send. */
+  aeTypes: TypeFilter;
+  /** `meta.security` labels withheld from this peer (empty = none). */
+  withheld: LabelRule[];
+  /** Set while the peer is quarantined (breach response). */
+  quarantine: PeerQuarantine | undefined;
   knowledge: PeerKnowledge;
   /** Enqueue times (ms) of the envelopes in the send chain, oldest first (chain is FIFO). */
   sendTimes: number[];
@@ -216,6 +232,9 @@ export class Tide {
   /** Key → its 32-bit tree key hash (SHA-256 prefix); cleared when it grows past 2^21 entries. */
   readonly #keyHashes = new Map<string, number>();
   readonly #audit: AuditLog;
+  readonly #onRejection: ((event: TideRejectionEvent) => void) | undefined;
+  /** Key → its `meta.security` labels as last read, with the state vector they were read at (null = unreadable: withhold). */
+  readonly #labels = new Map<string, { sv: Uint8Array | undefined; at: number; labels: readonly SecurityLabel[] | null }>();
   /** Key → when this node last learned new content for it (ms); bounded by the keys held. */
   readonly #changedAt = new Map<string, number>();
   /** Plain ioredis client on the own Redis: quarantine list and readiness PING. */
@@ -230,6 +249,8 @@ export class Tide {
   readonly #links = new Map<string, PeerLink>();
   /** Sends (seal + add) started and not finished, across all peers. */
   #inflight = 0;
+  /** Keys given to {@link Tide.drop} (crypto-shredded): batches not sealed yet leave them out. */
+  readonly #dropped = new Set<string>();
   #state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
   #inboxWorker: Worker<InboxJobData> | undefined;
   #inboxQueue: Queue<InboxJobData> | undefined;
@@ -254,6 +275,8 @@ export class Tide {
     aeTreeNodesSent: 0,
     aeDigestEntriesSent: 0,
     aeUpdatesQueued: 0,
+    updatesWithheld: 0,
+    updatesToQuarantinedPeers: 0,
   };
 
   /**
@@ -292,6 +315,7 @@ export class Tide {
     this.#random = opts.random ?? Math.random;
     this.#digestLeafKeys = positiveInt('digestLeafKeys', opts.digestLeafKeys ?? 16);
     this.#audit = new AuditLog(positiveInt('auditMaxEvents', opts.auditMaxEvents ?? 500));
+    this.#onRejection = opts.onRejection;
 
     const selfId = this.#self.nodeId;
     if (!NODE_ID_RE.test(selfId)) throw new TypeError(`Tide: invalid node id ${JSON.stringify(selfId)}`);
@@ -317,14 +341,39 @@ export class Tide {
           if (typeof t !== 'string' || !RESOURCE_TYPE_RE.test(t)) throw new TypeError(`Tide: peer ${peer.nodeId} has an invalid resource type ${JSON.stringify(t)}`);
         }
       }
+      if (peer.maySend !== undefined) {
+        if (!Array.isArray(peer.maySend)) throw new TypeError(`Tide: peer ${peer.nodeId} maySend must be an array (omit it for all types)`);
+        for (const t of peer.maySend) {
+          if (typeof t !== 'string' || !RESOURCE_TYPE_RE.test(t)) throw new TypeError(`Tide: peer ${peer.nodeId} maySend has an invalid resource type ${JSON.stringify(t)}`);
+        }
+      }
+      if (peer.withheldLabels !== undefined) {
+        if (!Array.isArray(peer.withheldLabels)) throw new TypeError(`Tide: peer ${peer.nodeId} withheldLabels must be an array`);
+        for (const l of peer.withheldLabels) {
+          try {
+            parseLabelRule(l);
+          } catch (err) {
+            throw new TypeError(`Tide: peer ${peer.nodeId}: ${(err as Error).message}`);
+          }
+        }
+        if (peer.withheldLabels.length > 0 && typeof this.#replica.securityLabels !== 'function') {
+          throw new TypeError(`Tide: peer ${peer.nodeId} has withheldLabels but the replica has no securityLabels(key)`);
+        }
+      }
       keys.set(peer.nodeId, peer.publicKeys);
     }
     this.#peerConfigs = [...opts.peers];
     this.#peerKeys = keys;
     for (const config of this.#peerConfigs) {
+      const sendTypes: TypeFilter = config.resourceTypes === undefined ? undefined : [...new Set<string>(config.resourceTypes)].sort();
+      const maySend: TypeFilter = config.maySend === undefined ? undefined : [...new Set<string>(config.maySend)].sort();
       this.#links.set(config.nodeId, {
         config,
-        sendTypes: config.resourceTypes === undefined ? undefined : [...new Set<string>(config.resourceTypes)].sort(),
+        sendTypes,
+        maySend,
+        aeTypes: intersectTypes(sendTypes, maySend),
+        withheld: (config.withheldLabels ?? []).map((l) => parseLabelRule(l)),
+        quarantine: undefined,
         knowledge: { sv: new Map(), digestAt: undefined, laggingPaths: new Map(), types: null },
         sendTimes: [],
         outboxSince: undefined,
@@ -454,6 +503,7 @@ export class Tide {
         controlQueue.waitUntilReady(),
         this.#controlWorker?.waitUntilReady(),
       ]);
+      await this.#loadPeerQuarantines(local);
       if (this.#aeIntervalMs > 0) {
         await this.#upsertScheduler(controlQueue);
         // A Redis that restarted without its data has lost the scheduler: put it back on every
@@ -563,6 +613,34 @@ export class Tide {
   }
 
   /**
+   * Drops the outgoing updates of `keys` that wait in memory (crypto-shredding, src/store/shred.ts):
+   * those in every peer's batch still within its batch delay, and those of batches taken for sending
+   * but not sealed yet (they are left out when sealed; a batch left empty is not sent). Envelopes
+   * already sealed to a peer are not recalled. This process keeps the keys and leaves them out of
+   * every later batch too (a shredded key is tombstoned; nothing should publish it again).
+   * @param keys - `Type/id` keys.
+   * @returns Updates removed from the waiting batches (not counting those left out at sealing).
+   */
+  drop(keys: ReadonlySet<string>): number {
+    let n = 0;
+    for (const k of keys) this.#dropped.add(k);
+    for (const link of this.#links.values()) {
+      const box = link.outbox;
+      const kept = box.items.filter((u) => !keys.has(u.key));
+      if (kept.length === box.items.length) continue;
+      n += box.items.length - kept.length;
+      box.items = kept;
+      box.bytes = kept.reduce((b, u) => b + u.key.length + u.update.length, 0);
+      if (kept.length === 0) {
+        link.outboxSince = undefined;
+        if (box.timer !== undefined) clearTimeout(box.timer);
+        box.timer = undefined;
+      }
+    }
+    return n;
+  }
+
+  /**
    * Sends every pending batch now and resolves once all sends started so far (batches and
    * digests) have been added to the peers' inboxes, or given up after `attempts` tries.
    * Does not wait for peers to process them (see {@link Tide.pending} on the peer).
@@ -588,11 +666,13 @@ export class Tide {
     const roots = new Map<string, TreeNode>();
     const sends: Promise<void>[] = [];
     for (const [peerId, link] of this.#links) {
-      const types = link.knowledge.types ?? link.sendTypes;
-      const fid = types === undefined ? '*' : types.join(',');
+      if (link.quarantine) continue; // nothing is exchanged with a quarantined peer
+      const types = link.knowledge.types ?? link.aeTypes;
+      // peers with withheld labels get a tree without the resources withheld from them
+      const fid = `${types === undefined ? '*' : types.join(',')}#${link.withheld.map(ruleText).join(',')}`;
       let root = roots.get(fid);
       if (!root) {
-        root = this.#tree(types).node(ROOT_PATH);
+        root = this.#tree(types, undefined, this.#excluder(link)).node(ROOT_PATH);
         roots.set(fid, root);
       }
       sends.push(this.#sendTree(peerId, types, [root]));
@@ -656,6 +736,9 @@ export class Tide {
         lastDigestAt: l.knowledge.digestAt,
         lagging: isLagging(l),
         resourceTypes: l.sendTypes === undefined ? undefined : [...l.sendTypes],
+        maySend: l.maySend === undefined ? undefined : [...l.maySend],
+        withheldLabels: l.withheld.map(ruleText),
+        quarantine: l.quarantine ? { ...l.quarantine } : undefined,
       });
     }
     return out;
@@ -715,15 +798,139 @@ export class Tide {
     });
   }
 
+  // ---------------------------------------------------------------- peer authorization
+
+  /** Redis hash (own Redis) of quarantined peers: field = peer id, value = JSON {@link PeerQuarantine}. */
+  get peerQuarantineKey(): string {
+    return `${this.#prefix}:peer-quarantine-${this.nodeId}`;
+  }
+
+  /**
+   * Quarantines a configured peer (breach response, docs/security.md "Breach detection"): from now
+   * on its inbox messages are refused (`ERR_PEER_QUARANTINED`, quarantined and audited, never
+   * applied), nothing more is sent to it (outbox dropped, no relay, no anti-entropy) until
+   * {@link Tide.releasePeer}. Takes effect at once in memory; kept in the own Redis hash
+   * {@link Tide.peerQuarantineKey} so that a restart does not release it. Idempotent (the first
+   * `since`/`reason` stay).
+   * @param peerId - A configured peer id.
+   * @param reason - Why (signal or reason code; no PHI), at most 200 characters kept.
+   * @returns True when the peer was not quarantined before.
+   * @throws TypeError for an unknown peer; Error from Redis when persisting fails (the in-memory quarantine stays).
+   */
+  async quarantinePeer(peerId: string, reason: string): Promise<boolean> {
+    const link = this.#links.get(peerId);
+    if (!link) throw new TypeError(`Tide: ${JSON.stringify(peerId)} is not a configured peer`);
+    if (link.quarantine) return false;
+    link.quarantine = { since: Date.now(), reason: String(reason).slice(0, 200) };
+    // drop what waits for it
+    if (link.outbox.timer !== undefined) clearTimeout(link.outbox.timer);
+    link.outbox.timer = undefined;
+    this.#stats.updatesToQuarantinedPeers += link.outbox.items.length;
+    link.outbox = { items: [], bytes: 0, timer: undefined };
+    link.outboxSince = undefined;
+    this.#log.error({ node: this.nodeId, peer: peerId, reason: link.quarantine.reason, alert: 'peer-quarantined' }, 'tide: peer quarantined');
+    const client = this.#localClient;
+    if (client && client.status === 'ready') {
+      await withTimeout(client.hset(this.peerQuarantineKey, peerId, JSON.stringify(link.quarantine)), this.#sendTimeoutMs, 'peer quarantine write timed out');
+    }
+    return true;
+  }
+
+  /**
+   * Releases a quarantined peer: its messages are accepted again and sends resume (what it missed is
+   * repaired by anti-entropy; messages refused while quarantined stay in the message quarantine).
+   * @param peerId - A configured peer id.
+   * @returns True when it was quarantined.
+   * @throws TypeError for an unknown peer; Error from Redis when the persisted entry cannot be removed (then it stays quarantined).
+   */
+  async releasePeer(peerId: string): Promise<boolean> {
+    const link = this.#links.get(peerId);
+    if (!link) throw new TypeError(`Tide: ${JSON.stringify(peerId)} is not a configured peer`);
+    const client = this.#localClient;
+    if (client) await withTimeout(client.hdel(this.peerQuarantineKey, peerId), this.#sendTimeoutMs, 'peer quarantine delete timed out');
+    const was = link.quarantine !== undefined;
+    link.quarantine = undefined;
+    if (was) this.#log.warn({ node: this.nodeId, peer: peerId }, 'tide: peer released from quarantine');
+    return was;
+  }
+
+  /** The peer's quarantine, or undefined when it is not quarantined (or not configured). */
+  peerQuarantine(peerId: string): PeerQuarantine | undefined {
+    const q = this.#links.get(peerId)?.quarantine;
+    return q ? { ...q } : undefined;
+  }
+
+  /** Loads persisted peer quarantines (entries of peers no longer configured are ignored); writes those set before start. */
+  async #loadPeerQuarantines(client: Redis): Promise<void> {
+    const saved = await client.hgetall(this.peerQuarantineKey);
+    for (const [peerId, text] of Object.entries(saved)) {
+      const link = this.#links.get(peerId);
+      if (!link || link.quarantine) continue;
+      try {
+        const q = JSON.parse(text) as PeerQuarantine;
+        link.quarantine = { since: Number(q.since) || Date.now(), reason: String(q.reason ?? 'unknown').slice(0, 200) };
+      } catch {
+        link.quarantine = { since: Date.now(), reason: 'unreadable quarantine entry' };
+      }
+    }
+    for (const [peerId, link] of this.#links) {
+      if (link.quarantine && saved[peerId] === undefined) await client.hset(this.peerQuarantineKey, peerId, JSON.stringify(link.quarantine));
+    }
+  }
+
+  /**
+   * The resource's `meta.security` labels (replica.securityLabels), cached while its state vector is
+   * unchanged and for at most {@link LABEL_CACHE_MS}; null when they cannot be read.
+   */
+  #labelsOf(key: string): readonly SecurityLabel[] | null {
+    const now = Date.now();
+    const sv = this.#replica.stateVector(key);
+    const hit = this.#labels.get(key);
+    if (hit && now - hit.at < LABEL_CACHE_MS && (hit.sv === sv || (hit.sv !== undefined && sv !== undefined && Buffer.compare(hit.sv, sv) === 0))) return hit.labels;
+    let labels: readonly SecurityLabel[] | null;
+    try {
+      labels = this.#replica.securityLabels?.(key) ?? [];
+    } catch (err) {
+      this.#warnRateLimited('labels', { err: errText(err) }, 'tide: reading security labels failed; resource withheld');
+      return null;
+    }
+    if (this.#labels.size >= LABEL_CACHE_MAX) this.#labels.clear();
+    this.#labels.set(key, { sv, at: now, labels });
+    return labels;
+  }
+
+  /** True when `key` must not be sent to the link's peer: its labels match a withheld rule, or cannot be read (fail closed). */
+  #withheldFrom(link: PeerLink, key: string): boolean {
+    if (link.withheld.length === 0) return false;
+    const labels = this.#labelsOf(key);
+    return labels === null || labelsWithheld(labels, link.withheld);
+  }
+
+  /** Tree exclusion for a peer with withheld labels (undefined when it has none). */
+  #excluder(link: PeerLink): ((key: string) => boolean) | undefined {
+    return link.withheld.length === 0 ? undefined : (key) => this.#withheldFrom(link, key);
+  }
+
   // ---------------------------------------------------------------- sending
 
-  /** Queues updates for one peer, keeping only the resource types it subscribes to. */
+  /**
+   * Queues updates for one peer, keeping only what it may receive: the resource types it
+   * subscribes to, and no resource carrying a label withheld from it. Nothing for a quarantined peer.
+   */
   #enqueue(peerId: string, updates: readonly ResourceUpdate[]): void {
     const link = this.#links.get(peerId);
     if (!link) return;
+    if (link.quarantine) {
+      this.#stats.updatesToQuarantinedPeers += updates.length;
+      return;
+    }
     const box = link.outbox;
     for (const u of updates) {
       if (!typeAllowed(u.key, link.sendTypes)) continue;
+      if (this.#withheldFrom(link, u.key)) {
+        this.#stats.updatesWithheld++;
+        continue;
+      }
       if (box.items.length === 0) link.outboxSince = Date.now();
       box.items.push(u);
       box.bytes += u.key.length + u.update.length;
@@ -750,10 +957,21 @@ export class Tide {
     }
     if (box.items.length === 0) return;
     if (this.#state === 'new' || this.#state === 'starting') return; // kept until start() succeeds
-    const items = box.items;
+    let items = box.items;
     box.items = [];
     box.bytes = 0;
     link.outboxSince = undefined;
+    if (link.quarantine) {
+      this.#stats.updatesToQuarantinedPeers += items.length;
+      return;
+    }
+    if (link.withheld.length > 0) {
+      // judged again at send time: a label added since the update was queued withholds it too
+      const before = items.length;
+      items = items.filter((u) => !this.#withheldFrom(link, u.key));
+      this.#stats.updatesWithheld += before - items.length;
+      if (items.length === 0) return;
+    }
     // Normally one batch; more only if updates piled up before start() or past the limits.
     let batch: ResourceUpdate[] = [];
     let bytes = 0;
@@ -811,6 +1029,15 @@ export class Tide {
       }
       // yield first, so that publish() and the inbox job never pay for sealing
       await new Promise<void>((resolve) => setImmediate(resolve));
+      if (sentUpdates && this.#dropped.size > 0 && sentUpdates.some((u) => this.#dropped.has(u.key))) {
+        // Crypto-shredded while this batch waited in the chain (drop()): leave those keys out.
+        const kept = sentUpdates.filter((u) => !this.#dropped.has(u.key));
+        if (kept.length === 0) return;
+        sentUpdates = kept;
+        resources = resources.filter((k) => !this.#dropped.has(k));
+        plaintext = () => encodeUpdates(kept);
+        updateCount = kept.length;
+      }
       const messageId = randomUUID();
       let env: string;
       try {
@@ -959,7 +1186,9 @@ export class Tide {
       } catch {
         // unreadable header
       }
-      this.#reject(job, err instanceof EnvelopeError ? err.code : 'ERR_ENVELOPE_MALFORMED', claimed.sender, false, claimed.kind);
+      const code = err instanceof EnvelopeError ? err.code : 'ERR_ENVELOPE_MALFORMED';
+      // ERR_DECRYPT_FAILED is raised after the signature verified (docs/envelope.md): the sender is authentic
+      this.#reject(job, code, claimed.sender, code === 'ERR_DECRYPT_FAILED', claimed.kind);
     }
     const { header, plaintext } = opened;
     const sender = header.sender;
@@ -971,10 +1200,17 @@ export class Tide {
       this.#reject(job, err instanceof EnvelopeError ? err.code : 'ERR_REPLAY', sender, true, header.kind);
     }
     const link = this.#links.get(sender);
+    // peer authorization: a quarantined peer is refused; a peer may send only its allowed types
+    if (link?.quarantine) this.#reject(job, 'ERR_PEER_QUARANTINED', sender, true, header.kind);
+    const resources: unknown = (header as { resources?: unknown }).resources;
+    if (link && Array.isArray(resources) && resources.some((r) => typeof r !== 'string' || !typeAllowed(r, link.maySend))) {
+      this.#reject(job, 'ERR_PEER_NOT_ALLOWED', sender, true, header.kind);
+    }
 
     switch (header.kind) {
       case 'updates': {
         const updates = this.#decode(job, sender, header.kind, () => decodeUpdates(plaintext));
+        if (link && updates.some((u) => !typeAllowed(u.key, link.maySend))) this.#reject(job, 'ERR_PEER_NOT_ALLOWED', sender, true, header.kind);
         // a Yjs update that does not even parse is poison: refuse before the store sees it
         const svs: Uint8Array[] = [];
         for (const u of updates) {
@@ -1090,6 +1326,22 @@ export class Tide {
     if (link) link.counters.quarantined++;
     const event = quarantineAuditEvent(rec, this.nodeId);
     this.#audit.add(event);
+    if (this.#onRejection) {
+      try {
+        this.#onRejection({
+          node: this.nodeId,
+          reason,
+          sender,
+          senderVerified: verified,
+          kind: rec.kind,
+          messageId: rec.messageId,
+          receivedAt: rec.receivedAt,
+          quarantinedAt: rec.quarantinedAt,
+        });
+      } catch (err) {
+        this.#warnRateLimited('onRejection', { err: errText(err) }, 'tide: onRejection hook threw');
+      }
+    }
     // one JSON line; no plaintext, no envelope, no resource keys
     this.#log.error({ node: this.nodeId, alert: 'tide-quarantine', reason, messageId: rec.messageId, sender, auditEvent: event }, 'tide: message quarantined');
   }
@@ -1132,8 +1384,10 @@ export class Tide {
     for (const [peerId, link] of this.#links) {
       if (peerId === sender || link.knowledge.digestAt === undefined || !isLagging(link)) continue;
       const out: ResourceUpdate[] = [];
+      if (link.quarantine) continue;
       for (const key of fresh) {
         if (!typeAllowed(key, link.sendTypes)) continue; // not subscribed
+        if (this.#withheldFrom(link, key)) continue; // carries a label withheld from it
         const mine = this.#replica.stateVector(key);
         if (mine === undefined) continue;
         const theirs = link.knowledge.sv.get(key);
@@ -1172,7 +1426,7 @@ export class Tide {
    * The digest tree of the held keys of `types`; with `paths`, only the keys below them (so a
    * question about a few deep nodes costs the state vectors of their keys only).
    */
-  #tree(types: TypeFilter, paths?: readonly TreePath[]): DigestTree {
+  #tree(types: TypeFilter, paths?: readonly TreePath[], exclude?: (key: string) => boolean): DigestTree {
     const below = paths === undefined || paths.some((p) => p.depth === 0) ? undefined : new PathSet(paths);
     const leaves: TreeLeaf[] = [];
     const seen = new Set<string>();
@@ -1181,6 +1435,7 @@ export class Tide {
       seen.add(key);
       const h = this.#keyHash(key);
       if (below !== undefined && !below.has(h)) continue;
+      if (exclude?.(key)) continue;
       const sv = this.#replica.stateVector(key);
       if (sv === undefined) continue;
       try {
@@ -1243,11 +1498,11 @@ export class Tide {
   #answerTree(peerId: string, msg: TreeMessage): void {
     const link = this.#links.get(peerId);
     if (!link) return;
-    const types = intersectTypes(msg.types, link.sendTypes);
+    const types = intersectTypes(msg.types, link.aeTypes);
     const k = link.knowledge;
     k.types = types;
     k.digestAt = Date.now();
-    const tree = this.#tree(types, msg.nodes);
+    const tree = this.#tree(types, msg.nodes, this.#excluder(link));
     const descend: TreeNode[] = [];
     const digestPaths: TreePath[] = [];
     const pushPaths: TreePath[] = [];
@@ -1282,13 +1537,14 @@ export class Tide {
   #answerDigest(peerId: string, digest: Digest, mayReply: boolean): void {
     const link = this.#links.get(peerId);
     if (!link) return;
-    const types = intersectTypes(digest.types, link.sendTypes);
+    const types = intersectTypes(digest.types, link.aeTypes);
     const k = link.knowledge;
     k.types = types;
     k.digestAt = Date.now();
+    const exclude = this.#excluder(link);
     const theirs = new Map<string, Uint8Array>();
-    for (const e of digest.entries) if (typeAllowed(e.key, types)) theirs.set(e.key, e.stateVector);
-    const tree = this.#tree(types, digest.paths);
+    for (const e of digest.entries) if (typeAllowed(e.key, types) && !exclude?.(e.key)) theirs.set(e.key, e.stateVector);
+    const tree = this.#tree(types, digest.paths, exclude);
     // the digest is the peer's state of these paths: replace what was known of it
     for (const l of tree.leaves) if (!theirs.has(l.key)) k.sv.delete(l.key);
     for (const [key, sv] of theirs) k.sv.set(key, sv);

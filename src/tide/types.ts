@@ -6,6 +6,7 @@
  * tagged with the FHIR resource key it belongs to.
  */
 import type { EnvelopeCryptoPool, NodePublicKeys, NodeSecretKeys } from '../envelope/index.ts';
+import type { SecurityLabel } from './peer-authz.ts';
 
 /** One Yjs update for one FHIR resource. */
 export interface ResourceUpdate {
@@ -43,6 +44,12 @@ export interface Replica {
    * to be repaired by anti-entropy.
    */
   diffFor(key: string, remoteStateVector: Uint8Array | undefined): Uint8Array | undefined;
+  /**
+   * The `meta.security` codings of the resource's **current** version (for a deleted resource:
+   * of its last live version), `[]` when it has none or is not held. Needed only when a peer has
+   * `withheldLabels`. May throw: the resource is then withheld (fail closed).
+   */
+  securityLabels?(key: string): readonly SecurityLabel[];
 }
 
 /** A peer node: where its inbox lives and its public keys. */
@@ -59,6 +66,49 @@ export interface PeerConfig {
    * it compares only these types (intersected with what it sends back, see docs/tide.md).
    */
   resourceTypes?: readonly string[];
+  /**
+   * Peer authorization, inbound: the FHIR resource types this peer **may send** this node (e.g.
+   * `['Patient', 'Observation']`); omitted = all. An `updates` message holding any other type is
+   * refused whole (`ERR_PEER_NOT_ALLOWED`): quarantined, audited, never applied. Anti-entropy with
+   * the peer covers only types allowed both ways. (`resourceTypes` above is what it **may receive**.)
+   */
+  maySend?: readonly string[];
+  /**
+   * Peer authorization, outbound: `meta.security` labels the peer must never receive, as FHIR token
+   * values `system|code` or a bare `code` (any system), e.g.
+   * `['http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R', 'PSY', 'HIV', 'ETH']`.
+   * A resource whose current version carries one is not sent to it (fanout, relay, anti-entropy).
+   * Needs {@link Replica.securityLabels}. See src/tide/peer-authz.ts.
+   */
+  withheldLabels?: readonly string[];
+}
+
+/** One refused inbox message, as reported to {@link TideOptions.onRejection} (no plaintext, no resource keys). */
+export interface TideRejectionEvent {
+  /** This node's id. */
+  node: string;
+  /** Reason code: an `EnvelopeError` code, `ERR_MESSAGE_ID_MISMATCH`, `ERR_PEER_NOT_ALLOWED`, `ERR_PEER_QUARANTINED`, `ERR_APPLY_FAILED`, … */
+  reason: string;
+  /** Sender node id: verified when `senderVerified`, else as claimed by the unverified header; undefined if unreadable. */
+  sender: string | undefined;
+  /** True when the sender's ML-DSA-65 signature verified (the message is the sender's own act). */
+  senderVerified: boolean;
+  /** Envelope kind or job name. */
+  kind: string | undefined;
+  /** The BullMQ job id. */
+  messageId: string | undefined;
+  /** When the message entered the inbox (BullMQ `job.timestamp`), ms since the Unix epoch. */
+  receivedAt: number;
+  /** When it was quarantined, ms since the Unix epoch. */
+  quarantinedAt: number;
+}
+
+/** A peer held in quarantine by this node (breach response): its messages are refused, nothing is sent to it. */
+export interface PeerQuarantine {
+  /** Since when, ms since the Unix epoch. */
+  since: number;
+  /** Why (a signal or reason code; no PHI). */
+  reason: string;
 }
 
 /** Minimal pino-compatible logger: `logger.info({ ...fields }, 'message')`. */
@@ -144,6 +194,11 @@ export interface TideOptions {
    * "lagging" (not reached directly by the writer): new updates are relayed to it. Default 5000.
    */
   relayGraceMs?: number;
+  /**
+   * Called once per quarantined inbox message, right after it is written to the quarantine
+   * (breach detection, src/security). Must not throw (a throw is logged and ignored); must be quick.
+   */
+  onRejection?: (event: TideRejectionEvent) => void;
 }
 
 /** Per-peer view (for `GET /admin/peers` and metrics). Times are ms since the Unix epoch. */
@@ -180,8 +235,14 @@ export interface PeerStatus {
   lastDigestAt: number | undefined;
   /** Its last digests showed it lacking content this node held for longer than `relayGraceMs`. */
   lagging: boolean;
-  /** Resource types it subscribes to (sorted), or `undefined` for all. */
+  /** Resource types it subscribes to = may receive (sorted), or `undefined` for all. */
   resourceTypes: string[] | undefined;
+  /** Resource types it may send this node (sorted), or `undefined` for all. */
+  maySend: string[] | undefined;
+  /** Security labels withheld from it (`system|code` or `code`), `[]` when none. */
+  withheldLabels: string[];
+  /** Set while the peer is quarantined (breach response): messages refused, nothing sent. */
+  quarantine: PeerQuarantine | undefined;
 }
 
 /** Result of {@link Tide.health}. */
@@ -239,6 +300,10 @@ export interface TideStats {
   aeDigestEntriesSent: number;
   /** Resource diffs queued to peers as anti-entropy repairs (they travel in `updates` messages). */
   aeUpdatesQueued: number;
+  /** Resource updates not sent to a peer because the resource carries a label withheld from it. */
+  updatesWithheld: number;
+  /** Resource updates not sent to a peer because it is quarantined. */
+  updatesToQuarantinedPeers: number;
 }
 
 /** Envelope `kind` values Tide sends and accepts. */
