@@ -60,3 +60,39 @@ test('an idle pool does not keep the process alive (bug: the worker port stayed 
   assert.equal(r.signal, null, 'the process exited by itself instead of being killed by the timeout');
   assert.equal(r.status, 0);
 });
+
+test('works when the process was started with --input-type=module -e (bug: workers inherited the flag, died at once and were respawned in a hot loop)', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const index = fileURLToPath(new URL('../src/envelope/index.ts', import.meta.url));
+  const script = `
+    const { EnvelopeCryptoPool, generateNodeKeys } = await import(${JSON.stringify(index)});
+    const pool = new EnvelopeCryptoPool(1);
+    const a = generateNodeKeys('node-a'), b = generateNodeKeys('node-b');
+    await pool.seal({ kind: 'updates', messageId: 'm', resources: [], plaintext: new Uint8Array([1]) }, a.secretKeys, b.publicKeys);
+    console.log('sealed');
+    await pool.close();`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.signal, null, `not killed by the timeout; stderr: ${r.stderr.slice(0, 500)}`);
+  assert.equal(r.stdout.trim(), 'sealed');
+  assert.equal(r.status, 0);
+});
+
+test('a worker that cannot start is not respawned forever: calls reject with a clear error', async () => {
+  const pool = new EnvelopeCryptoPool(1, { workerUrl: new URL('data:text/javascript,throw new Error("boom at start")') });
+  const a = generateNodeKeys('node-a');
+  const b = generateNodeKeys('node-b');
+  await assert.rejects(
+    async () => {
+      // Early failures are retried a few times with backoff, then the pool gives up.
+      for (let i = 0; i < 50; i++) {
+        await pool.seal({ kind: 'updates', messageId: `m${i}`, resources: [], plaintext: new Uint8Array([1]) }, a.secretKeys, b.publicKeys).catch((e: Error) => {
+          if (/cannot start/.test(e.message)) throw e;
+        });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+    /cannot start/,
+  );
+  await pool.close();
+});

@@ -22,6 +22,42 @@ interface Pending {
 interface Slot {
   worker: Worker;
   busy: number;
+  /** `performance.now()` at spawn, ms. */
+  spawnedAt: number;
+}
+
+/** Options of {@link EnvelopeCryptoPool}. */
+export interface EnvelopeCryptoPoolOptions {
+  /** Worker module (default `./worker.ts`); for tests. */
+  workerUrl?: URL;
+}
+
+/** A worker that dies within this many ms of its spawn counts as failing to start. */
+const EARLY_EXIT_MS = 2_000;
+/** Consecutive early failures after which the pool stops respawning and rejects every call. */
+const MAX_EARLY_FAILURES = 5;
+
+/**
+ * Flags of this process that must not reach worker threads: a worker is started from a module URL,
+ * and `--input-type` / `--eval` / `--print` (e.g. `node --input-type=module -e …`) make it exit at once
+ * with ERR_INPUT_TYPE_NOT_ALLOWED.
+ */
+function workerExecArgv(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a.startsWith('--input-type')) {
+      if (a === '--input-type') i++;
+      continue;
+    }
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') {
+      i++;
+      continue;
+    }
+    if (a.startsWith('--eval=') || a.startsWith('--print=')) continue;
+    out.push(a);
+  }
+  return out;
 }
 
 /** See module doc. */
@@ -30,17 +66,26 @@ export class EnvelopeCryptoPool {
   private readonly pending = new Map<number, Pending & { slot: Slot }>();
   private nextId = 1;
   private closed = false;
+  private readonly workerUrl: URL;
+  private earlyFailures = 0;
+  /** Set once workers failed to start {@link MAX_EARLY_FAILURES} times in a row; every call rejects with it. */
+  private broken: Error | undefined;
 
   /**
    * @param size - worker threads; default: available cores minus one, at least 1, at most 4.
+   * @param opts - see {@link EnvelopeCryptoPoolOptions}.
    */
-  constructor(size = Math.max(1, Math.min(4, availableParallelism() - 1))) {
+  constructor(size = Math.max(1, Math.min(4, availableParallelism() - 1)), opts: EnvelopeCryptoPoolOptions = {}) {
+    this.workerUrl = opts.workerUrl ?? new URL('./worker.ts', import.meta.url);
     for (let i = 0; i < size; i++) this.slots.push(this.spawn());
   }
 
   private spawn(): Slot {
-    const worker = new Worker(new URL('./worker.ts', import.meta.url));
-    const slot: Slot = { worker, busy: 0 };
+    // Inherit this process's flags unless some must go (passing them all explicitly would fail on
+    // flags workers refuse, which the test runner's children carry).
+    const execArgv = workerExecArgv(process.execArgv);
+    const worker = new Worker(this.workerUrl, execArgv.length === process.execArgv.length ? {} : { execArgv });
+    const slot: Slot = { worker, busy: 0, spawnedAt: performance.now() };
     worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; error?: { name: string; code?: string; message: string } }) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
@@ -65,8 +110,14 @@ export class EnvelopeCryptoPool {
     return slot;
   }
 
-  /** Rejects a dead worker's calls and replaces it. */
+  /**
+   * Rejects a dead worker's calls and replaces it. A worker that died within {@link EARLY_EXIT_MS}
+   * of its spawn is respawned after an exponential delay (100 ms doubling, at most 5 s); after
+   * {@link MAX_EARLY_FAILURES} such failures in a row the pool is broken and every call rejects.
+   */
   private failSlot(slot: Slot, err: Error): void {
+    if ((slot as Slot & { failed?: boolean }).failed) return; // 'error' is followed by 'exit'
+    (slot as Slot & { failed?: boolean }).failed = true;
     for (const [id, p] of this.pending) {
       if (p.slot === slot) {
         this.pending.delete(id);
@@ -74,12 +125,29 @@ export class EnvelopeCryptoPool {
       }
     }
     const i = this.slots.indexOf(slot);
-    if (i >= 0 && !this.closed) this.slots[i] = this.spawn();
+    if (i < 0 || this.closed) return;
+    const early = performance.now() - slot.spawnedAt < EARLY_EXIT_MS;
+    this.earlyFailures = early ? this.earlyFailures + 1 : 0;
+    if (this.earlyFailures >= MAX_EARLY_FAILURES) {
+      this.broken = new Error(`EnvelopeCryptoPool: worker threads cannot start (${this.earlyFailures} failed in a row): ${err.message}`);
+      return;
+    }
+    if (!early) {
+      this.slots[i] = this.spawn();
+      return;
+    }
+    const delay = Math.min(5_000, 100 * 2 ** (this.earlyFailures - 1));
+    setTimeout(() => {
+      if (!this.closed && this.slots[i] === slot) this.slots[i] = this.spawn();
+    }, delay).unref();
   }
 
   private call<T>(op: 'seal' | 'open', args: unknown[]): Promise<T> {
     if (this.closed) return Promise.reject(new Error('EnvelopeCryptoPool is closed'));
-    const slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a));
+    if (this.broken) return Promise.reject(this.broken);
+    const live = this.slots.filter((sl) => !(sl as Slot & { failed?: boolean }).failed);
+    if (live.length === 0) return Promise.reject(new Error('EnvelopeCryptoPool: no worker thread available (restarting after a failure); retry later'));
+    const slot = live.reduce((a, b) => (b.busy < a.busy ? b : a));
     const id = this.nextId++;
     slot.busy++;
     slot.worker.ref();
