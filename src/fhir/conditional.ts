@@ -14,10 +14,12 @@
  * 400 rather than silently matching nothing.
  */
 import { getSearchParameter, matchesSearchRequest, parseSearchRequest } from '@medplum/core';
+import type { SearchRequest } from '@medplum/core';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Replica } from '../merge/replica.ts';
 import { badRequest } from './outcomes.ts';
 import { parseFhirJson, toPlainJson } from './json.ts';
+import type { FhirJsonObject } from './json.ts';
 
 const SUPPORTED_TYPES = new Set(['token', 'string', 'uri', 'reference', 'date']);
 /** Result-shaping parameters that carry no criteria; ignored when matching. */
@@ -37,6 +39,52 @@ export function criteriaQuery(type: string, criteria: string): string {
   return q;
 }
 
+/** Criteria checked and parsed once, to match many resources (see {@link compileCriteria}). */
+export interface CompiledCriteria {
+  /** The resource type the criteria are about. */
+  readonly type: string;
+  /** Medplum's parsed search request (criteria only, result-shaping parameters dropped). */
+  readonly request: SearchRequest;
+}
+
+/**
+ * Checks and parses conditional criteria (https://hl7.org/fhir/R4/search.html).
+ *
+ * @param type - resource type (already checked to be an R4 type).
+ * @param query - percent-encoded search query without `?`, e.g. `identifier=http://x|123`.
+ * @returns The compiled criteria, for {@link matchesCriteria}.
+ * @throws {@link FhirError} 400 when the query has no criteria or uses an unsupported parameter.
+ */
+export function compileCriteria(type: string, query: string): CompiledCriteria {
+  const params = [...new URLSearchParams(query)];
+  const criteria = params.filter(([name]) => !IGNORED.has(name.split(':')[0]!));
+  if (criteria.length === 0) throw badRequest('Conditional interactions need search criteria (e.g. identifier=system|value)');
+  for (const [name] of criteria) {
+    const code = name.split(':')[0]!;
+    if (code.includes('.') || code === '_has') throw badRequest(`Chained and _has parameters are not supported in conditional interactions (${code})`);
+    const sp = getSearchParameter(type, code);
+    if (!sp) throw badRequest(`Unknown search parameter ${code} for ${type}`);
+    if (!SUPPORTED_TYPES.has(sp.type)) throw badRequest(`Search parameter ${code} (${sp.type}) is not supported in conditional interactions`);
+  }
+  try {
+    return { type, request: parseSearchRequest(`${type}?${new URLSearchParams(criteria)}`) };
+  } catch {
+    throw badRequest('Conditional criteria could not be parsed');
+  }
+}
+
+/**
+ * Whether one resource meets compiled criteria.
+ * @param resource - lossless FHIR JSON (converted to plain JS for the matcher only; none of the
+ *   supported parameter types compares decimals).
+ * @param criteria - from {@link compileCriteria}.
+ * @returns True when `resource` is of the criteria's type and matches every parameter.
+ */
+export function matchesCriteria(resource: FhirJsonObject, criteria: CompiledCriteria): boolean {
+  if (resource.resourceType !== criteria.type) return false;
+  return matchesSearchRequest(toPlainJson(resource) as Resource, criteria.request);
+}
+
 /**
  * Ids of the live (not deleted) resources of `type` in the node's store that meet `query`.
  *
@@ -48,30 +96,14 @@ export function criteriaQuery(type: string, criteria: string): string {
  * @throws {@link FhirError} 400 when the query has no criteria or uses an unsupported parameter.
  */
 export function findMatches(replica: Replica, type: string, query: string, limit = 2): string[] {
-  const params = [...new URLSearchParams(query)];
-  const criteria = params.filter(([name]) => !IGNORED.has(name.split(':')[0]!));
-  if (criteria.length === 0) throw badRequest('Conditional interactions need search criteria (e.g. identifier=system|value)');
-  for (const [name] of criteria) {
-    const code = name.split(':')[0]!;
-    if (code.includes('.') || code === '_has') throw badRequest(`Chained and _has parameters are not supported in conditional interactions (${code})`);
-    const sp = getSearchParameter(type, code);
-    if (!sp) throw badRequest(`Unknown search parameter ${code} for ${type}`);
-    if (!SUPPORTED_TYPES.has(sp.type)) throw badRequest(`Search parameter ${code} (${sp.type}) is not supported in conditional interactions`);
-  }
-  let request;
-  try {
-    request = parseSearchRequest(`${type}?${new URLSearchParams(criteria)}`);
-  } catch {
-    throw badRequest('Conditional criteria could not be parsed');
-  }
+  const criteria = compileCriteria(type, query);
   const out: string[] = [];
   const prefix = `${type}/`;
   for (const key of replica.resourceKeys()) {
     if (!key.startsWith(prefix)) continue;
     const v = replica.current(key);
     if (!v || v.deleted || !v.body) continue;
-    // Plain JS only for the matcher (none of the supported parameter types compares decimals).
-    if (matchesSearchRequest(toPlainJson(parseFhirJson(v.body)) as Resource, request)) {
+    if (matchesCriteria(parseFhirJson(v.body) as FhirJsonObject, criteria)) {
       out.push(key.slice(prefix.length));
       if (out.length >= limit) break;
     }

@@ -16,11 +16,12 @@
  * Consistency: search sees the hospital's copy, which the node writes asynchronously, so a write
  * through the node is found by search only once the hospital has it (usually milliseconds).
  */
-import { canonicalStringify, isJsonObject, isLosslessNumber, parseFhirJson } from './json.ts';
+import { canonicalStringify, isJsonObject, isLosslessNumber, parseFhirJson, RawJson } from './json.ts';
 import type { FhirJson, FhirJsonObject } from './json.ts';
 import { badRequest, FhirError, outcome } from './outcomes.ts';
 import { isKnownResourceType } from './validate.ts';
 import type { Replica } from '../merge/replica.ts';
+import type { VersionRecord } from '../store/store.ts';
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 
 /** Search parameters as accepted by the hospital client; repeated parameters as arrays. */
@@ -33,8 +34,12 @@ export type SearchParamRecord = Record<string, string | string[]>;
 export interface HospitalSearcher {
   /** Hospital FHIR base URL, e.g. `http://10.0.0.5/fhir`. */
   readonly baseUrl: string;
-  /** One page of a type-level search; resources come back in node-id form. */
-  search(type: string, params: Readonly<Record<string, string | readonly string[]>>): Promise<FhirJsonObject>;
+  /**
+   * One page of a type-level search; resources come back in node-id form. With `options.held`, an
+   * entry whose node `Type/id` it accepts may come back as a stub `{ resourceType, id }` that
+   * search replaces with the node's version (a searcher may also ignore the option).
+   */
+  search(type: string, params: Readonly<Record<string, string | readonly string[]>>, options?: { held?: (nodeRef: string) => boolean }): Promise<FhirJsonObject>;
   /** The node ↔ hospital id map. */
   readonly idMap: { toNode(hospitalRef: string): string | undefined | Promise<string | undefined> };
 }
@@ -94,9 +99,10 @@ export interface SearchContext {
  */
 export async function searchType(ctx: SearchContext, type: string, pairs: ReadonlyArray<[string, string]>, nodeBase: string): Promise<string> {
   if (!isKnownResourceType(type)) throw new FhirError(404, outcome('error', 'not-found', `Unknown resource type ${type}`));
-  const bundle = await forward(ctx, type, pairs);
   const subset = pairs.some(([n]) => SUBSET_PARAMS.has(n));
-  await toNodeView(ctx, bundle, nodeBase, subset, (url) => nodeLink(ctx, url, nodeBase, type));
+  const held = new Map<string, VersionRecord>();
+  const bundle = await forward(ctx, type, pairs, subset ? undefined : held);
+  await toNodeView(ctx, bundle, nodeBase, subset, held, (url) => nodeLink(ctx, url, nodeBase, type));
   return canonicalStringify(bundle);
 }
 
@@ -132,9 +138,10 @@ export async function searchSystem(ctx: SearchContext, pairs: ReadonlyArray<[str
   const nextPlan: Array<[string, Array<[string, string]>]> = [];
   const subset = plan.some(([, p]) => p.some(([n]) => SUBSET_PARAMS.has(n)));
   for (const [type, params] of plan) {
-    const bundle = await forward(ctx, type, params);
+    const held = new Map<string, VersionRecord>();
+    const bundle = await forward(ctx, type, params, subset ? undefined : held);
     const found: { next?: Array<[string, string]> } = {};
-    await toNodeView(ctx, bundle, nodeBase, subset, async (url) => {
+    await toNodeView(ctx, bundle, nodeBase, subset, held, async (url) => {
       const mapped = await nodeLink(ctx, url, nodeBase, type);
       if (mapped !== undefined) found.next = [...new URL(mapped).searchParams];
       return undefined;
@@ -174,10 +181,25 @@ function decodeCursor(cursor: string): Array<[string, Array<[string, string]>]> 
   return plan as Array<[string, Array<[string, string]>]>;
 }
 
-/** Sends one type-level search to the hospital and maps its failures to FHIR errors. */
-async function forward(ctx: SearchContext, type: string, pairs: ReadonlyArray<[string, string]>): Promise<FhirJsonObject> {
+/**
+ * Sends one type-level search to the hospital and maps its failures to FHIR errors. With `held`,
+ * entries whose resource the node holds (a version with a body, or a deletion) may come back as
+ * stubs, and `held` records the version each stub stands for (read once, so the view is consistent).
+ */
+async function forward(ctx: SearchContext, type: string, pairs: ReadonlyArray<[string, string]>, held?: Map<string, VersionRecord>): Promise<FhirJsonObject> {
+  const options =
+    held === undefined
+      ? {}
+      : {
+          held: (nodeRef: string): boolean => {
+            const cur = ctx.replica.current(nodeRef);
+            if (cur === undefined || (!cur.deleted && !cur.body)) return false;
+            held.set(nodeRef, cur);
+            return true;
+          },
+        };
   try {
-    return await ctx.hospital.search(type, toRecord(pairs));
+    return await ctx.hospital.search(type, toRecord(pairs), options);
   } catch (err) {
     throw hospitalFailure(err, 'search');
   }
@@ -214,12 +236,17 @@ export function hospitalFailure(err: unknown, what: string): unknown {
   return err;
 }
 
-/** Rewrites a hospital searchset in place into the node's view (module doc). */
+/**
+ * Rewrites a hospital searchset in place into the node's view (module doc). An entry the node
+ * holds gets the stored body (canonical text) spliced in as {@link RawJson}, not parsed; `held`
+ * gives the versions already read by {@link forward}.
+ */
 async function toNodeView(
   ctx: SearchContext,
   bundle: FhirJsonObject,
   nodeBase: string,
   subset: boolean,
+  held: ReadonlyMap<string, VersionRecord>,
   link: (url: string) => Promise<string | undefined>,
   relations: ReadonlySet<string> = PAGING_RELATIONS,
 ): Promise<void> {
@@ -229,10 +256,12 @@ async function toNodeView(
       if (!isJsonObject(entry)) continue;
       const r = entry.resource;
       if (isJsonObject(r) && typeof r.resourceType === 'string' && typeof r.id === 'string') {
-        const cur = ctx.replica.current(`${r.resourceType}/${r.id}`);
+        const ref = `${r.resourceType}/${r.id}`;
+        const cur = held.get(ref) ?? ctx.replica.current(ref);
         if (cur?.deleted) continue;
         if (cur?.body) {
-          if (!subset) entry.resource = parseFhirJson(cur.body);
+          // Stored bodies are canonical (VersionRecord.body), so the splice is byte-identical to parsing and re-serializing.
+          if (!subset) entry.resource = new RawJson(cur.body) as unknown as FhirJson;
           else if (isJsonObject(r.meta)) r.meta = { ...r.meta, versionId: cur.versionId, lastUpdated: cur.lastUpdated };
         }
         entry.fullUrl = `${nodeBase}/${r.resourceType}/${r.id}`;

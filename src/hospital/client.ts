@@ -19,6 +19,7 @@ import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
 import { canonicalStringify, isJsonObject, parseFhirJson, toFhirJson, toPlainJson } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
+import type { Mapping } from '../mapping/index.ts';
 
 /** Stable error codes of {@link HospitalError}. */
 export type HospitalErrorCode = 'ERR_HOSPITAL_UNREACHABLE' | 'ERR_HOSPITAL_REJECTED';
@@ -171,6 +172,12 @@ export interface HospitalClientOptions {
    * and `fullUrl`s are left alone.
    */
   nodeBaseUrl?: string;
+  /**
+   * Code translation (src/mapping, docs/mappings.md): {@link HospitalClient.upsert} writes
+   * `translate(resource, 'outbound')` (target codings added, originals kept). A write a `reject`
+   * map refuses fails with `ERR_HOSPITAL_REJECTED` (not retried), status undefined.
+   */
+  mapping?: Pick<Mapping, 'translate'>;
 }
 
 /** Result of {@link HospitalClient.upsert}. */
@@ -220,6 +227,16 @@ export type HospitalResourceInput = FhirJsonObject | { readonly resourceType: st
 
 /** Search parameters (https://hl7.org/fhir/R4/search.html); repeated parameters as arrays. */
 export type HospitalSearchParams = Readonly<Record<string, string | readonly string[]>>;
+
+/** Options of {@link HospitalClient.search}. */
+export interface HospitalSearchOptions {
+  /**
+   * Called with the node `Type/id` of each entry's resource; `true` means the caller holds that
+   * resource and will replace it, so the entry's `resource` comes back as the stub
+   * `{ resourceType, id }` (node id) without converting the hospital's copy.
+   */
+  held?: (nodeRef: string) => boolean;
+}
 
 /** Options of {@link comparableForm}. */
 export interface ComparableFormOptions {
@@ -290,6 +307,7 @@ export class HospitalClient {
   /** Pairings forgotten by `remove` (hospital ref → node ref), so history of deleted resources still maps; bounded. */
   readonly #removed = new Map<string, string>();
   readonly #queues = new Map<string, Promise<void>>();
+  readonly #mapping: Pick<Mapping, 'translate'> | undefined;
 
   /**
    * @param options - base URL, timeout (ms), id map, page size.
@@ -318,6 +336,7 @@ export class HospitalClient {
     this.idMap = options.idMap ?? new MemoryHospitalIdMap();
     this.nodeBaseUrl = options.nodeBaseUrl?.replace(/\/+$/, '');
     this.#fhir = new Client({ baseUrl: this.baseUrl });
+    this.#mapping = options.mapping;
   }
 
   /**
@@ -348,7 +367,8 @@ export class HospitalClient {
    * @returns `{ hospitalId, versionId, lastUpdated }`: the id (no type) of the resource at the
    *   hospital, and the hospital's version id and time of the stored version when it returned them.
    * @throws TypeError (as a rejection) when `resourceType` or `id` is missing or not a valid FHIR type/id.
-   * @throws HospitalError `ERR_HOSPITAL_REJECTED` (e.g. 400 validation, with issues) or `ERR_HOSPITAL_UNREACHABLE`.
+   * @throws HospitalError `ERR_HOSPITAL_REJECTED` (e.g. 400 validation, with issues; or a code map with
+   *   `unmapped: reject` refused it, see {@link HospitalClientOptions.mapping}) or `ERR_HOSPITAL_UNREACHABLE`.
    *   When both the PUT and the fallback POST are refused and the PUT said 400/422, the PUT's error is thrown.
    */
   async upsert(resource: HospitalResourceInput): Promise<HospitalUpsertResult> {
@@ -358,7 +378,16 @@ export class HospitalClient {
     const id = node['id'];
     if (typeof type !== 'string' || !TYPE_RE.test(type)) throw new TypeError('upsert: invalid resourceType');
     if (typeof id !== 'string' || !ID_RE.test(id)) throw new TypeError('upsert: missing or invalid id');
-    return this.#serialized(`${type}/${id}`, () => this.#upsert(type, id, node));
+    let out = node;
+    if (this.#mapping !== undefined) {
+      try {
+        out = this.#mapping.translate(node, 'outbound').resource;
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'ERR_MAPPING_UNMAPPED_CODE') throw err;
+        throw new HospitalError('ERR_HOSPITAL_REJECTED', `Code mapping refused the write of ${type} (unmapped: reject)`, { operation: 'update', resourceType: type, cause: err });
+      }
+    }
+    return this.#serialized(`${type}/${id}`, () => this.#upsert(type, id, out));
   }
 
   /**
@@ -427,13 +456,19 @@ export class HospitalClient {
    * sent verbatim. Resources in `entry[].resource` are returned in node-id form; `fullUrl` and
    * `link` are the hospital's.
    *
+   * With {@link HospitalSearchOptions.held}, an entry whose resource the caller already holds
+   * comes back as a stub `{ resourceType, id }` (node id) that the caller replaces: its hospital
+   * copy is neither converted to {@link FhirJson} nor walked for references (the search hot path,
+   * src/fhir/search.ts).
+   *
    * @param type - resource type.
    * @param params - search parameters (default none).
+   * @param options - see {@link HospitalSearchOptions}.
    * @returns The searchset Bundle.
    * @throws TypeError (as a rejection) for an invalid type.
    * @throws HospitalError `ERR_HOSPITAL_REJECTED` (e.g. unknown parameter) / `ERR_HOSPITAL_UNREACHABLE`.
    */
-  async search(type: string, params: HospitalSearchParams = {}): Promise<FhirJsonObject> {
+  async search(type: string, params: HospitalSearchParams = {}, options: HospitalSearchOptions = {}): Promise<FhirJsonObject> {
     assertType(type);
     const query = new URLSearchParams();
     for (const [name, value] of Object.entries(params)) {
@@ -442,14 +477,47 @@ export class HospitalClient {
       }
     }
     const qs = query.toString();
-    const bundle = expectBundle(await this.#request('search', type, qs ? `${type}?${qs}` : type, 'GET'));
-    const entries = Array.isArray(bundle['entry']) ? bundle['entry'] : [];
-    const resources = entries.flatMap((e) => (isJsonObject(e) && isJsonObject(e['resource']) ? [e['resource']] : []));
-    const converted = await this.#toNodeForms(resources);
-    let i = 0;
-    for (const e of entries) {
-      if (isJsonObject(e) && isJsonObject(e['resource'])) e['resource'] = converted[i++]!;
+    const raw = await this.#request('search', type, qs ? `${type}?${qs}` : type, 'GET');
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || raw.resourceType !== 'Bundle') throw notABundle(raw);
+    // Convert the Bundle shell and each entry without its resource; then only the resources that
+    // are not held (deep conversion and reference rewriting are the costly part).
+    const { entry: rawEntries, ...shell } = raw as FhirResource & { entry?: unknown };
+    const bundle = toFhirJson(shell) as FhirJsonObject;
+    if (rawEntries === undefined) return bundle;
+    if (!Array.isArray(rawEntries)) {
+      bundle['entry'] = toFhirJson(rawEntries);
+      return bundle;
     }
+    const entries: FhirJson[] = [];
+    const pending: Array<{ entry: FhirJsonObject; resource: FhirJsonObject }> = [];
+    for (const e of rawEntries as unknown[]) {
+      if (typeof e !== 'object' || e === null || Array.isArray(e)) {
+        entries.push(toFhirJson(e));
+        continue;
+      }
+      const { resource, ...rest } = e as Record<string, unknown>;
+      const entry = toFhirJson(rest) as FhirJsonObject;
+      entries.push(entry);
+      if (resource === undefined) continue;
+      const r = resource as Record<string, unknown> | null;
+      if (options.held !== undefined && typeof r === 'object' && r !== null && typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') {
+        const hospitalRef = `${r['resourceType']}/${r['id']}`;
+        const pendingRef = this.idMap.toNode(hospitalRef);
+        const nodeRef = (pendingRef instanceof Promise ? await pendingRef : pendingRef) ?? this.#removed.get(hospitalRef) ?? hospitalRef;
+        if (options.held(nodeRef)) {
+          entry['resource'] = { resourceType: r['resourceType'], id: nodeRef.slice(r['resourceType'].length + 1) };
+          continue;
+        }
+      }
+      const converted = toFhirJson(resource);
+      entry['resource'] = converted;
+      if (isJsonObject(converted)) pending.push({ entry, resource: converted });
+    }
+    const converted = await this.#toNodeForms(pending.map((p) => p.resource));
+    pending.forEach((p, i) => {
+      p.entry['resource'] = converted[i]!;
+    });
+    bundle['entry'] = entries;
     return bundle;
   }
 
@@ -715,19 +783,29 @@ export class HospitalClient {
     return out;
   }
 
-  /** Converts hospital resources to node-id form (id and references). */
+  /**
+   * Converts hospital resources to node-id form (id and references). The inputs must be fresh
+   * copies owned by the caller (every caller passes the output of `toFhirJson`): when nothing in
+   * them needs rewriting (no mapped id, no absolute reference or `fullUrl` under the hospital's
+   * base, the common case of a hospital that takes the node's ids) they are returned as they are,
+   * without a second deep copy; this is the search and read hot path.
+   */
   async #toNodeForms(resources: readonly FhirJsonObject[]): Promise<FhirJsonObject[]> {
     const bases: RewriteBases = { from: this.baseUrl, to: this.nodeBaseUrl };
     const refs = new Set<string>();
+    const seen = { absolute: false };
     for (const r of resources) {
-      collectRefs(r, refs, bases.from);
+      collectRefs(r, refs, bases.from, seen);
       if (typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') refs.add(`${r['resourceType']}/${r['id']}`);
     }
     const table = new Map<string, string>();
     for (const ref of refs) {
-      const mapped = (await this.idMap.toNode(ref)) ?? this.#removed.get(ref);
+      const pending = this.idMap.toNode(ref);
+      // Synchronous maps (the in-memory one) answer without a microtask turn per reference.
+      const mapped = (pending instanceof Promise ? await pending : pending) ?? this.#removed.get(ref);
       if (mapped !== undefined) table.set(ref, mapped);
     }
+    if (table.size === 0 && !seen.absolute) return [...resources];
     return resources.map((r) => {
       const out = rewriteRefs(r, table, bases) as FhirJsonObject;
       if (typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') {
@@ -875,26 +953,33 @@ function relativeRef(value: string): RegExpExecArray | null {
 /**
  * Adds every `Type/id` that {@link rewriteRefs} may rewrite in `value`: relative and (under
  * `fromBase`) absolute `reference`s at any depth, and in Bundle entries `request.url`, `fullUrl`
- * (under `fromBase`) and the entry resource's `Type/id`.
+ * (under `fromBase`) and the entry resource's `Type/id`. Sets `seen.absolute` when an absolute
+ * `reference` or `fullUrl` under `fromBase` was found (those are rewritten even without a mapping).
  */
-function collectRefs(value: FhirJson, out: Set<string>, fromBase: string | undefined): void {
+function collectRefs(value: FhirJson, out: Set<string>, fromBase: string | undefined, seen?: { absolute: boolean }): void {
   if (Array.isArray(value)) {
-    for (const v of value) collectRefs(v, out, fromBase);
+    for (const v of value) collectRefs(v, out, fromBase, seen);
     return;
   }
   if (!isJsonObject(value)) return;
-  for (const [k, v] of Object.entries(value)) {
+  for (const k in value) {
+    const v = value[k]!;
     if (k === 'reference' && typeof v === 'string') {
-      const m = relativeRef(v) ?? underBase(v, fromBase);
+      let m = relativeRef(v);
+      if (m === null) {
+        m = underBase(v, fromBase);
+        if (m !== null && seen) seen.absolute = true;
+      }
       if (m !== null) out.add(`${m[1]}/${m[2]}`);
-    } else {
-      collectRefs(v, out, fromBase);
+    } else if (typeof v === 'object' && v !== null) {
+      collectRefs(v, out, fromBase, seen);
     }
   }
   if (value['resourceType'] === 'Bundle' && Array.isArray(value['entry'])) {
     for (const entry of value['entry']) {
       if (!isJsonObject(entry)) continue;
       const full = typeof entry['fullUrl'] === 'string' ? underBase(entry['fullUrl'], fromBase) : null;
+      if (full !== null && seen) seen.absolute = true;
       if (full !== null) out.add(`${full[1]}/${full[2]}`);
       const request = entry['request'];
       const url = isJsonObject(request) && typeof request['url'] === 'string' ? relativeRef(request['url']) : null;
@@ -1012,13 +1097,15 @@ function expectResource(raw: FhirResource, type: string, operation: HospitalOper
 
 function expectBundle(raw: FhirResource): FhirJsonObject {
   const value = toFhirJson(raw);
-  if (!isJsonObject(value) || value['resourceType'] !== 'Bundle') {
-    throw new HospitalError('ERR_HOSPITAL_REJECTED', 'Hospital search returned something other than a Bundle', {
-      operation: 'search',
-      status: Client.httpFor(raw).response?.status,
-    });
-  }
+  if (!isJsonObject(value) || value['resourceType'] !== 'Bundle') throw notABundle(raw);
   return value;
+}
+
+function notABundle(raw: FhirResource): HospitalError {
+  return new HospitalError('ERR_HOSPITAL_REJECTED', 'Hospital search returned something other than a Bundle', {
+    operation: 'search',
+    status: typeof raw === 'object' && raw !== null ? Client.httpFor(raw).response?.status : undefined,
+  });
 }
 
 function issuesOf(data: unknown): OperationOutcomeIssue[] {
