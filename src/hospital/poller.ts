@@ -34,6 +34,7 @@ import { SERVER_MANAGED_META_FIELDS } from './client.ts';
 import { MemoryCursorStore } from './cursor.ts';
 import type { HospitalCursor, HospitalCursorStore } from './cursor.ts';
 import { contentHash, SyncLedger } from './ledger.ts';
+import type { Mapping } from '../mapping/index.ts';
 
 /** Author recorded on CRDT operations made from hospital-side edits (kept in conflict records). */
 export const HOSPITAL_SYSTEM_AUTHOR = 'Device/hospital-system';
@@ -77,6 +78,12 @@ export interface HospitalPollerOptions {
   author?: string;
   /** Logger; default none. */
   logger?: PollerLogger;
+  /**
+   * Code translation (src/mapping, docs/mappings.md): each hospital version is translated
+   * (`translate(body, 'inbound')`: target codings added, originals kept) before it is merged, so
+   * every replica holds the translated bytes. A version a `reject` map refuses counts as `rejected`.
+   */
+  mapping?: Pick<Mapping, 'translate'>;
 }
 
 /** Outcome of one poll (counts of history entries). */
@@ -175,6 +182,7 @@ export class HospitalPoller {
   readonly #startAt: 'now' | 'beginning';
   readonly #author: string;
   readonly #log: PollerLogger | undefined;
+  readonly #mapping: Pick<Mapping, 'translate'> | undefined;
   #cursor: HospitalCursor | undefined;
   #mode: 'system' | 'type' = 'system';
   #state: 'new' | 'running' | 'stopped' = 'new';
@@ -205,6 +213,7 @@ export class HospitalPoller {
     this.#startAt = opts.start ?? 'now';
     this.#author = opts.author ?? HOSPITAL_SYSTEM_AUTHOR;
     this.#log = opts.logger;
+    this.#mapping = opts.mapping;
   }
 
   /**
@@ -375,7 +384,16 @@ export class HospitalPoller {
     } else {
       const baseId = this.ledger.base(key);
       const baseVersion = baseId === undefined ? undefined : this.#replica.version(key, baseId);
-      const body = prepare(e.resource, (baseVersion ?? current)?.body);
+      let body = prepare(e.resource, (baseVersion ?? current)?.body);
+      if (this.#mapping !== undefined) {
+        try {
+          body = this.#mapping.translate(body, 'inbound').resource;
+        } catch (err) {
+          if ((err as { code?: unknown }).code !== 'ERR_MAPPING_UNMAPPED_CODE') throw err;
+          this.#log?.warn({ type, err: describe(err), map: (err as { map?: unknown }).map, path: (err as { path?: unknown }).path }, 'hospital poller: hospital version refused by a code map (unmapped: reject), not merged');
+          return 'rejected';
+        }
+      }
       const issues = validateFhirResource(body);
       if (issues.length > 0) {
         this.#log?.warn(

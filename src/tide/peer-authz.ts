@@ -93,3 +93,46 @@ export function labelsWithheld(labels: readonly SecurityLabel[], rules: readonly
 export function ruleText(r: LabelRule): string {
   return r.system === undefined ? r.code : `${r.system}|${r.code}`;
 }
+
+/**
+ * Routing rules (src/mapping/routing.ts, docs/mappings.md "Routing") reach Tide's outbound filter
+ * as withheld labels that are never written to a resource: for each peer whose route refuses a
+ * resource, {@link outboundLabelsOf} adds the label `urn:tidegate:route|withhold:<peerId>`, and
+ * that peer's `withheldLabels` holds the matching rule ({@link routeLabelRule}). Fanout, relay,
+ * anti-entropy and the send-time re-check then treat a routed-out resource exactly like one
+ * carrying a withheld `meta.security` label (evaluated on the current version, cached while its
+ * state vector is unchanged, fail closed when it cannot be read).
+ */
+export const ROUTE_LABEL_SYSTEM = 'urn:tidegate:route';
+
+/** What {@link outboundLabelsOf} needs from the mapping configuration (src/mapping `Mapping`). */
+export interface RouteCheck {
+  /** Peer ids that have routing rules. */
+  readonly peers: readonly string[];
+  /** May this resource (plain JSON of its current version) be sent to `peerId`? */
+  routeAllows(peerId: string, resource: unknown): boolean;
+}
+
+/**
+ * The withheld-label rule that carries routing for one peer: `urn:tidegate:route|withhold:<peerId>`.
+ * @param peerId - the peer node id.
+ */
+export function routeLabelRule(peerId: string): string {
+  return `${ROUTE_LABEL_SYSTEM}|withhold:${peerId}`;
+}
+
+/**
+ * The labels Tide filters on: the resource's `meta.security` codings ({@link securityLabelsOf}),
+ * plus one routing label per peer whose route refuses the resource (when `routes` is given).
+ * @param body - FHIR JSON text of the current version (null/undefined: none).
+ * @param routes - the loaded mapping configuration, or undefined when there is none.
+ * @returns The labels.
+ * @throws SyntaxError when `body` is not JSON (Tide then withholds the resource: fail closed).
+ */
+export function outboundLabelsOf(body: string | null | undefined, routes?: RouteCheck): SecurityLabel[] {
+  const labels = securityLabelsOf(body);
+  if (routes === undefined || routes.peers.length === 0 || body === null || body === undefined) return labels;
+  const resource = JSON.parse(body) as unknown;
+  for (const peerId of routes.peers) if (!routes.routeAllows(peerId, resource)) labels.push({ system: ROUTE_LABEL_SYSTEM, code: `withhold:${peerId}` });
+  return labels;
+}

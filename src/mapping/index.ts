@@ -1,0 +1,25 @@
+/**
+ * Mappings for interface engineers (docs/mappings.md): per-peer routing with FHIRPath conditions,
+ * ConceptMap code translation at the hospital boundary, `$translate`, and the checks behind
+ * `tidegate config check` and `tidegate map preview`.
+ */
+export { CompiledConceptMap, ConceptMapError, compileConceptMap, fhirPathToPointer } from './conceptmap.ts';
+export type { CodingValue, ConceptMapIssue, TranslationMatch } from './conceptmap.ts';
+export { jsonPositions, pointerToken, positionOf, toPointer } from './json-position.ts';
+export type { JsonPositions, SourcePosition } from './json-position.ts';
+export { displayPath, formatIssue, loadMapping, loadMappingOrThrow, Mapping, MappingConfigError, readJsonFile, zodIssues } from './load.ts';
+export type { ConfigIssue, LoadMappingOptions, MappingLogger } from './load.ts';
+export { compileCondition, conditionHolds, RouteConditionError, Router } from './routing.ts';
+export type { RouteDecision } from './routing.ts';
+export { ConceptMapRefSchema, MappingFileSchema, mappingJsonSchema, PeerRouteSchema, RouteRuleSchema, TRANSLATING_EQUIVALENCES } from './schema.ts';
+export type { ConceptMapRef, MappingFile, RouteRule, TranslatingEquivalence } from './schema.ts';
+export { MappingError, translateResource } from './translate.ts';
+export type { ActiveConceptMap, CodingChange, MappingDirection, MappingErrorCode, TranslationResult } from './translate.ts';
+export { TRANSLATE_OPERATION, translateOperation, translateRouter } from './translate-op.ts';
+export type { ConceptMapProvider } from './translate-op.ts';
+export { checkProfilesDir, formatCheckReport, runConfigCheck } from './check.ts';
+export type { ConfigCheckOptions, ConfigCheckReport } from './check.ts';
+export { diffLines, unifiedDiff } from './diff.ts';
+export type { DiffLine } from './diff.ts';
+export { formatPreview, previewMapping, previewResource } from './preview.ts';
+export type { MapPreview } from './preview.ts';

@@ -1,0 +1,337 @@
+/**
+ * Loading a mapping file (docs/mappings.md): schema, ConceptMaps, FHIRPath conditions, with every
+ * problem reported at its file, line and column with a fix hint. `tidegate config check` prints
+ * these issues; a node given an invalid mapping file refuses to start with the same messages.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import type { z } from 'zod';
+import { DEFAULT_PROFILES_DIR } from '../fhir/profiles.ts';
+import { isKnownResourceType } from '../fhir/validate.ts';
+import type { FhirJsonObject } from '../fhir/json.ts';
+import { compileConceptMap, ConceptMapError } from './conceptmap.ts';
+import type { CompiledConceptMap } from './conceptmap.ts';
+import { jsonPositions, positionOf, toPointer } from './json-position.ts';
+import type { JsonPositions } from './json-position.ts';
+import { compileCondition, Router } from './routing.ts';
+import type { RouteDecision } from './routing.ts';
+import { MappingFileSchema } from './schema.ts';
+import type { MappingFile } from './schema.ts';
+import { translateResource } from './translate.ts';
+import type { ActiveConceptMap, MappingDirection, TranslationResult } from './translate.ts';
+
+/** One problem in a configuration file, at its place. Lines and columns are 1-based. */
+export interface ConfigIssue {
+  severity: 'error' | 'warning';
+  /** The file, as given (relative to the working directory when possible). */
+  file: string;
+  line: number;
+  column: number;
+  /** JSON Pointer of the value (RFC 6901); `''` for the whole file. */
+  pointer: string;
+  message: string;
+  /** How to fix it. */
+  hint: string;
+}
+
+/**
+ * One issue as one line plus its hint, compiler style: `file:line:column: error: message` then
+ * `  hint: …`.
+ * @param issue - the issue.
+ */
+export function formatIssue(issue: ConfigIssue): string {
+  return `${issue.file}:${issue.line}:${issue.column}: ${issue.severity}: ${issue.message}${issue.pointer ? ` (at ${issue.pointer})` : ''}\n  hint: ${issue.hint}`;
+}
+
+/** Thrown by {@link loadMappingOrThrow}: `issues` are the errors (and warnings) found; the message lists them. */
+export class MappingConfigError extends Error {
+  override readonly name = 'MappingConfigError';
+  readonly code = 'ERR_MAPPING_CONFIG';
+  readonly issues: readonly ConfigIssue[];
+  /** @param issues - every issue found (at least one error). */
+  constructor(issues: readonly ConfigIssue[]) {
+    super(`Invalid mapping configuration:\n${issues.map(formatIssue).join('\n')}`);
+    this.issues = issues;
+  }
+}
+
+/** A display name for a path: relative to the working directory when that is shorter. */
+export function displayPath(file: string): string {
+  const rel = relative(process.cwd(), file);
+  return rel !== '' && !rel.startsWith('..') ? rel : file;
+}
+
+/** Reads a JSON file for the checks: its value, positions, and an issue when it is not JSON. */
+export function readJsonFile(file: string): { value: unknown; positions: JsonPositions; issue: ConfigIssue | undefined } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return {
+      value: undefined,
+      positions: { values: new Map(), keys: new Map(), error: undefined },
+      issue: { severity: 'error', file: displayPath(file), line: 1, column: 1, pointer: '', message: `cannot read the file (${e.code ?? e.message})`, hint: 'check the path; paths in a config file are relative to that file' },
+    };
+  }
+  const positions = jsonPositions(text);
+  if (positions.error) {
+    return {
+      value: undefined,
+      positions,
+      issue: { severity: 'error', file: displayPath(file), ...positions.error.position, pointer: '', message: `not JSON: ${positions.error.message}`, hint: 'JSON has no comments or trailing commas; strings use double quotes' },
+    };
+  }
+  return { value: JSON.parse(text) as unknown, positions, issue: undefined };
+}
+
+/** Fix hints for zod issue codes. */
+function zodHint(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'unrecognized_keys':
+      return 'remove it, or check its spelling against docs/mappings.schema.json';
+    case 'invalid_type':
+      return `expected ${issue.expected}; see docs/mappings.md`;
+    case 'invalid_value':
+      return `allowed: ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'too_small':
+      return 'give at least one item, or leave the member out';
+    default:
+      return 'see docs/mappings.md and docs/mappings.schema.json';
+  }
+}
+
+/**
+ * Schema issues of a parsed file as {@link ConfigIssue}s at their positions.
+ * @param file - the file path (for messages).
+ * @param positions - positions of the file's text.
+ * @param issues - zod issues.
+ * @param hint - optional hint override.
+ */
+export function zodIssues(file: string, positions: JsonPositions, issues: readonly z.core.$ZodIssue[], hint?: (i: z.core.$ZodIssue) => string): ConfigIssue[] {
+  return issues.flatMap((i) => {
+    const keys = i.code === 'unrecognized_keys' ? i.keys : [undefined];
+    return keys.map((k) => {
+      const pointer = toPointer(k === undefined ? i.path : [...i.path, k]);
+      const message = k === undefined ? i.message : `unknown member "${k}"`;
+      return { severity: 'error' as const, file: displayPath(file), ...positionOf(positions, pointer), pointer, message, hint: hint?.(i) ?? zodHint(i) };
+    });
+  });
+}
+
+/** Options of {@link loadMapping}. */
+export interface LoadMappingOptions {
+  /** Peer ids of the node config: a route for another id is an error. */
+  peers?: readonly string[];
+  /** Where ConceptMaps named by url are looked up when the file has no `profilesDir`; default the repository `profiles/`. */
+  profilesDir?: string;
+  /** Told about conditions that fail while evaluating and codings dropped by a map (no PHI). */
+  logger?: MappingLogger;
+}
+
+/** Minimal pino-compatible logger. */
+export interface MappingLogger {
+  warn(obj: object, msg: string): void;
+}
+
+/** A loaded mapping configuration: routing and code translation. See docs/mappings.md. */
+export class Mapping {
+  /** The mapping file (absolute path). */
+  readonly file: string;
+  /** The per-peer routing rules. */
+  readonly router: Router;
+  /** The ConceptMaps in use, in configuration order. */
+  readonly conceptMaps: readonly ActiveConceptMap[];
+  readonly #log: MappingLogger | undefined;
+
+  /** Use {@link loadMapping} or {@link loadMappingOrThrow}. */
+  constructor(file: string, router: Router, conceptMaps: readonly ActiveConceptMap[], logger?: MappingLogger) {
+    this.file = file;
+    this.router = router;
+    this.conceptMaps = conceptMaps;
+    this.#log = logger;
+  }
+
+  /** Peer ids that have routing rules. */
+  get peers(): string[] {
+    return this.router.peers;
+  }
+
+  /**
+   * May `resource` be sent to `peerId`? See src/mapping/routing.ts.
+   * @param peerId - a peer node id.
+   * @param resource - plain JSON of the resource's current version.
+   */
+  routeAllows(peerId: string, resource: unknown): boolean {
+    return this.router.routeAllows(peerId, resource);
+  }
+
+  /**
+   * {@link routeAllows} with the deciding rule.
+   * @param peerId - a peer node id.
+   * @param resource - plain JSON of the resource.
+   */
+  explainRoute(peerId: string, resource: unknown): RouteDecision {
+    return this.router.explain(peerId, resource);
+  }
+
+  /**
+   * Translates codings at the hospital boundary (src/mapping/translate.ts). Codings dropped by a
+   * `drop` map are logged as warnings (map and element path, not the code).
+   * @param resource - FHIR JSON; not modified.
+   * @param direction - `inbound` (read from this node's hospital) or `outbound` (written to it).
+   * @returns The translated resource and the changes.
+   * @throws MappingError when a `reject` map meets a coding it cannot translate.
+   */
+  translate(resource: FhirJsonObject, direction: MappingDirection): TranslationResult {
+    const result = translateResource(resource, this.conceptMaps, direction);
+    for (const c of result.changes) if (c.action === 'dropped') this.#log?.warn({ map: c.map, path: c.path, direction }, 'mapping: coding without a translation dropped');
+    return result;
+  }
+
+  /**
+   * The ConceptMaps in use, optionally only the one with canonical `url` (and `version`).
+   * @param url - canonical URL.
+   * @param version - `ConceptMap.version`.
+   */
+  maps(url?: string, version?: string): CompiledConceptMap[] {
+    return this.conceptMaps.map((m) => m.map).filter((m) => (url === undefined || m.url === url) && (version === undefined || m.version === version));
+  }
+}
+
+/** ConceptMaps found in a directory (`*.json` whose resourceType is ConceptMap), by canonical URL. */
+function conceptMapsIn(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const name of names.filter((n) => n.endsWith('.json')).sort()) {
+    const file = join(dir, name);
+    try {
+      if (!statSync(file).isFile()) continue;
+      const v = JSON.parse(readFileSync(file, 'utf8')) as { resourceType?: unknown; url?: unknown };
+      if (v?.resourceType === 'ConceptMap' && typeof v.url === 'string' && !out.has(v.url)) out.set(v.url, file);
+    } catch {
+      // unreadable files are reported by `config check` when it walks the directory
+    }
+  }
+  return out;
+}
+
+/**
+ * Loads and checks a mapping file. Never throws for a bad file: every problem is an issue.
+ * @param file - path of the mapping JSON.
+ * @param opts - see {@link LoadMappingOptions}.
+ * @returns The mapping when there is no error, and every issue (errors and warnings) in file order.
+ */
+export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapping: Mapping | undefined; issues: ConfigIssue[]; files: string[] } {
+  const path = resolve(file);
+  const shown = displayPath(path);
+  const issues: ConfigIssue[] = [];
+  const files = [path];
+  const read = readJsonFile(path);
+  if (read.issue) return { mapping: undefined, issues: [read.issue], files };
+  const parsed = MappingFileSchema.safeParse(read.value);
+  if (!parsed.success) return { mapping: undefined, issues: zodIssues(path, read.positions, parsed.error.issues), files };
+  const cfg: MappingFile = parsed.data;
+  const at = (pointer: string): { file: string; line: number; column: number; pointer: string } => ({ file: shown, ...positionOf(read.positions, pointer), pointer });
+  const dir = dirname(path);
+
+  // ConceptMaps
+  const profilesDir = cfg.profilesDir !== undefined ? resolve(dir, cfg.profilesDir) : (opts.profilesDir ?? DEFAULT_PROFILES_DIR);
+  let byUrl: Map<string, string> | undefined;
+  const active: ActiveConceptMap[] = [];
+  const sourceOwner = new Map<string, number>();
+  cfg.conceptMaps.forEach((ref, i) => {
+    const ptr = `/conceptMaps/${i}`;
+    let mapFile: string;
+    if (ref.file !== undefined) {
+      mapFile = resolve(dir, ref.file);
+    } else {
+      byUrl ??= conceptMapsIn(profilesDir);
+      const found = byUrl.get(ref.url!);
+      if (found === undefined) {
+        issues.push({ severity: 'error', ...at(`${ptr}/url`), message: `no ConceptMap with url ${ref.url} in ${displayPath(profilesDir)}`, hint: 'put the ConceptMap JSON in the profiles directory, set "profilesDir", or name it with "file"' });
+        return;
+      }
+      mapFile = found;
+    }
+    files.push(mapFile);
+    const mapRead = readJsonFile(mapFile);
+    if (mapRead.issue) {
+      issues.push(ref.file !== undefined ? { ...mapRead.issue, ...at(`${ptr}/file`), message: `${displayPath(mapFile)}: ${mapRead.issue.message}` } : mapRead.issue);
+      return;
+    }
+    let map: CompiledConceptMap;
+    try {
+      map = compileConceptMap(mapRead.value);
+    } catch (err) {
+      if (!(err instanceof ConceptMapError)) throw err;
+      for (const ci of err.issues) issues.push({ severity: 'error', file: displayPath(mapFile), ...positionOf(mapRead.positions, ci.pointer), pointer: ci.pointer, message: ci.message, hint: ci.hint });
+      return;
+    }
+    for (const s of map.sourceSystems) {
+      const owner = sourceOwner.get(s);
+      if (owner !== undefined) issues.push({ severity: 'warning', ...at(ptr), message: `source system ${s} is already translated by conceptMaps[${owner}], which is applied first`, hint: 'merge the two maps, or remove one' });
+      else sourceOwner.set(s, i);
+    }
+    if (ref.unmapped === 'drop' && ref.direction !== 'outbound') {
+      issues.push({
+        severity: 'warning',
+        ...at(`${ptr}/unmapped`),
+        message: 'unmapped: "drop" on the inbound path removes the coding from the shared resource, and from this hospital\u2019s own copy when the node writes it back',
+        hint: 'use "direction": "outbound" with "drop", or "pass-through"/"reject" inbound',
+      });
+    }
+    active.push({ map, direction: ref.direction, unmapped: ref.unmapped, equivalence: new Set(ref.equivalence), configPath: `conceptMaps[${i}]` });
+  });
+
+  // Routes
+  const peers = opts.peers === undefined ? undefined : new Set(opts.peers);
+  for (const [peer, route] of Object.entries(cfg.routes)) {
+    const rptr = `/routes/${peer.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+    if (peers !== undefined && !peers.has(peer)) {
+      issues.push({ severity: 'error', ...at(rptr), message: `route for "${peer}", which is not a peer in the node configuration`, hint: `use one of: ${[...peers].join(', ') || '(no peers configured)'}` });
+    }
+    for (const kind of ['send', 'withhold'] as const) {
+      (route[kind] ?? []).forEach((rule, i) => {
+        const ptr = `${rptr}/${kind}/${i}`;
+        const types = rule.resourceType === undefined ? [] : typeof rule.resourceType === 'string' ? [rule.resourceType] : rule.resourceType;
+        types.forEach((t, ti) => {
+          if (!isKnownResourceType(t)) issues.push({ severity: 'error', ...at(typeof rule.resourceType === 'string' ? `${ptr}/resourceType` : `${ptr}/resourceType/${ti}`), message: `"${t}" is not an R4 resource type`, hint: 'resource type names are case-sensitive, e.g. "Observation", "DiagnosticReport"' });
+        });
+        if (rule.where !== undefined) {
+          try {
+            compileCondition(rule.where, types.filter((t) => isKnownResourceType(t)));
+          } catch (err) {
+            issues.push({ severity: 'error', ...at(`${ptr}/where`), message: (err as Error).message, hint: "FHIRPath such as \"category.coding.where(code = 'laboratory').exists()\"; see https://hl7.org/fhir/R4/fhirpath.html" });
+          }
+        }
+      });
+    }
+    if (route.send !== undefined && route.send.length === 0) {
+      issues.push({ severity: 'warning', ...at(`${rptr}/send`), message: `"send": [] sends nothing to ${peer}`, hint: 'leave "send" out to send everything, or list what to send' });
+    }
+  }
+  issues.sort((a, b) => (a.file === b.file ? a.line - b.line || a.column - b.column : 0));
+  if (issues.some((i) => i.severity === 'error')) return { mapping: undefined, issues, files };
+  const router = new Router(cfg.routes, opts.logger ? { onError: (peerId, where, err) => opts.logger!.warn({ peer: peerId, rule: where, err: err.message }, 'mapping: routing condition failed; resource withheld') } : {});
+  return { mapping: new Mapping(path, router, active, opts.logger), issues, files };
+}
+
+/**
+ * {@link loadMapping} for start-up: the node refuses to start with an invalid mapping file.
+ * @param file - path of the mapping JSON.
+ * @param opts - see {@link LoadMappingOptions}.
+ * @returns The mapping (warnings are logged to `opts.logger` when given).
+ * @throws MappingConfigError listing every error and warning (file:line:column, message, hint).
+ */
+export function loadMappingOrThrow(file: string, opts: LoadMappingOptions = {}): Mapping {
+  const { mapping, issues } = loadMapping(file, opts);
+  if (mapping === undefined) throw new MappingConfigError(issues);
+  for (const i of issues) opts.logger?.warn({ file: i.file, line: i.line, column: i.column }, `mapping configuration: ${i.message}`);
+  return mapping;
+}

@@ -1,0 +1,107 @@
+/**
+ * `tidegate map preview --config FILE [--peer B] RESOURCE.json`: what a resource becomes on its way
+ * through this node's mapping, printed as a diff against the input.
+ *
+ * - With `--peer B`: the resource as read from this node's hospital is translated inbound (that is
+ *   the version every replica holds), then B's route decides whether B receives it. The diff is
+ *   against what B would receive (everything removed when it is withheld).
+ * - Without `--peer`: what this node writes to its own hospital (outbound translation).
+ */
+import { readFileSync } from 'node:fs';
+import { stringify } from 'lossless-json';
+import { loadNodeConfig } from '../config/config.ts';
+import { FhirJsonError, isJsonObject, parseFhirJson, toPlainJson } from '../fhir/json.ts';
+import type { FhirJsonObject } from '../fhir/json.ts';
+import { unifiedDiff } from './diff.ts';
+import { loadMappingOrThrow } from './load.ts';
+import type { Mapping } from './load.ts';
+import type { RouteDecision } from './routing.ts';
+import type { CodingChange } from './translate.ts';
+
+/** Result of {@link previewMapping}. */
+export interface MapPreview {
+  /** The peer previewed, or undefined for this node's own hospital. */
+  peer: string | undefined;
+  /** The routing decision (with `--peer`). */
+  route: RouteDecision | undefined;
+  /** What translation did. */
+  changes: CodingChange[];
+  /** Set when a `reject` map refused the resource: the message. */
+  rejected: string | undefined;
+  /** What the peer or hospital gets; undefined when withheld or rejected. */
+  output: FhirJsonObject | undefined;
+  /** Unified diff of the input against the output (`''` when unchanged). */
+  diff: string;
+}
+
+/** Pretty JSON with decimals in their lexical form. */
+function pretty(v: FhirJsonObject | undefined): string {
+  return v === undefined ? '' : `${stringify(v, undefined, 2) ?? ''}\n`;
+}
+
+/**
+ * Previews one resource through a loaded mapping.
+ * @param mapping - the mapping.
+ * @param resource - the resource (FHIR JSON).
+ * @param peer - a peer id, or undefined for the own hospital.
+ * @returns The preview.
+ */
+export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer: string | undefined): MapPreview {
+  let output: FhirJsonObject | undefined;
+  let changes: CodingChange[] = [];
+  let route: RouteDecision | undefined;
+  let rejected: string | undefined;
+  try {
+    const t = mapping.translate(resource, peer === undefined ? 'outbound' : 'inbound');
+    changes = t.changes;
+    output = t.resource;
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'ERR_MAPPING_UNMAPPED_CODE') throw err;
+    rejected = (err as Error).message;
+  }
+  if (output !== undefined && peer !== undefined) {
+    route = mapping.explainRoute(peer, toPlainJson(output));
+    if (!route.allowed) output = undefined;
+  }
+  const diff = unifiedDiff(pretty(resource), pretty(output), { from: 'input', to: peer === undefined ? 'to this hospital' : `to ${peer}` });
+  return { peer, route, changes, rejected, output, diff };
+}
+
+/**
+ * Loads the node config and its mapping file, reads the resource file and previews it.
+ * @param opts.config - node configuration JSON (must name a `mappingFile`).
+ * @param opts.peer - peer id (must be a configured peer), or undefined for the own hospital.
+ * @param opts.file - the resource JSON file.
+ * @returns The preview.
+ * @throws Error for an unreadable/invalid node config, a config without `mappingFile`, an unknown
+ *   peer, or a resource file that is not a FHIR resource; MappingConfigError for an invalid mapping file.
+ */
+export function previewMapping(opts: { config: string; peer?: string | undefined; file: string }): MapPreview {
+  const cfg = loadNodeConfig(opts.config, {});
+  if (!cfg.mappingFile) throw new Error(`${opts.config} has no "mappingFile": nothing to preview`);
+  if (opts.peer !== undefined && !cfg.peers.some((p) => p.nodeId === opts.peer)) throw new Error(`"${opts.peer}" is not a peer in ${opts.config} (peers: ${cfg.peers.map((p) => p.nodeId).join(', ') || 'none'})`);
+  const mapping = loadMappingOrThrow(cfg.mappingFile, { peers: cfg.peers.map((p) => p.nodeId) });
+  let resource: unknown;
+  try {
+    resource = parseFhirJson(readFileSync(opts.file, 'utf8'));
+  } catch (err) {
+    throw new Error(`Cannot read ${opts.file}: ${err instanceof FhirJsonError ? 'not JSON' : (err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (!isJsonObject(resource) || typeof resource['resourceType'] !== 'string') throw new Error(`${opts.file} is not a FHIR resource (no resourceType)`);
+  return previewResource(mapping, resource, opts.peer);
+}
+
+/**
+ * The preview as text: the diff, then one line per translation change, then the verdict.
+ * @param p - from {@link previewMapping}.
+ */
+export function formatPreview(p: MapPreview): string {
+  const lines: string[] = [];
+  if (p.diff) lines.push(p.diff.trimEnd());
+  for (const c of p.changes) lines.push(`# ${c.action} ${c.path}: ${c.from}${c.to ? ` -> ${c.to}` : ''}${c.equivalence ? ` (${c.equivalence})` : ''} by ${c.map}`);
+  const target = p.peer === undefined ? 'this hospital' : p.peer;
+  if (p.rejected) lines.push(`# REJECTED: ${p.rejected}`);
+  else if (p.route && !p.route.allowed) lines.push(`# WITHHELD from ${target}: ${p.route.reason}`);
+  else lines.push(`# ${target} receives it${p.route ? ` (${p.route.reason})` : ''}${p.diff ? '' : ', unchanged'}`);
+  return `${lines.join('\n')}\n`;
+}

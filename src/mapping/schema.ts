@@ -1,0 +1,86 @@
+/**
+ * The mapping configuration file (docs/mappings.md): per-peer routing rules, ConceptMaps applied at
+ * the hospital boundary and their unmapped-code policies. Validated with zod; the JSON Schema
+ * published in docs/mappings.schema.json is generated from {@link MappingFileSchema} by
+ * {@link mappingJsonSchema} (`test/mapping-config.test.ts` checks that the file is up to date).
+ */
+import { z } from 'zod';
+
+/** A node id, as in the node configuration (src/config/config.ts). */
+const NodeId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'node ids are 1-64 of A-Z a-z 0-9 . _ - (starting alphanumeric)');
+/** A FHIR resource type name (checked against R4 by `tidegate config check`). */
+const ResourceType = z.string().regex(/^[A-Z][A-Za-z]{1,63}$/, 'must be a FHIR resource type such as "Observation"');
+
+/**
+ * ConceptMap equivalences (https://hl7.org/fhir/R4/valueset-concept-map-equivalence.html) that
+ * count as a translation. `unmatched` and `disjoint` never do.
+ */
+export const TRANSLATING_EQUIVALENCES = ['relatedto', 'equivalent', 'equal', 'wider', 'subsumes', 'narrower', 'specializes', 'inexact'] as const;
+/** One of {@link TRANSLATING_EQUIVALENCES}. */
+export type TranslatingEquivalence = (typeof TRANSLATING_EQUIVALENCES)[number];
+
+/** One routing rule: matches a resource of one of the types (any when absent) for which `where` is true (always when absent). */
+export const RouteRuleSchema = z.strictObject({
+  resourceType: z.union([ResourceType, z.array(ResourceType).min(1)]).optional().describe('resource type(s) the rule matches; any type when absent'),
+  where: z
+    .string()
+    .min(1)
+    .optional()
+    .describe("FHIRPath (https://hl7.org/fhir/R4/fhirpath.html) evaluated on the resource's current version; must give true (a single Boolean true, or one non-Boolean item); empty is false"),
+  description: z.string().optional().describe('free text for reviewers'),
+});
+
+/** Routing of one peer: what this node sends it. */
+export const PeerRouteSchema = z.strictObject({
+  send: z.array(RouteRuleSchema).optional().describe('a resource is sent only if some rule matches; every resource when absent'),
+  withhold: z.array(RouteRuleSchema).optional().describe('a resource matching any rule is never sent, even if a send rule matches'),
+  description: z.string().optional(),
+});
+
+/** A ConceptMap applied at the hospital boundary. */
+export const ConceptMapRefSchema = z
+  .strictObject({
+    file: z.string().min(1).optional().describe('R4 ConceptMap JSON file, relative to the mapping file'),
+    url: z.string().min(1).optional().describe('canonical URL of a ConceptMap found in the profiles directory'),
+    direction: z
+      .enum(['inbound', 'outbound', 'both'])
+      .default('both')
+      .describe('inbound: versions read from this hospital before they are merged and gossiped; outbound: versions written to this hospital'),
+    unmapped: z
+      .enum(['pass-through', 'drop', 'reject'])
+      .default('pass-through')
+      .describe('a coding of the source system without a translation: kept as is, removed (warning), or the whole version refused'),
+    equivalence: z
+      .array(z.enum(TRANSLATING_EQUIVALENCES))
+      .min(1)
+      .default(['equivalent', 'equal'])
+      .describe('equivalences that count as a translation'),
+    description: z.string().optional(),
+  })
+  .refine((m) => (m.file === undefined) !== (m.url === undefined), { message: 'give exactly one of "file" or "url"' });
+
+/** Schema of a mapping configuration file. */
+export const MappingFileSchema = z.strictObject({
+  $schema: z.string().optional().describe('path or URL of docs/mappings.schema.json, for editors'),
+  description: z.string().optional(),
+  profilesDir: z.string().min(1).optional().describe('where ConceptMaps named by url are looked up, relative to the mapping file; default the repository profiles/'),
+  conceptMaps: z.array(ConceptMapRefSchema).default([]).describe('applied in this order to every Coding of each map\u2019s source system'),
+  routes: z.record(NodeId, PeerRouteSchema).default({}).describe('per peer node id; a peer without an entry gets every resource (subject to the node config\u2019s resourceTypes and withheldLabels)'),
+});
+
+/** A parsed mapping file (defaults applied). */
+export type MappingFile = z.infer<typeof MappingFileSchema>;
+/** A parsed routing rule. */
+export type RouteRule = z.infer<typeof RouteRuleSchema>;
+/** A parsed ConceptMap reference. */
+export type ConceptMapRef = z.infer<typeof ConceptMapRefSchema>;
+
+/**
+ * The JSON Schema (draft 2020-12) of the mapping file, generated from {@link MappingFileSchema}
+ * with zod's `z.toJSONSchema` (input side: defaulted members are optional).
+ * @returns The schema object, with `$id` and `title` set.
+ */
+export function mappingJsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(MappingFileSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  return { ...schema, $id: 'https://tidegate.example.org/schemas/mappings.schema.json', title: 'tidegate mapping configuration' };
+}
