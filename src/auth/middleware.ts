@@ -58,6 +58,11 @@ export interface SmartAuthOptions {
   baseUrls?: readonly string[];
   /** Max request body, bytes (default 16 MiB, as the FHIR router's `MAX_BODY_BYTES`). */
   maxBodyBytes?: number;
+  /**
+   * Reads the request body (src/fhir/hardening.ts `fhirBodyReader`: UTF-8 only, JSON limits); its
+   * FhirErrors are answered as they are. Default express.text with `maxBodyBytes`.
+   */
+  bodyReader?: RequestHandler;
   /** Refusals are logged at `info` with their reason (never the token). */
   log?: Logger;
   /** Called once per request with the decision (audit hook). */
@@ -180,13 +185,14 @@ function filterResponses(res: Response, ctx: AccessContext, info: InteractionInf
 }
 
 /** Reads the body with the same parser as the FHIR router (which then skips it: the stream is consumed). */
-function readBody(req: Request, res: Response, limit: number): Promise<void> {
-  const parser = express.text({ type: () => true, limit });
+function readBody(req: Request, res: Response, limit: number, reader?: RequestHandler): Promise<void> {
+  const parser = reader ?? express.text({ type: () => true, limit });
   return new Promise((resolve, reject) => parser(req, res, (err?: unknown) => (err ? reject(err) : resolve())));
 }
 
 function bodyError(err: unknown, limit: number): FhirError {
   const e = err as { type?: string };
+  if (err instanceof FhirError) return err;
   if (e?.type === 'entity.too.large') return new FhirError(413, outcome('error', 'too-costly', `Body larger than ${limit} bytes`));
   return badRequest('Unreadable request body');
 }
@@ -264,7 +270,7 @@ export function smartAuth(opts: SmartAuthOptions): RequestHandler {
       if (info.kind === 'unknown') throw info.status === 405 ? methodNotAllowed(`Method ${req.method} is not allowed`) : notFound(`No FHIR interaction at ${req.path}`);
       if (['POST', 'PUT', 'PATCH', 'DELETE'].includes(req.method.toUpperCase())) {
         try {
-          await readBody(req, res, limit);
+          await readBody(req, res, limit, opts.bodyReader);
         } catch (err) {
           throw bodyError(err, limit);
         }

@@ -13,6 +13,7 @@ import { importPlan } from '../import/index.ts';
 import { startNetwork } from '../node/network.ts';
 import type { Network } from '../node/network.ts';
 import { resolveRedis } from './redis.ts';
+import { assertAuthOrInsecureDev } from '../auth/config.ts';
 
 /** Options of {@link runDemo}. */
 export interface DemoOptions {
@@ -135,6 +136,9 @@ export async function runDemo(opts: DemoOptions, out: { info: (s: string) => voi
   let net: Network | undefined;
   try {
     out.info(`tidegate demo: ${opts.hospitals} hospitals, Redis ${redis.source === 'spawned' ? `spawned at ${redis.url}` : redis.url}`);
+    // The demo's nodes have no auth section and listen on 127.0.0.1 (startNetwork): the same rule as `serve --insecure-dev`.
+    assertAuthOrInsecureDev({}, '127.0.0.1', true);
+    out.info('tidegate demo: INSECURE DEV MODE (as `serve --insecure-dev`): no client authorization, gateways bound to 127.0.0.1 only');
     // A bulk import favours throughput: a 250 ms batching window seals ~100× fewer envelopes.
     net = await startNetwork({ hospitals: opts.hospitals, redisUrl: redis.url, logger: log, antiEntropyIntervalMs: opts.serve ? 30_000 : 0, batchDelayMs: 250 });
     const plan = await importPlan(dataDir);

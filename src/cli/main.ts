@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * tidegate's command line: `demo`, `serve`, `keys generate|rotate|retire|list`, `bench`.
+ * tidegate's command line: `demo`, `serve`, `keys generate|rotate|retire|rewrap|list`, `shred`, `audit verify`, `config check`, `map preview`, `bench`.
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { fileURLToPath } from 'node:url';
@@ -42,11 +42,13 @@ keys
   .description("write a node's secret keys (tidegate-node-secret/2, mode 0600) and public keys (AKP JWK Set)")
   .requiredOption('--node <id>', 'node id')
   .option('--out <dir>', 'output folder', 'keys')
-  .action(async (o: { node: string; out: string }) => {
+  .option('--config <file>', "record the operation in this node configuration's audit trail")
+  .action(async (o: { node: string; out: string; config?: string }) => {
     const { createKeyStore, listKeys, writeKeyStoreFiles } = await import('../envelope/index.ts');
     const store = createKeyStore(o.node);
     await (await import('node:fs/promises')).mkdir(o.out, { recursive: true, mode: 0o700 });
     const written = await writeKeyStoreFiles(o.out, store);
+    await (await import('../audit/cli.ts')).auditKeyCommand(o.config, o.node, 'generate', listKeys(store));
     process.stdout.write(`${JSON.stringify({ ...written, keys: listKeys(store) })}\n`);
   });
 
@@ -55,11 +57,13 @@ keys
   .description('new X-Wing key (old one still decrypts until retired) and a next ML-DSA-65 key (signs once the current one is retired)')
   .requiredOption('--node <id>', 'node id')
   .option('--dir <dir>', 'key folder', 'keys')
-  .action(async (o: { node: string; dir: string }) => {
+  .option('--config <file>', "record the operation in this node configuration's audit trail")
+  .action(async (o: { node: string; dir: string; config?: string }) => {
     const { listKeys, readKeyStore, rotateKeyStore, writeKeyStoreFiles } = await import('../envelope/index.ts');
     const { join } = await import('node:path');
     const store = rotateKeyStore(await readKeyStore(join(o.dir, `${o.node}.secret.json`)));
     const written = await writeKeyStoreFiles(o.dir, store, { overwrite: true });
+    await (await import('../audit/cli.ts')).auditKeyCommand(o.config, o.node, 'rotate', listKeys(store).filter((k) => k.status !== 'retired'));
     process.stdout.write(`${JSON.stringify({ ...written, keys: listKeys(store) })}\n`);
   });
 
@@ -69,12 +73,30 @@ keys
   .argument('<kid>', 'key id (22 base64url characters)')
   .requiredOption('--node <id>', 'node id')
   .option('--dir <dir>', 'key folder', 'keys')
-  .action(async (kid: string, o: { node: string; dir: string }) => {
+  .option('--config <file>', "record the operation in this node configuration's audit trail")
+  .action(async (kid: string, o: { node: string; dir: string; config?: string }) => {
     const { listKeys, readKeyStore, retireKey, writeKeyStoreFiles } = await import('../envelope/index.ts');
     const { join } = await import('node:path');
     const store = retireKey(await readKeyStore(join(o.dir, `${o.node}.secret.json`)), kid);
     const written = await writeKeyStoreFiles(o.dir, store, { overwrite: true });
+    await (await import('../audit/cli.ts')).auditKeyCommand(o.config, o.node, 'retire', listKeys(store).filter((k) => k.kid === kid));
     process.stdout.write(`${JSON.stringify({ ...written, keys: listKeys(store) })}\n`);
+  });
+
+keys
+  .command('rewrap')
+  .description("re-wrap the sealed store's content keys under the current X-Wing key (after rotate, before retiring the old key; the node must be stopped)")
+  .requiredOption('--config <file>', 'node configuration JSON')
+  .option('--force', 'new key generation even when already under the current key', false)
+  .action(async (o: { config: string; force: boolean }) => {
+    const { runRewrap } = await import('./shred.ts');
+    const r = await runRewrap(o);
+    if (r.keys > 0) {
+      const { auditFileOfConfig, keyOperationFromStore, recordOffline } = await import('../audit/cli.ts');
+      const { file, nodeId } = auditFileOfConfig(o.config);
+      await recordOffline(file, nodeId, [keyOperationFromStore(nodeId, 'rewrap', [{ kid: r.to.kid, alg: 'X-Wing', use: 'enc', status: 'current' }], { rewrapped: r.keys, generation: r.to.gen })]);
+    }
+    process.stdout.write(`${JSON.stringify(r)}\n`);
   });
 
 keys
@@ -100,9 +122,75 @@ program
   .command('serve')
   .description('run one node from a configuration file')
   .requiredOption('--config <file>', 'node configuration JSON (see config/)')
-  .action(async (o: { config: string }) => {
+  .option('--insecure-dev', 'run without client authorization (only without an auth section, on a loopback listen.host)', false)
+  .action(async (o: { config: string; insecureDev: boolean }) => {
     const { serve } = await import('./serve.ts');
-    await serve(o.config);
+    await serve(o.config, { insecureDev: o.insecureDev });
+  });
+
+program
+  .command('shred')
+  .description("crypto-shred a patient and its compartment on this node: content keys destroyed, queued messages dropped, AuditEvent recorded (docs/storage.md)")
+  .argument('<patient>', 'Patient/<id>')
+  .requiredOption('--config <file>', 'node configuration JSON (the node must be stopped, or give --node-url)')
+  .option('--node-url <url>', 'shred through the running node at this base URL (POST /admin/shred/Patient/<id>)')
+  .option('--no-redis', 'do not drop queued messages in Redis')
+  .action(async (patient: string, o: { config: string; nodeUrl?: string; redis: boolean }) => {
+    const { runShred } = await import('./shred.ts');
+    const report = await runShred(patient, o);
+    // Offline, the report's AuditEvent goes to the node's trail (through --node-url the node records it).
+    if (o.nodeUrl === undefined && 'auditEvent' in report) {
+      const { auditFileOfConfig, recordOffline } = await import('../audit/cli.ts');
+      const { file, nodeId } = auditFileOfConfig(o.config);
+      await recordOffline(file, nodeId, [report.auditEvent as import('../audit/index.ts').AuditEvent]);
+    }
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+  });
+
+const audit = program.command('audit').description('the audit trail (docs/security.md "Audit trail")');
+
+audit
+  .command('verify')
+  .description("walk a node's hash-chained audit trail; exit 1 at the first edited, removed or reordered event")
+  .option('--config <file>', 'node configuration JSON (its auditFile)')
+  .option('--file <path>', 'the trail file itself')
+  .option('--expect <seq:hash>', 'an anchor printed by an earlier verify, kept outside the node')
+  .action(async (o: { config?: string; file?: string; expect?: string }) => {
+    const { runAuditVerify } = await import('../audit/cli.ts');
+    const report = await runAuditVerify(o);
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+    process.exitCode = report.ok ? 0 : 1;
+  });
+
+const configCommand = program.command('config').description('configuration tools');
+
+configCommand
+  .command('check')
+  .description('validate the node config, its mapping file (schema, ConceptMaps, FHIRPath), merge policy and every StructureDefinition/ConceptMap in profiles/; file:line:column + hint per error; exit 1 on any error')
+  .requiredOption('--config <file>', 'node configuration JSON')
+  .option('--profiles <dir>', 'profiles directory (default: the repository profiles/)')
+  .option('--json', 'print the report as JSON', false)
+  .action(async (o: { config: string; profiles?: string; json: boolean }) => {
+    const { formatCheckReport, runConfigCheck } = await import('../mapping/check.ts');
+    const report = runConfigCheck(o.config, o.profiles ? { profilesDir: o.profiles } : {});
+    process.stdout.write(o.json ? `${JSON.stringify(report)}\n` : formatCheckReport(report));
+    process.exitCode = report.ok ? 0 : 1;
+  });
+
+program
+  .command('map')
+  .description('mapping tools (docs/mappings.md)')
+  .command('preview')
+  .description("show what a peer (--peer) or this node's hospital would get for a resource after routing and code translation, as a diff against the input")
+  .argument('<resource>', 'FHIR resource JSON file')
+  .requiredOption('--config <file>', 'node configuration JSON (with mappingFile)')
+  .option('--peer <id>', 'a peer node id; without it: what this node writes to its own hospital')
+  .option('--json', 'print the preview as JSON', false)
+  .action(async (file: string, o: { config: string; peer?: string; json: boolean }) => {
+    const { formatPreview, previewMapping } = await import('../mapping/preview.ts');
+    const p = previewMapping({ config: o.config, peer: o.peer, file });
+    process.stdout.write(o.json ? `${JSON.stringify(p)}\n` : formatPreview(p));
+    process.exitCode = p.rejected ? 1 : 0;
   });
 
 program
@@ -126,7 +214,7 @@ program
   .description('benchmarks: merge, seal/open, replication, import, then the sections (Automerge, HTTP overhead, Tide scale); writes docs/BENCHMARKS.md')
   .option('--json', 'print the figures as JSON', false)
   .option('--data <dir>', 'Synthea ndjson folder', '../shared/data/synthea-10')
-  .option('--only <ids>', 'comma-separated: core (figures 1-4) and/or section ids (merge-automerge, http, tide)')
+  .option('--only <ids>', 'comma-separated: core (figures 1-4) and/or section ids (merge-automerge, envelope-throughput, store-sealed, http, tide, detection)')
   .option('--quick', 'smallest sizes (smoke run; docs/BENCHMARKS.md is not written)', false)
   .action(async (o: { json: boolean; data: string; only?: string; quick: boolean }) => {
     const { runBench } = await import('./bench.ts');

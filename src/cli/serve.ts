@@ -3,39 +3,86 @@
  */
 import pino from 'pino';
 import { loadNodeConfig } from '../config/config.ts';
-import { readPublicKeys, readSecretKeys } from '../envelope/index.ts';
+import { assertAuthOrInsecureDev } from '../auth/config.ts';
+import { createAuth } from '../auth/setup.ts';
+import { PeerKeyring, readSecretKeys } from '../envelope/index.ts';
 import { FileCursorStore, HospitalClient } from '../hospital/index.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { TidegateNode } from '../node/node.ts';
-import { openStore } from '../store/open.ts';
+import { openConfiguredStore } from '../store/open.ts';
+import { SqliteStore } from '../store/sqlite-store.ts';
+import { StoreIdMap } from '../store/id-map.ts';
+import { RevocationList } from '../security/index.ts';
+import { AuditTrail } from '../audit/index.ts';
+import { hardeningFromConfig } from '../fhir/hardening.ts';
+import { loadMappingOrThrow } from '../mapping/load.ts';
+import { readRedisTls, readServerTls } from '../transport/tls.ts';
 
 /**
- * Starts a node from a configuration file and runs until SIGINT/SIGTERM.
+ * Starts a node from a configuration file and runs until SIGINT/SIGTERM. SIGHUP (or
+ * `POST /admin/reload`) re-reads the peers' public key files without a restart (all or nothing).
  * @param configPath - node configuration JSON (see config/node-a.example.json).
- * @throws Error when the config, key files or policy are invalid, the store file cannot be opened,
- *   or Redis is unreachable.
+ * @param opts.insecureDev - `--insecure-dev`: allowed only without `auth` and on a loopback `listen.host`.
+ * @throws Error when the config has no `auth` and `--insecure-dev` on loopback was not given, when the config, key files or policy are invalid, the store file or PostgreSQL
+ *   cannot be opened, or Redis is unreachable.
  */
-export async function serve(configPath: string): Promise<void> {
+export async function serve(configPath: string, opts: { insecureDev?: boolean } = {}): Promise<void> {
   const cfg = loadNodeConfig(configPath);
+  // Refuse to start an open node anywhere but on loopback, before anything is opened (issue 7, "Open mode").
+  const authMode = assertAuthOrInsecureDev(cfg, cfg.listen.host, opts.insecureDev === true);
   const log = pino({ level: cfg.logLevel });
+  if (authMode === 'insecure-dev') log.warn({ host: cfg.listen.host }, 'INSECURE DEV MODE: no client authorization; FHIR API bound to loopback only');
+  // The mapping file (docs/mappings.md): an invalid one stops the start, with `tidegate config check`'s messages.
+  const mapping = cfg.mappingFile ? loadMappingOrThrow(cfg.mappingFile, { peers: cfg.peers.map((p) => p.nodeId), logger: log }) : undefined;
+  // HTTPS certificate and key, read (and the key file's mode checked) before anything is opened
+  const serverTls = cfg.tls ? readServerTls(cfg.tls) : undefined;
   const secretKeys = await readSecretKeys(cfg.secretKeyFile);
   if (secretKeys.nodeId !== cfg.nodeId) throw new Error(`Secret key file is for node ${secretKeys.nodeId}, config says ${cfg.nodeId}`);
-  const peers = [];
-  for (const p of cfg.peers) {
-    const publicKeys = await readPublicKeys(p.publicKeyFile);
-    if (publicKeys.nodeId !== p.nodeId) throw new Error(`Public key file ${p.publicKeyFile} is for node ${publicKeys.nodeId}, not ${p.nodeId}`);
-    peers.push({ nodeId: p.nodeId, redisUrl: p.redisUrl, publicKeys });
-  }
-  // Durable by default (config `storeFile`): a write is answered only once it is on disk.
-  const opened = openStore(cfg.storeFile);
+  // Peers' public keys stay reloadable (SIGHUP, POST /admin/reload): the keyring updates these objects in place.
+  const peerTls = (p: (typeof cfg.peers)[number]) => p.redisTls ?? (/^rediss:\/\//i.test(p.redisUrl) ? cfg.redisTls : undefined);
+  const keyring = await PeerKeyring.load(cfg.peers.map((p) => ({ nodeId: p.nodeId, publicKeyFile: p.publicKeyFile })));
+  const peers = cfg.peers.map((p) => ({
+    nodeId: p.nodeId,
+    redisUrl: p.redisUrl,
+    publicKeys: keyring.get(p.nodeId)!,
+    ...(p.resourceTypes ? { resourceTypes: p.resourceTypes } : {}),
+    ...(p.maySend ? { maySend: p.maySend } : {}),
+    ...(p.withheldLabels ? { withheldLabels: p.withheldLabels } : {}),
+    // rediss:// with the CA pinned (docs/security.md "Hardened deployment")
+    ...(peerTls(p) ? { redisTls: readRedisTls(peerTls(p)!) } : {}),
+  }));
+  // Revoked token ids (breach response), kept in the node's Redis so a restart does not forget them.
+  const revocations = new RevocationList({ redisUrl: cfg.redisUrl, key: `${cfg.queuePrefix}:revoked-jti-${cfg.nodeId}` });
+  await revocations.load();
+  const reloadKeys = async (): Promise<unknown> => {
+    const result = await keyring.reload();
+    log.info({ changed: result.changed, unchanged: result.unchanged.length }, 'peer public keys reloaded');
+    return result;
+  };
+  const onHup = (): void => {
+    reloadKeys().catch((err: unknown) => log.error({ err: (err as Error).message }, 'peer public keys NOT reloaded (nothing changed)'));
+  };
+  // Durable by default (config `storeFile`, or `storeUrl` for PostgreSQL): a write is answered
+  // only once it is on disk.
+  // A SQLite store file is sealed at rest with the node's keys (docs/storage.md "Encryption at rest").
+  const opened = await openConfiguredStore(
+    cfg,
+    { onError: (err) => log.error({ err: { name: err.name, code: (err as { code?: string }).code } }, 'resource store: PostgreSQL batch or recovery failed') },
+    { secretKeys },
+  );
   log.info({ store: opened.kind, location: opened.location }, 'resource store opened');
+  // The hash-chained audit trail (docs/security.md "Audit trail"); it continues the chain on disk.
+  const audit = await AuditTrail.open(cfg.auditFile!, { nodeId: cfg.nodeId, log });
+  log.info({ audit: cfg.auditFile, head: audit.head.seq }, 'audit trail opened');
   const node = new TidegateNode({
     store: opened.store,
     secretKeys,
     peers,
     redisUrl: cfg.redisUrl,
     queuePrefix: cfg.queuePrefix,
-    hospital: new HospitalClient({ baseUrl: cfg.hospitalFhirUrl }),
+    // The id map persists (sealed) in the SQLite store; otherwise in memory.
+    hospital: new HospitalClient({ baseUrl: cfg.hospitalFhirUrl, ...(opened.store instanceof SqliteStore ? { idMap: new StoreIdMap(opened.store) } : {}), ...(mapping ? { mapping } : {}) }),
+    ...(mapping ? { mapping } : {}),
     policy: cfg.mergePolicyFile ? loadMergePolicy(cfg.mergePolicyFile) : loadMergePolicy(),
     logger: log,
     antiEntropyIntervalMs: cfg.antiEntropyIntervalMs,
@@ -44,8 +91,16 @@ export async function serve(configPath: string): Promise<void> {
     ...(cfg.hospitalCursorFile ? { hospitalCursor: new FileCursorStore(cfg.hospitalCursorFile) } : {}),
     hospitalBackoffMs: cfg.hospitalRetryBaseMs,
     hospitalMaxBackoffMs: cfg.hospitalRetryMaxMs,
+    reloadKeys,
+    ...(cfg.auth ? { auth: createAuth(cfg.auth, { log, isRevoked: revocations.isRevoked }) } : {}),
+    security: { config: cfg.security, revocations },
+    audit,
+    // hostile-input limits, rate limit, HTTP timeouts, HTTPS (docs/security.md "Hostile input")
+    hardening: hardeningFromConfig(cfg.http).hardening,
+    server: { ...hardeningFromConfig(cfg.http).timeouts, ...(serverTls ? { tls: serverTls } : {}) },
   });
   try {
+    process.on('SIGHUP', onHup); // before start: an early SIGHUP must not kill the node
     await node.start(cfg.listen.port, cfg.listen.host);
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve);
@@ -54,6 +109,9 @@ export async function serve(configPath: string): Promise<void> {
     log.info('shutting down');
     await node.stop();
   } finally {
-    opened.close();
+    process.off('SIGHUP', onHup);
+    await revocations.close();
+    await audit.close();
+    await opened.close();
   }
 }

@@ -5,9 +5,38 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
+import { AuthConfigSchema } from '../auth/config.ts';
+import { SecurityConfigSchema } from '../security/config.ts';
+import { parseLabelRule } from '../tide/peer-authz.ts';
 
 const NodeId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'node ids are 1-64 of A-Z a-z 0-9 . _ - (starting alphanumeric)');
 const RedisUrl = z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL');
+/** TLS of `rediss://` connections to peers' Redis (src/transport/tls.ts): the pinned CA, and an optional client certificate. */
+const RedisTlsSchema = z.object({ caFile: z.string().min(1), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() });
+const PositiveInt = z.number().int().min(1);
+/** Hostile-input limits, timeouts and rate limit of the HTTP edge (src/fhir/hardening.ts, docs/security.md "Hostile input"). */
+const HttpHardeningSchema = z
+  .object({
+    /** Most request-body bytes (after Content-Encoding); more is 413. */
+    maxBodyBytes: PositiveInt.default(16 * 1024 * 1024),
+    /** Most nested JSON objects/arrays in a body. */
+    maxJsonDepth: PositiveInt.default(64),
+    /** Most items of one JSON array, at any depth. */
+    maxArrayItems: PositiveInt.default(100_000),
+    /** Longest JSON string, UTF-16 code units. */
+    maxStringLength: PositiveInt.default(4 * 1024 * 1024),
+    /** Time to receive a request's headers, ms (408 after). */
+    headersTimeoutMs: PositiveInt.default(20_000),
+    /** Time to receive a whole request, headers and body, ms (408 after). */
+    requestTimeoutMs: PositiveInt.default(120_000),
+    /** Idle time of a kept-alive connection, ms. */
+    keepAliveTimeoutMs: PositiveInt.default(5_000),
+    /** Per-client rate limit of /fhir and /auth (429); `false` turns it off. */
+    rateLimit: z
+      .union([z.literal(false), z.object({ windowMs: PositiveInt.default(60_000), limit: PositiveInt.default(6_000), failedAuthLimit: PositiveInt.default(100) })])
+      .default({ windowMs: 60_000, limit: 6_000, failedAuthLimit: 100 }),
+  })
+  .refine((h) => h.headersTimeoutMs <= h.requestTimeoutMs, { message: 'headersTimeoutMs must not exceed requestTimeoutMs', path: ['headersTimeoutMs'] });
 
 /** Schema of a node configuration file. */
 export const NodeConfigSchema = z.object({
@@ -19,12 +48,47 @@ export const NodeConfigSchema = z.object({
   hospitalFhirUrl: z.url(),
   /** This node's Redis (its inbox). */
   redisUrl: RedisUrl.default('redis://127.0.0.1:6379'),
-  /** BullMQ key prefix, without ':'. */
-  queuePrefix: z.string().regex(/^[A-Za-z0-9_-]+$/).default('tidegate'),
+  /**
+   * BullMQ key prefix, without ':'. May hold one Redis Cluster hash tag, e.g. `{tide}`, so that all
+   * of a queue's keys hash to one slot (docs/tide.md, "Sizing and running Redis").
+   */
+  queuePrefix: z
+    .string()
+    .regex(/^(?:[A-Za-z0-9_-]*\{[A-Za-z0-9_-]+\}[A-Za-z0-9_-]*|[A-Za-z0-9_-]+)$/, 'letters, digits, _ and -, optionally one {hash tag}')
+    .default('tidegate'),
   /** Path of this node's secret key file (from `tidegate keys generate`), relative to the config file. */
   secretKeyFile: z.string(),
-  /** Peers: id, Redis URL of their inbox, and their public key file. */
-  peers: z.array(z.object({ nodeId: NodeId, redisUrl: RedisUrl, publicKeyFile: z.string() })).default([]),
+  /**
+   * Peers: id, Redis URL of their inbox, their public key file, and optionally the FHIR resource
+   * types they subscribe to (default all): fanout, relay and anti-entropy send them only these.
+   */
+  peers: z
+    .array(
+      z.object({
+        nodeId: NodeId,
+        redisUrl: RedisUrl,
+        publicKeyFile: z.string(),
+        /** TLS of this peer's `rediss://` Redis (pinned CA); overrides the top-level `redisTls`. */
+        redisTls: RedisTlsSchema.optional(),
+        resourceTypes: z.array(z.string().regex(/^[A-Z][A-Za-z]{0,63}$/, 'must be a FHIR resource type')).min(1).optional(),
+        /** Peer authorization: types the peer may send this node (default all); `resourceTypes` is what it may receive. */
+        maySend: z.array(z.string().regex(/^[A-Z][A-Za-z]{0,63}$/, 'must be a FHIR resource type')).optional(),
+        /** `meta.security` labels the peer must never receive: `system|code` or a bare `code` (docs/security.md "Peer authorization"). */
+        withheldLabels: z
+          .array(
+            z.string().refine((l) => {
+              try {
+                parseLabelRule(l);
+                return true;
+              } catch {
+                return false;
+              }
+            }, 'must be "system|code" or "code"'),
+          )
+          .optional(),
+      }),
+    )
+    .default([]),
   /** Anti-entropy period, ms; 0 disables the scheduler. */
   antiEntropyIntervalMs: z.number().int().min(0).default(30000),
   /** Period of polling the hospital's `_history` for edits made directly on it, ms; 0 turns it off. */
@@ -38,11 +102,47 @@ export const NodeConfigSchema = z.object({
   hospitalRetryMaxMs: z.number().int().min(1).default(30000),
   /** Merge-policy file (repeating-element keys), relative to the config file. */
   mergePolicyFile: z.string().optional(),
+  /** Mapping file (per-peer routing, ConceptMap code translation; docs/mappings.md), relative to the config file. */
+  mappingFile: z.string().min(1).optional(),
   /**
    * The node's resource store: a SQLite file (src/store/sqlite-store.ts), relative to the config file;
    * default `data/<nodeId>.sqlite`. `:memory:` keeps resources in memory only (lost on restart).
    */
   storeFile: z.string().min(1).optional(),
+  /**
+   * PostgreSQL instead of SQLite (src/store/pg-store.ts): `postgres://user@host:port/db`. The
+   * password is better given by `PGPASSWORD` or ~/.pgpass than in this file. Excludes `storeFile`.
+   */
+  storeUrl: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL').optional(),
+  /** PostgreSQL schema of this node's tables (created when absent); default `tidegate_<nodeId>` (`.`/`-` as `_`). */
+  storeSchema: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,62}$/, 'PostgreSQL schema names here are 1-63 of A-Z a-z 0-9 _ (not starting with a digit)').optional(),
+  /**
+   * Key vault of the sealed PostgreSQL store (a local file with the wrapped content keys,
+   * src/store/vault.ts), relative to the config file; default `data/<nodeId>.pg.keys`. Only with
+   * `storeUrl` (a SQLite store keeps its vault at `<storeFile>.keys`). Keep it out of database backups.
+   */
+  keyVaultFile: z.string().min(1).optional(),
+  /**
+   * Client authorization (SMART on FHIR, src/auth): `{ issuer, audience, jwksUri | jwksFile,
+   * algorithms?, clockSkewSeconds?, … }`. Absent: the node starts only with `--insecure-dev` on loopback.
+   */
+  auth: AuthConfigSchema.optional(),
+  /** Breach detection (src/security): thresholds, alert webhook, automatic responses; defaults when absent. */
+  security: SecurityConfigSchema.prefault({}),
+  /**
+   * The audit trail (src/audit, docs/security.md "Audit trail"): a hash-chained JSON Lines file of
+   * AuditEvents, relative to the config file; default `data/<nodeId>.audit.jsonl`.
+   */
+  auditFile: z.string().min(1).optional(),
+  /** Hostile-input limits, HTTP timeouts and the rate limit (docs/security.md "Hostile input"); defaults when absent. */
+  http: HttpHardeningSchema.prefault({}),
+  /**
+   * HTTPS for the FHIR API (src/transport/tls.ts): PEM files relative to the config file; the key
+   * file must be mode 0600. With `caFile`, clients must present a certificate that CA issued.
+   */
+  tls: z.object({ certFile: z.string().min(1), keyFile: z.string().min(1), caFile: z.string().min(1).optional() }).optional(),
+  /** TLS of every peer's `rediss://` Redis: the pinned CA (and a client certificate), relative to the config file. */
+  redisTls: RedisTlsSchema.optional(),
   /** pino log level. */
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -52,11 +152,12 @@ export type NodeConfig = z.infer<typeof NodeConfigSchema>;
 
 /**
  * Loads a node configuration file. `REDIS_URL` overrides `redisUrl`, `PORT` overrides `listen.port`,
- * `LOG_LEVEL` overrides `logLevel`.
+ * `LOG_LEVEL` overrides `logLevel`, `STORE_URL` overrides `storeUrl`.
  * @param path - JSON file path.
  * @param env - environment (injectable for tests).
- * @returns The configuration; key, policy, cursor and store paths resolved against the file's folder
- *   (`storeFile` is always set: `data/<nodeId>.sqlite` by default, or `:memory:`).
+ * @returns The configuration; key, policy, cursor, store and `auth.jwksFile` paths resolved against the file's folder
+ *   (without `storeUrl`, `storeFile` is always set: `data/<nodeId>.sqlite` by default, or `:memory:`;
+ *   with it, `storeFile` is unset and `storeSchema` and `keyVaultFile` are set; `auditFile` is always set).
  * @throws Error listing every invalid field (`field.path: message`).
  */
 export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.env): NodeConfig {
@@ -74,12 +175,35 @@ export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.en
   const dir = dirname(resolve(path));
   cfg.secretKeyFile = resolve(dir, cfg.secretKeyFile);
   for (const p of cfg.peers) p.publicKeyFile = resolve(dir, p.publicKeyFile);
+  const resolveTls = <T extends Record<string, string | undefined>>(t: T | undefined): void => {
+    if (!t) return;
+    for (const k of Object.keys(t)) if (typeof t[k] === 'string') (t as Record<string, string>)[k] = resolve(dir, t[k]!);
+  };
+  resolveTls(cfg.tls);
+  resolveTls(cfg.redisTls);
+  for (const p of cfg.peers) resolveTls(p.redisTls);
   if (cfg.mergePolicyFile) cfg.mergePolicyFile = resolve(dir, cfg.mergePolicyFile);
+  if (cfg.mappingFile) cfg.mappingFile = resolve(dir, cfg.mappingFile);
   if (cfg.hospitalCursorFile) cfg.hospitalCursorFile = resolve(dir, cfg.hospitalCursorFile);
-  cfg.storeFile = cfg.storeFile === ':memory:' ? cfg.storeFile : resolve(dir, cfg.storeFile ?? join('data', `${cfg.nodeId}.sqlite`));
+  if (cfg.auth?.jwksFile) cfg.auth.jwksFile = resolve(dir, cfg.auth.jwksFile);
+  if (cfg.auth?.backendServices) {
+    cfg.auth.backendServices.signingKeyFile = resolve(dir, cfg.auth.backendServices.signingKeyFile);
+    for (const c of cfg.auth.backendServices.clients) if (c.jwksFile) c.jwksFile = resolve(dir, c.jwksFile);
+  }
+  if (env.STORE_URL) cfg.storeUrl = NodeConfigSchema.shape.storeUrl.unwrap().parse(env.STORE_URL);
+  if (cfg.storeUrl !== undefined) {
+    if (cfg.storeFile !== undefined) throw new Error(`Invalid config ${path}: storeFile and storeUrl are exclusive (SQLite file or PostgreSQL)`);
+    cfg.storeSchema ??= `tidegate_${cfg.nodeId.replace(/[^A-Za-z0-9_]/g, '_')}`.slice(0, 63);
+    cfg.keyVaultFile = resolve(dir, cfg.keyVaultFile ?? join('data', `${cfg.nodeId}.pg.keys`));
+  } else {
+    if (cfg.keyVaultFile !== undefined) throw new Error(`Invalid config ${path}: keyVaultFile is for a PostgreSQL store (storeUrl); a storeFile keeps its vault at <storeFile>.keys`);
+    cfg.storeFile = cfg.storeFile === ':memory:' ? cfg.storeFile : resolve(dir, cfg.storeFile ?? join('data', `${cfg.nodeId}.sqlite`));
+  }
+  cfg.auditFile = resolve(dir, cfg.auditFile ?? join('data', `${cfg.nodeId}.audit.jsonl`));
   if (env.REDIS_URL) cfg.redisUrl = RedisUrl.parse(env.REDIS_URL);
   if (env.PORT) cfg.listen.port = z.coerce.number().int().min(0).max(65535).parse(env.PORT);
   if (env.LOG_LEVEL) cfg.logLevel = NodeConfigSchema.shape.logLevel.parse(env.LOG_LEVEL);
+  for (const p of cfg.peers) if (p.redisTls && !/^rediss:\/\//i.test(p.redisUrl)) throw new Error(`Invalid config ${path}: peers[${p.nodeId}].redisTls needs a rediss:// redisUrl`);
   if (cfg.peers.some((p) => p.nodeId === cfg.nodeId)) throw new Error(`Invalid config ${path}: peers must not include the node itself`);
   return cfg;
 }

@@ -15,6 +15,8 @@ export interface CapabilityFeatures {
   search: boolean;
   /** Known profiles, by resource type (listed as `supportedProfile`). */
   profiles?: Record<string, string[]>;
+  /** `ConceptMap/$translate` is mounted (a mapping file is configured, src/mapping). */
+  translate?: boolean;
 }
 
 /**
@@ -33,6 +35,7 @@ export function capabilityStatement(baseUrl: string, nodeId: string, features: C
     kind: 'instance',
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
+    patchFormat: ['application/json-patch+json', 'application/fhir+json'],
     software: { name: 'tidegate', version: TIDEGATE_VERSION },
     implementation: { description: `tidegate node ${nodeId}: CRDT-merging FHIR gateway`, url: baseUrl },
     rest: [
@@ -41,8 +44,9 @@ export function capabilityStatement(baseUrl: string, nodeId: string, features: C
         documentation:
           'Writes merge (Yjs CRDT) instead of failing on concurrent edits; If-Match with Prefer: handling=strict answers 412 on a version mismatch. ' +
           'GET [type]/[id]/$conflicts lists values that lost a same-field merge. Conditional interactions match in the node\'s own store. ' +
-          (features.search ? 'Search is answered by the hospital FHIR server (eventually consistent with the node); system-level search needs _type. ' : ''),
-        ...(features.search ? { interaction: [{ code: 'search-system' as const }] } : {}),
+          (features.search ? 'Search is answered by the hospital FHIR server (eventually consistent with the node); system-level search needs _type. ' : '') +
+          'Transactions are all-or-nothing in the node\'s store; urn:uuid fullUrls and conditional references (Type?criteria) are resolved; search entries are refused in a transaction (use a batch).',
+        interaction: [{ code: 'batch' }, { code: 'transaction' }, ...(features.search ? [{ code: 'search-system' as const }] : [])],
         resource: types.map((type) => ({
           type,
           ...(features.profiles?.[type]?.length ? { supportedProfile: features.profiles[type] } : {}),
@@ -63,7 +67,10 @@ export function capabilityStatement(baseUrl: string, nodeId: string, features: C
             { code: 'create' },
             ...(features.search ? [{ code: 'search-type' as const }] : []),
           ],
-          operation: [{ name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' }],
+          operation: [
+            { name: 'validate', definition: 'http://hl7.org/fhir/OperationDefinition/Resource-validate' },
+            ...(features.translate && type === 'ConceptMap' ? [{ name: 'translate', definition: 'http://hl7.org/fhir/OperationDefinition/ConceptMap-translate' }] : []),
+          ],
         })),
       },
     ],

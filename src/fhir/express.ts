@@ -7,9 +7,14 @@ import type { NextFunction, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import { FhirService } from './service.ts';
 import type { FhirResult } from './service.ts';
-import { FhirError, methodNotAllowed, notImplemented, toOutcome, badRequest, notFound, unsupportedMediaType } from './outcomes.ts';
+import { FhirError, outcome, methodNotAllowed, notImplemented, toOutcome, badRequest, notFound, unsupportedMediaType } from './outcomes.ts';
 import { canonicalStringify } from './json.ts';
 import { parseSearchQuery } from './search.ts';
+import { currentFromService } from '../auth/middleware.ts';
+import type { AuthSetup } from '../auth/setup.ts';
+import { clientRateLimit, failedAuthRateLimit, fhirBodyReader, noStore, resolveHardening, securityHeaders } from './hardening.ts';
+import type { HardeningOptions } from './hardening.ts';
+import type { AuditWiring } from '../audit/index.ts';
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
@@ -57,10 +62,12 @@ function formSearchParams(req: Request): Array<[string, string]> {
  * HTTP layer itself (body parsing, decompression, path decoding) are the client's: 4xx, never 500.
  */
 function edgeError(err: unknown): { status: number; outcome: ReturnType<typeof toOutcome>['outcome'] } {
-  const e = err as { type?: string; status?: number; statusCode?: number; code?: string };
-  if (e?.type === 'entity.too.large') return { status: 413, outcome: toOutcome(badRequest(`Body larger than ${MAX_BODY_BYTES} bytes`)).outcome };
+  const e = err as { type?: string; status?: number; statusCode?: number; code?: string; limit?: number };
+  if (e?.type === 'entity.too.large') return { status: 413, outcome: toOutcome(badRequest(`Body larger than ${e.limit ?? MAX_BODY_BYTES} bytes`)).outcome };
   if (err instanceof URIError) return toOutcome(badRequest('Malformed percent-encoding in the URL'));
   if (typeof e?.code === 'string' && (e.code.startsWith('Z_') || e.code.startsWith('ERR__ERROR_FORMAT'))) return toOutcome(badRequest('Request body does not match its Content-Encoding'));
+  // The resource store could not make the write durable (src/store/pg-store.ts): nothing was acknowledged.
+  if (e?.code === 'ERR_STORE_UNAVAILABLE') return { status: 503, outcome: outcome('error', 'transient', 'The resource store is unavailable; the request was not completed. Try again later.') };
   const status = e?.status ?? e?.statusCode;
   if (!(err instanceof FhirError) && typeof status === 'number' && status >= 400 && status < 500) {
     if (status === 415) return toOutcome(unsupportedMediaType('Unsupported Content-Encoding or media type'));
@@ -73,19 +80,29 @@ function edgeError(err: unknown): { status: number; outcome: ReturnType<typeof t
  * Builds the `/fhir` router.
  * @param service - the node's FHIR interactions.
  * @param log - pino logger; request bodies are never logged (PHI).
+ * @param hardening - body size and JSON limits of the body reader (hardening.ts `fhirBodyReader`).
  */
-export function fhirRouter(service: FhirService, log: Logger): Router {
+export function fhirRouter(service: FhirService, log: Logger, hardening: HardeningOptions = {}): Router {
   const r = express.Router();
-  r.use(express.text({ type: () => true, limit: MAX_BODY_BYTES }));
+  r.use(fhirBodyReader(resolveHardening(hardening)));
+  // An answer leaves only once everything stored so far is durable (FhirServiceOptions.durable).
+  const settle = (res: Response, next: NextFunction, result: FhirResult) => {
+    const barrier = service.durable?.();
+    if (barrier) barrier.then(() => send(res, result), next);
+    else send(res, result);
+  };
   const h = (fn: (req: Request) => FhirResult) => (req: Request, res: Response, next: NextFunction) => {
+    let result: FhirResult;
     try {
-      send(res, fn(req));
+      result = fn(req);
     } catch (err) {
       next(err);
+      return;
     }
+    settle(res, next, result);
   };
   const ha = (fn: (req: Request) => Promise<FhirResult>) => (req: Request, res: Response, next: NextFunction) => {
-    fn(req).then((result) => send(res, result), next);
+    fn(req).then((result) => settle(res, next, result), next);
   };
   const p = (req: Request, name: string): string => String(req.params[name]);
   const writeReq = (req: Request) => ({
@@ -125,8 +142,15 @@ export function fhirRouter(service: FhirService, log: Logger): Router {
   r.put('/:type', h((req) => service.conditionalUpdate({ ...writeReq(req), query: needCriteria(req, 'PUT') })));
   r.delete('/:type', h((req) => service.conditionalDelete(p(req, 'type'), needCriteria(req, 'DELETE'), header(req, 'x-tidegate-author'), header(req, 'prefer'))));
   r.patch('/:type', h(() => { throw notImplemented('Conditional PATCH is not supported; PATCH [type]/[id]'); }));
-  r.post('/', h(() => { throw notImplemented('Batch and transaction Bundles are not supported by this node yet'); }));
+  r.post('/', ha((req) => service.bundle({
+    text: typeof req.body === 'string' ? req.body : '',
+    contentType: header(req, 'content-type'),
+    prefer: header(req, 'prefer'),
+    author: header(req, 'x-tidegate-author'),
+    baseUrl: baseUrlOf(req),
+  })));
   r.get('/', ha((req) => service.searchAll(parseSearchQuery(rawQuery(req)), baseUrlOf(req))));
+  r.get('/:type/_history', h(() => { throw notImplemented('Type-level history is not supported; GET [type]/[id]/_history'); }));
   r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'), header(req, 'if-none-match'))));
   r.put('/:type/:id', h((req) => service.update({ ...writeReq(req), id: p(req, 'id') })));
   r.delete('/:type/:id', h((req) => service.delete(p(req, 'type'), p(req, 'id'), header(req, 'x-tidegate-author'), header(req, 'if-match'), header(req, 'prefer'))));
@@ -156,16 +180,44 @@ export function fhirRouter(service: FhirService, log: Logger): Router {
  * @param health - optional readiness details merged into the `/healthz` JSON.
  * @param extra - optional Router mounted at the root before `/fhir` (the node's ops routes:
  *   `/metrics`, `/readyz`, `/admin/*`, see src/ops/router.ts).
+ * @param auth - SMART on FHIR authorization (src/auth, docs/security.md): when given, every `/fhir`
+ *   request needs a Bearer token with the scopes of its interaction (401/403 with an
+ *   OperationOutcome and `WWW-Authenticate` otherwise), `/fhir/.well-known/smart-configuration` is
+ *   published and, with Backend Services configured, `POST /auth/token` issues tokens.
+ * @param audit - the hash-chained audit trail (src/audit/wiring.ts `auditWiring`): one AuditEvent per
+ *   FHIR interaction, auth refusals through the auth decision hook, and `GET /fhir/AuditEvent`.
+ * @param hardening - hostile-input limits and the rate limit (hardening.ts, docs/security.md
+ *   "Hostile input"); security headers (helmet) and `Cache-Control: no-store` are always set.
+ * @param operations - optional Router of extra operations mounted under `/fhir` after authorization,
+ *   audit and rate limits, before the FHIR router (the mapping's `ConceptMap/$translate`).
  */
-export function fhirApp(service: FhirService, log: Logger, health: () => object = () => ({}), extra?: Router): express.Express {
+export function fhirApp(service: FhirService, log: Logger, health: () => object = () => ({}), extra?: Router, auth?: AuthSetup, audit?: AuditWiring, hardening: HardeningOptions = {}, operations?: Router): express.Express {
+  const limits = resolveHardening(hardening);
   const app = express();
   app.disable('x-powered-by');
+  app.use(securityHeaders());
+  app.use('/fhir', noStore());
   app.set('etag', false);
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', ...health() });
   });
   if (extra) app.use(extra);
-  app.use('/fhir', fhirRouter(service, log));
+  if (auth) {
+    app.get('/fhir/.well-known/smart-configuration', auth.discovery);
+    if (limits.rateLimit) {
+      // counts 401/403 per IP: a flood of bad tokens is refused before verification
+      const failed = failedAuthRateLimit(limits.rateLimit);
+      app.use('/fhir', failed);
+      app.use('/auth', failed);
+    }
+    if (auth.tokenEndpoint) app.post('/auth/token', ...auth.tokenEndpoint);
+    app.use('/fhir', auth.middleware({ current: currentFromService(service), log, maxBodyBytes: limits.maxBodyBytes, bodyReader: fhirBodyReader(limits), ...(audit ? { onDecision: audit.onDecision } : {}) }));
+  }
+  // per client: the token's client id (res.locals.auth) when authenticated, else the IP
+  if (limits.rateLimit) app.use('/fhir', clientRateLimit(limits.rateLimit));
+  if (audit) app.use('/fhir', audit.middleware, audit.router);
+  if (operations) app.use('/fhir', operations);
+  app.use('/fhir', fhirRouter(service, log, limits));
   // Anything else: an OperationOutcome, not Express's HTML page.
   app.use((req, res) => {
     res.status(404).type('application/fhir+json').send(canonicalStringify(toOutcome(notFound(`Nothing at ${req.path}; the FHIR API is under /fhir`)).outcome));

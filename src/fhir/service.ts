@@ -16,8 +16,12 @@ import { applyPrefer, parsePrefer } from './prefer.ts';
 import { criteriaQuery, findMatches } from './conditional.ts';
 import { applyPatchBody, patchFormatOf } from './patch.ts';
 import { validateOperation } from './validate-op.ts';
+import { DEFAULT_MAX_BUNDLE_ENTRIES, OverlayStore, processBundle, StagingReplica } from './bundle.ts';
+import type { BundleRequest, StagedWrite, Staging } from './bundle.ts';
 import { UnknownVersionError } from '../merge/replica.ts';
 import type { Replica } from '../merge/replica.ts';
+import { loadMergePolicy } from '../merge/policy.ts';
+import type { MergePolicy } from '../merge/policy.ts';
 import type { VersionRecord } from '../store/store.ts';
 import { parseStamp } from '../merge/hlc.ts';
 
@@ -51,6 +55,21 @@ export interface FhirServiceOptions {
   hospital?: HospitalSearcher | undefined;
   /** Known profiles for `meta.profile` validation; default US Core + `profiles/`. */
   profiles?: ProfileRegistry;
+  /**
+   * The node's merge policy (the one its {@link Replica} uses); transactions stage their writes on
+   * a second replica with it. Default `profiles/merge-policy.json`.
+   */
+  mergePolicy?: MergePolicy;
+  /** Most entries in one batch or transaction Bundle; more is 422 (`too-costly`). Default 10,000. */
+  maxBundleEntries?: number;
+  /** `ConceptMap/$translate` is served (src/mapping `translateRouter`); listed in the CapabilityStatement. */
+  translate?: boolean;
+  /**
+   * The store's durability barrier (`ResourceStore.durable`, src/store/store.ts). The HTTP edge
+   * sends an answer only after it resolves (a rejection answers 503). Absent: writes are durable
+   * when `Replica.write` returns.
+   */
+  durable?: (() => Promise<void>) | undefined;
 }
 
 /** Called with every local Yjs update, to gossip it (src/tide). */
@@ -71,6 +90,11 @@ export class FhirService {
   private readonly hospital: HospitalSearcher | undefined;
   /** The known profiles; call `profiles.load()` to reload `profiles/`. */
   readonly profiles: ProfileRegistry;
+  /** See {@link FhirServiceOptions.durable}. */
+  readonly durable: (() => Promise<void>) | undefined;
+  private readonly mergePolicy: MergePolicy;
+  private readonly maxBundleEntries: number;
+  private readonly translate: boolean;
 
   /**
    * @param replica - the node's merge engine.
@@ -83,11 +107,57 @@ export class FhirService {
     this.nodeId = replica.nodeId;
     this.hospital = opts.hospital;
     this.profiles = opts.profiles ?? new ProfileRegistry();
+    this.durable = opts.durable;
+    this.mergePolicy = opts.mergePolicy ?? loadMergePolicy();
+    this.maxBundleEntries = opts.maxBundleEntries ?? DEFAULT_MAX_BUNDLE_ENTRIES;
+    this.translate = opts.translate === true;
+    if (!Number.isInteger(this.maxBundleEntries) || this.maxBundleEntries < 1) throw new RangeError('maxBundleEntries must be a positive integer');
+  }
+
+  /**
+   * POST [base] with a `batch` or `transaction` Bundle (bundle.ts; https://hl7.org/fhir/R4/http.html#transaction).
+   * A transaction is staged on a {@link StagingReplica} over an {@link OverlayStore} and committed
+   * only when every entry succeeded: then its writes are replayed on this node's replica (new
+   * versions go to the hospital outbox through the replica's `onVersion`) and gossiped through the sink.
+   * @param req - body text, media type, `Prefer`, author, base URL.
+   * @returns 200 with a batch-response or transaction-response Bundle.
+   * @throws {@link FhirError} see {@link processBundle}.
+   */
+  bundle(req: BundleRequest): Promise<FhirResult> {
+    return processBundle(
+      {
+        live: this,
+        replica: this.replica,
+        maxEntries: this.maxBundleEntries,
+        stage: () => this.stage(),
+        commit: (writes) => this.commitStaged(writes),
+      },
+      req,
+    );
+  }
+
+  /** A staging service: same node id, profiles and merge policy; writes stay in an overlay and are recorded, nothing is gossiped. */
+  private stage(): Staging {
+    const replica = new StagingReplica({ nodeId: this.nodeId, store: new OverlayStore(this.replica), policy: this.mergePolicy });
+    const service = new FhirService(replica, () => {}, { profiles: this.profiles, mergePolicy: this.mergePolicy });
+    return { service, replica };
+  }
+
+  /**
+   * Replays staged writes on the node's replica, gossiping each update as it is made. Only a store
+   * failure (disk full, I/O error) can stop it part-way; what was written is then kept and
+   * gossiped, and the error is rethrown (500).
+   */
+  private commitStaged(writes: StagedWrite[]): void {
+    for (const w of writes) {
+      const res = this.replica.write(w.key, w.body, w.opts);
+      if (res.update) this.sink(w.key, res.update);
+    }
   }
 
   /** GET /metadata */
   metadata(baseUrl: string): FhirResult {
-    return { status: 200, headers: {}, body: capabilityStatement(baseUrl, this.nodeId, { search: this.hospital !== undefined, profiles: this.profiles.byType() }) };
+    return { status: 200, headers: {}, body: capabilityStatement(baseUrl, this.nodeId, { search: this.hospital !== undefined, profiles: this.profiles.byType(), translate: this.translate }) };
   }
 
   /** GET [type]/[id] — 404 unknown, 410 deleted; `If-None-Match: W/"vid"` of the current version → 304. */
@@ -152,8 +222,11 @@ export class FhirService {
    * POST [type] — the server assigns the id (https://hl7.org/fhir/R4/http.html#create). With
    * `If-None-Exist` (https://hl7.org/fhir/R4/http.html#ccreate): no match creates, one match
    * answers 200 with that resource and writes nothing, several matches answer 412.
+   * @param req - the write request.
+   * @param id - the id to assign; default a new UUID. A transaction assigns ids before it applies
+   *   its entries, to rewrite `urn:uuid:` references (bundle.ts).
    */
-  create(req: WriteRequest): FhirResult {
+  create(req: WriteRequest, id: string = randomUUID()): FhirResult {
     const prefs = parsePrefer(req.prefer);
     const body = this.parseBody(req);
     if (req.ifNoneExist !== undefined) {
@@ -161,7 +234,6 @@ export class FhirService {
       if (ids.length > 1) throw preconditionFailed(`If-None-Exist matched more than one ${req.type}`);
       if (ids.length === 1) return applyPrefer(this.versionResult(200, this.replica.current(`${req.type}/${ids[0]}`)!), prefs);
     }
-    const id = randomUUID();
     body.id = id;
     return this.write(req.type, id, body, req, true);
   }

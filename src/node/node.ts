@@ -10,6 +10,8 @@ import type { Logger } from 'pino';
 import { FhirService } from '../fhir/service.ts';
 import { isHospitalSearcher } from '../fhir/search.ts';
 import { fhirApp } from '../fhir/express.ts';
+import { createFhirServer } from '../fhir/hardening.ts';
+import type { FhirServerOptions, HardeningOptions } from '../fhir/hardening.ts';
 import { Replica } from '../merge/replica.ts';
 import type { MergePolicy } from '../merge/policy.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
@@ -26,6 +28,18 @@ import type { HospitalHistorySource } from '../hospital/poller.ts';
 import { RedisCursorStore } from '../hospital/cursor.ts';
 import type { HospitalCursorStore } from '../hospital/cursor.ts';
 import { SyncLedger } from '../hospital/ledger.ts';
+import { isShreddableStore, scrubTideRedis, shredPatient, ShredError } from '../store/shred.ts';
+import type { ShredReport } from '../store/shred.ts';
+import { shredRouter } from '../store/shred-route.ts';
+import express from 'express';
+import type { AuthSetup } from '../auth/setup.ts';
+import { BreachDetector, RevocationList, securityMonitor, securityRouter } from '../security/index.ts';
+import type { SecurityConfig } from '../security/index.ts';
+import { outboundLabelsOf, routeLabelRule } from '../tide/peer-authz.ts';
+import type { Mapping } from '../mapping/index.ts';
+import { translateRouter } from '../mapping/index.ts';
+import { auditWiring, bridgeAuditLog, lifecycleEvent, mergeEvent } from '../audit/index.ts';
+import type { AuditTrail } from '../audit/index.ts';
 
 /** Options of {@link TidegateNode}. Durations in ms. */
 export interface TidegateNodeOptions {
@@ -52,6 +66,35 @@ export interface TidegateNodeOptions {
   /** Outbox retry delays, ms: base (default 200) and cap (default 30000). */
   hospitalBackoffMs?: number;
   hospitalMaxBackoffMs?: number;
+  /** Most entries in one batch/transaction Bundle (FhirService); default 10,000. */
+  maxBundleEntries?: number;
+  /** Re-reads peers' public keys for `POST /admin/reload` (src/ops/router.ts); see `PeerKeyring`. */
+  reloadKeys?: () => Promise<unknown>;
+  /** SMART on FHIR authorization of the FHIR API (src/auth/setup.ts `createAuth`); none in insecure dev mode. */
+  auth?: AuthSetup;
+  /**
+   * Breach detection (src/security): the config's `security` section, and the revocation list that
+   * `auth` checks (`createAuth(cfg, { isRevoked: revocations.isRevoked })`); without it, a list in
+   * memory that no verifier reads (token revocation then has no effect).
+   */
+  security?: { config?: SecurityConfig; revocations?: RevocationList; fetch?: typeof fetch };
+  /**
+   * The audit trail (src/audit, opened by `serve` from `auditFile`): the node records merges, node
+   * start/stop and everything added to `tide.auditLog` (quarantines, breach alerts, shreds). The
+   * node does not close it: whoever opened it does, after `stop()`.
+   */
+  audit?: AuditTrail;
+  /** Hostile-input limits and the per-client rate limit of the FHIR edge (src/fhir/hardening.ts); defaults without a rate limit when absent. */
+  hardening?: HardeningOptions;
+  /** HTTP header/request timeouts and HTTPS (src/fhir/hardening.ts `createFhirServer`, src/transport/tls.ts). */
+  server?: FhirServerOptions;
+  /**
+   * The mapping configuration (src/mapping, docs/mappings.md), when the config names a
+   * `mappingFile`: its routes filter what Tide sends each peer, its ConceptMaps translate versions
+   * read from the hospital (the poller). Give the same object to the `HospitalClient` for the
+   * outbound translation.
+   */
+  mapping?: Mapping;
 }
 
 /** See module doc. */
@@ -68,52 +111,131 @@ export class TidegateNode {
   private server: Server | undefined;
   private url: string | undefined;
   private localUpdates = 0;
+  private readonly reloadKeys: (() => Promise<unknown>) | undefined;
+  private readonly auth: AuthSetup | undefined;
+  private readonly hardening: HardeningOptions | undefined;
+  private readonly mapping: Mapping | undefined;
+  private readonly serverOptions: FhirServerOptions | undefined;
+  /** Breach detector: fed by Tide rejections and every finished FHIR request. */
+  readonly detector: BreachDetector;
+  /** Revoked token ids (breach response); the auth module checks it when wired by `serve`. */
+  readonly revocations: RevocationList;
   private remoteUpdates = 0;
+  /** Remote updates refused because their resource was crypto-shredded here. */
+  private shreddedRefused = 0;
+  private readonly store: ResourceStore;
+  private readonly redisUrl: string;
+  private readonly queuePrefix: string;
+  /** The audit trail, when configured. */
+  readonly audit: AuditTrail | undefined;
+  private readonly keyIds: { kem: string; sig: string };
 
   /** @param opts - see {@link TidegateNodeOptions}. */
   constructor(opts: TidegateNodeOptions) {
     this.nodeId = opts.secretKeys.nodeId;
+    this.reloadKeys = opts.reloadKeys;
+    this.auth = opts.auth;
+    this.mapping = opts.mapping;
+    this.hardening = opts.hardening;
+    this.serverOptions = opts.server;
+    this.audit = opts.audit;
+    this.keyIds = { kem: opts.secretKeys.kemKeyId, sig: opts.secretKeys.sigKeyId };
     this.log = opts.logger ?? pino({ level: 'info' });
     const log = this.log;
     const ledger = new SyncLedger();
+    const store: ResourceStore = opts.store ?? new MemoryStore();
+    this.store = store;
+    this.redisUrl = opts.redisUrl;
+    this.queuePrefix = opts.queuePrefix ?? 'tidegate';
+    // A write-behind store (src/store/pg-store.ts) acknowledges a write with its barrier: nothing
+    // that depends on a write leaves the node before it resolves. When it rejects, the store has
+    // rolled the write back and the client got a 503, so the dependent step is dropped.
+    const afterDurable = (fn: () => void): void => {
+      const barrier = store.durable?.();
+      if (barrier) barrier.then(fn, () => {});
+      else fn();
+    };
     this.hospitalSync = new HospitalOutbox(opts.hospital, {
       nodeId: this.nodeId,
       redisUrl: opts.redisUrl,
       prefix: opts.queuePrefix ?? 'tidegate',
       secret: opts.secretKeys.kemSecretKey,
+      // Jobs queued under a key rotated out since stay readable (and are re-encrypted at start).
+      previousSecrets: (opts.secretKeys.additionalKemKeys ?? []).map((k) => k.secretKey),
       ledger,
       logger: log,
       ...(opts.hospitalBackoffMs !== undefined ? { backoffMs: opts.hospitalBackoffMs } : {}),
       ...(opts.hospitalMaxBackoffMs !== undefined ? { maxBackoffMs: opts.hospitalMaxBackoffMs } : {}),
       onFailure: (key, err) => log.error({ key, code: (err as { code?: string }).code, status: (err as { status?: number }).status }, 'hospital write failed'),
     });
+    const policy = opts.policy ?? loadMergePolicy();
     this.replica = new Replica({
       nodeId: this.nodeId,
-      store: opts.store ?? new MemoryStore(),
-      policy: opts.policy ?? loadMergePolicy(),
-      onVersion: (key, version) => this.hospitalSync.enqueue(key, version),
+      store,
+      policy,
+      onVersion: (key, version) => afterDurable(() => this.hospitalSync.enqueue(key, version)),
     });
     const replica = this.replica;
     this.tide = new Tide({
       self: opts.secretKeys,
       redisUrl: opts.redisUrl,
       prefix: opts.queuePrefix ?? 'tidegate',
-      peers: opts.peers,
+      // Routing rules travel as withheld labels (src/tide/peer-authz.ts `outboundLabelsOf`).
+      peers: opts.mapping === undefined ? opts.peers : opts.peers.map((p) => (opts.mapping!.peers.includes(p.nodeId) ? { ...p, withheldLabels: [...(p.withheldLabels ?? []), routeLabelRule(p.nodeId)] } : p)),
       logger: log,
       antiEntropyIntervalMs: opts.antiEntropyIntervalMs ?? 30000,
       ...(opts.batchDelayMs !== undefined ? { batchDelayMs: opts.batchDelayMs } : {}),
+      onRejection: (event) => this.detector.tideRejection(event),
       replica: {
         nodeId: this.nodeId,
-        applyRemote: async (updates: ResourceUpdate[]) => {
+        applyRemote: async (updates: ResourceUpdate[], fromNode: string) => {
+          const provenances: ResourceUpdate[] = [];
+          const applied: string[] = [];
           for (const u of updates) {
-            replica.applyRemote(u.key, u.update);
+            // A crypto-shredded resource is tombstoned: a peer's update must not resurrect it.
+            if (store.isShredded?.(u.key)) {
+              this.shreddedRefused++;
+              continue;
+            }
+            const merged = replica.applyRemote(u.key, u.update);
+            applied.push(u.key);
             this.remoteUpdates++;
+            // A new version that merges concurrent writes gets its Provenance (src/merge/provenance.ts).
+            const provenance = merged ? replica.recordMergeProvenance(u.key) : undefined;
+            if (provenance) provenances.push(provenance);
+          }
+          // The inbox job completes (and is removed) only once the merge is durable.
+          await store.durable?.();
+          this.audit?.record(mergeEvent({ nodeId: this.nodeId, fromNode, keys: applied, refused: updates.length - applied.length, at: new Date() }));
+          // Merge Provenance is gossiped like a local write: only once it is durable.
+          if (provenances.length > 0) {
+            this.localUpdates += provenances.length;
+            this.tide.publish(provenances);
           }
         },
         keys: () => replica.keys(),
         stateVector: (key) => replica.stateVector(key),
-        diffFor: (key, sv) => replica.diffFor(key, sv),
+        // A document with a change not durable yet is not sent (it could still be rolled back).
+        diffFor: (key, sv) => (store.unsettled?.(key) ? undefined : replica.diffFor(key, sv)),
+        // Peer authorization: labels of the current version; a deleted resource keeps those of its last live version.
+        securityLabels: (key) => {
+          for (const v of replica.history(key)) if (!v.deleted && v.body) return outboundLabelsOf(v.body, opts.mapping);
+          return [];
+        },
       },
+    });
+    // Quarantines, breach alerts and shreds are added to tide.auditLog: each also goes to the trail.
+    if (this.audit) bridgeAuditLog(this.tide.auditLog, this.audit);
+    this.revocations = opts.security?.revocations ?? new RevocationList();
+    this.detector = new BreachDetector({
+      nodeId: this.nodeId,
+      ...(opts.security?.config ? { config: opts.security.config } : {}),
+      revocations: this.revocations,
+      quarantinePeer: (peerId, reason) => this.tide.quarantinePeer(peerId, reason),
+      // one function, so the alerts' AuditEvents can be sent to the node's audit trail
+      audit: (event) => this.tide.auditLog.add(event),
+      log,
+      ...(opts.security?.fetch ? { fetch: opts.security.fetch } : {}),
     });
     const pollMs = opts.hospitalPollIntervalMs ?? 5000;
     const history = opts.hospital as Partial<HospitalHistorySource>;
@@ -124,19 +246,26 @@ export class TidegateNode {
             replica: this.replica,
             ledger,
             intervalMs: pollMs,
-            cursor: opts.hospitalCursor ?? new RedisCursorStore({ redisUrl: opts.redisUrl, key: `${opts.queuePrefix ?? 'tidegate'}:hospital-cursor:${this.nodeId}` }),
+            cursor: durableCursor(store, opts.hospitalCursor ?? new RedisCursorStore({ redisUrl: opts.redisUrl, key: `${opts.queuePrefix ?? 'tidegate'}:hospital-cursor:${this.nodeId}` })),
             ...(opts.hospitalPollTypes !== undefined ? { types: opts.hospitalPollTypes } : {}),
+            ...(opts.mapping !== undefined ? { mapping: opts.mapping } : {}),
             logger: log,
             onUpdate: (key, update) => {
               this.localUpdates++;
-              this.tide.publish([{ key, update }]);
+              afterDurable(() => this.tide.publish([{ key, update }]));
             },
           })
         : undefined;
     this.service = new FhirService(this.replica, (key, update) => {
       this.localUpdates++;
-      this.tide.publish([{ key, update }]);
-    }, { hospital: isHospitalSearcher(opts.hospital) ? opts.hospital : undefined });
+      afterDurable(() => this.tide.publish([{ key, update }]));
+    }, {
+      hospital: isHospitalSearcher(opts.hospital) ? opts.hospital : undefined,
+      ...(store.durable ? { durable: () => store.durable!() } : {}),
+      mergePolicy: policy,
+      ...(opts.maxBundleEntries !== undefined ? { maxBundleEntries: opts.maxBundleEntries } : {}),
+      translate: opts.mapping !== undefined,
+    });
   }
 
   /**
@@ -150,13 +279,25 @@ export class TidegateNode {
     await this.hospitalSync.start();
     await this.tide.start();
     await this.hospitalPoller?.start();
-    const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), opsRouter({ tide: this.tide, nodeId: this.nodeId }));
+    this.audit?.record(lifecycleEvent({ nodeId: this.nodeId, what: 'start', at: new Date(), keys: [{ kid: this.keyIds.kem, alg: 'X-Wing', use: 'enc', status: 'current' }, { kid: this.keyIds.sig, alg: 'ML-DSA-65', use: 'sig', status: 'current' }] }));
+    const admin = express.Router();
+    // Breach detection sees every /fhir request first (this router is mounted before auth and the FHIR router).
+    admin.use('/fhir', securityMonitor(this.detector));
+    admin.use(opsRouter({ tide: this.tide, nodeId: this.nodeId, security: this.detector, ...(this.reloadKeys ? { reloadKeys: this.reloadKeys } : {}) }));
+    admin.use(securityRouter({ nodeId: this.nodeId, detector: this.detector, tide: this.tide, revocations: this.revocations }));
+    admin.use(shredRouter({ shred: (key, requestor) => this.shred(key, requestor) }));
+    const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), admin, this.auth, this.audit ? auditWiring(this.audit, this.nodeId, { open: !this.auth, log: this.log }) : undefined, this.hardening, this.mapping ? translateRouter(this.mapping) : undefined);
     this.server = await new Promise<Server>((resolve, reject) => {
-      // Express 5 hands listen errors (EADDRINUSE, EACCES) to this callback.
-      const s = app.listen(port, host, (err?: Error) => (err ? reject(err) : resolve(s)));
+      // listen errors (EADDRINUSE, EACCES) come as the server's 'error' event
+      const s = createFhirServer(app, this.serverOptions);
+      s.once('error', reject);
+      s.listen(port, host, () => {
+        s.off('error', reject);
+        resolve(s);
+      });
     });
     const addr = this.server.address() as AddressInfo;
-    this.url = `http://${host}:${addr.port}/fhir`;
+    this.url = `${this.serverOptions?.tls ? 'https' : 'http'}://${host}:${addr.port}/fhir`;
     this.log.info({ node: this.nodeId, url: this.url }, 'tidegate node listening');
     return this.url;
   }
@@ -165,6 +306,35 @@ export class TidegateNode {
   get baseUrl(): string {
     if (!this.url) throw new Error('Node not started');
     return this.url;
+  }
+
+  /**
+   * Crypto-shreds a patient's compartment on this node (src/store/shred.ts): drops its queued
+   * hospital writes and Tide messages on the own Redis, destroys its content keys, tombstones the
+   * keys (peers' later updates are refused), records an AuditEvent (store and `/admin/audit`).
+   * @param patientKey - `Patient/<id>`.
+   * @param requestor - who asked (AuditEvent agent).
+   * @returns The report (contains resource keys: for the operator, never for logs).
+   * @throws ShredError for a bad key or a store that cannot shred (in-memory or unsealed).
+   */
+  async shred(patientKey: string, requestor = 'admin-http'): Promise<ShredReport> {
+    if (!isShreddableStore(this.store)) throw new ShredError('ERR_SHRED_UNSUPPORTED_STORE', 'Crypto-shredding needs a sealed store (storeFile, or storeUrl with keyVaultFile), not this store');
+    return shredPatient(patientKey, {
+      store: this.store,
+      nodeId: this.nodeId,
+      requestor,
+      queues: {
+        outbox: (keys) => this.hospitalSync.drop(keys),
+        tide: (keys) => scrubTideRedis({ redisUrl: this.redisUrl, prefix: this.queuePrefix, nodeId: this.nodeId }, keys),
+        outgoing: (keys) => this.tide.drop(keys),
+      },
+      audit: (event) => this.tide.auditLog.add(event),
+    });
+  }
+
+  /** Remote updates refused because their resource was crypto-shredded on this node. */
+  get shreddedUpdatesRefused(): number {
+    return this.shreddedRefused;
   }
 
   /** Local and remote update counts, plus gossip counters. */
@@ -199,5 +369,29 @@ export class TidegateNode {
     await this.hospitalPoller?.stop();
     await this.tide.stop();
     await this.hospitalSync.stop();
+    await this.detector.idle();
+    if (this.audit) {
+      this.audit.record(lifecycleEvent({ nodeId: this.nodeId, what: 'stop', at: new Date() }));
+      await this.audit.flush();
+    }
   }
+}
+
+/**
+ * The poller's cursor store, saving only once the merges it covers are durable in `store` (a
+ * cursor ahead of the store would skip hospital edits after a crash).
+ * @param store - the node's resource store.
+ * @param cursor - where the cursor is kept.
+ * @returns `cursor` itself when `store` has no barrier.
+ */
+function durableCursor(store: ResourceStore, cursor: HospitalCursorStore): HospitalCursorStore {
+  if (!store.durable) return cursor;
+  return {
+    load: () => cursor.load(),
+    save: async (c) => {
+      await store.durable!();
+      await cursor.save(c);
+    },
+    close: () => cursor.close(),
+  };
 }

@@ -11,6 +11,7 @@
  * https://docs.bullmq.io/guide/retrying-failing-jobs, job schedulers
  * https://docs.bullmq.io/guide/job-schedulers. Yjs: https://docs.yjs.dev/api/document-updates.
  */
+import { redisTlsOptions } from '../transport/tls.ts';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Queue, UnrecoverableError, Worker } from 'bullmq';
@@ -431,6 +432,7 @@ export class Tide {
         // Our own ioredis client, so that a send can see synchronously whether the peer's Redis
         // is connected and fail fast instead of parking envelopes in ioredis' offline queue.
         const client = new Redis(config.redisUrl, {
+          ...redisTlsOptions(config.redisUrl, config.redisTls),
           maxRetriesPerRequest: 1,
           retryStrategy: (times: number) => Math.min(250 * times, 5000),
           // ioredis waits disconnectTimeout (default 2 s) for a socket that never connected to close

@@ -5,6 +5,7 @@
  * {@link ResourceUpdate} is an opaque Yjs v1 update (https://docs.yjs.dev/api/document-updates)
  * tagged with the FHIR resource key it belongs to.
  */
+import type { RedisTls } from '../transport/tls.ts';
 import type { EnvelopeCryptoPool, NodePublicKeys, NodeSecretKeys } from '../envelope/index.ts';
 import type { SecurityLabel } from './peer-authz.ts';
 
@@ -58,6 +59,8 @@ export interface PeerConfig {
   nodeId: string;
   /** Redis URL of the peer's Redis (`redis://host:port/db`), where its inbox queue lives. */
   redisUrl: string;
+  /** TLS of a `rediss://` `redisUrl`: the pinned CA and optional client certificate (src/transport/tls.ts); absent: the system's roots. */
+  redisTls?: RedisTls | undefined;
   /** The peer's public keys (envelopes to it are encrypted to its KEM key; its signatures are checked). */
   publicKeys: NodePublicKeys;
   /**
