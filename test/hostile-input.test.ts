@@ -418,7 +418,11 @@ describe('hostile input: clean 4xx, nothing stored, merged, gossiped or sent to 
       }),
       { numRuns: Number(process.env.FUZZ_RUNS ?? 400), seed: process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : undefined },
     );
-    assert.ok((seen.get(400) ?? 0) > 0 && [...seen.keys()].some((s) => s < 300), `a mix of answers: ${JSON.stringify([...seen])}`);
+    // The fuzz reached past the edge checks: several kinds of answers (success is not guaranteed by
+    // every seed, most random requests are rightly refused; a success is checked just below).
+    assert.ok((seen.get(400) ?? 0) > 0 && seen.size >= 3, `a mix of answers: ${JSON.stringify([...seen])}`);
+    const ok = await fetch(`${run.base}/Patient/fuzz-after`, { method: 'PUT', headers: { 'content-type': FHIR }, body: JSON.stringify({ resourceType: 'Patient', id: 'fuzz-after', gender: 'other' }) });
+    assert.ok(ok.status === 200 || ok.status === 201, `a valid write still succeeds after the fuzz: ${ok.status}`);
     // the node is alive and consistent afterwards
     assert.equal((await fetch(`${run.base}/metadata`)).status, 200);
     assert.equal((await fetch(`${run.base.replace(/\/fhir$/, '')}/healthz`)).status, 200);
