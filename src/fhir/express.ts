@@ -157,6 +157,13 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   r.patch('/:type/:id', h((req) => service.patch({ ...writeReq(req), id: p(req, 'id') })));
   r.get('/:type/:id/_history', h((req) => service.history(p(req, 'type'), p(req, 'id'), baseUrlOf(req))));
   r.get('/:type/:id/_history/:vid', h((req) => service.vread(p(req, 'type'), p(req, 'id'), p(req, 'vid'))));
+  r.post('/:type/:id/:op', h((req) => {
+    if (p(req, 'op') === '$resolve-conflict') {
+      return service.resolveConflict(p(req, 'type'), p(req, 'id'), { text: typeof req.body === 'string' ? req.body : '', contentType: header(req, 'content-type'), author: header(req, 'x-tidegate-author'), prefer: header(req, 'prefer') });
+    }
+    if (p(req, 'op').startsWith('$')) throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
+    throw notFound(`No FHIR interaction at ${req.path}`);
+  }));
   r.get('/:type/:id/:op', h((req) => {
     if (p(req, 'op') === '$conflicts') return service.conflicts(p(req, 'type'), p(req, 'id'));
     throw notImplemented(`Operation ${p(req, 'op')} is not supported`);

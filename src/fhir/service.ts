@@ -18,7 +18,7 @@ import { applyPatchBody, patchFormatOf } from './patch.ts';
 import { validateOperation } from './validate-op.ts';
 import { DEFAULT_MAX_BUNDLE_ENTRIES, OverlayStore, processBundle, StagingReplica } from './bundle.ts';
 import type { BundleRequest, StagedWrite, Staging } from './bundle.ts';
-import { UnknownVersionError } from '../merge/replica.ts';
+import { NoConflictError, UnknownVersionError } from '../merge/replica.ts';
 import type { Replica } from '../merge/replica.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import type { MergePolicy } from '../merge/policy.ts';
@@ -354,6 +354,60 @@ export class FhirService {
         part: [{ name: 'path', valueString: c.path }, { name: 'kind', valueCode: c.kind }, ...side('winner', c.winner), ...side('loser', c.loser)],
       }));
     return { status: 200, headers: {}, body: params };
+  }
+
+  /**
+   * `POST [type]/[id]/$resolve-conflict` — resolves the conflict records at one element path
+   * (docs/merge.md, "Same-field conflicts"). The body is a Parameters resource:
+   * `path` (valueString, required: a record's `path` from `$conflicts`), `choice` (valueCode
+   * `winner` — keep what is shown, the default — or `loser` — take the losing value, or its
+   * removal), and, when several records at `path` lost, `loserNode` (valueString) to pick one.
+   * The resolution is an ordinary local write (new version, gossiped, sent to the hospital) whose
+   * writer has seen every entry at `path`, so no replica keeps the record.
+   * @returns 200 with the new version (honours `Prefer: return=…`).
+   * @throws FhirError 404 (unknown resource, or no conflict record at `path`), 400 (body not a
+   *   Parameters with a `path`, bad `choice`, ambiguous loser), 415 (not application/fhir+json).
+   */
+  resolveConflict(type: string, id: string, req: { text: string; contentType: string | undefined; author?: string | undefined; prefer?: string | undefined }): FhirResult {
+    this.currentOr404(type, id);
+    if (!req.contentType || !FHIR_MEDIA.test(req.contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json');
+    let body;
+    try {
+      body = parseFhirJson(req.text);
+    } catch (err) {
+      if (err instanceof FhirJsonError) throw badRequest('Malformed JSON body');
+      throw err;
+    }
+    if (!isJsonObject(body) || body.resourceType !== 'Parameters' || !Array.isArray(body.parameter)) throw badRequest('$resolve-conflict takes a Parameters resource with a `path` parameter');
+    const param = (name: string, field: string): string | undefined => {
+      const found = (body.parameter as unknown[]).filter((x) => isJsonObject(x) && x.name === name);
+      if (found.length > 1) throw badRequest(`Parameter ${name} given more than once`);
+      const v = found[0] && isJsonObject(found[0]) ? found[0][field] : undefined;
+      if (found.length === 1 && typeof v !== 'string') throw badRequest(`Parameter ${name} must have a ${field}`);
+      return v as string | undefined;
+    };
+    const path = param('path', 'valueString');
+    if (!path) throw badRequest('Parameter path (valueString) is required: a conflict record path from $conflicts');
+    const choice = param('choice', 'valueCode') ?? 'winner';
+    if (choice !== 'winner' && choice !== 'loser') throw badRequest('Parameter choice must be winner or loser');
+    const loserNode = param('loserNode', 'valueString');
+    const key = `${type}/${id}`;
+    const records = this.replica.conflicts(key).filter((c) => c.path === path && (loserNode === undefined || c.loser.n === loserNode));
+    if (records.length === 0) throw notFound(`${key} has no conflict record at ${path}${loserNode ? ` lost by ${loserNode}` : ''}`);
+    let value: string | null | undefined;
+    if (choice === 'loser') {
+      if (records.length > 1) throw badRequest(`Several values lost at ${path}: give loserNode (${records.map((c) => c.loser.n).join(', ')})`);
+      value = records[0]!.loser.v ?? null;
+    }
+    let res;
+    try {
+      res = this.replica.resolveConflict(key, path, { ...(value !== undefined ? { value } : {}), ...(req.author ? { author: req.author } : {}) });
+    } catch (err) {
+      if (err instanceof NoConflictError) throw notFound(err.message);
+      throw err;
+    }
+    if (res.update) this.sink(key, res.update);
+    return applyPrefer(this.versionResult(200, res.version), parsePrefer(req.prefer));
   }
 
   private write(type: string, id: string, body: FhirJsonObject, req: WriteRequest, isCreate: boolean, strictIfMatch = true): FhirResult {
