@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import request from 'supertest';
+import express from 'express';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { fhirApp } from '../src/fhir/express.ts';
 import { createAuth } from '../src/auth/setup.ts';
@@ -38,7 +39,11 @@ describe('fhirApp with auth: the wiring the node uses', () => {
     };
     h = await makeHarness();
     const auth = createAuth(AuthConfigSchema.parse({ issuer: ISS, audience: AUD, jwksFile }), { log: pino({ level: 'silent' }) });
-    app = fhirApp(h.service, pino({ level: 'silent' }), () => ({}), undefined, auth);
+    const ops = express.Router();
+    ops.get('/admin/ping', (_req, res) => void res.json({ ok: true }));
+    ops.get('/metrics', (_req, res) => void res.type('text/plain').send('x 1\n'));
+    ops.get('/readyz', (_req, res) => void res.json({ ready: true }));
+    app = fhirApp(h.service, pino({ level: 'silent' }), () => ({}), ops, auth);
   });
   after(async () => {
     await h?.close();
@@ -68,6 +73,20 @@ describe('fhirApp with auth: the wiring the node uses', () => {
     const d = await request(app).get('/fhir/.well-known/smart-configuration').expect(200);
     assert.ok(Array.isArray(d.body.grant_types_supported) || typeof d.body.issuer === 'string' || typeof d.body.token_endpoint === 'string');
     await request(app).get('/fhir/metadata').expect(200);
+    await request(app).get('/healthz').expect(200);
+  });
+
+  test('operations endpoints need a token with the tidegate/admin scope; probes stay open', async () => {
+    for (const path of ['/admin/ping', '/metrics']) {
+      const none = await request(app).get(path).expect(401);
+      assert.match(none.headers['www-authenticate'] ?? '', /^Bearer/);
+      assert.equal(none.body.resourceType, 'OperationOutcome');
+      const clinical = await sign('system/*.cruds');
+      await request(app).get(path).set('Authorization', `Bearer ${clinical}`).expect(403);
+      const admin = await sign('tidegate/admin');
+      await request(app).get(path).set('Authorization', `Bearer ${admin}`).expect(200);
+    }
+    await request(app).get('/readyz').expect(200);
     await request(app).get('/healthz').expect(200);
   });
 });

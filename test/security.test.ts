@@ -215,10 +215,13 @@ describe('breach detection: HTTP signals (real fhirApp with SMART authorization)
     assert.ok(!JSON.stringify(detector.auditLog.list()).includes('"p1"'), 'no patient ids in the AuditEvent');
     assert.equal(revocations.has(jti), true);
     await request(app).get('/fhir/Patient/p0').set('Authorization', `Bearer ${token}`).expect(401);
-    const list = await request(app).get('/admin/revocations').expect(200);
+    // the operations endpoints need an operator's token (src/auth/admin.ts)
+    await request(app).get('/admin/revocations').expect(401);
+    const operator = `Bearer ${await sign('tidegate/admin', 'operator-jti')}`;
+    const list = await request(app).get('/admin/revocations').set('Authorization', operator).expect(200);
     assert.equal(list.body.revocations[0].jti, jti);
-    await request(app).delete(`/admin/revocations/${jti}`).expect(200);
-    await request(app).delete(`/admin/revocations/${jti}`).expect(404);
+    await request(app).delete(`/admin/revocations/${jti}`).set('Authorization', operator).expect(200);
+    await request(app).delete(`/admin/revocations/${jti}`).set('Authorization', operator).expect(404);
     await request(app).get('/fhir/Patient/p0').set('Authorization', `Bearer ${token}`).expect(200);
   });
 

@@ -12,6 +12,7 @@ import { canonicalStringify } from './json.ts';
 import { parseSearchQuery } from './search.ts';
 import { currentFromService } from '../auth/middleware.ts';
 import type { AuthSetup } from '../auth/setup.ts';
+import { adminAuth } from '../auth/admin.ts';
 import { clientRateLimit, failedAuthRateLimit, fhirBodyReader, noStore, resolveHardening, securityHeaders } from './hardening.ts';
 import type { HardeningOptions } from './hardening.ts';
 import type { AuditWiring } from '../audit/index.ts';
@@ -208,6 +209,8 @@ export function fhirApp(service: FhirService, log: Logger, health: () => object 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', ...health() });
   });
+  // The operations endpoints (src/ops, shred, reload, security) need an admin token when auth is on.
+  if (auth) app.use(['/admin', '/metrics'], adminAuth(auth.verifier));
   if (extra) app.use(extra);
   if (auth) {
     app.get('/fhir/.well-known/smart-configuration', auth.discovery);
