@@ -11,8 +11,8 @@
  * | `GET /admin/quarantine` | `{ node, key, entries: [...] }`: newest quarantine records from Redis (no envelopes) (`?_count=N`) |
  * | `POST /admin/reload` | `{ node, reloaded: { changed, unchanged } }`: peers' public key files re-read (`reloadKeys`); 422 OperationOutcome when a file is invalid (nothing changed); 404 when not configured |
  *
- * Nothing here returns plaintext, envelopes or resource keys. These routes are not authenticated
- * yet (see the authorization issue): bind the node to a trusted interface.
+ * Nothing here returns plaintext, envelopes or resource keys. With `auth` configured, fhirApp puts
+ * `/metrics` and `/admin/*` behind a `tidegate/admin` token (src/auth/admin.ts).
  */
 import express from 'express';
 import type { Request, Response, Router } from 'express';

@@ -11,7 +11,7 @@
  * | `DELETE /admin/revocations/:jti` | clear a revocation: `{ node, jti, released: true }`; 404 when not revoked |
  *
  * Errors are OperationOutcomes (404 unknown peer or revocation, 400 invalid jti, 503 Redis). Like
- * the other `/admin` routes these are not authenticated: bind them to a management network.
+ * the other `/admin` routes they need a `tidegate/admin` token when `auth` is configured (src/auth/admin.ts).
  */
 import express from 'express';
 import type { Request, Response, Router } from 'express';
