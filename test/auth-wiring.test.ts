@@ -14,6 +14,7 @@ import request from 'supertest';
 import express from 'express';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { fhirApp } from '../src/fhir/express.ts';
+import { capabilityStatement } from '../src/fhir/capability.ts';
 import { createAuth } from '../src/auth/setup.ts';
 import { AuthConfigSchema } from '../src/auth/config.ts';
 import { makeHarness, FHIR } from './fhir-harness.ts';
@@ -88,5 +89,15 @@ describe('fhirApp with auth: the wiring the node uses', () => {
     }
     await request(app).get('/readyz').expect(200);
     await request(app).get('/healthz').expect(200);
+  });
+
+  test('the CapabilityStatement advertises SMART (rest.security, oauth-uris) only when auth is on', () => {
+    const on = capabilityStatement('https://node-a.example.org/fhir', 'node-a', { search: false, smart: { token: 'https://node-a.example.org/auth/token' } });
+    const sec = on.rest?.[0]?.security;
+    assert.equal(sec?.service?.[0]?.coding?.[0]?.code, 'SMART-on-FHIR');
+    const uris = sec?.extension?.find((e) => e.url === 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris');
+    assert.equal(uris?.extension?.find((e) => e.url === 'token')?.valueUri, 'https://node-a.example.org/auth/token');
+    const off = capabilityStatement('https://node-a.example.org/fhir', 'node-a', { search: false });
+    assert.equal(off.rest?.[0]?.security, undefined);
   });
 });

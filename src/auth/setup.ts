@@ -25,6 +25,8 @@ export interface AuthSetup {
   readonly tokenEndpoint: RequestHandler[] | undefined;
   /** The token issuer behind {@link tokenEndpoint}. */
   readonly issuer: TokenIssuer | undefined;
+  /** OAuth endpoints advertised in the CapabilityStatement (`rest.security`, oauth-uris extension). */
+  readonly endpoints: { readonly token?: string; readonly authorize?: string };
   /** The middleware for `/fhir` (see {@link smartAuth}); `verifier` is filled in. */
   middleware(opts?: Omit<SmartAuthOptions, 'verifier'>): RequestHandler;
 }
@@ -92,9 +94,11 @@ export function createAuth(cfg: AuthConfig, opts: CreateAuthOptions = {}): AuthS
     algorithms,
     capabilities: cfg.capabilities,
   });
+  const tokenUrl = bs?.tokenUrl ?? cfg.tokenEndpoint;
   return {
     verifier,
     discovery,
+    endpoints: { ...(tokenUrl ? { token: tokenUrl } : {}), ...(cfg.authorizationEndpoint ? { authorize: cfg.authorizationEndpoint } : {}) },
     tokenEndpoint: issuer ? tokenEndpointHandler(issuer, opts.log) : undefined,
     issuer,
     middleware: (m = {}) => smartAuth({ ...(opts.log ? { log: opts.log } : {}), ...m, verifier }),

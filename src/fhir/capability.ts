@@ -17,6 +17,8 @@ export interface CapabilityFeatures {
   profiles?: Record<string, string[]>;
   /** `ConceptMap/$translate` is mounted (a mapping file is configured, src/mapping). */
   translate?: boolean;
+  /** SMART on FHIR authorization is on (src/auth): advertised as `rest.security`. */
+  smart?: { token?: string; authorize?: string };
 }
 
 /**
@@ -41,6 +43,27 @@ export function capabilityStatement(baseUrl: string, nodeId: string, features: C
     rest: [
       {
         mode: 'server',
+        ...(features.smart
+          ? {
+              security: {
+                cors: false,
+                service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }], text: 'SMART on FHIR (Bearer JWT; see .well-known/smart-configuration)' }],
+                ...(features.smart.token || features.smart.authorize
+                  ? {
+                      extension: [
+                        {
+                          url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+                          extension: [
+                            ...(features.smart.token ? [{ url: 'token', valueUri: features.smart.token }] : []),
+                            ...(features.smart.authorize ? [{ url: 'authorize', valueUri: features.smart.authorize }] : []),
+                          ],
+                        },
+                      ],
+                    }
+                  : {}),
+              },
+            }
+          : {}),
         documentation:
           'Writes merge (Yjs CRDT) instead of failing on concurrent edits; If-Match with Prefer: handling=strict answers 412 on a version mismatch. ' +
           'GET [type]/[id]/$conflicts lists values that lost a same-field merge; POST [type]/[id]/$resolve-conflict (Parameters: path, choice winner|loser) resolves them. Conditional interactions match in the node\'s own store. ' +

@@ -64,6 +64,8 @@ export interface FhirServiceOptions {
   maxBundleEntries?: number;
   /** `ConceptMap/$translate` is served (src/mapping `translateRouter`); listed in the CapabilityStatement. */
   translate?: boolean;
+  /** SMART on FHIR authorization is on: its OAuth endpoints, advertised in `rest.security`. */
+  smart?: { token?: string; authorize?: string };
   /**
    * The store's durability barrier (`ResourceStore.durable`, src/store/store.ts). The HTTP edge
    * sends an answer only after it resolves (a rejection answers 503). Absent: writes are durable
@@ -95,6 +97,7 @@ export class FhirService {
   private readonly mergePolicy: MergePolicy;
   private readonly maxBundleEntries: number;
   private readonly translate: boolean;
+  private readonly smart: { token?: string; authorize?: string } | undefined;
 
   /**
    * @param replica - the node's merge engine.
@@ -111,6 +114,7 @@ export class FhirService {
     this.mergePolicy = opts.mergePolicy ?? loadMergePolicy();
     this.maxBundleEntries = opts.maxBundleEntries ?? DEFAULT_MAX_BUNDLE_ENTRIES;
     this.translate = opts.translate === true;
+    this.smart = opts.smart;
     if (!Number.isInteger(this.maxBundleEntries) || this.maxBundleEntries < 1) throw new RangeError('maxBundleEntries must be a positive integer');
   }
 
@@ -157,7 +161,7 @@ export class FhirService {
 
   /** GET /metadata */
   metadata(baseUrl: string): FhirResult {
-    return { status: 200, headers: {}, body: capabilityStatement(baseUrl, this.nodeId, { search: this.hospital !== undefined, profiles: this.profiles.byType(), translate: this.translate }) };
+    return { status: 200, headers: {}, body: capabilityStatement(baseUrl, this.nodeId, { search: this.hospital !== undefined, profiles: this.profiles.byType(), translate: this.translate, ...(this.smart ? { smart: this.smart } : {}) }) };
   }
 
   /** GET [type]/[id] — 404 unknown, 410 deleted; `If-None-Match: W/"vid"` of the current version → 304. */

@@ -265,6 +265,7 @@ export class TidegateNode {
       mergePolicy: policy,
       ...(opts.maxBundleEntries !== undefined ? { maxBundleEntries: opts.maxBundleEntries } : {}),
       translate: opts.mapping !== undefined,
+      ...(opts.auth ? { smart: { ...opts.auth.endpoints } } : {}),
     });
   }
 
