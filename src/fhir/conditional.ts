@@ -9,9 +9,11 @@
  * arrived by gossip: two nodes may each conditionally create "the same" resource concurrently.
  *
  * Criteria are evaluated with `@medplum/core`'s `matchesSearchRequest`, which supports search
- * parameters of type token, string, uri, reference and date (and `:missing`/`:not`). Other types
- * (number, quantity, composite, special), chains, `_has` and unknown parameters are refused with
- * 400 rather than silently matching nothing.
+ * parameters of type token, string, uri, reference and date, with the modifiers in
+ * {@link SUPPORTED_MODIFIERS} (`:missing`, `:not` on tokens, `:contains` on strings). Other types
+ * (number, quantity, composite, special), other modifiers (unknown ones such as `name:foo`, and
+ * ones the matcher would evaluate wrongly, such as `:exact` or `:[type]`), chains, `_has` and
+ * unknown parameters are refused with 400 rather than silently matching nothing.
  */
 import { getSearchParameter, matchesSearchRequest, parseSearchRequest } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
@@ -19,11 +21,46 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Replica } from '../merge/replica.ts';
 import { badRequest } from './outcomes.ts';
 import { parseFhirJson, toPlainJson } from './json.ts';
+import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
 import type { FhirJsonObject } from './json.ts';
 
 const SUPPORTED_TYPES = new Set(['token', 'string', 'uri', 'reference', 'date']);
+/**
+ * Modifiers evaluated correctly by `matchesSearchRequest`, per search parameter type
+ * (https://hl7.org/fhir/R4/search.html#modifiers). Medplum parses an unknown modifier as plain
+ * equality, so every other modifier is refused here.
+ */
+const SUPPORTED_MODIFIERS: Readonly<Record<string, ReadonlySet<string>>> = {
+  token: new Set(['missing', 'not']),
+  string: new Set(['missing', 'contains']),
+  uri: new Set(['missing']),
+  reference: new Set(['missing']),
+  date: new Set(['missing']),
+};
 /** Result-shaping parameters that carry no criteria; ignored when matching. */
 const IGNORED = new Set(['_count', '_sort', '_include', '_revinclude', '_summary', '_elements', '_format', '_pretty', '_total', '_offset']);
+
+/**
+ * Parameters of every search that are not SearchParameter resources of a type: the result
+ * parameters and the special ones of https://hl7.org/fhir/R4/search.html#all (`_has`, `_text`, …).
+ */
+const GENERAL_PARAMS = new Set([...IGNORED, '_contained', '_containedType', '_has', '_text', '_content', '_list', '_query', '_filter']);
+
+/**
+ * Whether a search parameter name is known for a resource type: a result or special parameter
+ * (`_count`, `_has`, …) or a SearchParameter of the type in the indexed R4 definitions (core and
+ * US Core, src/hospital/definitions.ts). Modifiers (`name:exact`) and chains (`subject.name`) are
+ * judged by the parameter before them. See https://hl7.org/fhir/R4/search.html#errors.
+ * @param type - resource type (an R4 type).
+ * @param name - the parameter name as sent, e.g. `gender`, `name:contains`, `subject:Patient.name`.
+ * @returns True when known; false for a name such as `gendr`.
+ */
+export function isKnownSearchParameter(type: string, name: string): boolean {
+  const code = name.split(':')[0]!.split('.')[0]!;
+  if (GENERAL_PARAMS.has(code)) return true;
+  ensureFhirDefinitionsLoaded();
+  return getSearchParameter(type, code) !== undefined;
+}
 
 /**
  * Normalizes conditional criteria: `If-None-Exist` values may be `identifier=x`, `?identifier=x`
@@ -62,9 +99,14 @@ export function compileCriteria(type: string, query: string): CompiledCriteria {
   for (const [name] of criteria) {
     const code = name.split(':')[0]!;
     if (code.includes('.') || code === '_has') throw badRequest(`Chained and _has parameters are not supported in conditional interactions (${code})`);
+    ensureFhirDefinitionsLoaded();
     const sp = getSearchParameter(type, code);
     if (!sp) throw badRequest(`Unknown search parameter ${code} for ${type}`);
     if (!SUPPORTED_TYPES.has(sp.type)) throw badRequest(`Search parameter ${code} (${sp.type}) is not supported in conditional interactions`);
+    const modifier = name.includes(':') ? name.slice(name.indexOf(':') + 1) : undefined;
+    if (modifier !== undefined && !SUPPORTED_MODIFIERS[sp.type]?.has(modifier)) {
+      throw badRequest(`Modifier :${modifier} of search parameter ${code} (${sp.type}) is unknown or not supported in conditional interactions`);
+    }
   }
   try {
     return { type, request: parseSearchRequest(`${type}?${new URLSearchParams(criteria)}`) };

@@ -50,6 +50,36 @@ function rawQuery(req: Request): string {
 
 const FORM_MEDIA = /^application\/x-www-form-urlencoded\b/i;
 
+/** The JSON media types a client may ask for (https://hl7.org/fhir/R4/http.html#mime-type). */
+const JSON_MEDIA = ['application/fhir+json', 'application/json', 'application/json+fhir'];
+/** `_format` values naming a JSON form: the media types and the short `json`. */
+const JSON_FORMATS = new Set([...JSON_MEDIA, 'json']);
+
+/**
+ * Refuses a request whose `_format` (which overrides `Accept`) or `Accept` allows no JSON form
+ * with 406 and an OperationOutcome (JSON): this node answers only JSON
+ * (https://hl7.org/fhir/R4/http.html#mime-type). No `Accept`, wildcard types and the JSON
+ * types pass. A `+` in `_format` left unencoded in the URL (read as a space) counts as `+`.
+ * @throws {@link FhirError} 406 `not-supported`.
+ */
+function requireJsonAnswer(req: Request): void {
+  const formats = parseSearchQuery(rawQuery(req)).filter(([n]) => n === '_format').map(([, v]) => v);
+  if (formats.length > 0) {
+    for (const f of formats) {
+      const media = f.split(';')[0]!.trim().replace(/ /g, '+').toLowerCase();
+      if (!JSON_FORMATS.has(media)) throw notAcceptable(`_format ${media.slice(0, 64)} is not supported: this server answers only JSON (_format=json or application/fhir+json)`);
+    }
+    return;
+  }
+  if (header(req, 'accept') !== undefined && req.accepts(JSON_MEDIA) === false) {
+    throw notAcceptable('The Accept header allows no JSON form: this server answers only application/fhir+json');
+  }
+}
+
+function notAcceptable(diagnostics: string): FhirError {
+  return new FhirError(406, outcome('error', 'not-supported', diagnostics));
+}
+
 /** Search parameters of `POST …/_search`: the URL's plus the form body's (https://hl7.org/fhir/R4/http.html#search). */
 function formSearchParams(req: Request): Array<[string, string]> {
   const ct = header(req, 'content-type');
@@ -85,6 +115,14 @@ function edgeError(err: unknown): { status: number; outcome: ReturnType<typeof t
  */
 export function fhirRouter(service: FhirService, log: Logger, hardening: HardeningOptions = {}): Router {
   const r = express.Router();
+  r.use((req, _res, next) => {
+    try {
+      requireJsonAnswer(req);
+      next();
+    } catch (err) {
+      next(err);
+    }
+  });
   r.use(fhirBodyReader(resolveHardening(hardening)));
   // An answer leaves only once everything stored so far is durable (FhirServiceOptions.durable).
   const settle = (res: Response, next: NextFunction, result: FhirResult) => {
@@ -112,7 +150,8 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
     contentType: header(req, 'content-type'),
     ifMatch: header(req, 'if-match'),
     ifNoneMatch: header(req, 'if-none-match'),
-    ifNoneExist: header(req, 'if-none-exist'),
+    // An empty If-None-Exist is still conditional: it has no criteria, so it is 400, not a plain create.
+    ifNoneExist: req.get('if-none-exist'),
     prefer: header(req, 'prefer'),
     author: header(req, 'x-tidegate-author'),
   });
@@ -125,12 +164,12 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
 
   r.get('/metadata', h((req) => service.metadata(baseUrlOf(req))));
   r.all('/metadata', h(() => { throw methodNotAllowed('Only GET is allowed on /metadata'); }));
-  r.post('/_search', ha((req) => service.searchAll(formSearchParams(req), baseUrlOf(req))));
+  r.post('/_search', ha((req) => service.searchAll(formSearchParams(req), baseUrlOf(req), header(req, 'prefer'))));
   r.get('/:type', ha((req) => {
     if (isOperationName(p(req, 'type'))) throw notImplemented(`Operation ${p(req, 'type')} is not supported`);
-    return service.search(p(req, 'type'), parseSearchQuery(rawQuery(req)), baseUrlOf(req));
+    return service.search(p(req, 'type'), parseSearchQuery(rawQuery(req)), baseUrlOf(req), header(req, 'prefer'));
   }));
-  r.post('/:type/_search', ha((req) => service.search(p(req, 'type'), formSearchParams(req), baseUrlOf(req))));
+  r.post('/:type/_search', ha((req) => service.search(p(req, 'type'), formSearchParams(req), baseUrlOf(req), header(req, 'prefer'))));
   r.post('/:type/:op', h((req) => {
     if (p(req, 'op') === '$validate') return service.validate(p(req, 'type'), typeof req.body === 'string' ? req.body : '', header(req, 'content-type'));
     if (p(req, 'op').startsWith('$')) throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
@@ -150,7 +189,7 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
     author: header(req, 'x-tidegate-author'),
     baseUrl: baseUrlOf(req),
   })));
-  r.get('/', ha((req) => service.searchAll(parseSearchQuery(rawQuery(req)), baseUrlOf(req))));
+  r.get('/', ha((req) => service.searchAll(parseSearchQuery(rawQuery(req)), baseUrlOf(req), header(req, 'prefer'))));
   r.get('/:type/_history', h(() => { throw notImplemented('Type-level history is not supported; GET [type]/[id]/_history'); }));
   r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'), header(req, 'if-none-match'))));
   r.put('/:type/:id', h((req) => service.update({ ...writeReq(req), id: p(req, 'id') })));
@@ -167,7 +206,9 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   }));
   r.get('/:type/:id/:op', h((req) => {
     if (p(req, 'op') === '$conflicts') return service.conflicts(p(req, 'type'), p(req, 'id'));
-    throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
+    // Only `$name` is an operation (https://hl7.org/fhir/R4/operations.html); anything else is no interaction.
+    if (p(req, 'op').startsWith('$')) throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
+    throw notFound(`No FHIR interaction at ${req.path}`);
   }));
   r.all('/{*rest}', h((req) => {
     if (['GET', 'POST', 'PUT', 'DELETE', 'PATCH'].includes(req.method)) throw notFound(`No FHIR interaction at ${req.path}`);
@@ -175,7 +216,10 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   }));
   r.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     const result = edgeError(err);
-    if (result.status >= 500) log.error({ err: { name: (err as Error)?.name, code: (err as { code?: string })?.code }, method: req.method, path: req.path }, 'FHIR request failed');
+    // A server failure is an error; a refusal of the client's request (4xx, 501 not supported) is not.
+    const fields = { err: { name: (err as Error)?.name, code: (err as { code?: string })?.code }, method: req.method, path: req.path, status: result.status };
+    if (result.status >= 500 && result.status !== 501) log.error(fields, 'FHIR request failed');
+    else log.info(fields, 'FHIR request refused');
     send(res, { status: result.status, headers: {}, body: result.outcome });
   });
   return r;

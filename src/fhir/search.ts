@@ -11,7 +11,13 @@
  * - an entry whose resource the node holds is answered with the node's current version (its
  *   `versionId`, which a later `If-Match`/`meta.versionId` names, and decimals in their lexical
  *   form); with `_elements`/`_summary` the hospital's subset is kept and only `meta.versionId` and
- *   `meta.lastUpdated` are the node's; an entry the node holds as deleted is left out.
+ *   `meta.lastUpdated` are the node's; an entry the node holds as deleted is left out;
+ * - an entry (match, `_include` or `_revinclude`) whose key the node's store reports as
+ *   crypto-shredded (src/store/shred.ts) is left out, and `total` drops by the matches left out:
+ *   the hospital may still hold the resource, but this node no longer discloses it;
+ * - a parameter unknown for the type (https://hl7.org/fhir/R4/search.html#errors) is refused with
+ *   400 under `Prefer: handling=strict`; otherwise it is not applied (not sent to the hospital)
+ *   and is left out of the `self` link, which shows the parameters that were applied.
  *
  * Consistency: search sees the hospital's copy, which the node writes asynchronously, so a write
  * through the node is found by search only once the hospital has it (usually milliseconds).
@@ -19,6 +25,7 @@
 import { canonicalStringify, isJsonObject, isLosslessNumber, parseFhirJson, RawJson } from './json.ts';
 import type { FhirJson, FhirJsonObject } from './json.ts';
 import { badRequest, FhirError, outcome } from './outcomes.ts';
+import { isKnownSearchParameter } from './conditional.ts';
 import { isKnownResourceType } from './validate.ts';
 import type { Replica } from '../merge/replica.ts';
 import type { VersionRecord } from '../store/store.ts';
@@ -83,6 +90,23 @@ function toRecord(pairs: ReadonlyArray<[string, string]>): SearchParamRecord {
 export interface SearchContext {
   hospital: HospitalSearcher;
   replica: Replica;
+  /** True when the node's store crypto-shredded `Type/id` (`ResourceStore.isShredded`); absent: none is. */
+  isShredded?: ((key: string) => boolean) | undefined;
+}
+
+/**
+ * The parameters a search applies (https://hl7.org/fhir/R4/search.html#errors): those known for
+ * every type in `types` (conditional.ts {@link isKnownSearchParameter}).
+ * @param strict - `Prefer: handling=strict`: an unknown parameter is 400; lenient: it is dropped.
+ * @throws {@link FhirError} 400 naming the first unknown parameter (its name only, never a value).
+ */
+function appliedParams(types: readonly string[], pairs: ReadonlyArray<[string, string]>, strict: boolean): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (const pair of pairs) {
+    if (types.every((t) => isKnownSearchParameter(t, pair[0]))) out.push(pair);
+    else if (strict) throw badRequest(`Unknown search parameter ${pair[0].slice(0, 64)} for ${types.join(', ')} (Prefer: handling=strict)`, [pair[0].slice(0, 64)]);
+  }
+  return out;
 }
 
 /**
@@ -93,12 +117,14 @@ export interface SearchContext {
  * @param pairs - search parameters, passed through verbatim (`_count`, `_sort`, `_include`,
  *   `_revinclude`, `_summary`, `_elements`, …); `Type/id` values and `_id` are node ids.
  * @param nodeBase - the node's FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
+ * @param strict - `Prefer: handling=strict`: unknown parameters are 400 instead of ignored.
  * @returns A `searchset` Bundle in the node's view (see module doc) as canonical JSON text.
- * @throws {@link FhirError} 404 unknown type; the hospital's 4xx with its issues; 502 when the
- *   hospital fails or answers nonsense; 503 when it is unreachable.
+ * @throws {@link FhirError} 404 unknown type; 400 unknown parameter when `strict`; the hospital's
+ *   4xx with its issues; 502 when the hospital fails or answers nonsense; 503 when it is unreachable.
  */
-export async function searchType(ctx: SearchContext, type: string, pairs: ReadonlyArray<[string, string]>, nodeBase: string): Promise<string> {
+export async function searchType(ctx: SearchContext, type: string, given: ReadonlyArray<[string, string]>, nodeBase: string, strict = false): Promise<string> {
   if (!isKnownResourceType(type)) throw new FhirError(404, outcome('error', 'not-found', `Unknown resource type ${type}`));
+  const pairs = appliedParams([type], given, strict);
   const subset = pairs.some(([n]) => SUBSET_PARAMS.has(n));
   const held = new Map<string, VersionRecord>();
   const bundle = await forward(ctx, type, pairs, subset ? undefined : held);
@@ -117,11 +143,14 @@ export async function searchType(ctx: SearchContext, type: string, pairs: Readon
  * @param ctx - hospital client and the node's replica.
  * @param pairs - search parameters including `_type`, or only `_tidegate_page` when paging.
  * @param nodeBase - the node's FHIR base URL.
+ * @param strict - `Prefer: handling=strict`: a parameter not known for every listed type is 400
+ *   instead of ignored (left out of the search and of the `self` link).
  * @returns The searchset Bundle as canonical JSON text.
- * @throws {@link FhirError} 400 without `_type`, with an unknown type in it, or a bad cursor; the
- *   hospital's 4xx; 502/503 as {@link searchType}.
+ * @throws {@link FhirError} 400 without `_type`, with an unknown type in it, a bad cursor, or an
+ *   unknown parameter when `strict`; the hospital's 4xx; 502/503 as {@link searchType}.
  */
-export async function searchSystem(ctx: SearchContext, pairs: ReadonlyArray<[string, string]>, nodeBase: string): Promise<string> {
+export async function searchSystem(ctx: SearchContext, given: ReadonlyArray<[string, string]>, nodeBase: string, strict = false): Promise<string> {
+  let pairs: ReadonlyArray<[string, string]> = given;
   const cursor = pairs.find(([n]) => n === CURSOR)?.[1];
   let plan: Array<[string, Array<[string, string]>]>;
   if (cursor !== undefined) {
@@ -130,8 +159,10 @@ export async function searchSystem(ctx: SearchContext, pairs: ReadonlyArray<[str
     const typeValues = pairs.filter(([n]) => n === '_type').flatMap(([, v]) => v.split(','));
     if (typeValues.length === 0) throw badRequest('System-level search needs _type (e.g. ?_type=Patient,Observation)', ['_type']);
     for (const t of typeValues) if (!TYPE_RE.test(t) || !isKnownResourceType(t)) throw badRequest(`Unknown resource type in _type: ${t}`, ['_type']);
-    const rest = pairs.filter(([n]) => n !== '_type');
-    plan = [...new Set(typeValues)].map((t) => [t, rest]);
+    const types = [...new Set(typeValues)];
+    const rest = appliedParams(types, pairs.filter(([n]) => n !== '_type'), strict);
+    pairs = [...pairs.filter(([n]) => n === '_type'), ...rest];
+    plan = types.map((t) => [t, rest]);
   }
   const entries: FhirJson[] = [];
   let total: number | undefined = 0;
@@ -252,11 +283,16 @@ async function toNodeView(
 ): Promise<void> {
   if (Array.isArray(bundle.entry)) {
     const kept: FhirJson[] = [];
+    let shreddedMatches = 0;
     for (const entry of bundle.entry) {
       if (!isJsonObject(entry)) continue;
       const r = entry.resource;
       if (isJsonObject(r) && typeof r.resourceType === 'string' && typeof r.id === 'string') {
         const ref = `${r.resourceType}/${r.id}`;
+        if (ctx.isShredded?.(ref)) {
+          if (!(isJsonObject(entry.search) && entry.search.mode === 'include')) shreddedMatches++;
+          continue;
+        }
         const cur = held.get(ref) ?? ctx.replica.current(ref);
         if (cur?.deleted) continue;
         if (cur?.body) {
@@ -272,6 +308,7 @@ async function toNodeView(
     }
     if (kept.length > 0) bundle.entry = kept;
     else delete bundle.entry;
+    if (shreddedMatches > 0 && isLosslessNumber(bundle.total)) bundle.total = parseFhirJson(String(Math.max(0, Number(bundle.total.value) - shreddedMatches)));
   }
   if (Array.isArray(bundle.link)) {
     const links: FhirJson[] = [];

@@ -11,7 +11,7 @@ import { FHIR_ID, isKnownResourceType } from './validate.ts';
 import { capabilityStatement } from './capability.ts';
 import { isBlocking, ProfileRegistry, validateWithProfiles } from './profiles.ts';
 import { searchSystem, searchType } from './search.ts';
-import type { HospitalSearcher } from './search.ts';
+import type { HospitalSearcher, SearchContext } from './search.ts';
 import { applyPrefer, parsePrefer } from './prefer.ts';
 import { criteriaQuery, findMatches } from './conditional.ts';
 import { applyPatchBody, patchFormatOf } from './patch.ts';
@@ -72,12 +72,25 @@ export interface FhirServiceOptions {
    * when `Replica.write` returns.
    */
   durable?: (() => Promise<void>) | undefined;
+  /**
+   * The store's crypto-shredding tombstones (`ResourceStore.isShredded`, src/store/store.ts): search
+   * leaves out every resource whose `Type/id` it reports as shredded (search.ts). Absent: none is.
+   */
+  isShredded?: ((key: string) => boolean) | undefined;
 }
 
 /** Called with every local Yjs update, to gossip it (src/tide). */
 export type UpdateSink = (key: string, update: Uint8Array) => void;
 
 const FHIR_MEDIA = /^application\/(fhir\+)?json\b/i;
+
+/**
+ * True when a `Prefer` header asks for `handling=strict` (https://hl7.org/fhir/R4/search.html#errors).
+ * Other preferences are ignored on a search (RFC 7240 §2), so a bad `return=` is not an error here.
+ */
+function strictHandling(prefer: string | undefined): boolean {
+  return prefer !== undefined && /(?:^|[,;])\s*handling\s*=\s*"?strict"?\s*(?:[,;]|$)/i.test(prefer);
+}
 
 /** The version id of an ETag (`W/"12"` or `"12"`), or undefined when it is not one. */
 function etagVersion(etag: string): string | undefined {
@@ -98,6 +111,7 @@ export class FhirService {
   private readonly maxBundleEntries: number;
   private readonly translate: boolean;
   private readonly smart: { token?: string; authorize?: string } | undefined;
+  private readonly isShredded: ((key: string) => boolean) | undefined;
 
   /**
    * @param replica - the node's merge engine.
@@ -115,6 +129,7 @@ export class FhirService {
     this.maxBundleEntries = opts.maxBundleEntries ?? DEFAULT_MAX_BUNDLE_ENTRIES;
     this.translate = opts.translate === true;
     this.smart = opts.smart;
+    this.isShredded = opts.isShredded;
     if (!Number.isInteger(this.maxBundleEntries) || this.maxBundleEntries < 1) throw new RangeError('maxBundleEntries must be a positive integer');
   }
 
@@ -174,16 +189,23 @@ export class FhirService {
     return this.versionResult(200, v);
   }
 
-  /** GET [type]?… / POST [type]/_search — forwarded to the hospital server (search.ts). */
-  async search(type: string, params: Array<[string, string]>, baseUrl: string): Promise<FhirResult> {
+  /**
+   * GET [type]?… / POST [type]/_search — forwarded to the hospital server (search.ts).
+   * @param prefer - the `Prefer` header: `handling=strict` makes unknown parameters 400.
+   */
+  async search(type: string, params: Array<[string, string]>, baseUrl: string, prefer?: string): Promise<FhirResult> {
     if (!this.hospital) throw new FhirError(501, outcome('error', 'not-supported', 'Search is not available: this node has no hospital FHIR server client'));
-    return { status: 200, headers: {}, body: await searchType({ hospital: this.hospital, replica: this.replica }, type, params, baseUrl) };
+    return { status: 200, headers: {}, body: await searchType(this.searchContext(this.hospital), type, params, baseUrl, strictHandling(prefer)) };
   }
 
-  /** GET [base]?_type=… — system-level search (search.ts). */
-  async searchAll(params: Array<[string, string]>, baseUrl: string): Promise<FhirResult> {
+  /** GET [base]?_type=… — system-level search (search.ts); `prefer` as {@link search}. */
+  async searchAll(params: Array<[string, string]>, baseUrl: string, prefer?: string): Promise<FhirResult> {
     if (!this.hospital) throw new FhirError(501, outcome('error', 'not-supported', 'Search is not available: this node has no hospital FHIR server client'));
-    return { status: 200, headers: {}, body: await searchSystem({ hospital: this.hospital, replica: this.replica }, params, baseUrl) };
+    return { status: 200, headers: {}, body: await searchSystem(this.searchContext(this.hospital), params, baseUrl, strictHandling(prefer)) };
+  }
+
+  private searchContext(hospital: HospitalSearcher): SearchContext {
+    return { hospital, replica: this.replica, isShredded: this.isShredded };
   }
 
   /** POST [type]/$validate — an OperationOutcome, 200 whether or not the resource is valid (validate-op.ts). */
