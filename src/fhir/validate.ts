@@ -5,6 +5,7 @@
 import { isResourceType, validateResource } from '@medplum/core';
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
+import { requiredBindingIssues } from './bindings.ts';
 import { isJsonObject, toPlainJson } from './json.ts';
 import type { FhirJsonObject } from './json.ts';
 
@@ -20,25 +21,39 @@ export function isKnownResourceType(type: string): boolean {
   return isResourceType(type);
 }
 
+/** Options of {@link validateFhirResource}. */
+export interface ValidateFhirOptions {
+  /**
+   * Also check the `required` bindings of `code` elements
+   * (https://hl7.org/fhir/R4/terminologies.html#required, see ./bindings.ts). Default false here,
+   * for callers with their own code checks (ConceptMap and profile configuration checks); the
+   * write path and `$validate` (`validateWithProfiles` in ./profiles.ts) always check them.
+   */
+  requiredBindings?: boolean;
+}
+
 /**
- * Validates a resource against the base R4 definitions.
+ * Validates a resource against the base R4 definitions (https://hl7.org/fhir/R4/validation.html).
  * @param resource - parsed FHIR JSON.
+ * @param opts - see {@link ValidateFhirOptions}.
  * @returns The error- and fatal-severity issues (empty when valid), each with a FHIRPath expression.
  */
-export function validateFhirResource(resource: FhirJsonObject): OperationOutcomeIssue[] {
+export function validateFhirResource(resource: FhirJsonObject, opts: ValidateFhirOptions = {}): OperationOutcomeIssue[] {
   ensureFhirDefinitionsLoaded();
   // Medplum's validator looks element names up in plain objects, so names inherited from
   // Object.prototype (`constructor`, `toString`, …) pass as known elements: refuse them here.
   const inherited = inheritedNameIssues(resource);
   if (inherited.length > 0) return inherited;
+  const plain = toPlainJson(resource) as Resource;
+  let issues: OperationOutcomeIssue[];
   try {
-    const issues = validateResource(toPlainJson(resource) as Resource);
-    return issues.filter((i) => i.severity === 'error' || i.severity === 'fatal');
+    issues = validateResource(plain).filter((i) => i.severity === 'error' || i.severity === 'fatal');
   } catch (err) {
     const e = err as { outcome?: { issue?: OperationOutcomeIssue[] } };
-    if (e.outcome?.issue) return e.outcome.issue;
-    return [{ severity: 'error', code: 'invalid', diagnostics: 'Resource could not be validated' }];
+    if (!e.outcome?.issue) return [{ severity: 'error', code: 'invalid', diagnostics: 'Resource could not be validated' }];
+    issues = e.outcome.issue;
   }
+  return opts.requiredBindings === true ? [...issues, ...requiredBindingIssues(plain)] : issues;
 }
 
 const OBJECT_PROTOTYPE_NAMES = new Set(Object.getOwnPropertyNames(Object.prototype));
