@@ -4,7 +4,7 @@
  * refused with file:line:column messages and fix hints (by the check, by the loader a node starts
  * with, and by the CLI's exit status), and `tidegate map preview` prints the diff.
  */
-import { describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -13,15 +13,24 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { jsonPositions, loadMapping, loadMappingOrThrow, mappingJsonSchema, MappingConfigError, positionOf, runConfigCheck } from '../src/mapping/index.ts';
+import { generateNodeKeys, writeKeyFiles } from '../src/envelope/index.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const EXAMPLES = join(ROOT, 'config/examples');
 const run = promisify(execFile);
 
-/** A copy of config/examples in a temp dir, with `edit` applied to the named JSON files. */
+/** Key files of both example hospitals (`config check` requires the files the configs name). */
+const KEYS = mkdtempSync(join(tmpdir(), 'tidegate-mapping-keys-'));
+before(async () => {
+  for (const node of ['hospital-a', 'hospital-b']) await writeKeyFiles(KEYS, generateNodeKeys(node));
+});
+after(() => rmSync(KEYS, { recursive: true, force: true }));
+
+/** A copy of config/examples in a temp dir, with its `keys/` and `edit` applied to the named JSON files. */
 function examplesCopy(edit: Record<string, (v: any) => void> = {}): string {
   const dir = mkdtempSync(join(tmpdir(), 'tidegate-mapping-'));
   cpSync(EXAMPLES, dir, { recursive: true });
+  cpSync(KEYS, join(dir, 'keys'), { recursive: true });
   for (const [name, fn] of Object.entries(edit)) {
     const v = JSON.parse(readFileSync(join(dir, name), 'utf8'));
     fn(v);
@@ -52,7 +61,7 @@ describe('mapping configuration', () => {
     const published = JSON.parse(readFileSync(join(ROOT, 'docs/mappings.schema.json'), 'utf8'));
     assert.deepEqual(published, mappingJsonSchema(), 'regenerate docs/mappings.schema.json (see docs/mappings.md "The file")');
     assert.equal(published.additionalProperties, false);
-    assert.deepEqual(Object.keys(published.properties as object).sort(), ['$schema', 'conceptMaps', 'description', 'profilesDir', 'routes']);
+    assert.deepEqual(Object.keys(published.properties as object).sort(), ['$schema', 'conceptMaps', 'description', 'identifierSystems', 'patientMatching', 'profilesDir', 'routes']);
   });
 
   test('JSON positions: every value and key is located by JSON Pointer; a syntax error has its place', () => {
@@ -67,11 +76,16 @@ describe('mapping configuration', () => {
   });
 
   test('the example two-hospital configuration passes the check, both nodes', () => {
-    for (const node of ['node-a.json', 'node-b.json']) {
-      const report = runConfigCheck(join(EXAMPLES, node));
-      assert.deepEqual(report.issues, [], node);
-      assert.equal(report.ok, true);
-      assert.ok(report.files.some((f) => f.endsWith('hospital-a-lab-to-loinc.conceptmap.json')));
+    const dir = examplesCopy();
+    try {
+      for (const node of ['node-a.json', 'node-b.json']) {
+        const report = runConfigCheck(join(dir, node));
+        assert.deepEqual(report.issues, [], node);
+        assert.equal(report.ok, true);
+        assert.ok(report.files.some((f) => f.endsWith('hospital-a-lab-to-loinc.conceptmap.json')));
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
@@ -156,9 +170,14 @@ describe('mapping configuration', () => {
   });
 
   test('CLI: config check exits 0 on the examples, 1 with errors printed file:line:column; map preview prints a diff', async () => {
-    const ok = await cli(['config', 'check', '--config', 'node-a.json'], EXAMPLES);
-    assert.equal(ok.code, 0, ok.stderr);
-    assert.match(ok.stdout, /config check: OK/);
+    const good = examplesCopy();
+    try {
+      const ok = await cli(['config', 'check', '--config', 'node-a.json'], good);
+      assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+      assert.match(ok.stdout, /config check: OK/);
+    } finally {
+      rmSync(good, { recursive: true, force: true });
+    }
     const dir = examplesCopy({ 'hospital-a.mapping.json': (m) => (m.routes['hospital-b'].send[1].where = 'category.coding.where(') });
     try {
       const bad = await cli(['config', 'check', '--config', 'node-a.json'], dir);

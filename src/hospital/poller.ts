@@ -35,6 +35,7 @@ import { MemoryCursorStore } from './cursor.ts';
 import type { HospitalCursor, HospitalCursorStore } from './cursor.ts';
 import { contentHash, SyncLedger } from './ledger.ts';
 import type { Mapping } from '../mapping/index.ts';
+import type { PatientMatcher } from '../mapping/matching.ts';
 
 /** Author recorded on CRDT operations made from hospital-side edits (kept in conflict records). */
 export const HOSPITAL_SYSTEM_AUTHOR = 'Device/hospital-system';
@@ -84,6 +85,13 @@ export interface HospitalPollerOptions {
    * every replica holds the translated bytes. A version a `reject` map refuses counts as `rejected`.
    */
   mapping?: Pick<Mapping, 'translate'>;
+  /**
+   * Patient matching (src/mapping/matching.ts): a Patient the node does not hold yet is matched
+   * against the node's Patients after translation; sure matches add `Patient.link` (`seealso`),
+   * possible ones go to the review list. When matching fails (review file not writable) the
+   * version is merged without links and a warning is logged.
+   */
+  patientMatcher?: Pick<PatientMatcher, 'apply'>;
 }
 
 /** Outcome of one poll (counts of history entries). */
@@ -183,6 +191,7 @@ export class HospitalPoller {
   readonly #author: string;
   readonly #log: PollerLogger | undefined;
   readonly #mapping: Pick<Mapping, 'translate'> | undefined;
+  readonly #matcher: Pick<PatientMatcher, 'apply'> | undefined;
   #cursor: HospitalCursor | undefined;
   #mode: 'system' | 'type' = 'system';
   #state: 'new' | 'running' | 'stopped' = 'new';
@@ -214,6 +223,7 @@ export class HospitalPoller {
     this.#author = opts.author ?? HOSPITAL_SYSTEM_AUTHOR;
     this.#log = opts.logger;
     this.#mapping = opts.mapping;
+    this.#matcher = opts.patientMatcher;
   }
 
   /**
@@ -392,6 +402,13 @@ export class HospitalPoller {
           if ((err as { code?: unknown }).code !== 'ERR_MAPPING_UNMAPPED_CODE') throw err;
           this.#log?.warn({ type, err: describe(err), map: (err as { map?: unknown }).map, path: (err as { path?: unknown }).path }, 'hospital poller: hospital version refused by a code map (unmapped: reject), not merged');
           return 'rejected';
+        }
+      }
+      if (this.#matcher !== undefined && type === 'Patient' && (current === undefined || current.deleted)) {
+        try {
+          body = this.#matcher.apply(body).resource;
+        } catch (err) {
+          this.#log?.warn({ type, err: describe(err) }, 'hospital poller: patient matching failed; merged without match links');
         }
       }
       const issues = validateFhirResource(body);

@@ -16,7 +16,9 @@ import type { JsonPositions } from './json-position.ts';
 import { compileCondition, Router } from './routing.ts';
 import type { RouteDecision } from './routing.ts';
 import { MappingFileSchema } from './schema.ts';
-import type { MappingFile } from './schema.ts';
+import type { MappingFile, PatientMatchingConfig } from './schema.ts';
+import { CrosswalkError, readCrosswalk, translateIdentifiers } from './identifiers.ts';
+import type { ActiveIdentifierSystem, Crosswalk, IdentifierChange } from './identifiers.ts';
 import { translateResource } from './translate.ts';
 import type { ActiveConceptMap, MappingDirection, TranslationResult } from './translate.ts';
 
@@ -142,13 +144,19 @@ export class Mapping {
   readonly router: Router;
   /** The ConceptMaps in use, in configuration order. */
   readonly conceptMaps: readonly ActiveConceptMap[];
+  /** The identifier systems in use (src/mapping/identifiers.ts), in configuration order. */
+  readonly identifierSystems: readonly ActiveIdentifierSystem[];
+  /** Patient matching rules (src/mapping/matching.ts) with `reviewFile` resolved to an absolute path; absent when not configured. */
+  readonly patientMatching: PatientMatchingConfig | undefined;
   readonly #log: MappingLogger | undefined;
 
   /** Use {@link loadMapping} or {@link loadMappingOrThrow}. */
-  constructor(file: string, router: Router, conceptMaps: readonly ActiveConceptMap[], logger?: MappingLogger) {
+  constructor(file: string, router: Router, conceptMaps: readonly ActiveConceptMap[], logger?: MappingLogger, identity: { identifierSystems?: readonly ActiveIdentifierSystem[]; patientMatching?: PatientMatchingConfig } = {}) {
     this.file = file;
     this.router = router;
     this.conceptMaps = conceptMaps;
+    this.identifierSystems = identity.identifierSystems ?? [];
+    this.patientMatching = identity.patientMatching;
     this.#log = logger;
   }
 
@@ -176,17 +184,19 @@ export class Mapping {
   }
 
   /**
-   * Translates codings at the hospital boundary (src/mapping/translate.ts). Codings dropped by a
-   * `drop` map are logged as warnings (map and element path, not the code).
+   * Translates codings (src/mapping/translate.ts), then identifiers (src/mapping/identifiers.ts:
+   * inbound local → shared, outbound shared → local, originals kept) at the hospital boundary.
+   * Codings dropped by a `drop` map are logged as warnings (map and element path, not the code).
    * @param resource - FHIR JSON; not modified.
    * @param direction - `inbound` (read from this node's hospital) or `outbound` (written to it).
-   * @returns The translated resource and the changes.
+   * @returns The translated resource, the coding changes and the identifier changes (systems and paths, no values).
    * @throws MappingError when a `reject` map meets a coding it cannot translate.
    */
-  translate(resource: FhirJsonObject, direction: MappingDirection): TranslationResult {
+  translate(resource: FhirJsonObject, direction: MappingDirection): TranslationResult & { identifiers: IdentifierChange[] } {
     const result = translateResource(resource, this.conceptMaps, direction);
     for (const c of result.changes) if (c.action === 'dropped') this.#log?.warn({ map: c.map, path: c.path, direction }, 'mapping: coding without a translation dropped');
-    return result;
+    const ids = translateIdentifiers(result.resource, this.identifierSystems, direction);
+    return { resource: ids.resource, changes: result.changes, identifiers: ids.changes };
   }
 
   /**
@@ -289,6 +299,61 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
     active.push({ map, direction: ref.direction, unmapped: ref.unmapped, equivalence: new Set(ref.equivalence), configPath: `conceptMaps[${i}]` });
   });
 
+  // Identifier systems
+  const crosswalks = new Map<string, Crosswalk>();
+  const idSystems: ActiveIdentifierSystem[] = [];
+  const pairs = new Map<string, number>();
+  const sharedOwner = new Map<string, { local: string; i: number }>();
+  cfg.identifierSystems.forEach((entry, i) => {
+    const ptr = `/identifierSystems/${i}`;
+    const pair = `${entry.local} ${entry.shared}`;
+    const dup = pairs.get(pair);
+    if (dup !== undefined) {
+      issues.push({ severity: 'error', ...at(ptr), message: `identifierSystems[${dup}] already maps ${entry.local} to ${entry.shared}`, hint: 'remove one of the two entries' });
+      return;
+    }
+    pairs.set(pair, i);
+    const owner = sharedOwner.get(entry.shared);
+    if (owner !== undefined && owner.local !== entry.local) {
+      issues.push({ severity: 'error', ...at(`${ptr}/shared`), message: `shared system ${entry.shared} is already the counterpart of ${owner.local} (identifierSystems[${owner.i}]); outbound, a shared identifier must give one local system`, hint: 'give each local system its own shared system' });
+      return;
+    }
+    sharedOwner.set(entry.shared, { local: entry.local, i });
+    let crosswalk: Crosswalk | undefined;
+    if (entry.crosswalk !== undefined) {
+      const cwFile = resolve(dir, entry.crosswalk);
+      files.push(cwFile);
+      crosswalk = crosswalks.get(cwFile);
+      if (crosswalk === undefined) {
+        try {
+          crosswalk = readCrosswalk(cwFile);
+          crosswalks.set(cwFile, crosswalk);
+        } catch (err) {
+          if (err instanceof CrosswalkError) {
+            for (const ci of err.issues) issues.push({ severity: 'error', file: displayPath(cwFile), line: ci.line, column: 1, pointer: '', message: `crosswalk: ${ci.message}`, hint: ci.hint });
+          } else {
+            const e = err as NodeJS.ErrnoException;
+            issues.push({ severity: 'error', ...at(`${ptr}/crosswalk`), message: `cannot read the crosswalk ${displayPath(cwFile)} (${e.code ?? e.message})`, hint: 'check the path; it is relative to the mapping file' });
+          }
+          return;
+        }
+      }
+    }
+    for (const t of entry.resourceTypes) {
+      if (!isKnownResourceType(t)) issues.push({ severity: 'error', ...at(`${ptr}/resourceTypes/${entry.resourceTypes.indexOf(t)}`), message: `"${t}" is not an R4 resource type`, hint: 'resource type names are case-sensitive, e.g. "Patient", "Practitioner"' });
+    }
+    idSystems.push({ local: entry.local, shared: entry.shared, ...(crosswalk !== undefined ? { crosswalk } : {}), resourceTypes: new Set(entry.resourceTypes), configPath: `identifierSystems[${i}]` });
+  });
+  let patientMatching: PatientMatchingConfig | undefined;
+  if (cfg.patientMatching !== undefined) {
+    const pm = cfg.patientMatching;
+    const shared = pm.sharedSystems ?? [...new Set(cfg.identifierSystems.map((e) => e.shared))];
+    if (shared.length === 0 && pm.deterministic === undefined) {
+      issues.push({ severity: 'warning', ...at('/patientMatching'), message: 'no shared identifier system and no deterministic rule: no Patient is ever a sure match', hint: 'add identifierSystems, "sharedSystems" or "deterministic"' });
+    }
+    patientMatching = { ...pm, sharedSystems: shared, ...(pm.reviewFile !== undefined ? { reviewFile: resolve(dir, pm.reviewFile) } : {}) };
+  }
+
   // Routes
   const peers = opts.peers === undefined ? undefined : new Set(opts.peers);
   for (const [peer, route] of Object.entries(cfg.routes)) {
@@ -319,7 +384,7 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
   issues.sort((a, b) => (a.file === b.file ? a.line - b.line || a.column - b.column : 0));
   if (issues.some((i) => i.severity === 'error')) return { mapping: undefined, issues, files };
   const router = new Router(cfg.routes, opts.logger ? { onError: (peerId, where, err) => opts.logger!.warn({ peer: peerId, rule: where, err: err.message }, 'mapping: routing condition failed; resource withheld') } : {});
-  return { mapping: new Mapping(path, router, active, opts.logger), issues, files };
+  return { mapping: new Mapping(path, router, active, opts.logger, { identifierSystems: idSystems, ...(patientMatching !== undefined ? { patientMatching } : {}) }), issues, files };
 }
 
 /**

@@ -59,6 +59,49 @@ export const ConceptMapRefSchema = z
   })
   .refine((m) => (m.file === undefined) !== (m.url === undefined), { message: 'give exactly one of "file" or "url"' });
 
+/**
+ * An identifier system (`Identifier.system`, https://hl7.org/fhir/R4/datatypes.html#Identifier):
+ * an absolute URI such as `urn:oid:1.2.3.4.5`, written without the `|` of token search.
+ */
+const IdentifierSystemUri = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z0-9+.-]*:[^\s|]+$/, 'an identifier system is an absolute URI such as "urn:oid:1.2.3.4.5" or "https://mpi.example.org/sid/mrn", without "|" or spaces');
+
+/**
+ * One hospital-local identifier namespace (an MRN system) and the shared system it is known as
+ * across the network (docs/mappings.md "Identifiers and patient matching").
+ */
+export const IdentifierSystemSchema = z
+  .strictObject({
+    local: IdentifierSystemUri.describe("this hospital's own identifier system (e.g. its MRN namespace)"),
+    shared: IdentifierSystemUri.describe('the system the same identifier is known as across the network'),
+    crosswalk: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('CSV file (header "local,shared", relative to the mapping file) of local value -> shared value; absent: the value is the same in both systems'),
+    resourceTypes: z.array(ResourceType).min(1).default(['Patient']).describe('resource types whose identifier element is translated'),
+    description: z.string().optional(),
+  })
+  .refine((e) => e.local !== e.shared, { message: '"local" and "shared" must be different systems' });
+
+/** Patient matching rules (docs/mappings.md "Identifiers and patient matching"). */
+export const PatientMatchingSchema = z.strictObject({
+  sharedSystems: z
+    .array(IdentifierSystemUri)
+    .optional()
+    .describe('identifier systems whose equal value makes two Patients the same person; default: every "shared" system of identifierSystems'),
+  deterministic: z
+    .strictObject({
+      identifierSystems: z.array(IdentifierSystemUri).min(1).describe('an equal identifier in one of these systems, with equal normalized family name, first given name and birthDate, makes two Patients the same person'),
+    })
+    .optional()
+    .describe('the deterministic rule; absent: only shared identifiers make a sure match'),
+  possible: z.boolean().default(true).describe('equal normalized family name, first given name and birthDate without an agreeing identifier go to the review list (GET /admin/matches)'),
+  reviewFile: z.string().min(1).optional().describe('JSON file keeping the review list across restarts, relative to the mapping file; absent: in memory only'),
+  description: z.string().optional(),
+});
+
 /** Schema of a mapping configuration file. */
 export const MappingFileSchema = z.strictObject({
   $schema: z.string().optional().describe('path or URL of docs/mappings.schema.json, for editors'),
@@ -66,6 +109,8 @@ export const MappingFileSchema = z.strictObject({
   profilesDir: z.string().min(1).optional().describe('where ConceptMaps named by url are looked up, relative to the mapping file; default the repository profiles/'),
   conceptMaps: z.array(ConceptMapRefSchema).default([]).describe('applied in this order to every Coding of each map\u2019s source system'),
   routes: z.record(NodeId, PeerRouteSchema).default({}).describe('per peer node id; a peer without an entry gets every resource (subject to the node config\u2019s resourceTypes and withheldLabels)'),
+  identifierSystems: z.array(IdentifierSystemSchema).default([]).describe('local identifier systems and their shared counterparts, applied at the hospital boundary'),
+  patientMatching: PatientMatchingSchema.optional().describe('rules deciding when a Patient read from this hospital is the same person as one the node holds'),
 });
 
 /** A parsed mapping file (defaults applied). */
@@ -74,6 +119,10 @@ export type MappingFile = z.infer<typeof MappingFileSchema>;
 export type RouteRule = z.infer<typeof RouteRuleSchema>;
 /** A parsed ConceptMap reference. */
 export type ConceptMapRef = z.infer<typeof ConceptMapRefSchema>;
+/** A parsed `identifierSystems[i]`. */
+export type IdentifierSystemConfig = z.infer<typeof IdentifierSystemSchema>;
+/** A parsed `patientMatching`. */
+export type PatientMatchingConfig = z.infer<typeof PatientMatchingSchema>;
 
 /**
  * The JSON Schema (draft 2020-12) of the mapping file, generated from {@link MappingFileSchema}
