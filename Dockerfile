@@ -33,5 +33,6 @@ USER node
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8080)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+# node itself is PID 1, not npm: npm does not pass SIGTERM (docker stop) on, which would orphan the node.
 ENTRYPOINT ["node", "src/cli/main.ts"]
 CMD ["serve", "--config", "/etc/tidegate/node.json"]

@@ -5,7 +5,7 @@ import pino from 'pino';
 import { loadNodeConfig } from '../config/config.ts';
 import { assertAuthOrInsecureDev } from '../auth/config.ts';
 import { createAuth } from '../auth/setup.ts';
-import { PeerKeyring, readSecretKeys } from '../envelope/index.ts';
+import { PeerKeyring, readPublicKeys, readSecretKeys } from '../envelope/index.ts';
 import { FileCursorStore, HospitalClient } from '../hospital/index.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { TidegateNode } from '../node/node.ts';
@@ -17,6 +17,19 @@ import { AuditTrail } from '../audit/index.ts';
 import { hardeningFromConfig } from '../fhir/hardening.ts';
 import { loadMappingOrThrow } from '../mapping/load.ts';
 import { readRedisTls, readServerTls } from '../transport/tls.ts';
+
+/**
+ * A file-system error reading a file the config names, as `setting: cannot read /path (ENOENT)`
+ * (the setting to fix, not a bare ENOENT); other errors (bad key file content) pass unchanged.
+ * @param setting - the config key path, e.g. `secretKeyFile`, `peers[0].publicKeyFile`.
+ * @param file - the absolute path read.
+ * @param err - what the read threw.
+ */
+function settingReadError(setting: string, file: string, err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return err;
+  return new Error(`${setting}: cannot read ${file} (${code}); paths in the config file are relative to its folder (check with \`tidegate config check\`)`, { cause: err });
+}
 
 /**
  * Starts a node from a configuration file and runs until SIGINT/SIGTERM. SIGHUP (or
@@ -36,11 +49,19 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
   const mapping = cfg.mappingFile ? loadMappingOrThrow(cfg.mappingFile, { peers: cfg.peers.map((p) => p.nodeId), logger: log }) : undefined;
   // HTTPS certificate and key, read (and the key file's mode checked) before anything is opened
   const serverTls = cfg.tls ? readServerTls(cfg.tls) : undefined;
-  const secretKeys = await readSecretKeys(cfg.secretKeyFile);
+  const secretKeys = await readSecretKeys(cfg.secretKeyFile).catch((err: unknown) => {
+    throw settingReadError('secretKeyFile', cfg.secretKeyFile, err);
+  });
   if (secretKeys.nodeId !== cfg.nodeId) throw new Error(`Secret key file is for node ${secretKeys.nodeId}, config says ${cfg.nodeId}`);
   // Peers' public keys stay reloadable (SIGHUP, POST /admin/reload): the keyring updates these objects in place.
   const peerTls = (p: (typeof cfg.peers)[number]) => p.redisTls ?? (/^rediss:\/\//i.test(p.redisUrl) ? cfg.redisTls : undefined);
-  const keyring = await PeerKeyring.load(cfg.peers.map((p) => ({ nodeId: p.nodeId, publicKeyFile: p.publicKeyFile })));
+  const keyring = await PeerKeyring.load(
+    cfg.peers.map((p) => ({ nodeId: p.nodeId, publicKeyFile: p.publicKeyFile })),
+    (file) =>
+      readPublicKeys(file).catch((err: unknown) => {
+        throw settingReadError(`peers[${cfg.peers.findIndex((p) => p.publicKeyFile === file)}].publicKeyFile`, file, err);
+      }),
+  );
   const peers = cfg.peers.map((p) => ({
     nodeId: p.nodeId,
     redisUrl: p.redisUrl,

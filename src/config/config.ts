@@ -12,11 +12,11 @@ import { parseLabelRule } from '../tide/peer-authz.ts';
 const NodeId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'node ids are 1-64 of A-Z a-z 0-9 . _ - (starting alphanumeric)');
 const RedisUrl = z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL');
 /** TLS of `rediss://` connections to peers' Redis (src/transport/tls.ts): the pinned CA, and an optional client certificate. */
-const RedisTlsSchema = z.object({ caFile: z.string().min(1), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() });
+const RedisTlsSchema = z.strictObject({ caFile: z.string().min(1), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() });
 const PositiveInt = z.number().int().min(1);
 /** Hostile-input limits, timeouts and rate limit of the HTTP edge (src/fhir/hardening.ts, docs/security.md "Hostile input"). */
 const HttpHardeningSchema = z
-  .object({
+  .strictObject({
     /** Most request-body bytes (after Content-Encoding); more is 413. */
     maxBodyBytes: PositiveInt.default(16 * 1024 * 1024),
     /** Most nested JSON objects/arrays in a body. */
@@ -33,17 +33,17 @@ const HttpHardeningSchema = z
     keepAliveTimeoutMs: PositiveInt.default(5_000),
     /** Per-client rate limit of /fhir and /auth (429); `false` turns it off. */
     rateLimit: z
-      .union([z.literal(false), z.object({ windowMs: PositiveInt.default(60_000), limit: PositiveInt.default(6_000), failedAuthLimit: PositiveInt.default(100) })])
+      .union([z.literal(false), z.strictObject({ windowMs: PositiveInt.default(60_000), limit: PositiveInt.default(6_000), failedAuthLimit: PositiveInt.default(100) })])
       .default({ windowMs: 60_000, limit: 6_000, failedAuthLimit: 100 }),
   })
   .refine((h) => h.headersTimeoutMs <= h.requestTimeoutMs, { message: 'headersTimeoutMs must not exceed requestTimeoutMs', path: ['headersTimeoutMs'] });
 
 /** Schema of a node configuration file. */
-export const NodeConfigSchema = z.object({
+export const NodeConfigSchema = z.strictObject({
   /** This node's id; also names its inbox queue. */
   nodeId: NodeId,
   /** Where the FHIR API listens. */
-  listen: z.object({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(8080) }).default({ host: '127.0.0.1', port: 8080 }),
+  listen: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(8080) }).default({ host: '127.0.0.1', port: 8080 }),
   /** The hospital's own FHIR server base URL (merged resources are written there). */
   hospitalFhirUrl: z.url(),
   /** This node's Redis (its inbox). */
@@ -64,7 +64,7 @@ export const NodeConfigSchema = z.object({
    */
   peers: z
     .array(
-      z.object({
+      z.strictObject({
         nodeId: NodeId,
         redisUrl: RedisUrl,
         publicKeyFile: z.string(),
@@ -140,7 +140,7 @@ export const NodeConfigSchema = z.object({
    * HTTPS for the FHIR API (src/transport/tls.ts): PEM files relative to the config file; the key
    * file must be mode 0600. With `caFile`, clients must present a certificate that CA issued.
    */
-  tls: z.object({ certFile: z.string().min(1), keyFile: z.string().min(1), caFile: z.string().min(1).optional() }).optional(),
+  tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1), caFile: z.string().min(1).optional() }).optional(),
   /** TLS of every peer's `rediss://` Redis: the pinned CA (and a client certificate), relative to the config file. */
   redisTls: RedisTlsSchema.optional(),
   /** pino log level. */
@@ -169,7 +169,7 @@ export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.en
   }
   const parsed = NodeConfigSchema.safeParse(raw);
   if (!parsed.success) {
-    throw new Error(`Invalid config ${path}: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`);
+    throw new Error(`Invalid config ${path}: ${describeConfigIssues(parsed.error.issues).join('; ')}`);
   }
   const cfg = parsed.data;
   const dir = dirname(resolve(path));
@@ -206,4 +206,96 @@ export function loadNodeConfig(path: string, env: NodeJS.ProcessEnv = process.en
   for (const p of cfg.peers) if (p.redisTls && !/^rediss:\/\//i.test(p.redisUrl)) throw new Error(`Invalid config ${path}: peers[${p.nodeId}].redisTls needs a rediss:// redisUrl`);
   if (cfg.peers.some((p) => p.nodeId === cfg.nodeId)) throw new Error(`Invalid config ${path}: peers must not include the node itself`);
   return cfg;
+}
+
+/** One zod issue of a node configuration (the shape {@link describeConfigIssues} reads). */
+type NodeConfigIssue = z.core.$ZodIssue;
+
+/** zod 4 schema internals read by {@link knownConfigKeys}: the definition's type and its inner schemas. */
+interface SchemaDef {
+  type: string;
+  shape?: Record<string, { _zod: { def: SchemaDef } }>;
+  innerType?: { _zod: { def: SchemaDef } };
+  in?: { _zod: { def: SchemaDef } };
+  element?: { _zod: { def: SchemaDef } };
+  options?: { _zod: { def: SchemaDef } }[];
+}
+
+/** The definitions a value at this schema may have, through optional, default, prefault, pipe and union. */
+function unwrapDef(def: SchemaDef): SchemaDef[] {
+  if (def.type === 'union') return (def.options ?? []).flatMap((o) => unwrapDef(o._zod.def));
+  const inner = def.innerType ?? def.in;
+  return inner ? unwrapDef(inner._zod.def) : [def];
+}
+
+/**
+ * The members the node configuration schema allows in the object at `path` (e.g. `[]` for the top
+ * level, `['peers', 0]` for a peer, `['security', 'webhook']`). Reads zod 4 schema definitions.
+ * @param path - zod issue path: member names and array indexes.
+ * @returns The allowed member names, sorted; `[]` when the path names no object of the schema.
+ */
+export function knownConfigKeys(path: readonly PropertyKey[]): string[] {
+  let defs = unwrapDef((NodeConfigSchema as unknown as { _zod: { def: SchemaDef } })._zod.def);
+  for (const seg of path) {
+    defs = defs.flatMap((d) => {
+      if (typeof seg === 'number') return d.type === 'array' && d.element ? unwrapDef(d.element._zod.def) : [];
+      const child = d.type === 'object' ? d.shape?.[String(seg)] : undefined;
+      return child ? unwrapDef(child._zod.def) : [];
+    });
+  }
+  return [...new Set(defs.filter((d) => d.type === 'object').flatMap((d) => Object.keys(d.shape ?? {})))].sort();
+}
+
+/** Optimal-string-alignment edit distance (insertions, deletions, substitutions, adjacent transpositions). */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = v;
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/**
+ * The known member closest to a misspelt one, when close enough: a case-only difference, or an edit
+ * distance of at most 1 (names up to 4 characters), 2 (up to 12) or 3 (longer).
+ * @param key - the unknown member name.
+ * @param known - the allowed names.
+ * @returns The suggestion, or undefined.
+ */
+export function suggestConfigKey(key: string, known: readonly string[]): string | undefined {
+  const limit = key.length <= 4 ? 1 : key.length <= 12 ? 2 : 3;
+  let best: { name: string; d: number } | undefined;
+  for (const name of known) {
+    const d = name.toLowerCase() === key.toLowerCase() ? 0 : editDistance(key, name);
+    if (d <= limit && (best === undefined || d < best.d)) best = { name, d };
+  }
+  return best?.name;
+}
+
+/**
+ * The message of an unknown member of the node configuration: `unknown key "lsiten" (did you mean
+ * "listen"?)`, the suggestion only when a known member at that level is close.
+ * @param path - path of the object holding the member (zod issue path).
+ * @param key - the unknown member.
+ */
+export function unknownConfigKeyMessage(path: readonly PropertyKey[], key: string): string {
+  const suggestion = suggestConfigKey(key, knownConfigKeys(path));
+  return `unknown key "${key}"${suggestion ? ` (did you mean "${suggestion}"?)` : ''}`;
+}
+
+/**
+ * zod issues of a node configuration as `path: message` strings, one per unknown key (with its
+ * "did you mean" suggestion) and one per other issue.
+ * @param issues - from `NodeConfigSchema.safeParse`.
+ */
+export function describeConfigIssues(issues: readonly NodeConfigIssue[]): string[] {
+  return issues.flatMap((i) => {
+    if (i.code === 'unrecognized_keys') return i.keys.map((k) => `${[...i.path, k].join('.')}: ${unknownConfigKeyMessage(i.path, k)}`);
+    return [`${i.path.join('.') || '(root)'}: ${i.message}`];
+  });
 }

@@ -4,9 +4,9 @@
  * ConceptMap in the profiles directory. Each problem is reported with its file, line, column and a
  * fix hint; the command exits non-zero when there is any error.
  */
-import { readdirSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { loadNodeConfig, NodeConfigSchema } from '../config/config.ts';
+import { accessSync, constants as fsConstants, readdirSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { loadNodeConfig, NodeConfigSchema, unknownConfigKeyMessage } from '../config/config.ts';
 import type { NodeConfig } from '../config/config.ts';
 import { DEFAULT_PROFILES_DIR } from '../fhir/profiles.ts';
 import { toFhirJson } from '../fhir/json.ts';
@@ -14,7 +14,7 @@ import type { FhirJsonObject } from '../fhir/json.ts';
 import { validateFhirResource } from '../fhir/validate.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { compileConceptMap, ConceptMapError, fhirPathToPointer } from './conceptmap.ts';
-import { positionOf } from './json-position.ts';
+import { positionOf, toPointer } from './json-position.ts';
 import type { JsonPositions } from './json-position.ts';
 import { displayPath, formatIssue, loadMapping, readJsonFile, zodIssues } from './load.ts';
 import type { ConfigIssue } from './load.ts';
@@ -91,6 +91,95 @@ export function checkProfilesDir(dir: string): { issues: ConfigIssue[]; files: s
   return { issues, files };
 }
 
+/** A file-system error's code (ENOENT, EACCES, …), or its message. */
+function fsCode(err: unknown): string {
+  return (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+}
+
+/**
+ * Why a file the node reads at start cannot be read, or undefined when it can.
+ * @param file - absolute path.
+ */
+function unreadableFile(file: string): string | undefined {
+  try {
+    if (!statSync(file).isFile()) return 'not a regular file';
+    accessSync(file, fsConstants.R_OK);
+    return undefined;
+  } catch (err) {
+    return fsCode(err);
+  }
+}
+
+/**
+ * Why the node could not create a file at `file` (its folder is made at start when absent), or
+ * undefined when it can: the nearest existing ancestor folder must be a writable directory.
+ * @param file - absolute path.
+ */
+function uncreatableFile(file: string): string | undefined {
+  let dir = dirname(file);
+  for (;;) {
+    try {
+      if (!statSync(dir).isDirectory()) return `${dir} is not a directory`;
+      accessSync(dir, fsConstants.W_OK | fsConstants.X_OK);
+      return undefined;
+    } catch (err) {
+      const code = fsCode(err);
+      if (code !== 'ENOENT' || dirname(dir) === dir) return `${dir}: ${code}`;
+      dir = dirname(dir);
+    }
+  }
+}
+
+/**
+ * Files the configuration names that the node reads (key files, mapping, merge policy, TLS, JWKS)
+ * or creates (store, audit trail, key vault, hospital cursor), checked on disk. Each problem is
+ * reported at the config key that names the file, with the key path in the message.
+ * @param path - the config file.
+ * @param positions - positions of its text.
+ * @param cfg - the loaded config (paths absolute).
+ */
+function referencedFileIssues(path: string, positions: JsonPositions, cfg: NodeConfig): ConfigIssue[] {
+  const out: ConfigIssue[] = [];
+  const at = (keyPath: (string | number)[], message: string, hint: string): void => {
+    const pointer = toPointer(keyPath);
+    out.push({ severity: 'error', file: displayPath(path), ...positionOf(positions, pointer), pointer, message: `${keyPath.join('.')}: ${message}`, hint });
+  };
+  const relHint = 'paths in the config file are relative to the config file\'s folder';
+  const read = (keyPath: (string | number)[], file: string | undefined, hint: string): void => {
+    if (file === undefined) return;
+    const why = unreadableFile(file);
+    if (why) at(keyPath, `cannot read ${file} (${why})`, `${hint}; ${relHint}`);
+  };
+  const create = (keyPath: (string | number)[], file: string | undefined): void => {
+    if (file === undefined || file === ':memory:') return;
+    const why = uncreatableFile(file);
+    if (why) at(keyPath, `cannot create ${file} (${why})`, `the node creates this file (and its folder) at start: the nearest existing folder must be a writable directory; ${relHint}`);
+  };
+  const tlsFiles = (keyPath: (string | number)[], t: Record<string, string | undefined> | undefined): void => {
+    if (!t) return;
+    for (const k of Object.keys(t)) read([...keyPath, k], t[k], 'a PEM file; see docs/security.md "Hardened deployment"');
+  };
+  read(['secretKeyFile'], cfg.secretKeyFile, 'create it with `tidegate keys generate --node <nodeId> --out <folder>`');
+  cfg.peers.forEach((p, i) => {
+    read(['peers', i, 'publicKeyFile'], p.publicKeyFile, `copy ${p.nodeId}'s <nodeId>.public.json here (from its \`tidegate keys generate\`)`);
+    tlsFiles(['peers', i, 'redisTls'], p.redisTls);
+  });
+  read(['mappingFile'], cfg.mappingFile, 'see docs/mappings.md');
+  read(['mergePolicyFile'], cfg.mergePolicyFile, 'see docs/merge.md "Repeating elements"');
+  tlsFiles(['tls'], cfg.tls);
+  tlsFiles(['redisTls'], cfg.redisTls);
+  read(['auth', 'jwksFile'], cfg.auth?.jwksFile, 'a JWK Set file of the authorization server\'s public keys');
+  if (cfg.auth?.backendServices) {
+    read(['auth', 'backendServices', 'signingKeyFile'], cfg.auth.backendServices.signingKeyFile, 'a private JWK file (mode 0600); see docs/security.md');
+    cfg.auth.backendServices.clients.forEach((c, i) => read(['auth', 'backendServices', 'clients', i, 'jwksFile'], c.jwksFile, 'the client\'s JWK Set file'));
+  }
+  create(['storeFile'], cfg.storeFile);
+  create(['keyVaultFile'], cfg.keyVaultFile);
+  create(['auditFile'], cfg.auditFile);
+  create(['hospitalCursorFile'], cfg.hospitalCursorFile);
+  return out;
+}
+
 /**
  * Runs every check; never throws for a bad file.
  * @param configPath - the node configuration JSON.
@@ -106,7 +195,18 @@ export function runConfigCheck(configPath: string, opts: ConfigCheckOptions = {}
   if (read.issue) issues.push(read.issue);
   else {
     const parsed = NodeConfigSchema.safeParse(read.value);
-    if (!parsed.success) issues.push(...zodIssues(path, read.positions, parsed.error.issues, () => 'see README.md "Configuration" and config/node-a.example.json'));
+    if (!parsed.success) {
+      const hint = 'see README.md "Configuration" and config/node-a.example.json';
+      // Unknown (misspelt) keys: one issue each, at the key, with the closest known key.
+      for (const i of parsed.error.issues) {
+        if (i.code !== 'unrecognized_keys') continue;
+        for (const k of i.keys) {
+          const pointer = toPointer([...i.path, k]);
+          issues.push({ severity: 'error', file: displayPath(path), ...(read.positions.keys.get(pointer) ?? positionOf(read.positions, pointer)), pointer, message: unknownConfigKeyMessage(i.path, k), hint: `remove it, or fix its spelling; ${hint}` });
+        }
+      }
+      issues.push(...zodIssues(path, read.positions, parsed.error.issues.filter((i) => i.code !== 'unrecognized_keys'), () => hint));
+    }
     else {
       try {
         cfg = loadNodeConfig(path, {});
@@ -115,7 +215,10 @@ export function runConfigCheck(configPath: string, opts: ConfigCheckOptions = {}
       }
     }
   }
-  if (cfg?.mergePolicyFile) {
+  const missing = cfg ? referencedFileIssues(path, read.positions, cfg) : [];
+  issues.push(...missing);
+  const unreadable = new Set(missing.map((i) => i.pointer));
+  if (cfg?.mergePolicyFile && !unreadable.has('/mergePolicyFile')) {
     files.push(cfg.mergePolicyFile);
     try {
       loadMergePolicy(cfg.mergePolicyFile);
@@ -124,7 +227,7 @@ export function runConfigCheck(configPath: string, opts: ConfigCheckOptions = {}
     }
   }
   const profilesDir = opts.profilesDir ?? DEFAULT_PROFILES_DIR;
-  if (cfg?.mappingFile) {
+  if (cfg?.mappingFile && !unreadable.has('/mappingFile')) {
     const m = loadMapping(cfg.mappingFile, { peers: cfg.peers.map((p) => p.nodeId), profilesDir });
     issues.push(...m.issues);
     files.push(...m.files);

@@ -38,6 +38,9 @@ import type { SecurityConfig } from '../security/index.ts';
 import { outboundLabelsOf, routeLabelRule } from '../tide/peer-authz.ts';
 import type { Mapping } from '../mapping/index.ts';
 import { translateRouter } from '../mapping/index.ts';
+import { patientMatcherFor } from '../mapping/matching.ts';
+import type { PatientMatcher } from '../mapping/matching.ts';
+import { matchesRouter } from '../mapping/matches-router.ts';
 import { auditWiring, bridgeAuditLog, lifecycleEvent, mergeEvent } from '../audit/index.ts';
 import type { AuditTrail } from '../audit/index.ts';
 
@@ -106,6 +109,8 @@ export class TidegateNode {
   readonly hospitalSync: HospitalOutbox;
   /** Poller of the hospital's `_history`, when enabled. */
   readonly hospitalPoller: HospitalPoller | undefined;
+  /** Patient matching of Patients read from the hospital (mapping file `patientMatching`), and its review list (`GET /admin/matches`). */
+  readonly patientMatcher: PatientMatcher | undefined;
   readonly service: FhirService;
   readonly log: Logger;
   private server: Server | undefined;
@@ -239,6 +244,7 @@ export class TidegateNode {
     });
     const pollMs = opts.hospitalPollIntervalMs ?? 5000;
     const history = opts.hospital as Partial<HospitalHistorySource>;
+    this.patientMatcher = opts.mapping?.patientMatching !== undefined ? patientMatcherFor(opts.mapping.patientMatching, this.replica) : undefined;
     this.hospitalPoller =
       pollMs > 0 && typeof history.history === 'function'
         ? new HospitalPoller({
@@ -249,6 +255,7 @@ export class TidegateNode {
             cursor: durableCursor(store, opts.hospitalCursor ?? new RedisCursorStore({ redisUrl: opts.redisUrl, key: `${opts.queuePrefix ?? 'tidegate'}:hospital-cursor:${this.nodeId}` })),
             ...(opts.hospitalPollTypes !== undefined ? { types: opts.hospitalPollTypes } : {}),
             ...(opts.mapping !== undefined ? { mapping: opts.mapping } : {}),
+            ...(this.patientMatcher !== undefined ? { patientMatcher: this.patientMatcher } : {}),
             logger: log,
             onUpdate: (key, update) => {
               this.localUpdates++;
@@ -262,6 +269,7 @@ export class TidegateNode {
     }, {
       hospital: isHospitalSearcher(opts.hospital) ? opts.hospital : undefined,
       ...(store.durable ? { durable: () => store.durable!() } : {}),
+      ...(store.isShredded ? { isShredded: (key: string) => store.isShredded!(key) } : {}),
       mergePolicy: policy,
       ...(opts.maxBundleEntries !== undefined ? { maxBundleEntries: opts.maxBundleEntries } : {}),
       translate: opts.mapping !== undefined,
@@ -286,6 +294,7 @@ export class TidegateNode {
     admin.use('/fhir', securityMonitor(this.detector));
     admin.use(opsRouter({ tide: this.tide, nodeId: this.nodeId, security: this.detector, ...(this.reloadKeys ? { reloadKeys: this.reloadKeys } : {}) }));
     admin.use(securityRouter({ nodeId: this.nodeId, detector: this.detector, tide: this.tide, revocations: this.revocations }));
+    if (this.patientMatcher !== undefined) admin.use(matchesRouter({ nodeId: this.nodeId, review: this.patientMatcher.review }));
     admin.use(shredRouter({ shred: (key, requestor) => this.shred(key, requestor) }));
     const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), admin, this.auth, this.audit ? auditWiring(this.audit, this.nodeId, { open: !this.auth, log: this.log }) : undefined, this.hardening, this.mapping ? translateRouter(this.mapping) : undefined);
     this.server = await new Promise<Server>((resolve, reject) => {

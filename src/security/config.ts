@@ -28,17 +28,17 @@ const WebhookUrl = z.url().refine((u) => {
 }, 'must be an https:// URL (http:// only on loopback)');
 
 /** Schema of the `security` section. Every field has a default, so `{}` is a valid section. */
-export const SecurityConfigSchema = z.object({
+export const SecurityConfigSchema = z.strictObject({
   /** A signal for one subject (peer, client, token, IP) alerts at most once per this many ms; later hits are counted as suppressed. */
   cooldownMs: Ms.default(60_000),
   /** Bursts of 401/403 answers per client id and per IP address. */
-  authFailures: z.object({ threshold: Count.default(20), windowMs: Ms.default(60_000) }).prefault({}),
+  authFailures: z.strictObject({ threshold: Count.default(20), windowMs: Ms.default(60_000) }).prefault({}),
   /**
    * Distinct patients whose data one token received within the window: alert above `threshold`, or
    * above `baselineFactor` × the client's learned baseline once at least `baselineMin` were read.
    */
   patientReads: z
-    .object({
+    .strictObject({
       threshold: Count.default(100),
       windowMs: Ms.default(300_000),
       baselineFactor: z.number().min(1).default(5),
@@ -46,12 +46,12 @@ export const SecurityConfigSchema = z.object({
     })
     .prefault({}),
   /** Search and `_history` requests (pages) per token (or client, or IP) within the window. */
-  scraping: z.object({ threshold: Count.default(120), windowMs: Ms.default(60_000) }).prefault({}),
+  scraping: z.strictObject({ threshold: Count.default(120), windowMs: Ms.default(60_000) }).prefault({}),
   /** Each Tide rejection alerts; with a threshold above 1, only the n-th within `windowMs` per claimed sender does. */
-  tide: z.object({ threshold: Count.default(1), windowMs: Ms.default(60_000) }).prefault({}),
+  tide: z.strictObject({ threshold: Count.default(1), windowMs: Ms.default(60_000) }).prefault({}),
   /** POST every alert as JSON to this URL (never blocks requests or the inbox). */
   webhook: z
-    .object({
+    .strictObject({
       url: WebhookUrl,
       timeoutMs: Ms.max(60_000).default(2000),
       /** Most webhook POSTs in flight; alerts beyond are not posted (counted as dropped). */
@@ -60,7 +60,7 @@ export const SecurityConfigSchema = z.object({
     .optional(),
   /** Automatic responses. */
   responses: z
-    .object({
+    .strictObject({
       /**
        * Tide signals that quarantine the (verified) sending peer until `POST /admin/peers/:id/release`.
        * A claimed, unverified sender is never quarantined (an attacker could name any peer).
