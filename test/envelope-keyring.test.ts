@@ -36,6 +36,7 @@ import { Replica } from '../src/merge/replica.ts';
 import { MemoryStore } from '../src/store/store.ts';
 import { encodeUpdates, inboxQueueName } from '../src/tide/index.ts';
 import { freePort } from './fixtures/tide/harness.ts';
+import { deleteKeysMatching } from '../src/tide/redis-keys.ts';
 
 const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
 const REDIS_URL = 'redis://127.0.0.1:6379/14';
@@ -172,12 +173,7 @@ describe('tidegate serve: peer key reload without restart (POST /admin/reload, S
     await hospital?.close();
     const r = new Redis(REDIS_URL);
     try {
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await r.del(...keys);
-      } while (cursor !== '0');
+      await deleteKeysMatching(r, `${prefix}:*`);
     } finally {
       r.disconnect();
     }

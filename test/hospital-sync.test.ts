@@ -33,6 +33,7 @@ import {
   SyncLedger,
 } from '../src/hospital/index.ts';
 import type { HospitalCursorStore, MedplumHospital } from '../src/hospital/index.ts';
+import { deleteKeysMatching } from '../src/tide/redis-keys.ts';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR_HEADERS = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
@@ -69,12 +70,7 @@ function journalOf(h: MedplumHospital, type: string, id: string): Array<{ method
 async function deleteKeys(prefix: string): Promise<void> {
   const r = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
   try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) await r.del(...keys);
-    } while (cursor !== '0');
+    await deleteKeysMatching(r, `${prefix}:*`);
   } finally {
     r.disconnect();
   }

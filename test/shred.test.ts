@@ -29,6 +29,7 @@ import type { NodeSecretKeys } from '../src/envelope/keys.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { HospitalClient, HospitalOutbox, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
+import { deleteKeysMatching } from '../src/tide/redis-keys.ts';
 
 const POLICY = loadMergePolicy();
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -251,12 +252,7 @@ describe('tidegate shred (CLI, node stopped)', () => {
     } finally {
       await queue.obliterate({ force: true }).catch(() => {});
       await queue.close();
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await r.del(...keys);
-      } while (cursor !== '0');
+      await deleteKeysMatching(r, `${prefix}:*`);
       r.disconnect();
     }
   });
@@ -354,12 +350,7 @@ describe('shred on a running node (admin route, two nodes, Redis)', () => {
       for (const nd of nodes) await nd.stop();
       for (const h of hospitals) await h.close();
       for (const s of stores) s.close();
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await r.del(...keys);
-      } while (cursor !== '0');
+      await deleteKeysMatching(r, `${prefix}:*`);
       r.disconnect();
     }
     // B's files after stop: the patient's family name is nowhere (it never was in clear), and a restart keeps it shredded.
@@ -427,12 +418,7 @@ describe('shred drops outgoing Tide batches still waiting in memory', () => {
       await node.stop();
       await hospital.close();
       store.close();
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await r.del(...keys);
-      } while (cursor !== '0');
+      await deleteKeysMatching(r, `${prefix}:*`);
       r.disconnect();
     }
   });

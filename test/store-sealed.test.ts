@@ -29,6 +29,7 @@ import { TidegateNode } from '../src/node/node.ts';
 import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
 import { publicKeysFromJson } from '../src/envelope/keys.ts';
+import { deleteKeysMatching } from '../src/tide/redis-keys.ts';
 
 const POLICY = loadMergePolicy();
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -441,12 +442,7 @@ describe('raw Redis after a two-node run with sealed stores', () => {
       for (const nd of nodes) await nd.stop();
       for (const h of hospitals) await h.close();
       for (const s of stores) s.close();
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await r.del(...keys);
-      } while (cursor !== '0');
+      await deleteKeysMatching(r, `${prefix}:*`);
       r.disconnect();
     }
   });

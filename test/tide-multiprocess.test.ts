@@ -18,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { REDIS_BASE, freePort, killRedisServer, startRedisServer } from './fixtures/tide/harness.ts';
 import type { NodeProcessConfig } from './fixtures/tide/node-process.ts';
+import { deleteKeysMatching } from '../src/tide/redis-keys.ts';
 
 const HAVE_REDIS_SERVER = spawnSync('redis-server', ['--version']).status === 0;
 const ENTRY = fileURLToPath(new URL('./fixtures/tide/node-process.ts', import.meta.url));
@@ -164,12 +165,7 @@ test(
       try {
         for (const db of [11, 12]) {
           await r.select(db);
-          let cursor = '0';
-          do {
-            const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-            cursor = next;
-            if (keys.length > 0) await r.del(...keys);
-          } while (cursor !== '0');
+          await deleteKeysMatching(r, `${prefix}:*`);
         }
       } finally {
         r.disconnect();

@@ -43,6 +43,7 @@ import { importPlan } from '../import/index.ts';
 import { TidegateNode } from '../node/node.ts';
 import type { BenchContext, BenchSection, BenchSectionResult } from './section.ts';
 import { fmtMs, percentile, ratio, round } from './stats.ts';
+import { deleteKeysMatching } from '../tide/redis-keys.ts';
 
 /** The throughput target of issue 6: reads and searches through tidegate at ≥ 70 % of direct. */
 export const HTTP_RATIO_TARGET = 0.7;
@@ -478,12 +479,7 @@ async function stopBenchNode(n: BenchNode): Promise<void> {
   }
   const r = new Redis(n.redisUrl, { maxRetriesPerRequest: 1 });
   try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await r.scan(cursor, 'MATCH', `${n.prefix}:*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) await r.del(...keys);
-    } while (cursor !== '0');
+    await deleteKeysMatching(r, `${n.prefix}:*`);
   } finally {
     r.disconnect();
   }

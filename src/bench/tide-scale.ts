@@ -45,6 +45,7 @@ import type { ResourceUpdate, TideLogger, TideOptions, TideStats } from '../tide
 import type { BenchContext, BenchSection, BenchSectionResult } from './section.ts';
 import { fmtBytes, fmtMs, summarize } from './stats.ts';
 import type { Summary } from './stats.ts';
+import { deleteKeysMatching } from '../tide/redis-keys.ts';
 
 /** Issue 5 target: a write at one hospital reaches all of 5 hospitals with p99 under this (ms). */
 export const TIDE_P99_TARGET_MS = 1000;
@@ -206,12 +207,7 @@ async function usedMemory(r: Redis): Promise<number> {
 }
 
 async function deletePrefix(r: Redis, prefix: string): Promise<void> {
-  let cursor = '0';
-  do {
-    const [next, keys] = await r.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
-    cursor = next;
-    if (keys.length > 0) await r.del(...keys);
-  } while (cursor !== '0');
+  await deleteKeysMatching(r, `${prefix}:*`);
 }
 
 async function stopAll(nodes: BenchNode[]): Promise<void> {

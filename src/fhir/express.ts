@@ -10,6 +10,7 @@ import type { FhirResult } from './service.ts';
 import { FhirError, outcome, methodNotAllowed, notImplemented, toOutcome, badRequest, notFound, unsupportedMediaType } from './outcomes.ts';
 import { canonicalStringify } from './json.ts';
 import { parseSearchQuery } from './search.ts';
+import { isKnownResourceType } from './validate.ts';
 import { currentFromService } from '../auth/middleware.ts';
 import type { AuthSetup } from '../auth/setup.ts';
 import { adminAuth } from '../auth/admin.ts';
@@ -105,6 +106,20 @@ function edgeError(err: unknown): { status: number; outcome: ReturnType<typeof t
     return toOutcome(badRequest('Unreadable request'));
   }
   return toOutcome(err);
+}
+
+/**
+ * The shape of a request path for logs: resource types (`Patient`), operation and keyword segments
+ * (`$validate`, `_history`, `metadata`) are kept, every other segment (ids, version ids, whatever a
+ * client typed there — possibly an MRN or an SSN) becomes `*`. Logs never carry PHI.
+ * @param path - `req.path`, e.g. `/Patient/123/_history/2`.
+ * @returns e.g. `/Patient/*` + `/_history/*`.
+ */
+function pathShape(path: string): string {
+  return path
+    .split('/')
+    .map((seg) => (seg === '' || isKnownResourceType(seg) || /^[$_][A-Za-z-]{1,64}$/.test(seg) || seg === 'metadata' ? seg : '*'))
+    .join('/');
 }
 
 /**
@@ -217,7 +232,7 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   r.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     const result = edgeError(err);
     // A server failure is an error; a refusal of the client's request (4xx, 501 not supported) is not.
-    const fields = { err: { name: (err as Error)?.name, code: (err as { code?: string })?.code }, method: req.method, path: req.path, status: result.status };
+    const fields = { err: { name: (err as Error)?.name, code: (err as { code?: string })?.code }, method: req.method, path: pathShape(req.path), status: result.status };
     if (result.status >= 500 && result.status !== 501) log.error(fields, 'FHIR request failed');
     else log.info(fields, 'FHIR request refused');
     send(res, { status: result.status, headers: {}, body: result.outcome });

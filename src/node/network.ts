@@ -11,6 +11,7 @@ import type { NodePublicKeys } from '../envelope/index.ts';
 import { HospitalClient, comparableForm, startMedplumHospital } from '../hospital/index.ts';
 import type { MedplumHospital, MedplumHospitalOptions } from '../hospital/index.ts';
 import { TidegateNode } from './node.ts';
+import { deleteKeysMatching } from '../tide/redis-keys.ts';
 
 /** One hospital of the network. */
 export interface Member {
@@ -135,12 +136,7 @@ export class Network {
     }
     const r = new Redis(this.redisUrl, { maxRetriesPerRequest: 1 });
     try {
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length > 0) await r.del(...keys);
-      } while (cursor !== '0');
+      await deleteKeysMatching(r, `${this.prefix}:*`);
     } finally {
       r.disconnect();
     }
