@@ -8,6 +8,7 @@ import type { BenchContext, BenchSection, BenchSectionResult } from './section.t
 /** Module (relative to this file) and export name of every section. */
 export const SECTION_MODULES: ReadonlyArray<{ id: string; module: string; name: string }> = [
   { id: 'merge-automerge', module: './merge-automerge.ts', name: 'mergeCompareSection' },
+  { id: 'merge-property', module: './merge-property.ts', name: 'mergePropertySection' },
   { id: 'envelope-throughput', module: './envelope.ts', name: 'envelopeThroughputSection' },
   { id: 'store-sealed', module: './store-sealed.ts', name: 'storeSealingSection' },
   { id: 'http', module: './http.ts', name: 'httpSection' },

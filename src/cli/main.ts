@@ -214,7 +214,7 @@ program
   .description('benchmarks: merge, seal/open, replication, import, then the sections (Automerge, HTTP overhead, Tide scale); writes docs/BENCHMARKS.md')
   .option('--json', 'print the figures as JSON', false)
   .option('--data <dir>', 'Synthea ndjson folder', '../shared/data/synthea-10')
-  .option('--only <ids>', 'comma-separated: core (figures 1-4) and/or section ids (merge-automerge, envelope-throughput, store-sealed, http, tide, detection)')
+  .option('--only <ids>', 'comma-separated: core (figures 1-4) and/or section ids (merge-automerge, merge-property, envelope-throughput, store-sealed, http, tide, detection)')
   .option('--quick', 'smallest sizes (smoke run; docs/BENCHMARKS.md is not written)', false)
   .action(async (o: { json: boolean; data: string; only?: string; quick: boolean }) => {
     const { runBench } = await import('./bench.ts');
