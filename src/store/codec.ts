@@ -212,3 +212,43 @@ export function decodeBody(bytes: Uint8Array, codec: number, ref?: string): stri
       throw new Error(`Unknown stored body codec ${codec}`);
   }
 }
+
+/** Where a resource's stored history chain stands (see {@link nextHistoryState}). */
+export interface HistoryChain {
+  /** State vector of the newest stored version's document, or null before the first. */
+  vsv: Uint8Array | null;
+  /** Size of the newest keyframe, bytes. */
+  kfBytes: number;
+  /** Sum of the deltas stored since that keyframe, bytes. */
+  deltaBytes: number;
+}
+
+/**
+ * Decides how the next version's document is stored: as a delta against the previous version
+ * (`Y.encodeStateAsUpdateV2(doc, previousStateVector)`) when that is smaller and the deltas since
+ * the last keyframe stay within `keyframeRatio` × the keyframe's size, else as a keyframe (the
+ * whole document). Advances `chain`. Shared by the SQLite and PostgreSQL stores (docs/storage.md,
+ * "History").
+ * @param chain - the chain so far; mutated.
+ * @param full - the version's whole document, V2 update encoding.
+ * @param keyframeRatio - deltas allowed per keyframe, as a multiple of its size (e.g. 4).
+ * @returns The bytes to store and their {@link StateKind} (`keyframe` or `delta`).
+ */
+export function nextHistoryState(chain: HistoryChain, full: Uint8Array, keyframeRatio: number): { state: Uint8Array; kind: number } {
+  const sv = stateVectorOfV2(full);
+  let state = full;
+  let kind: number = StateKind.keyframe;
+  if (chain.vsv && svCovers(sv, chain.vsv)) {
+    const delta = deltaOf(full, chain.vsv);
+    if (delta.length < full.length && chain.deltaBytes + delta.length <= keyframeRatio * chain.kfBytes) {
+      state = delta;
+      kind = StateKind.delta;
+    }
+  }
+  if (kind === StateKind.keyframe) {
+    chain.kfBytes = full.length;
+    chain.deltaBytes = 0;
+  } else chain.deltaBytes += state.length;
+  chain.vsv = sv;
+  return { state, kind };
+}

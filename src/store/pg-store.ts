@@ -56,15 +56,14 @@ import {
   compressBody,
   decodeBody,
   decodeUpdateList,
-  deltaOf,
   encodeUpdateList,
   mergeStates,
   plainBody,
-  stateVectorOfV2,
-  svCovers,
   toV1,
   toV2,
+  nextHistoryState,
 } from './codec.ts';
+import type { HistoryChain } from './codec.ts';
 
 /**
  * The schema version this build reads and writes (row `schema` of `tidegate_meta`). Version 1 (before
@@ -582,9 +581,7 @@ export class PgStore implements ResourceStore {
     const stateChanged = !e || (stateV2 !== e.stateV2 && Buffer.compare(stateV2, e.stateV2) !== 0);
     const pendingV1 = record.pending && record.pending.length > 0 ? record.pending : undefined;
     const pendingBlob = pendingV1 ? (e && e.pendingV1 === pendingV1 ? e.pendingBlob : encodeUpdateList(pendingV1)) : null;
-    let vsv = rewrite ? null : (e?.vsv ?? null);
-    let kfBytes = rewrite ? 0 : (e?.kfBytes ?? 0);
-    let deltaBytes = rewrite ? 0 : (e?.deltaBytes ?? 0);
+    const chain: HistoryChain = rewrite || !e ? { vsv: null, kfBytes: 0, deltaBytes: 0 } : { vsv: e.vsv, kfBytes: e.kfBytes, deltaBytes: e.deltaBytes };
     const versions: StoredVersion[] = rewrite ? [] : [...(e?.versions ?? [])];
     // The newest version shares the current document (kind `current`): write it out before the
     // current document moves on.
@@ -597,22 +594,7 @@ export class PgStore implements ResourceStore {
     for (let seq = from; seq < next.length; seq++) {
       const src = next[seq]!;
       const stateV1 = src.state;
-      const full = stateV1 === recordState ? stateV2 : toV2(stateV1);
-      const sv = stateVectorOfV2(full);
-      let state = full;
-      let kind: number = StateKind.keyframe;
-      if (vsv && svCovers(sv, vsv)) {
-        const delta = deltaOf(full, vsv);
-        if (delta.length < full.length && deltaBytes + delta.length <= this.keyframeRatio * kfBytes) {
-          state = delta;
-          kind = StateKind.delta;
-        }
-      }
-      if (kind === StateKind.keyframe) {
-        kfBytes = full.length;
-        deltaBytes = 0;
-      } else deltaBytes += state.length;
-      vsv = sv;
+      const { state, kind } = nextHistoryState(chain, stateV1 === recordState ? stateV2 : toV2(stateV1), this.keyframeRatio);
       const body = src.body;
       versions.push({
         versionId: src.versionId,
@@ -640,9 +622,9 @@ export class PgStore implements ResourceStore {
       stateV2,
       pendingBlob,
       versions,
-      vsv,
-      kfBytes,
-      deltaBytes,
+      vsv: chain.vsv,
+      kfBytes: chain.kfBytes,
+      deltaBytes: chain.deltaBytes,
       compacted: rewrite ? 0 : Math.min(e?.compacted ?? 0, versions.length),
     };
     if (pendingV1) entry.pendingV1 = pendingV1;

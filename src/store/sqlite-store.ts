@@ -52,15 +52,14 @@ import {
   compressBody,
   decodeBody,
   decodeUpdateList,
-  deltaOf,
   encodeUpdateList,
   mergeStates,
   plainBody,
-  stateVectorOfV2,
-  svCovers,
   toV1,
   toV2,
+  nextHistoryState,
 } from './codec.ts';
+import type { HistoryChain } from './codec.ts';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -510,30 +509,13 @@ export class SqliteStore implements ResourceStore {
     const stateChanged = !e || (stateV2 !== e.stateV2 && Buffer.compare(stateV2, e.stateV2) !== 0);
     const pendingV1 = record.pending && record.pending.length > 0 ? record.pending : undefined;
     const pendingBlob = pendingV1 ? (e && e.pendingV1 === pendingV1 ? e.pendingBlob : encodeUpdateList(pendingV1)) : null;
-    let vsv = rewrite ? null : (e?.vsv ?? null);
-    let kfBytes = rewrite ? 0 : (e?.kfBytes ?? 0);
-    let deltaBytes = rewrite ? 0 : (e?.deltaBytes ?? 0);
+    const chain: HistoryChain = rewrite || !e ? { vsv: null, kfBytes: 0, deltaBytes: 0 } : { vsv: e.vsv, kfBytes: e.kfBytes, deltaBytes: e.deltaBytes };
     const rows: NewVersionRow[] = [];
     for (let seq = from; seq < next.length; seq++) {
       const src = next[seq]!;
       const v = { versionId: src.versionId, lastUpdated: src.lastUpdated, deleted: src.deleted, body: src.body };
       const stateV1 = src.state;
-      const full = stateV1 === recordState ? stateV2 : toV2(stateV1);
-      const sv = stateVectorOfV2(full);
-      let state = full;
-      let kind: number = StateKind.keyframe;
-      if (vsv && svCovers(sv, vsv)) {
-        const delta = deltaOf(full, vsv);
-        if (delta.length < full.length && deltaBytes + delta.length <= this.keyframeRatio * kfBytes) {
-          state = delta;
-          kind = StateKind.delta;
-        }
-      }
-      if (kind === StateKind.keyframe) {
-        kfBytes = full.length;
-        deltaBytes = 0;
-      } else deltaBytes += state.length;
-      vsv = sv;
+      const { state, kind } = nextHistoryState(chain, stateV1 === recordState ? stateV2 : toV2(stateV1), this.keyframeRatio);
       rows.push({ seq, v, state, kind, stateV1 });
     }
     // A newest keyframe equal to the current document is not stored twice (most resources are
@@ -558,7 +540,7 @@ export class SqliteStore implements ResourceStore {
     }
     const sealedState = this.seal(slot, RecordKind.state, key, 0, stateV2);
     const sealedPending = pendingBlob === null ? null : this.seal(slot, RecordKind.pending, key, 0, pendingBlob);
-    const sealedVsv = vsv === null ? null : this.seal(slot, RecordKind.stateVector, key, 0, vsv);
+    const sealedVsv = chain.vsv === null ? null : this.seal(slot, RecordKind.stateVector, key, 0, chain.vsv);
     const sealedMaterial = materialize ? this.seal(slot, RecordKind.versionState, key, e.nversions - 1, e.stateV2) : undefined;
     const sealedRows = rows.map((r) => ({
       meta: this.seal(slot, RecordKind.versionMeta, key, r.seq, encodeVersionMeta(r.v.versionId, r.v.lastUpdated)),
@@ -583,7 +565,7 @@ export class SqliteStore implements ResourceStore {
         this.st.insVersion.run(rid, r.seq, sr.meta, r.v.deleted ? 1 : 0, codec, sr.state, r.kind);
         if (sr.body !== null) this.st.insFresh.run(rid, r.seq, sr.body);
       }
-      this.st.updResource.run(sealedState, sealedPending, next.length, sealedVsv, kfBytes, deltaBytes, rewrite ? 0 : next.length, rid);
+      this.st.updResource.run(sealedState, sealedPending, next.length, sealedVsv, chain.kfBytes, chain.deltaBytes, rewrite ? 0 : next.length, rid);
       db.exec('COMMIT');
     } catch (err) {
       if (db.isTransaction) db.exec('ROLLBACK');
@@ -626,9 +608,9 @@ export class SqliteStore implements ResourceStore {
     entry.versions = versions;
     if (newest) entry.newest = newest;
     entry.nversions = next.length;
-    entry.vsv = vsv;
-    entry.kfBytes = kfBytes;
-    entry.deltaBytes = deltaBytes;
+    entry.vsv = chain.vsv;
+    entry.kfBytes = chain.kfBytes;
+    entry.deltaBytes = chain.deltaBytes;
     if (last) entry.newestShared = last.kind === StateKind.current;
     else if (materialize || rewrite) entry.newestShared = false;
     if (rewrite) entry.compacted = 0;
