@@ -33,13 +33,12 @@ import {
   underPath,
 } from '../src/tide/index.ts';
 import type { DigestEntry, Replica, ResourceUpdate, TideLogger, TideOptions } from '../src/tide/index.ts';
-import { freePort, killRedisServer, startRedisServer } from './fixtures/tide/harness.ts';
+import { captureLogger, DocReplica, freePort, killRedisServer, PATIENT_NAME, REDIS_BASE, startRedisServer, waitFor, waitForJobState } from './fixtures/tide/harness.ts';
+import type { LogLine } from './fixtures/tide/harness.ts';
 
-const REDIS_BASE = (process.env.TIDE_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379').replace(/\/\d*$/, '');
 const DBS = { a: 11, b: 12, c: 13 } as const;
 const urlOf = (db: number): string => `${REDIS_BASE}/${db}`;
 /** A distinctive string that must never appear in Redis or in logs in clear. */
-const PATIENT_NAME = 'Zebulon Quixotefeather';
 
 type Keys = { secretKeys: NodeSecretKeys; publicKeys: NodePublicKeys };
 let KEYS: { a: Keys; b: Keys; c: Keys; mallory: Keys };
@@ -53,95 +52,13 @@ before(() => {
   };
 });
 
-// ------------------------------------------------------------------ a small real replica
-
-/** A real Replica: one Y.Doc per resource key; resource fields live in the doc's map 'r'. */
-class DocReplica implements Replica {
-  readonly nodeId: string;
-  readonly docs = new Map<string, Y.Doc>();
-  /** applyRemote throws this many more times before it works again. */
-  failNext = 0;
-  applyCalls = 0;
-
-  constructor(nodeId: string) {
-    this.nodeId = nodeId;
-  }
-
-  doc(key: string): Y.Doc {
-    let d = this.docs.get(key);
-    if (!d) {
-      d = new Y.Doc();
-      this.docs.set(key, d);
-    }
-    return d;
-  }
-
-  async applyRemote(updates: ResourceUpdate[], _fromNode: string): Promise<void> {
-    this.applyCalls++;
-    if (this.failNext > 0) {
-      this.failNext--;
-      throw new Error('simulated store outage');
-    }
-    for (const u of updates) Y.applyUpdate(this.doc(u.key), u.update, 'remote');
-  }
-
-  keys(): Iterable<string> {
-    return this.docs.keys();
-  }
-
-  stateVector(key: string): Uint8Array | undefined {
-    const d = this.docs.get(key);
-    return d ? Y.encodeStateVector(d) : undefined;
-  }
-
-  diffFor(key: string, remoteStateVector: Uint8Array | undefined): Uint8Array | undefined {
-    const d = this.docs.get(key);
-    if (!d) return undefined;
-    const diff = Y.encodeStateAsUpdate(d, remoteStateVector);
-    const { structs, ds } = Y.decodeUpdate(diff);
-    return structs.length === 0 && ds.clients.size === 0 ? undefined : diff;
-  }
-
-  /** A local write: sets fields of `key`, returns the update Yjs emitted. */
-  set(key: string, fields: Record<string, string>): ResourceUpdate {
-    const d = this.doc(key);
-    const captured: Uint8Array[] = [];
-    const onUpdate = (u: Uint8Array): void => {
-      captured.push(u);
-    };
-    d.on('update', onUpdate);
-    d.transact(() => {
-      for (const [k, v] of Object.entries(fields)) d.getMap('r').set(k, v);
-    });
-    d.off('update', onUpdate);
-    assert.equal(captured.length, 1);
-    return { key, update: captured[0] as Uint8Array };
-  }
-
-  json(key: string): unknown {
-    return this.docs.get(key)?.getMap('r').toJSON();
-  }
-
-  snapshot(): Record<string, unknown> {
-    const out: Record<string, unknown> = {};
-    for (const k of [...this.docs.keys()].sort()) out[k] = this.json(k);
-    return out;
-  }
-}
-
-// ------------------------------------------------------------------ harness
-
-interface LogLine {
-  level: string;
-  obj: Record<string, unknown>;
-  msg: string | undefined;
-}
-
-function captureLogger(lines: LogLine[]): TideLogger {
-  return {
-    info: (obj, msg) => lines.push({ level: 'info', obj, msg }),
-    warn: (obj, msg) => lines.push({ level: 'warn', obj, msg }),
-    error: (obj, msg) => lines.push({ level: 'error', obj, msg }),
+/** The next `n` applyRemote calls of `r` throw, as a store outage would. */
+function failTimes(r: DocReplica, n: number): void {
+  let left = n;
+  r.poison = () => {
+    if (left <= 0) return false;
+    left--;
+    throw new Error('simulated store outage');
   };
 }
 
@@ -265,18 +182,6 @@ class Mesh {
     for (const c of this.#opened.splice(0)) await c.close();
     this.#redis.clear();
   }
-}
-
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
-async function waitForJobState(q: Queue, id: string, state: string): Promise<void> {
-  await waitFor(`job ${id} ${state}`, async () => (await q.getJobState(id)) === state);
 }
 
 /** One base64url character flipped in the middle of member `field` of a serialized envelope. */
@@ -715,7 +620,7 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       await mesh.startAll();
       const A = mesh.node('a');
       const B = mesh.node('b');
-      B.replica.failNext = 1;
+      failTimes(B.replica, 1);
       A.tide.publish([A.replica.set('Patient/retry', { name: PATIENT_NAME })]);
       await mesh.quiesce();
       assert.deepEqual(B.replica.json('Patient/retry'), { name: PATIENT_NAME });
@@ -723,7 +628,7 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       assert.equal(B.replica.applyCalls, 2);
       assert.equal(B.tide.stats().messagesReceived, 1);
 
-      B.replica.failNext = 100;
+      failTimes(B.replica, 100);
       A.tide.publish([A.replica.set('Patient/doomed', { name: 'x' })]);
       await mesh.quiesce();
       const inbox = mesh.inbox('b');
@@ -735,7 +640,7 @@ describe('tide gossip over real Redis', { timeout: 120_000 }, () => {
       assert.ok(mesh.logs.some((l) => l.level === 'error' && l.msg === 'tide: inbox job failed for good'));
 
       // after the outage, anti-entropy repairs what the failed job carried
-      B.replica.failNext = 0;
+      failTimes(B.replica, 0);
       await A.tide.runAntiEntropy();
       await mesh.quiesce();
       assert.deepEqual(B.replica.json('Patient/doomed'), { name: 'x' });
