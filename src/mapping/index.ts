@@ -11,8 +11,8 @@ export { displayPath, formatIssue, loadMapping, loadMappingOrThrow, Mapping, Map
 export type { ConfigIssue, LoadMappingOptions, MappingLogger } from './load.ts';
 export { compileCondition, conditionHolds, RouteConditionError, Router } from './routing.ts';
 export type { RouteDecision } from './routing.ts';
-export { ConceptMapRefSchema, IdentifierSystemSchema, MappingFileSchema, mappingJsonSchema, PatientMatchingSchema, PeerRouteSchema, RouteRuleSchema, TRANSLATING_EQUIVALENCES } from './schema.ts';
-export type { ConceptMapRef, IdentifierSystemConfig, MappingFile, PatientMatchingConfig, RouteRule, TranslatingEquivalence } from './schema.ts';
+export { ConceptMapRefSchema, ConsentPolicySchema, IdentifierSystemSchema, MappingFileSchema, mappingJsonSchema, PatientMatchingSchema, PeerRouteSchema, RedactRuleSchema, RouteRuleSchema, TRANSLATING_EQUIVALENCES } from './schema.ts';
+export type { ConceptMapRef, ConsentPolicy, IdentifierSystemConfig, MappingFile, PatientMatchingConfig, RedactRule, RouteRule, TranslatingEquivalence } from './schema.ts';
 export { MappingError, translateResource } from './translate.ts';
 export type { ActiveConceptMap, CodingChange, MappingDirection, MappingErrorCode, TranslationResult } from './translate.ts';
 export { TRANSLATE_OPERATION, translateOperation, translateRouter } from './translate-op.ts';

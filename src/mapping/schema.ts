@@ -30,10 +30,49 @@ export const RouteRuleSchema = z.strictObject({
   description: z.string().optional().describe('free text for reviewers'),
 });
 
+/**
+ * One redaction rule of a peer (docs/mappings.md "Redaction"): an element removed from, or masked
+ * in, what the peer receives. `path` is a FHIR element path `Type.element(.child)*` without
+ * array indices (https://hl7.org/fhir/R4/elementdefinition.html#path), e.g. `Patient.telecom` or
+ * `Patient.address.line`.
+ */
+export const RedactRuleSchema = z.strictObject({
+  path: z
+    .string()
+    .regex(/^[A-Z][A-Za-z]+(\.[a-z][A-Za-z0-9]*(\[x\])?)+$/, 'an element path such as "Patient.telecom" or "Patient.address.line"')
+    .describe('FHIR element path Type.element(.child)*, without indices; every occurrence is redacted'),
+  action: z
+    .enum(['remove', 'mask'])
+    .default('remove')
+    .describe('remove: the element is left out; mask: its value is replaced by the data-absent-reason extension with code "masked" (https://hl7.org/fhir/R4/extension-data-absent-reason.html)'),
+  where: z.string().min(1).optional().describe('FHIRPath condition on the resource; the rule applies only when it holds (always when absent)'),
+  description: z.string().optional().describe('free text for reviewers'),
+});
+
 /** Routing of one peer: what this node sends it. */
 export const PeerRouteSchema = z.strictObject({
   send: z.array(RouteRuleSchema).optional().describe('a resource is sent only if some rule matches; every resource when absent'),
   withhold: z.array(RouteRuleSchema).optional().describe('a resource matching any rule is never sent, even if a send rule matches'),
+  redact: z
+    .array(RedactRuleSchema)
+    .optional()
+    .describe('elements removed or masked in what this peer receives; such a peer gets a read-only projection of the resource types named here (docs/mappings.md "Redaction")'),
+  consentActors: z
+    .array(z.string().regex(/^[A-Z][A-Za-z]+\/[A-Za-z0-9.-]{1,64}$/, 'a relative reference such as "Organization/hospital-b"'))
+    .optional()
+    .describe('references (e.g. "Organization/hospital-b") that stand for this peer in Consent.provision.actor.reference (docs/mappings.md "Consent")'),
+  description: z.string().optional(),
+});
+
+/** How Consent resources decide sharing (docs/mappings.md "Consent"). */
+export const ConsentPolicySchema = z.strictObject({
+  honour: z.boolean().default(true).describe('honour active Consent resources when deciding what each peer receives; false turns it off (not recommended)'),
+  scopes: z
+    .array(z.string().min(1))
+    .min(1)
+    .default(['patient-privacy'])
+    .describe('Consent.scope codes (http://terminology.hl7.org/CodeSystem/consentscope) that govern sharing with peers'),
+  noConsent: z.enum(['permit', 'deny']).default('permit').describe('what applies to a patient without any active Consent of those scopes: permit (opt-out model) or deny (opt-in model)'),
   description: z.string().optional(),
 });
 
@@ -111,6 +150,7 @@ export const MappingFileSchema = z.strictObject({
   routes: z.record(NodeId, PeerRouteSchema).default({}).describe('per peer node id; a peer without an entry gets every resource (subject to the node config\u2019s resourceTypes and withheldLabels)'),
   identifierSystems: z.array(IdentifierSystemSchema).default([]).describe('local identifier systems and their shared counterparts, applied at the hospital boundary'),
   patientMatching: PatientMatchingSchema.optional().describe('rules deciding when a Patient read from this hospital is the same person as one the node holds'),
+  consent: ConsentPolicySchema.default({ honour: true, scopes: ['patient-privacy'], noConsent: 'permit' }).describe('how Consent resources decide what each peer receives; honoured by default'),
 });
 
 /** A parsed mapping file (defaults applied). */
@@ -121,6 +161,10 @@ export type RouteRule = z.infer<typeof RouteRuleSchema>;
 export type ConceptMapRef = z.infer<typeof ConceptMapRefSchema>;
 /** A parsed `identifierSystems[i]`. */
 export type IdentifierSystemConfig = z.infer<typeof IdentifierSystemSchema>;
+/** A parsed redaction rule. */
+export type RedactRule = z.infer<typeof RedactRuleSchema>;
+/** A parsed `consent`. */
+export type ConsentPolicy = z.infer<typeof ConsentPolicySchema>;
 /** A parsed `patientMatching`. */
 export type PatientMatchingConfig = z.infer<typeof PatientMatchingSchema>;
 

@@ -901,6 +901,18 @@ export class Tide {
     return labels;
   }
 
+  /**
+   * Forgets the cached security labels (see `replica.securityLabels`) of `keys`, or of every key
+   * when absent, so the next send or anti-entropy round reads them again. Call it when the labels
+   * of a resource change without its document changing: a mapping reload (new routes) or a Consent
+   * written for the patient of a compartment. Synchronous; throws nothing.
+   * @param keys - resource keys (`Type/id`); absent = all.
+   */
+  invalidateLabels(keys?: Iterable<string>): void {
+    if (keys === undefined) this.#labels.clear();
+    else for (const k of keys) this.#labels.delete(k);
+  }
+
   /** True when `key` must not be sent to the link's peer: its labels match a withheld rule, or cannot be read (fail closed). */
   #withheldFrom(link: PeerLink, key: string): boolean {
     if (link.withheld.length === 0) return false;
