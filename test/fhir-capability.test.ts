@@ -97,8 +97,11 @@ const COVERAGE: Record<string, { file: string; name: string; probe: Probe }> = {
     const res = await request(h.app).post('/fhir/Patient').set('Content-Type', FHIR).set('If-None-Exist', 'identifier=urn:cap|cc').send('{"resourceType":"Patient"}').expect(200);
     assert.equal(res.body.id, 'cap-cc');
   } },
-  'flag:conditionalRead=not-match': { file: 'fhir-write.test.ts', name: 'If-None-Match on read answers 304 for the current version', probe: async (h) => {
+  'flag:conditionalRead=full-support': { file: 'fhir-edge-fixes-2.test.ts', name: 'If-Modified-Since on read: 304 when not modified since, 200 when modified; If-None-Match wins', probe: async (h) => {
     await request(h.app).get('/fhir/Patient/cap-1').set('If-None-Match', `W/"${h.replica.current('Patient/cap-1')!.versionId}"`).expect(304);
+    const later = new Date(Date.now() + 3_600_000).toUTCString();
+    await request(h.app).get('/fhir/Patient/cap-1').set('If-Modified-Since', later).expect(304);
+    await request(h.app).get('/fhir/Patient/cap-1').set('If-Modified-Since', new Date(0).toUTCString()).expect(200);
   } },
   'flag:conditionalUpdate=true': { file: 'fhir-write.test.ts', name: 'conditional update: creates, then updates the one match; 412 on several; 400 on id mismatch', probe: async (h) => {
     const res = await request(h.app).put('/fhir/Patient?identifier=urn:cap|cc').set('Content-Type', FHIR).send('{"resourceType":"Patient","gender":"female","identifier":[{"system":"urn:cap","value":"cc"}]}').expect(200);

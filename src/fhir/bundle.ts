@@ -52,7 +52,9 @@
  *
  * Responses: `Prefer: return=minimal|representation|OperationOutcome` applies to every write entry
  * (default `representation`, as for single writes); `Prefer: handling=strict` turns on strict
- * `If-Match` for every entry.
+ * `If-Match` for every entry. An entry's `request.ifMatch`, `ifNoneMatch` and `ifModifiedSince`
+ * (an HTTP date or a FHIR instant) are checked like the HTTP headers (preconditions.ts): a
+ * malformed one fails the entry with 400.
  */
 import { randomUUID } from 'node:crypto';
 import type { Bundle, BundleEntry } from '@medplum/fhirtypes';
@@ -64,6 +66,7 @@ import { compileCriteria, criteriaQuery, findMatches, matchesCriteria } from './
 import { applyPrefer, parsePrefer } from './prefer.ts';
 import type { Preferences } from './prefer.ts';
 import { parseSearchQuery } from './search.ts';
+import { parseHttpDate } from './preconditions.ts';
 import type { FhirResult, FhirService } from './service.ts';
 import { Replica } from '../merge/replica.ts';
 import type { LocalWriteResult, ReplicaOptions } from '../merge/replica.ts';
@@ -450,14 +453,8 @@ function execute(service: FhirService, a: Exclude<Action, { do: 'search' }>, e: 
     case 'nothing':
       return { status: 204, headers: {} };
     case 'read': {
-      const r = service.read(a.type, a.id, e.ifNoneMatch);
-      if (r.status === 200 && e.ifModifiedSince !== undefined) {
-        const since = Date.parse(e.ifModifiedSince);
-        if (Number.isNaN(since)) throw badRequest('ifModifiedSince must be an HTTP date or a FHIR instant', [at(e.index, '.request.ifModifiedSince')]);
-        const last = Date.parse(r.headers['Last-Modified'] ?? '');
-        if (last <= since) return { status: 304, headers: { ETag: r.headers.ETag ?? '' } };
-      }
-      return r;
+      const since = e.ifModifiedSince === undefined ? undefined : parseHttpDate(e.ifModifiedSince, 'ifModifiedSince', true);
+      return service.read(a.type, a.id, e.ifNoneMatch, since);
     }
     case 'vread':
       return service.vread(a.type, a.id, a.vid);

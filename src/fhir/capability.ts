@@ -77,7 +77,7 @@ export function capabilityStatement(baseUrl: string, nodeId: string, features: C
           readHistory: true,
           updateCreate: true,
           conditionalCreate: true,
-          conditionalRead: 'not-match',
+          conditionalRead: 'full-support',
           conditionalUpdate: true,
           conditionalDelete: 'single',
           interaction: [

@@ -11,6 +11,7 @@ import { FhirError, outcome, methodNotAllowed, notImplemented, toOutcome, badReq
 import { canonicalStringify } from './json.ts';
 import { parseSearchQuery } from './search.ts';
 import { isKnownResourceType } from './validate.ts';
+import { ifModifiedSince } from './preconditions.ts';
 import { currentFromService } from '../auth/middleware.ts';
 import type { AuthSetup } from '../auth/setup.ts';
 import { adminAuth } from '../auth/admin.ts';
@@ -163,8 +164,9 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
     type: p(req, 'type'),
     text: typeof req.body === 'string' ? req.body : '',
     contentType: header(req, 'content-type'),
-    ifMatch: header(req, 'if-match'),
-    ifNoneMatch: header(req, 'if-none-match'),
+    // Conditional headers are passed even when empty: an empty one is 400 (preconditions.ts), not absent.
+    ifMatch: req.get('if-match'),
+    ifNoneMatch: req.get('if-none-match'),
     // An empty If-None-Exist is still conditional: it has no criteria, so it is 400, not a plain create.
     ifNoneExist: req.get('if-none-exist'),
     prefer: header(req, 'prefer'),
@@ -206,9 +208,9 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   })));
   r.get('/', ha((req) => service.searchAll(parseSearchQuery(rawQuery(req)), baseUrlOf(req), header(req, 'prefer'))));
   r.get('/:type/_history', h(() => { throw notImplemented('Type-level history is not supported; GET [type]/[id]/_history'); }));
-  r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'), header(req, 'if-none-match'))));
+  r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'), req.get('if-none-match'), ifModifiedSince(req.get('if-modified-since')))));
   r.put('/:type/:id', h((req) => service.update({ ...writeReq(req), id: p(req, 'id') })));
-  r.delete('/:type/:id', h((req) => service.delete(p(req, 'type'), p(req, 'id'), header(req, 'x-tidegate-author'), header(req, 'if-match'), header(req, 'prefer'))));
+  r.delete('/:type/:id', h((req) => service.delete(p(req, 'type'), p(req, 'id'), header(req, 'x-tidegate-author'), req.get('if-match'), header(req, 'prefer'))));
   r.patch('/:type/:id', h((req) => service.patch({ ...writeReq(req), id: p(req, 'id') })));
   r.get('/:type/:id/_history', h((req) => service.history(p(req, 'type'), p(req, 'id'), baseUrlOf(req))));
   r.get('/:type/:id/_history/:vid', h((req) => service.vread(p(req, 'type'), p(req, 'id'), p(req, 'vid'))));

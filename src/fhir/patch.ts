@@ -43,14 +43,22 @@ const unprocessablePatch = (msg: string): FhirError => new FhirError(422, outcom
 /**
  * Applies a patch body to a resource.
  *
+ * Errors name the failing operation by its index in the patch (counted from 0), its kind and its
+ * path, e.g. `operation 2 (replace /birthDate): path does not exist`; they never quote values, of
+ * the patch or of the resource (PHI). Path segments that are not element names or indexes (JSON
+ * Pointer) and string literals of FHIRPath paths are shown as `…`.
+ *
  * @param base - the resource as stored (lossless FHIR JSON); not modified.
  * @param format - from {@link patchFormatOf}.
  * @param text - the raw PATCH body.
  * @returns The patched resource (lossless FHIR JSON), `resourceType` and `id` unchanged.
- * @throws {@link FhirError} 400 when the body is not JSON, not an array of operations (JSON Patch)
- *   or not a FHIRPath Patch Parameters resource, or when the patch changes `resourceType` or `id`;
- *   422 when an operation cannot be applied (missing path, failed `test`, FHIRPath error). No
- *   diagnostics quote resource content.
+ * @throws {@link FhirError} 400 when the body is not JSON, not a valid JSON Patch document
+ *   (RFC 6902 §4: an array of operations, each with a known `op`, a JSON Pointer `path`, and the
+ *   `value` or `from` its op needs) or not a valid FHIRPath Patch Parameters resource
+ *   (https://hl7.org/fhir/R4/fhirpatch.html: every parameter an `operation` with a known `type`,
+ *   a `path` and the parts its type needs), or when the patch changes `resourceType` or `id`;
+ *   422 when an operation cannot be applied (missing path, failed `test`, FHIRPath error). The
+ *   whole patch then fails: nothing of it is applied.
  */
 export function applyPatchBody(base: FhirJsonObject, format: PatchFormat, text: string): FhirJsonObject {
   let doc: FhirJson;
@@ -65,40 +73,22 @@ export function applyPatchBody(base: FhirJsonObject, format: PatchFormat, text: 
   const plain = toPlainJson(base) as Record<string, unknown>;
   let result: unknown;
   if (format === 'json-patch') {
-    if (!Array.isArray(doc) || doc.length === 0 || !doc.every((op) => isJsonObject(op) && typeof op.op === 'string' && typeof op.path === 'string')) {
-      throw badRequest('A JSON Patch body must be a non-empty array of operations, each with "op" and "path"');
-    }
-    let results;
-    try {
-      results = applyPatch(plain, toPlainJson(doc) as Operation[]);
-    } catch {
-      throw badRequest('JSON Patch could not be applied: invalid operation');
-    }
-    const failed = results.findIndex((r) => r !== null);
-    if (failed >= 0) {
-      const op = (doc[failed] as FhirJsonObject).op;
-      const kind = results[failed]?.name ?? 'Error';
-      throw unprocessablePatch(`JSON Patch operation ${failed} (${String(op)}) failed: ${kind}`);
-    }
+    const ops = checkJsonPatch(doc);
+    ops.forEach((op, i) => applyJsonPatchOperation(plain, op, i));
     result = plain;
   } else {
     if (!isJsonObject(doc) || doc.resourceType !== 'Parameters') {
       throw badRequest('A FHIRPath Patch body must be a Parameters resource (or send JSON Patch as application/json-patch+json)');
     }
-    let ops;
-    try {
-      ops = parseFhirPathPatchParameters(toPlainJson(doc) as Parameters);
-    } catch {
-      throw badRequest('Invalid FHIRPath Patch Parameters');
-    }
-    if (ops.length === 0) throw badRequest('FHIRPath Patch has no operation');
+    const ops = checkFhirPathPatch(doc);
     const typed = toTypedValue(plain);
-    try {
-      fhirpathPatchTypedValue(typed, ops);
-    } catch (err) {
-      const issue = (err as { outcome?: { issue?: Array<{ code?: string }> } }).outcome?.issue?.[0];
-      throw unprocessablePatch(`FHIRPath Patch could not be applied${issue?.code ? ` (${issue.code})` : ''}`);
-    }
+    ops.forEach((op, i) => {
+      try {
+        fhirpathPatchTypedValue(typed, parseFhirPathPatchParameters({ resourceType: 'Parameters', parameter: [op.parameter] }));
+      } catch (err) {
+        throw unprocessablePatch(`operation ${i} (${op.type} ${shownFhirPath(op.path)}): ${fhirPathFailure(err)}`);
+      }
+    });
     result = typed.value;
   }
   const patched = restoreLexical(result, base, pool);
@@ -106,6 +96,111 @@ export function applyPatchBody(base: FhirJsonObject, format: PatchFormat, text: 
   if (patched.resourceType !== base.resourceType) throw badRequest('A patch may not change resourceType', ['resourceType']);
   if (patched.id !== base.id) throw badRequest('A patch may not change id', ['id']);
   return patched;
+}
+
+/** The operations of RFC 6902 §4. */
+const JSON_PATCH_OPS = ['add', 'remove', 'replace', 'move', 'copy', 'test'];
+/** A JSON Pointer (RFC 6901 §3): empty, or `/`-separated segments where `~` is only `~0` or `~1`. */
+const JSON_POINTER = /^(\/([^~/]|~[01])*)*$/;
+
+/**
+ * Checks a JSON Patch document (RFC 6902 §4) before anything is applied.
+ * @param doc - the parsed body.
+ * @returns The operations, as plain JSON for the patch engine.
+ * @throws {@link FhirError} 400 naming the first invalid operation and what is wrong with it.
+ */
+function checkJsonPatch(doc: FhirJson): Operation[] {
+  if (!Array.isArray(doc) || doc.length === 0) throw badRequest('A JSON Patch body must be a JSON array of operations (at least one), such as [{"op":"replace","path":"/gender","value":"female"}]');
+  doc.forEach((raw, i) => {
+    if (!isJsonObject(raw)) throw badRequest(`operation ${i}: must be an object with "op" and "path"`);
+    const op = raw.op;
+    if (typeof op !== 'string' || !JSON_PATCH_OPS.includes(op)) throw badRequest(`operation ${i}: op must be one of ${JSON_PATCH_OPS.join(', ')}`);
+    if (typeof raw.path !== 'string') throw badRequest(`operation ${i} (${op}): path is required (a JSON Pointer such as /birthDate)`);
+    if (!JSON_POINTER.test(raw.path)) throw badRequest(`operation ${i} (${op}): path must be a JSON Pointer such as /birthDate (RFC 6901)`);
+    const label = `operation ${i} (${op} ${shownPointer(raw.path)})`;
+    if ((op === 'add' || op === 'replace' || op === 'test') && !('value' in raw)) throw badRequest(`${label}: value is required`);
+    if ((op === 'move' || op === 'copy') && (typeof raw.from !== 'string' || !JSON_POINTER.test(raw.from))) throw badRequest(`${label}: from is required (a JSON Pointer such as /birthDate)`);
+  });
+  return toPlainJson(doc) as Operation[];
+}
+
+/**
+ * Applies one checked JSON Patch operation to `target` (mutated).
+ * @throws {@link FhirError} 422 `operation i (op path): reason` when it cannot be applied.
+ */
+function applyJsonPatchOperation(target: Record<string, unknown>, op: Operation, i: number): void {
+  const label = `operation ${i} (${op.op} ${shownPointer(op.path)})`;
+  let error: Error | null | undefined;
+  try {
+    error = applyPatch(target, [op])[0];
+  } catch {
+    throw unprocessablePatch(`${label}: could not be applied`);
+  }
+  if (!error) return;
+  if (error.name === 'TestError') throw unprocessablePatch(`${label}: the value differs`);
+  if (error.name === 'MissingError') {
+    const from = 'from' in op ? op.from : undefined;
+    if (from !== undefined && error.message.endsWith(`: ${from}`)) throw unprocessablePatch(`${label}: from path ${shownPointer(from)} does not exist`);
+    throw unprocessablePatch(`${label}: ${op.op === 'add' || op.op === 'move' || op.op === 'copy' ? 'the parent of path does not exist' : 'path does not exist'}`);
+  }
+  throw unprocessablePatch(`${label}: could not be applied`);
+}
+
+/** A JSON Pointer for diagnostics: element names, indexes and `-` are kept, other segments become `…`. */
+function shownPointer(pointer: string): string {
+  return pointer.split('/').slice(1).map((seg) => (/^([A-Za-z_][A-Za-z0-9_]{0,63}|\d{1,9}|-)$/.test(seg) ? seg : '…')).map((seg) => `/${seg}`).join('').slice(0, 256);
+}
+
+/** A FHIRPath for diagnostics: string literals (which may hold identifiers or names) become `'…'`. */
+function shownFhirPath(path: string): string {
+  return path.replace(/'(?:[^'\\]|\\.)*'?/g, "'…'").slice(0, 256);
+}
+
+/** The operation types of https://hl7.org/fhir/R4/fhirpatch.html and the parts each needs besides `type` and `path`. */
+const FHIRPATH_PATCH_PARTS: Record<string, string[]> = { add: ['name', 'value'], insert: ['index', 'value'], delete: [], replace: ['value'], move: ['source', 'destination'] };
+
+/** One checked FHIRPath Patch operation. */
+interface FhirPathPatchOperation {
+  type: string;
+  path: string;
+  /** The `operation` parameter, as plain JSON. */
+  parameter: NonNullable<Parameters['parameter']>[number];
+}
+
+/**
+ * Checks a FHIRPath Patch Parameters resource (https://hl7.org/fhir/R4/fhirpatch.html) before
+ * anything is applied: every parameter is an `operation` with a known `type`, a `path`
+ * (valueString) and the parts its type needs (`name` valueString, `index`/`source`/`destination`
+ * valueInteger, `value` with a value[x]).
+ * @throws {@link FhirError} 400 naming the first invalid operation and what is wrong with it.
+ */
+function checkFhirPathPatch(doc: FhirJsonObject): FhirPathPatchOperation[] {
+  const params = doc.parameter;
+  if (!Array.isArray(params) || params.length === 0) throw badRequest('FHIRPath Patch has no operation');
+  return params.map((raw, i): FhirPathPatchOperation => {
+    if (!isJsonObject(raw) || raw.name !== 'operation' || !Array.isArray(raw.part)) throw badRequest(`parameter ${i} of a FHIRPath Patch must be an "operation" with parts`);
+    const parts = raw.part.filter(isJsonObject);
+    const part = (name: string) => parts.find((p) => p.name === name);
+    const type = part('type')?.valueCode;
+    if (typeof type !== 'string' || !(type in FHIRPATH_PATCH_PARTS)) throw badRequest(`operation ${i}: type must be one of ${Object.keys(FHIRPATH_PATCH_PARTS).join(', ')}`);
+    const path = part('path')?.valueString;
+    if (typeof path !== 'string' || path.trim() === '') throw badRequest(`operation ${i} (${type}): path is required`);
+    for (const need of FHIRPATH_PATCH_PARTS[type]!) {
+      const p = part(need);
+      const ok = need === 'value' ? p !== undefined && Object.keys(p).some((k) => k.startsWith('value')) : need === 'name' ? typeof p?.valueString === 'string' : isLosslessNumber(p?.valueInteger) && Number.isInteger(Number(p.valueInteger.value));
+      if (!ok) throw badRequest(`operation ${i} (${type} ${shownFhirPath(path)}): ${need} is required`);
+    }
+    return { type, path, parameter: toPlainJson(raw) as FhirPathPatchOperation['parameter'] };
+  });
+}
+
+/** Why a FHIRPath Patch operation failed, from `@medplum/core`'s error, without quoting it. */
+function fhirPathFailure(err: unknown): string {
+  const msg = err instanceof Error ? err.message : '';
+  if (/^Failed to resolve (target|base)/.test(msg)) return 'path matches no element';
+  if (msg.startsWith('Resolved multiple')) return 'path matches more than one element';
+  if (msg.startsWith('Cannot patch')) return 'path does not name one list of elements';
+  return 'could not be applied (is the path valid FHIRPath naming an element of this resource?)';
 }
 
 function collectNumbers(v: FhirJson, out: LosslessNumber[]): void {

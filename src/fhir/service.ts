@@ -16,6 +16,7 @@ import { applyPrefer, parsePrefer } from './prefer.ts';
 import { criteriaQuery, findMatches } from './conditional.ts';
 import { applyPatchBody, patchFormatOf } from './patch.ts';
 import { validateOperation } from './validate-op.ts';
+import { ifMatchVersion, parseIfNoneMatch } from './preconditions.ts';
 import { DEFAULT_MAX_BUNDLE_ENTRIES, OverlayStore, processBundle, StagingReplica } from './bundle.ts';
 import type { BundleRequest, StagedWrite, Staging } from './bundle.ts';
 import { NoConflictError, UnknownVersionError } from '../merge/replica.ts';
@@ -90,11 +91,6 @@ const FHIR_MEDIA = /^application\/(fhir\+)?json\b/i;
  */
 function strictHandling(prefer: string | undefined): boolean {
   return prefer !== undefined && /(?:^|[,;])\s*handling\s*=\s*"?strict"?\s*(?:[,;]|$)/i.test(prefer);
-}
-
-/** The version id of an ETag (`W/"12"` or `"12"`), or undefined when it is not one. */
-function etagVersion(etag: string): string | undefined {
-  return /^(W\/)?"([^"]+)"$/.exec(etag.trim())?.[2];
 }
 
 /** The REST interactions of one node. */
@@ -179,12 +175,25 @@ export class FhirService {
     return { status: 200, headers: {}, body: capabilityStatement(baseUrl, this.nodeId, { search: this.hospital !== undefined, profiles: this.profiles.byType(), translate: this.translate, ...(this.smart ? { smart: this.smart } : {}) }) };
   }
 
-  /** GET [type]/[id] — 404 unknown, 410 deleted; `If-None-Match: W/"vid"` of the current version → 304. */
-  read(type: string, id: string, ifNoneMatch?: string): FhirResult {
+  /**
+   * GET [type]/[id] — 404 unknown, 410 deleted (https://hl7.org/fhir/R4/http.html#read). Conditional
+   * read (https://hl7.org/fhir/R4/http.html#cread, RFC 7232 §3.2, §3.3, §6): 304 when
+   * `If-None-Match` is `*` or lists the current version's ETag, or, without `If-None-Match`, when
+   * the resource was not modified after `If-Modified-Since` (compared in whole seconds, as
+   * `Last-Modified` is sent).
+   * @param ifNoneMatch - the `If-None-Match` value (or a Bundle entry's `request.ifNoneMatch`).
+   * @param modifiedSince - `If-Modified-Since`, ms since the epoch (preconditions.ts `parseHttpDate`).
+   * @throws {@link FhirError} 400 for an empty or malformed `If-None-Match`, 404, 410.
+   */
+  read(type: string, id: string, ifNoneMatch?: string, modifiedSince?: number): FhirResult {
     const v = this.currentOr404(type, id);
     if (v.deleted) throw gone(`${type}/${id} was deleted (version ${v.versionId})`);
-    if (ifNoneMatch !== undefined && ifNoneMatch.split(',').some((t) => etagVersion(t) === v.versionId)) {
-      return { status: 304, headers: { ETag: `W/"${v.versionId}"` } };
+    const notModified = { status: 304, headers: { ETag: `W/"${v.versionId}"`, 'Last-Modified': new Date(v.lastUpdated).toUTCString() } };
+    if (ifNoneMatch !== undefined) {
+      const tags = parseIfNoneMatch(ifNoneMatch);
+      if (tags === '*' || tags.includes(v.versionId)) return notModified;
+    } else if (modifiedSince !== undefined && Math.floor(Date.parse(v.lastUpdated) / 1000) * 1000 <= modifiedSince) {
+      return notModified;
     }
     return this.versionResult(200, v);
   }
@@ -255,6 +264,7 @@ export class FhirService {
   create(req: WriteRequest, id: string = randomUUID()): FhirResult {
     const prefs = parsePrefer(req.prefer);
     const body = this.parseBody(req);
+    if (req.ifMatch !== undefined) ifMatchVersion(req.ifMatch);
     if (req.ifNoneExist !== undefined) {
       const ids = findMatches(this.replica, req.type, criteriaQuery(req.type, req.ifNoneExist));
       if (ids.length > 1) throw preconditionFailed(`If-None-Exist matched more than one ${req.type}`);
@@ -272,6 +282,7 @@ export class FhirService {
     const body = this.parseBody(req);
     if (body.id === undefined) throw badRequest('Resource id is required in the body of an update', ['id']);
     if (body.id !== req.id) throw badRequest(`Resource id ${String(body.id)} does not match the URL id ${req.id}`, ['id']);
+    if (req.ifMatch !== undefined) ifMatchVersion(req.ifMatch);
     if (req.ifNoneMatch !== undefined) {
       if (req.ifNoneMatch.trim() !== '*') throw badRequest('If-None-Match on a write supports only *');
       const cur = this.replica.current(`${req.type}/${req.id}`);
@@ -288,6 +299,7 @@ export class FhirService {
    */
   conditionalUpdate(req: WriteRequest & { query: string }): FhirResult {
     const body = this.parseBody(req);
+    if (req.ifMatch !== undefined) ifMatchVersion(req.ifMatch);
     const ids = findMatches(this.replica, req.type, req.query);
     if (ids.length > 1) throw preconditionFailed(`The criteria matched more than one ${req.type}`);
     let id: string;
@@ -320,8 +332,7 @@ export class FhirService {
     if (cur.deleted) throw gone(`${key} was deleted (version ${cur.versionId})`);
     let base = cur;
     if (req.ifMatch !== undefined) {
-      const vid = etagVersion(req.ifMatch);
-      if (vid === undefined) throw badRequest('If-Match must be an ETag such as W/"12"');
+      const vid = ifMatchVersion(req.ifMatch);
       const named = this.replica.version(key, vid);
       if (!named) throw preconditionFailed(`Version ${vid} of ${key} is not known to this node`);
       if (named.deleted || !named.body) throw preconditionFailed(`Version ${vid} of ${key} is a deletion`);
@@ -345,18 +356,16 @@ export class FhirService {
 
   /**
    * DELETE [type]/[id] — 204; deleting an absent or deleted resource is also 204. With `If-Match`
-   * and `Prefer: handling=strict`, 412 unless the ETag names the current version.
+   * and `Prefer: handling=strict`, 412 unless the ETag names the current version; an empty or
+   * malformed `If-Match` is 400 whatever `Prefer` says (preconditions.ts).
    */
   delete(type: string, id: string, author?: string, ifMatch?: string, prefer?: string): FhirResult {
     this.checkTypeAndId(type, id);
     const prefs = parsePrefer(prefer);
     const key = `${type}/${id}`;
     const cur = this.replica.current(key);
-    if (ifMatch !== undefined && prefs.strict) {
-      const vid = etagVersion(ifMatch);
-      if (vid === undefined) throw badRequest('If-Match must be an ETag such as W/"12"');
-      if (cur?.versionId !== vid) throw preconditionFailed(`${key} is not at version ${vid} (strict If-Match)`);
-    }
+    const vid = ifMatch === undefined ? undefined : ifMatchVersion(ifMatch);
+    if (vid !== undefined && prefs.strict && cur?.versionId !== vid) throw preconditionFailed(`${key} is not at version ${vid} (strict If-Match)`);
     if (!cur || cur.deleted) return { status: 204, headers: {} };
     const res = this.replica.write(key, null, author ? { author } : {});
     if (res.update) this.sink(key, res.update);
@@ -438,14 +447,14 @@ export class FhirService {
 
   private write(type: string, id: string, body: FhirJsonObject, req: WriteRequest, isCreate: boolean, strictIfMatch = true): FhirResult {
     const prefs = parsePrefer(req.prefer);
-    const issues = validateWithProfiles(body, this.profiles).filter(isBlocking);
+    const all = validateWithProfiles(body, this.profiles);
+    const issues = all.filter(isBlocking);
     if (issues.length > 0) throw unprocessable(issues);
     const key = `${type}/${id}`;
     let baseVersionId: string | undefined;
     if (!isCreate) {
       if (req.ifMatch !== undefined) {
-        baseVersionId = etagVersion(req.ifMatch);
-        if (baseVersionId === undefined) throw badRequest('If-Match must be an ETag such as W/"12"');
+        baseVersionId = ifMatchVersion(req.ifMatch);
         if (prefs.strict && strictIfMatch && this.replica.current(key)?.versionId !== baseVersionId) {
           throw preconditionFailed(`${key} is not at version ${baseVersionId} (strict If-Match)`);
         }
@@ -463,7 +472,7 @@ export class FhirService {
     }
     if (res.update) this.sink(key, res.update);
     const status = res.created ? 201 : 200;
-    return applyPrefer(this.versionResult(status, res.version, status === 201 ? { Location: `${type}/${id}/_history/${res.version.versionId}` } : {}), prefs);
+    return applyPrefer(this.versionResult(status, res.version, status === 201 ? { Location: `${type}/${id}/_history/${res.version.versionId}` } : {}), prefs, all.filter((i) => !isBlocking(i)));
   }
 
   private versionResult(status: number, v: VersionRecord, extra: Record<string, string> = {}): FhirResult {

@@ -53,7 +53,51 @@ export function validateFhirResource(resource: FhirJsonObject, opts: ValidateFhi
     if (!e.outcome?.issue) return [{ severity: 'error', code: 'invalid', diagnostics: 'Resource could not be validated' }];
     issues = e.outcome.issue;
   }
-  return opts.requiredBindings === true ? [...issues, ...requiredBindingIssues(plain)] : issues;
+  return withConcreteChoiceNames(resource, opts.requiredBindings === true ? [...issues, ...requiredBindingIssues(plain)] : issues);
+}
+
+/** One step of a validator expression: `name`, `name[x]`, each with optional `[i]` indexes. */
+const STEP = /^([A-Za-z_][A-Za-z0-9_]*)(\[x\])?((?:\[\d+\])*)$/;
+
+/**
+ * Names the concrete choice element in a FHIRPath expression, as OperationOutcome.issue.expression
+ * should (https://hl7.org/fhir/R4/operationoutcome-definitions.html#OperationOutcome.issue.expression,
+ * https://hl7.org/fhir/R4/formats.html#choice): the validator writes `Observation.value[x].value`
+ * where the resource has `valueQuantity`, this gives `Observation.valueQuantity.value`.
+ * @param resource - the resource the expression is about (FHIR JSON).
+ * @param expression - e.g. `Observation.component[0].value[x]`.
+ * @returns The expression with every `name[x]` step the resource resolves replaced by its element
+ *   name (`valueString`); a step it cannot resolve, and everything after it, is left unchanged.
+ */
+export function concreteChoiceExpression(resource: FhirJsonObject, expression: string): string {
+  if (!expression.includes('[x]')) return expression;
+  const steps = expression.split('.');
+  let cur: unknown = resource;
+  for (let i = 1; i < steps.length; i++) {
+    const m = STEP.exec(steps[i]!);
+    if (!m || !isJsonObject(cur)) break;
+    const [, name, choice, indexes] = m as unknown as [string, string, string | undefined, string];
+    let key = name;
+    if (choice) {
+      const found = Object.keys(cur).filter((k) => k.length > name.length && k.startsWith(name) && /^[A-Z]/.test(k.charAt(name.length)));
+      if (found.length !== 1) break;
+      key = found[0]!;
+      steps[i] = `${key}${indexes}`;
+    }
+    cur = cur[key];
+    for (const ix of indexes.match(/\d+/g) ?? []) cur = Array.isArray(cur) ? cur[Number(ix)] : undefined;
+  }
+  return steps.join('.');
+}
+
+/**
+ * Issues with {@link concreteChoiceExpression} applied to every expression.
+ * @param resource - the validated resource.
+ * @param issues - the validator's issues.
+ * @returns New issues; the others are returned as they are.
+ */
+export function withConcreteChoiceNames(resource: FhirJsonObject, issues: OperationOutcomeIssue[]): OperationOutcomeIssue[] {
+  return issues.map((i) => (i.expression?.some((x) => x.includes('[x]')) ? { ...i, expression: i.expression.map((x) => concreteChoiceExpression(resource, x)) } : i));
 }
 
 const OBJECT_PROTOTYPE_NAMES = new Set(Object.getOwnPropertyNames(Object.prototype));
