@@ -9,8 +9,10 @@
  * winner between two nodes (Yjs would pick by client id, which must not decide clinical data), and
  * nested shared types are never created (yjs issues #301, #306). The value at a path is decided by
  * tidegate from all nodes' slots: the entry with the greatest hybrid logical clock stamp wins, ties
- * broken by node id. A removed element is a tombstone entry, which competes like any value. An entry
- * that lost to a winner whose writer had not seen it is a conflict record.
+ * broken by node id (or, at elements the merge policy marks `first-writer-wins`, the earliest of
+ * the entries no other has seen, see {@link firstWriter}). A removed element is a tombstone entry,
+ * which competes like any value. An entry that lost to a winner whose writer had not seen it is a
+ * conflict record.
  *
  * Why logs rather than one Y.Map keyed by path: a Y.Map overwrite leaves a deleted Yjs item per
  * write that never merges with the node's other deleted items (their keys differ), so a document
@@ -32,11 +34,11 @@ import { parseFhirJson, isJsonObject } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
 import { parseStamp, isStamp } from './hlc.ts';
 import type { HlcStamp } from './hlc.ts';
-import { flatten, newUnflattenCache, ordersOf, unflatten } from './flatten.ts';
+import { flatten, leafMode, newUnflattenCache, ordersOf, unflatten } from './flatten.ts';
 import type { UnflattenCache } from './flatten.ts';
 import type { Leaves } from './flatten.ts';
 import type { MergePolicy } from './policy.ts';
-import { choicePattern } from './policy.ts';
+import { choicePattern, hasFirstWriterRules } from './policy.ts';
 
 /** Prefix of a node's log (a top-level Y.Array). */
 const LOG = 'n:';
@@ -279,6 +281,8 @@ function readLog(doc: Y.Doc, name: string): LogRead {
 /** Reads of logs (and of all paths) since a document's last transaction; see {@link watch}. */
 const logReads = new WeakMap<Y.Doc, Map<string, LogRead>>();
 const pathReads = new WeakMap<Y.Doc, Map<string, PathState>>();
+/** {@link readPaths} under a policy with first-writer-wins rules for the document's type. */
+const policyPathReads = new WeakMap<Y.Doc, { policy: MergePolicy; paths: Map<string, PathState> }>();
 const watched = new WeakSet<Y.Doc>();
 
 /** Drops a document's cached reads after every transaction (local write or applied update). */
@@ -288,6 +292,7 @@ function watch(doc: Y.Doc): void {
   doc.on('afterTransaction', () => {
     logReads.delete(doc);
     pathReads.delete(doc);
+    policyPathReads.delete(doc);
   });
 }
 
@@ -327,12 +332,58 @@ export function mergedHeads(doc: Y.Doc): Head[] {
 }
 
 /**
- * Reads every path's entries and winner.
+ * Reads every path's entries and winner. The winner is the greatest entry (HLC stamp, then node
+ * id), except at paths the policy marks `first-writer-wins` for the document's resource type (its
+ * `resourceType` leaf), where it is {@link firstWriter}.
  * @param doc - a resource document.
+ * @param policy - the merge policy; undefined = last writer wins everywhere.
  * @returns path → {@link PathState}. Malformed entries (not from a tidegate writer) are ignored.
  *   Cached until the document's next transaction: shared, never mutate it.
  */
-export function readPaths(doc: Y.Doc): Map<string, PathState> {
+export function readPaths(doc: Y.Doc, policy?: MergePolicy): Map<string, PathState> {
+  const base = readPathsLww(doc);
+  if (!policy?.elements) return base;
+  const typeText = base.get('resourceType')?.winner.v;
+  const type = typeText?.startsWith('"') ? typeText.slice(1, -1) : undefined;
+  if (type === undefined || !hasFirstWriterRules(policy, type)) return base;
+  const cached = policyPathReads.get(doc);
+  if (cached && cached.policy === policy) return cached.paths;
+  let out: Map<string, PathState> | undefined;
+  for (const [path, ps] of base) {
+    if (ps.entries.length === 1 && !ps.winner.x) continue;
+    if (leafMode(policy, type, path) !== 'first-writer-wins') continue;
+    const w = firstWriter(ps);
+    if (w === ps.winner) continue;
+    out ??= new Map(base);
+    out.set(path, { entries: ps.entries, winner: w });
+  }
+  const paths = out ?? base;
+  policyPathReads.set(doc, { policy, paths });
+  watch(doc);
+  return paths;
+}
+
+/**
+ * The `first-writer-wins` winner of a path: among its entries and the entries they carry (`x`),
+ * those no other of them has seen (concurrent writes; a value a later writer had seen is replaced
+ * as usual), the one with the smallest HLC stamp, then the smaller node id.
+ */
+export function firstWriter(ps: PathState): Entry {
+  const all: Entry[] = [];
+  for (const e of ps.entries) {
+    all.push(e);
+    for (const c of e.x ?? []) all.push(c);
+  }
+  let best: Entry | undefined;
+  for (const e of all) {
+    if (all.some((w) => w !== e && sawEntry(w, e))) continue;
+    if (!best || compareEntries(e, best) < 0) best = e;
+  }
+  return best ?? ps.winner;
+}
+
+/** {@link readPaths} without policy: the greatest entry wins everywhere. */
+function readPathsLww(doc: Y.Doc): Map<string, PathState> {
   const cached = pathReads.get(doc);
   if (cached) return cached;
   const out = new Map<string, PathState>();
@@ -482,10 +533,10 @@ export interface Rendered {
  * change since the document's last render are reused, not rebuilt: the returned resource shares
  * objects below its top level with earlier renders, so never mutate it below the top level.
  * @param doc - a resource document.
- * @param policy - the merge policy (for choice elements); undefined = R4 defaults.
+ * @param policy - the merge policy (choice elements, per-element rules); undefined = R4 defaults.
  */
 export function render(doc: Y.Doc, policy?: MergePolicy): Rendered {
-  const paths = readPaths(doc);
+  const paths = readPaths(doc, policy);
   const { leaves, hidden } = visibleLeaves(paths, policy);
   let maxStamp = '';
   for (const ps of paths.values()) if (ps.winner.t > maxStamp) maxStamp = ps.winner.t;
@@ -499,8 +550,9 @@ export function render(doc: Y.Doc, policy?: MergePolicy): Rendered {
     conflicts.push({ path, winner: strip(ps.winner), loser: strip(e), kind: 'value' });
   };
   for (const [path, ps] of paths) {
-    // Most paths hold one entry that carries nothing: no conflict there.
-    if (ps.entries.length === 1 && !ps.winner.x) continue;
+    // Most paths hold one entry that carries nothing: no conflict there. (Under first-writer-wins
+    // the winner may be a carried entry, so test the slot entry, not the winner.)
+    if (ps.entries.length === 1 && !ps.entries[0]!.x) continue;
     for (const e of ps.entries) {
       consider(path, ps, e);
       for (const c of e.x ?? []) consider(path, ps, c);
@@ -664,7 +716,7 @@ export function maxStampOf(doc: Y.Doc): HlcStamp | undefined {
  * @returns The number of entries written; 0 when there is no conflict record at `path`.
  */
 export function resolveConflictAt(doc: Y.Doc, path: string, value: string | null | undefined, policy: MergePolicy, ctx: WriteContext): number {
-  const paths = readPaths(doc);
+  const paths = readPaths(doc, policy);
   const records = render(doc, policy).conflicts.filter((c) => c.path === path);
   if (records.length === 0) return 0;
   let v: string | undefined;

@@ -13,12 +13,18 @@
  * - `@o` under an item holds its order number; `@v` under an item holds a primitive item's value;
  * - `name@p` is one atomic leaf holding a repeating primitive and its `_name` companion together,
  *   as `[values, companions]` (either may be null), so the two arrays always stay aligned;
- * - an array that contains null without a companion is one atomic leaf at `name`.
+ * - an array that contains null without a companion is one atomic leaf at `name`;
+ * - an element the policy marks `never-merge` is one atomic leaf at its path (a repeating one: the
+ *   whole array), holding its whole JSON value.
+ *
+ * The *element path* of a leaf (for per-element policies) drops item keys, `@o`, `@v`, the `@p`
+ * suffix and the `_` of a companion: `name[id%3An1]/given@p` is `Patient.name.given`.
  */
 import { createHash } from 'node:crypto';
 import { canonicalStringify, isJsonObject, isLosslessNumber, LosslessNumber, parseFhirJson } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
-import type { MergePolicy } from './policy.ts';
+import { childRules, elementRuleRoot, NO_RULES } from './policy.ts';
+import type { ElementMergeMode, ElementRule, MergePolicy } from './policy.ts';
 
 /** Leaves of a resource: element path → canonical JSON text of the value. */
 export type Leaves = Map<string, string>;
@@ -44,11 +50,14 @@ function contentHash(v: FhirJson): string {
   return createHash('sha256').update(canonicalStringify(v)).digest('base64url').slice(0, 16);
 }
 
-/** Identity key of an array item under element `name` (see module doc). */
-export function itemKey(name: string, item: FhirJson, policy: MergePolicy): string {
+/**
+ * Identity key of an array item under element `name` (see module doc).
+ * @param fields - the key fields; default `policy.arrayKeys[name]` (a per-element `key` of the
+ *   policy's `elements` overrides it, see {@link flatten}).
+ */
+export function itemKey(name: string, item: FhirJson, policy: MergePolicy, fields: readonly string[] | undefined = policy.arrayKeys[name]): string {
   if (isJsonObject(item)) {
     if (typeof item.id === 'string' && item.id !== '') return `id:${item.id}`;
-    const fields = policy.arrayKeys[name];
     if (fields) {
       const parts = fields.map((f) => item[f]);
       if (parts.every((p) => typeof p === 'string' || isLosslessNumber(p))) {
@@ -73,6 +82,35 @@ function isAtomicArray(arr: FhirJson[]): boolean {
   return arr.some((v) => v === null) || arr.some((v) => Array.isArray(v));
 }
 
+/**
+ * A never-merge element's value without what flatten never stores: null members, empty strings,
+ * empty objects and arrays (nulls and primitives inside arrays stay, they align with `_name`
+ * companions). Undefined when nothing remains.
+ */
+function pruneEmpty(v: FhirJson): FhirJson | undefined {
+  if (v === null || v === '') return undefined;
+  if (Array.isArray(v)) {
+    const items: FhirJson[] = [];
+    for (const x of v) {
+      if (x === null || typeof x !== 'object' || isLosslessNumber(x)) items.push(x);
+      else {
+        const p = pruneEmpty(x);
+        if (p !== undefined) items.push(p);
+      }
+    }
+    return items.some((x) => x !== null) ? items : undefined;
+  }
+  if (isJsonObject(v)) {
+    const o: FhirJsonObject = {};
+    for (const [k, x] of Object.entries(v)) {
+      const p = pruneEmpty(x);
+      if (p !== undefined) o[k] = p;
+    }
+    return Object.keys(o).length > 0 ? o : undefined;
+  }
+  return v;
+}
+
 /** Most cached top-level flattens kept per policy before the cache is emptied. */
 const FLATTEN_CACHE_SIZE = 4096;
 
@@ -87,14 +125,17 @@ const flattenCaches = new WeakMap<MergePolicy, Map<string, { leaves: Leaves; ord
  * Flattens a resource into leaves.
  *
  * @param resource - parsed FHIR JSON resource (numbers as LosslessNumber).
- * @param policy - the merge policy, for array item keys.
+ * @param policy - the merge policy: array item keys, and the per-element rules of
+ *   `resource.resourceType` (never-merge elements become one leaf; a `key` there overrides `arrayKeys`).
  * @param orders - order numbers of existing items by item path (from the base version); items not
  *   found get an order number between their neighbours. Units: dimensionless floats.
  * @returns Leaves keyed by element path; `meta.versionId` and `meta.lastUpdated` are left out.
  */
 export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: ReadonlyMap<string, number> = new Map()): Leaves {
   let out: Leaves = new Map();
-  const walk = (obj: FhirJsonObject, prefix: string): void => {
+  const type = typeof resource.resourceType === 'string' ? resource.resourceType : '';
+  const root = elementRuleRoot(policy, type);
+  const walk = (obj: FhirJsonObject, prefix: string, rules: readonly ElementRule[]): void => {
     for (const [name, value] of Object.entries(obj)) {
       const path = prefix ? `${prefix}/${name}` : name;
       if (SERVER_MANAGED.has(path)) continue;
@@ -109,6 +150,12 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
         if (value.length > 0 || companion.length > 0) out.set(`${path}${PAIR}`, canonicalStringify([value.length > 0 ? value : null, companion.length > 0 ? companion : null]));
         continue;
       }
+      const sub = rules.length === 0 ? NO_RULES : childRules(rules, name.startsWith('_') ? name.slice(1) : name);
+      if (sub.length > 0 && sub.some((r) => r.mode === 'never-merge')) {
+        const whole = pruneEmpty(value);
+        if (whole !== undefined) out.set(path, leafText(whole));
+        continue;
+      }
       if (Array.isArray(value)) {
         if (value.length === 0) continue;
         if (isAtomicArray(value)) {
@@ -117,8 +164,9 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
         }
         const seen = new Map<string, number>();
         const items: Array<{ itemPath: string; value: FhirJson }> = [];
+        const fields = sub.find((r) => r.key)?.key ?? policy.arrayKeys[name];
         for (const item of value) {
-          const base = itemKey(name, item, policy);
+          const base = itemKey(name, item, policy, fields);
           const n = (seen.get(base) ?? 0) + 1;
           seen.set(base, n);
           const key = n === 1 ? base : `${base}~${n}`;
@@ -128,11 +176,11 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
         const assigned = assignOrders(items.map((i) => i.itemPath), orders);
         items.forEach((item, i) => {
           out.set(`${item.itemPath}/${ORDER}`, String(assigned[i]));
-          if (isJsonObject(item.value)) walk(item.value, item.itemPath);
+          if (isJsonObject(item.value)) walk(item.value, item.itemPath, sub);
           else out.set(`${item.itemPath}/${VALUE}`, leafText(item.value));
         });
       } else if (isJsonObject(value)) {
-        walk(value, path);
+        walk(value, path, sub);
       } else if (value !== null && value !== '') {
         out.set(path, leafText(value));
       }
@@ -151,15 +199,16 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
   let cache = flattenCaches.get(policy);
   if (!cache) flattenCaches.set(policy, (cache = new Map()));
   for (const [g, sub] of groups) {
-    // `meta` holds the server-managed versionId/lastUpdated, which differ in every version.
-    const key = g === 'meta' ? undefined : `${g}\u0000${canonicalStringify(sub)}`;
+    // `meta` holds the server-managed versionId/lastUpdated, which differ in every version. With
+    // element rules for this type, the leaves also depend on the type.
+    const key = g === 'meta' ? undefined : `${root ? `${type}\u0001` : ''}${g}\u0000${canonicalStringify(sub)}`;
     const hit = key === undefined ? undefined : cache.get(key);
     if (hit && hit.orders.every(([itemPath, o]) => orders.get(itemPath) === o)) {
       for (const [path, text] of hit.leaves) result.set(path, text);
       continue;
     }
     out = new Map();
-    walk(sub, '');
+    walk(sub, '', root ? [root] : NO_RULES);
     for (const [path, text] of out) result.set(path, text);
     if (key !== undefined) {
       const consulted: Array<[string, number | undefined]> = [];
@@ -406,4 +455,44 @@ function unflattenCached(leaves: ReadonlyMap<string, string>, cache: UnflattenCa
   }
   cache.groups = next;
   return { resource, orphans };
+}
+
+/** Leaf path → effective mode, per policy and resource type (paths recur in every read). */
+const modeCaches = new WeakMap<MergePolicy, Map<string, Map<string, ElementMergeMode>>>();
+
+/**
+ * The merge mode of a leaf under the policy's per-element rules (docs/merge.md "Per-element merge
+ * policies"): the mode of the most specific configured element the leaf lies in, matching a choice
+ * variant segment (`valueQuantity`) to its element (`value[x]`); `last-writer-wins` when none.
+ * `@deleted` is always `last-writer-wins`.
+ * @param policy - the merge policy.
+ * @param type - the resource type (from the `resourceType` leaf).
+ * @param path - a leaf path (grammar in the module doc).
+ */
+export function leafMode(policy: MergePolicy, type: string, path: string): ElementMergeMode {
+  const root = elementRuleRoot(policy, type);
+  if (!root) return 'last-writer-wins';
+  let byType = modeCaches.get(policy);
+  if (!byType) modeCaches.set(policy, (byType = new Map()));
+  let cache = byType.get(type);
+  if (!cache) byType.set(type, (cache = new Map()));
+  const hit = cache.get(path);
+  if (hit) return hit;
+  let mode: ElementMergeMode = 'last-writer-wins';
+  let rules: readonly ElementRule[] = [root];
+  for (const seg of splitPath(path)) {
+    if (seg === ORDER || seg === VALUE) continue;
+    if (seg.startsWith('@')) break;
+    let name = seg;
+    const bracket = name.indexOf('[');
+    if (bracket >= 0) name = name.slice(0, bracket);
+    if (name.endsWith(PAIR)) name = name.slice(0, -PAIR.length);
+    if (name.startsWith('_')) name = name.slice(1);
+    rules = childRules(rules, name);
+    if (rules.length === 0) break;
+    for (const r of rules) if (r.mode) mode = r.mode;
+  }
+  if (cache.size > 100_000) cache.clear();
+  cache.set(path, mode);
+  return mode;
 }

@@ -177,11 +177,11 @@ export class Replica {
     const rec = this.store.get(key);
     const doc = this.take(key, rec);
     const before = rec?.versions[rec.versions.length - 1];
-    let basePaths = readPaths(doc);
+    let basePaths = readPaths(doc, this.policy);
     if (opts.baseVersionId !== undefined && opts.baseVersionId !== before?.versionId) {
       const base = rec?.versions.find((v) => v.versionId === opts.baseVersionId);
       if (!base) throw new UnknownVersionError(`Version ${opts.baseVersionId} of ${key} is not known to this node`);
-      basePaths = readPaths(loadDoc(base.state, this.nodeId));
+      basePaths = readPaths(loadDoc(base.state, this.nodeId), this.policy);
     }
     const sv = Y.encodeStateVector(doc);
     // After a restart the clock starts from the wall clock: move it past every stored stamp first.
