@@ -206,10 +206,10 @@ describe('tidegate serve: peer key reload without restart (POST /admin/reload, S
     assert.deepEqual(await deliver('rl-1'), { state: 'failed', reason: 'ERR_UNKNOWN_PEER' });
     const res = await fetch(`${base}/admin/reload`, { method: 'POST' });
     assert.equal(res.status, 200);
-    const body = (await res.json()) as { node: string; reloaded: { changed: { nodeId: string; sigKeyIds: { to: string[] } }[] } };
+    const body = (await res.json()) as { node: string; reloaded: { keys: { changed: { nodeId: string; sigKeyIds: { to: string[] } }[] } } };
     assert.equal(body.node, 'srv-b');
-    assert.equal(body.reloaded.changed[0]?.nodeId, 'srv-a');
-    assert.equal(body.reloaded.changed[0]?.sigKeyIds.to[0], keyStoreToPublicKeys(a).sigKeyId);
+    assert.equal(body.reloaded.keys.changed[0]?.nodeId, 'srv-a');
+    assert.equal(body.reloaded.keys.changed[0]?.sigKeyIds.to[0], keyStoreToPublicKeys(a).sigKeyId);
     assert.deepEqual(await deliver('rl-2'), { state: 'completed', reason: undefined });
   });
 

@@ -175,6 +175,28 @@ describe('peer authorization', () => {
     for (const t of tides.splice(0)) await t.stop();
   });
 
+  test('outbound: a label added after a batch was taken but before it is sealed withholds it (judged again at seal time)', async () => {
+    const a = new BodyReplica('A');
+    const tideA = await start('A', a, { withheldLabels: ['PSY'] }, { prefix: `${prefix}-seal` });
+    const secret = `sealtime-${randomUUID()}`;
+    tideA.publish([a.write('Patient/p-seal', { resourceType: 'Patient', id: 'p-seal', name: [{ family: secret }] }), a.write('Patient/p-fine', { resourceType: 'Patient', id: 'p-fine' })]);
+    // flush() takes the batch now (synchronously); sealing waits for the next turn of the event loop
+    const flushed = tideA.flush();
+    a.write('Patient/p-seal', { resourceType: 'Patient', id: 'p-seal', meta: { security: [{ system: V3_ACT_CODE, code: 'PSY' }] }, name: [{ family: secret }] });
+    await flushed;
+    const inboxB = new Queue(inboxQueueName('B'), { connection: { url: urlB }, prefix: `${prefix}-seal`, skipMetasUpdate: true });
+    queues.push(inboxB);
+    const jobs = await inboxB.getJobs(['waiting', 'prioritized', 'delayed']);
+    const listed = new Set(jobs.flatMap((j) => (peekHeader((j.data as { env: string }).env) as { resources: string[] }).resources));
+    assert.deepEqual([...listed].sort(), ['Patient/p-fine']);
+    const rb = r(urlB);
+    for (const k of await rb.keys(`${prefix}-seal:*`)) {
+      if ((await rb.type(k)) === 'hash') assert.ok(!JSON.stringify(await rb.hgetall(k)).includes('Patient/p-seal'));
+    }
+    await tideA.stop();
+    for (const k of await rb.keys(`${prefix}-seal:*`)) await rb.del(k);
+  });
+
   test('quarantined peer: refused (ERR_PEER_QUARANTINED), nothing sent to it, kept across a restart, released by releasePeer', async () => {
     const a = new BodyReplica('A');
     const b = new BodyReplica('B');

@@ -181,14 +181,15 @@ program
   .command('map')
   .description('mapping tools (docs/mappings.md)')
   .command('preview')
-  .description("show what a peer (--peer) or this node's hospital would get for a resource after routing and code translation, as a diff against the input")
+  .description("show what a peer (--peer) or this node's hospital would get for a resource after routing, Consent, translation, redaction and identifier mapping, as a diff against the input")
   .argument('<resource>', 'FHIR resource JSON file')
   .requiredOption('--config <file>', 'node configuration JSON (with mappingFile)')
   .option('--peer <id>', 'a peer node id; without it: what this node writes to its own hospital')
+  .option('--consent <file...>', 'Consent resources (or Bundles of them) the patient has, honoured as the node would (with --peer)')
   .option('--json', 'print the preview as JSON', false)
-  .action(async (file: string, o: { config: string; peer?: string; json: boolean }) => {
+  .action(async (file: string, o: { config: string; peer?: string; consent?: string[]; json: boolean }) => {
     const { formatPreview, previewMapping } = await import('../mapping/preview.ts');
-    const p = previewMapping({ config: o.config, peer: o.peer, file });
+    const p = previewMapping({ config: o.config, peer: o.peer, file, consent: o.consent });
     process.stdout.write(o.json ? `${JSON.stringify(p)}\n` : formatPreview(p));
     process.exitCode = p.rejected ? 1 : 0;
   });

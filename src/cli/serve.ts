@@ -15,7 +15,10 @@ import { StoreIdMap } from '../store/id-map.ts';
 import { RevocationList } from '../security/index.ts';
 import { AuditTrail } from '../audit/index.ts';
 import { hardeningFromConfig } from '../fhir/hardening.ts';
-import { loadMappingOrThrow } from '../mapping/load.ts';
+import { displayPath, formatIssue, loadMappingOrThrow, MappingConfigError } from '../mapping/load.ts';
+import { LiveMapping } from '../mapping/live.ts';
+import { openProjectionSqlite } from '../mapping/projection.ts';
+import { createServer } from 'node:net';
 import { readRedisTls, readServerTls } from '../transport/tls.ts';
 
 /**
@@ -33,7 +36,9 @@ function settingReadError(setting: string, file: string, err: unknown): unknown 
 
 /**
  * Starts a node from a configuration file and runs until SIGINT/SIGTERM. SIGHUP (or
- * `POST /admin/reload`) re-reads the peers' public key files without a restart (all or nothing).
+ * `POST /admin/reload`) re-reads the mapping file and the peers' public key files without a
+ * restart, all or nothing (src/mapping/live.ts `nodeReloader`); the node config itself is not
+ * reloaded. The HTTP port is checked free before anything is opened (nothing gossips when it is taken).
  * @param configPath - node configuration JSON (see config/node-a.example.json).
  * @param opts.insecureDev - `--insecure-dev`: allowed only without `auth` and on a loopback `listen.host`.
  * @throws Error when the config has no `auth` and `--insecure-dev` on loopback was not given, when the config, key files or policy are invalid, the store file or PostgreSQL
@@ -46,7 +51,11 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
   const log = pino({ level: cfg.logLevel });
   if (authMode === 'insecure-dev') log.warn({ host: cfg.listen.host }, 'INSECURE DEV MODE: no client authorization; FHIR API bound to loopback only');
   // The mapping file (docs/mappings.md): an invalid one stops the start, with `tidegate config check`'s messages.
-  const mapping = cfg.mappingFile ? loadMappingOrThrow(cfg.mappingFile, { peers: cfg.peers.map((p) => p.nodeId), logger: log }) : undefined;
+  const mappingOptions = { peers: cfg.peers.map((p) => p.nodeId), logger: log };
+  const mapping = cfg.mappingFile ? new LiveMapping(loadMappingOrThrow(cfg.mappingFile, mappingOptions), mappingOptions) : undefined;
+  mapping?.onReload((next) => () => log.info({ file: displayPath(next.file) }, 'mapping reloaded'));
+  // A port in use stops the start here, before Redis, the store or gossip are touched.
+  await assertPortFree(cfg.listen.port, cfg.listen.host);
   // HTTPS certificate and key, read (and the key file's mode checked) before anything is opened
   const serverTls = cfg.tls ? readServerTls(cfg.tls) : undefined;
   const secretKeys = await readSecretKeys(cfg.secretKeyFile).catch((err: unknown) => {
@@ -81,7 +90,11 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
     return result;
   };
   const onHup = (): void => {
-    reloadKeys().catch((err: unknown) => log.error({ err: (err as Error).message }, 'peer public keys NOT reloaded (nothing changed)'));
+    node.reload!().catch((err: unknown) => {
+      // mapping issues are config text (file:line:column and message), never resource content
+      if (err instanceof MappingConfigError) for (const i of err.issues) log.error({ file: i.file, line: i.line, column: i.column }, `mapping NOT reloaded (nothing changed): ${formatIssue(i).split('\n')[0]}`);
+      else log.error({ err: (err as Error).message }, 'peer public keys NOT reloaded (nothing changed, mapping included)');
+    });
   };
   // Durable by default (config `storeFile`, or `storeUrl` for PostgreSQL): a write is answered
   // only once it is on disk.
@@ -92,6 +105,18 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
     { secretKeys },
   );
   log.info({ store: opened.kind, location: opened.location }, 'resource store opened');
+  // Redaction: each redacted peer's projection store, a sealed SQLite file next to a SQLite store
+  // (`<storeFile>.projection-<peer>.<epoch>.sqlite`); in memory for a memory or PostgreSQL store.
+  const projectionClosers: (() => void)[] = [];
+  const projectionStore =
+    opened.kind === 'sqlite'
+      ? (peerId: string) => {
+          const p = openProjectionSqlite(opened.location, peerId, { secretKeys });
+          projectionClosers.push(p.close);
+          log.info({ peer: peerId, epoch: p.epoch }, 'projection store opened');
+          return p;
+        }
+      : undefined;
   // The hash-chained audit trail (docs/security.md "Audit trail"); it continues the chain on disk.
   const audit = await AuditTrail.open(cfg.auditFile!, { nodeId: cfg.nodeId, log });
   log.info({ audit: cfg.auditFile, head: audit.head.seq }, 'audit trail opened');
@@ -119,6 +144,7 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
     // hostile-input limits, rate limit, HTTP timeouts, HTTPS (docs/security.md "Hostile input")
     hardening: hardeningFromConfig(cfg.http).hardening,
     server: { ...hardeningFromConfig(cfg.http).timeouts, ...(serverTls ? { tls: serverTls } : {}) },
+    ...(projectionStore ? { projectionStore } : {}),
   });
   try {
     process.on('SIGHUP', onHup); // before start: an early SIGHUP must not kill the node
@@ -133,6 +159,24 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
     process.off('SIGHUP', onHup);
     await revocations.close();
     await audit.close();
+    for (const close of projectionClosers) close();
     await opened.close();
   }
+}
+
+/**
+ * Fails when `port` cannot be bound on `host` (in use, or not allowed), by binding it and closing
+ * it again. A small window remains before the node binds it for good; the node's own listen error
+ * is still reported then.
+ * @param port - TCP port; 0 (any free port) is not checked.
+ * @param host - interface, as in the config's `listen.host`.
+ * @throws Error `listen: port P on H is not available (EADDRINUSE)`.
+ */
+async function assertPortFree(port: number, host: string): Promise<void> {
+  if (port === 0) return;
+  await new Promise<void>((resolve, reject) => {
+    const s = createServer();
+    s.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`listen: port ${port} on ${host} is not available (${err.code ?? err.message})`, { cause: err })));
+    s.listen({ port, host, exclusive: true }, () => s.close(() => resolve()));
+  });
 }

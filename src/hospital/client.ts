@@ -175,7 +175,9 @@ export interface HospitalClientOptions {
   /**
    * Code translation (src/mapping, docs/mappings.md): {@link HospitalClient.upsert} writes
    * `translate(resource, 'outbound')` (target codings added, originals kept). A write a `reject`
-   * map refuses fails with `ERR_HOSPITAL_REJECTED` (not retried), status undefined.
+   * map refuses fails with `ERR_HOSPITAL_REJECTED` (not retried), status undefined. Called once
+   * per write: give a `LiveMapping` (src/mapping/live.ts) and each write uses the mapping in force
+   * when it is made, so a reload applies from the next write on.
    */
   mapping?: Pick<Mapping, 'translate'>;
 }

@@ -83,6 +83,8 @@ export interface HospitalPollerOptions {
    * Code translation (src/mapping, docs/mappings.md): each hospital version is translated
    * (`translate(body, 'inbound')`: target codings added, originals kept) before it is merged, so
    * every replica holds the translated bytes. A version a `reject` map refuses counts as `rejected`.
+   * Called once per version: with a `LiveMapping` (src/mapping/live.ts) each version is translated
+   * under the mapping in force when it is read, so a reload applies from the next version on.
    */
   mapping?: Pick<Mapping, 'translate'>;
   /**

@@ -223,7 +223,7 @@ export function runConfigCheck(configPath: string, opts: ConfigCheckOptions = {}
     try {
       loadMergePolicy(cfg.mergePolicyFile);
     } catch (err) {
-      issues.push({ severity: 'error', file: displayPath(cfg.mergePolicyFile), line: 1, column: 1, pointer: '', message: (err as Error).message, hint: 'see docs/merge.md "Repeating elements"' });
+      issues.push({ severity: 'error', file: displayPath(cfg.mergePolicyFile), line: 1, column: 1, pointer: '', message: (err as Error).message, hint: 'see docs/merge.md "Merge policy file" and "Per-element merge policies"' });
     }
   }
   const profilesDir = opts.profilesDir ?? DEFAULT_PROFILES_DIR;

@@ -13,10 +13,13 @@ import { compileConceptMap, ConceptMapError } from './conceptmap.ts';
 import type { CompiledConceptMap } from './conceptmap.ts';
 import { jsonPositions, positionOf, toPointer } from './json-position.ts';
 import type { JsonPositions } from './json-position.ts';
+import { isYamlFile, yamlPositions, yamlTypeHint } from './yaml-position.ts';
 import { compileCondition, Router } from './routing.ts';
+import { compileRedactRule, RedactRuleError, redactResource } from './redact.ts';
+import type { CompiledRedactRule } from './redact.ts';
 import type { RouteDecision } from './routing.ts';
 import { MappingFileSchema } from './schema.ts';
-import type { MappingFile, PatientMatchingConfig } from './schema.ts';
+import type { ConsentPolicy, MappingFile, PatientMatchingConfig } from './schema.ts';
 import { CrosswalkError, readCrosswalk, translateIdentifiers } from './identifiers.ts';
 import type { ActiveIdentifierSystem, Crosswalk, IdentifierChange } from './identifiers.ts';
 import { translateResource } from './translate.ts';
@@ -87,6 +90,29 @@ export function readJsonFile(file: string): { value: unknown; positions: JsonPos
   return { value: JSON.parse(text) as unknown, positions, issue: undefined };
 }
 
+/**
+ * Reads a mapping file for the checks: YAML 1.2 when its name ends in `.yaml`/`.yml`
+ * (src/mapping/yaml-position.ts), JSON otherwise (ConceptMaps stay FHIR JSON: {@link readJsonFile}).
+ * @param file - path of the file.
+ * @returns As {@link readJsonFile}, plus for YAML a `hint` for schema issues caused by YAML's
+ *   implicit typing (undefined: use the default hint).
+ */
+export function readConfigFile(file: string): ReturnType<typeof readJsonFile> & { hint?: (i: z.core.$ZodIssue) => string | undefined } {
+  let text: string;
+  try {
+    if (!isYamlFile(file)) return readJsonFile(file);
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return readJsonFile(file); // reports the unreadable file
+  }
+  const { value, positions } = yamlPositions(text);
+  if (positions.error) {
+    const { message, position, pointer, hint } = positions.error;
+    return { value: undefined, positions, issue: { severity: 'error', file: displayPath(file), ...position, pointer, message, hint } };
+  }
+  return { value, positions, issue: undefined, hint: (i) => yamlTypeHint(positions, i) };
+}
+
 /** Fix hints for zod issue codes. */
 function zodHint(issue: z.core.$ZodIssue): string {
   switch (issue.code) {
@@ -108,9 +134,9 @@ function zodHint(issue: z.core.$ZodIssue): string {
  * @param file - the file path (for messages).
  * @param positions - positions of the file's text.
  * @param issues - zod issues.
- * @param hint - optional hint override.
+ * @param hint - optional hint override (returning undefined: the default hint).
  */
-export function zodIssues(file: string, positions: JsonPositions, issues: readonly z.core.$ZodIssue[], hint?: (i: z.core.$ZodIssue) => string): ConfigIssue[] {
+export function zodIssues(file: string, positions: JsonPositions, issues: readonly z.core.$ZodIssue[], hint?: (i: z.core.$ZodIssue) => string | undefined): ConfigIssue[] {
   return issues.flatMap((i) => {
     const keys = i.code === 'unrecognized_keys' ? i.keys : [undefined];
     return keys.map((k) => {
@@ -148,16 +174,67 @@ export class Mapping {
   readonly identifierSystems: readonly ActiveIdentifierSystem[];
   /** Patient matching rules (src/mapping/matching.ts) with `reviewFile` resolved to an absolute path; absent when not configured. */
   readonly patientMatching: PatientMatchingConfig | undefined;
+  /** How Consent resources decide sharing (src/mapping/consent.ts), defaults applied. */
+  readonly consent: ConsentPolicy;
+  readonly #consentActors: ReadonlyMap<string, readonly string[]>;
   readonly #log: MappingLogger | undefined;
+  readonly #redactions: ReadonlyMap<string, readonly CompiledRedactRule[]>;
+  readonly #redactedTypes = new Map<string, ReadonlySet<string>>();
 
   /** Use {@link loadMapping} or {@link loadMappingOrThrow}. */
-  constructor(file: string, router: Router, conceptMaps: readonly ActiveConceptMap[], logger?: MappingLogger, identity: { identifierSystems?: readonly ActiveIdentifierSystem[]; patientMatching?: PatientMatchingConfig } = {}) {
+  constructor(file: string, router: Router, conceptMaps: readonly ActiveConceptMap[], logger?: MappingLogger, identity: { identifierSystems?: readonly ActiveIdentifierSystem[]; patientMatching?: PatientMatchingConfig; redactions?: ReadonlyMap<string, readonly CompiledRedactRule[]>; consent?: ConsentPolicy; consentActors?: ReadonlyMap<string, readonly string[]> } = {}) {
     this.file = file;
     this.router = router;
     this.conceptMaps = conceptMaps;
     this.identifierSystems = identity.identifierSystems ?? [];
     this.patientMatching = identity.patientMatching;
     this.#log = logger;
+    this.#redactions = identity.redactions ?? new Map();
+    this.consent = identity.consent ?? { honour: true, scopes: ['patient-privacy'], noConsent: 'permit' };
+    this.#consentActors = identity.consentActors ?? new Map();
+  }
+
+  /**
+   * The references that stand for a peer in `Consent.provision.actor` (`routes.<peer>.consentActors`).
+   * @param peerId - a peer node id.
+   * @returns e.g. `["Organization/hospital-b"]`; empty when none are configured.
+   */
+  consentActors(peerId: string): readonly string[] {
+    return this.#consentActors.get(peerId) ?? [];
+  }
+
+  /**
+   * The redaction rules of a peer's route (src/mapping/redact.ts), or undefined when it has none:
+   * such a peer is a projection peer for {@link redactedTypes} (src/mapping/projection.ts).
+   * @param peerId - a peer node id.
+   */
+  redactionFor(peerId: string): readonly CompiledRedactRule[] | undefined {
+    const rules = this.#redactions.get(peerId);
+    return rules !== undefined && rules.length > 0 ? rules : undefined;
+  }
+
+  /**
+   * The resource types a peer's redaction rules name (empty when it has none).
+   * @param peerId - a peer node id.
+   */
+  redactedTypes(peerId: string): ReadonlySet<string> {
+    let types = this.#redactedTypes.get(peerId);
+    if (types === undefined) {
+      types = new Set((this.#redactions.get(peerId) ?? []).map((r) => r.type));
+      this.#redactedTypes.set(peerId, types);
+    }
+    return types;
+  }
+
+  /**
+   * Redacts a resource for a peer (src/mapping/redact.ts `redactResource`); a `where` that fails
+   * to evaluate is logged (rule place, no content) and the rule applied (fail closed).
+   * @param peerId - a peer node id.
+   * @param resource - FHIR JSON; not modified.
+   * @returns The copy the peer receives and the element paths redacted (no values).
+   */
+  redact<T extends FhirJsonObject>(peerId: string, resource: T): { resource: T; redacted: string[] } {
+    return redactResource(resource, this.#redactions.get(peerId) ?? [], (rule, err) => this.#log?.warn({ peer: peerId, rule: rule.at, err: err.message }, 'mapping: redaction condition failed; element redacted'));
   }
 
   /** Peer ids that have routing rules. */
@@ -233,7 +310,7 @@ function conceptMapsIn(dir: string): Map<string, string> {
 
 /**
  * Loads and checks a mapping file. Never throws for a bad file: every problem is an issue.
- * @param file - path of the mapping JSON.
+ * @param file - path of the mapping file (JSON, or YAML when named `*.yaml`/`*.yml`).
  * @param opts - see {@link LoadMappingOptions}.
  * @returns The mapping when there is no error, and every issue (errors and warnings) in file order.
  */
@@ -242,10 +319,10 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
   const shown = displayPath(path);
   const issues: ConfigIssue[] = [];
   const files = [path];
-  const read = readJsonFile(path);
+  const read = readConfigFile(path);
   if (read.issue) return { mapping: undefined, issues: [read.issue], files };
   const parsed = MappingFileSchema.safeParse(read.value);
-  if (!parsed.success) return { mapping: undefined, issues: zodIssues(path, read.positions, parsed.error.issues), files };
+  if (!parsed.success) return { mapping: undefined, issues: zodIssues(path, read.positions, parsed.error.issues, read.hint), files };
   const cfg: MappingFile = parsed.data;
   const at = (pointer: string): { file: string; line: number; column: number; pointer: string } => ({ file: shown, ...positionOf(read.positions, pointer), pointer });
   const dir = dirname(path);
@@ -356,6 +433,7 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
 
   // Routes
   const peers = opts.peers === undefined ? undefined : new Set(opts.peers);
+  const redactions = new Map<string, CompiledRedactRule[]>();
   for (const [peer, route] of Object.entries(cfg.routes)) {
     const rptr = `/routes/${peer.replace(/~/g, '~0').replace(/\//g, '~1')}`;
     if (peers !== undefined && !peers.has(peer)) {
@@ -380,16 +458,29 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
     if (route.send !== undefined && route.send.length === 0) {
       issues.push({ severity: 'warning', ...at(`${rptr}/send`), message: `"send": [] sends nothing to ${peer}`, hint: 'leave "send" out to send everything, or list what to send' });
     }
+    if (route.consentActors !== undefined && !cfg.consent.honour) {
+      issues.push({ severity: 'warning', ...at(`${rptr}/consentActors`), message: `consentActors of ${peer} are unused: "consent.honour" is false, so no Consent is honoured`, hint: 'remove "consentActors", or set "consent": { "honour": true }' });
+    }
+    // Redaction (src/mapping/redact.ts): every path an R4 element, every condition compiles
+    (route.redact ?? []).forEach((rule, i) => {
+      try {
+        const compiled = compileRedactRule(rule, `routes.${peer}.redact[${i}]`);
+        redactions.set(peer, [...(redactions.get(peer) ?? []), compiled]);
+      } catch (err) {
+        if (!(err instanceof RedactRuleError)) throw err;
+        issues.push({ severity: 'error', ...at(`${rptr}/redact/${i}/${err.member}`), message: err.message, hint: err.member === 'path' ? 'an R4 element path such as "Patient.telecom", "Patient.address.line" or "Observation.value[x]" (https://hl7.org/fhir/R4/elementdefinition.html#path)' : "FHIRPath such as \"meta.tag.where(code = 'research').exists()\"; see https://hl7.org/fhir/R4/fhirpath.html" });
+      }
+    });
   }
   issues.sort((a, b) => (a.file === b.file ? a.line - b.line || a.column - b.column : 0));
   if (issues.some((i) => i.severity === 'error')) return { mapping: undefined, issues, files };
   const router = new Router(cfg.routes, opts.logger ? { onError: (peerId, where, err) => opts.logger!.warn({ peer: peerId, rule: where, err: err.message }, 'mapping: routing condition failed; resource withheld') } : {});
-  return { mapping: new Mapping(path, router, active, opts.logger, { identifierSystems: idSystems, ...(patientMatching !== undefined ? { patientMatching } : {}) }), issues, files };
+  return { mapping: new Mapping(path, router, active, opts.logger, { identifierSystems: idSystems, ...(patientMatching !== undefined ? { patientMatching } : {}), redactions, consent: cfg.consent, consentActors: new Map(Object.entries(cfg.routes).map(([peer, r]) => [peer, r.consentActors ?? []])) }), issues, files };
 }
 
 /**
  * {@link loadMapping} for start-up: the node refuses to start with an invalid mapping file.
- * @param file - path of the mapping JSON.
+ * @param file - path of the mapping file (JSON, or YAML when named `*.yaml`/`*.yml`).
  * @param opts - see {@link LoadMappingOptions}.
  * @returns The mapping (warnings are logged to `opts.logger` when given).
  * @throws MappingConfigError listing every error and warning (file:line:column, message, hint).

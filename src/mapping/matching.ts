@@ -33,6 +33,7 @@ import { isJsonObject, parseFhirJson } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import type { Replica } from '../merge/replica.ts';
 import type { PatientMatchingConfig } from './schema.ts';
+import type { LiveMapping } from './live.ts';
 
 /** The matching rules in use (mapping file `patientMatching`, defaults applied). */
 export interface MatchRules {
@@ -191,7 +192,7 @@ export function pairId(a: string, b: string): string {
  * or the new list, never half of one). Entries are never acted on automatically.
  */
 export class MatchReviewList {
-  readonly #file: string | undefined;
+  #file: string | undefined;
   readonly #open = new Map<string, MatchReviewEntry>();
   readonly #dismissed = new Set<string>();
 
@@ -201,18 +202,40 @@ export class MatchReviewList {
    */
   constructor(file?: string) {
     this.#file = file;
-    if (file === undefined) return;
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw err;
-    }
-    const v = JSON.parse(text) as Partial<ReviewFile>;
-    if (v?.v !== 1 || !Array.isArray(v.open) || !Array.isArray(v.dismissed)) throw new Error(`${file}: not a tidegate match review list (expected {"v":1,"open":[],"dismissed":[]})`);
-    for (const e of v.open) this.#open.set(e.id, e);
-    for (const d of v.dismissed) this.#dismissed.add(d);
+    const saved = readReviewFile(file);
+    if (saved === undefined) return;
+    for (const e of saved.open) this.#open.set(e.id, e);
+    for (const d of saved.dismissed) this.#dismissed.add(d);
+  }
+
+  /** The file the list is kept in; undefined: memory only. */
+  get file(): string | undefined {
+    return this.#file;
+  }
+
+  /**
+   * Prepares keeping the list in another file (a mapping reload that changed `reviewFile`): the
+   * new file is read now (nothing changes yet); the returned function merges its entries with
+   * those in memory (a pair dismissed in either stays dismissed), keeps the list there from then
+   * on and writes it (a failed write is retried by the next change). The old file is left as it is.
+   * @param file - the new file; undefined: memory only from then on.
+   * @returns The commit function (throws nothing).
+   * @throws Error when the new file exists but is not a review list, or cannot be read.
+   */
+  prepareMove(file: string | undefined): () => void {
+    if (file === this.#file) return () => {};
+    const saved = readReviewFile(file);
+    return () => {
+      this.#file = file;
+      for (const d of saved?.dismissed ?? []) this.#dismissed.add(d);
+      for (const e of saved?.open ?? []) if (!this.#open.has(e.id)) this.#open.set(e.id, e);
+      for (const id of this.#dismissed) this.#open.delete(id);
+      try {
+        this.#save();
+      } catch {
+        // kept in memory; the next add or dismiss writes the file again and reports a failure
+      }
+    };
   }
 
   /**
@@ -279,19 +302,40 @@ export class MatchReviewList {
  * arriving Patient, possible ones go to the review list.
  */
 export class PatientMatcher {
-  readonly rules: MatchRules;
+  #rules: MatchRules | undefined;
+  /** The review list: one object for the life of the matcher (a reload may move it to another file). */
   readonly review: MatchReviewList;
   readonly #existing: () => Iterable<FhirJsonObject>;
 
   /**
-   * @param rules - see {@link MatchRules}.
+   * @param rules - see {@link MatchRules}; undefined: matching off ({@link apply} changes nothing).
    * @param existing - the node's current Patients (called once per arriving Patient).
    * @param review - the review list; default one in memory.
    */
-  constructor(rules: MatchRules, existing: () => Iterable<FhirJsonObject>, review: MatchReviewList = new MatchReviewList()) {
-    this.rules = rules;
+  constructor(rules: MatchRules | undefined, existing: () => Iterable<FhirJsonObject>, review: MatchReviewList = new MatchReviewList()) {
+    this.#rules = rules;
     this.#existing = existing;
     this.review = review;
+  }
+
+  /** The rules in force; undefined when matching is off. */
+  get rules(): MatchRules | undefined {
+    return this.#rules;
+  }
+
+  /**
+   * Prepares new rules from a reloaded mapping's `patientMatching` (absent: matching off; the
+   * review list keeps its entries). Nothing changes until the returned function runs.
+   * @param cfg - the parsed `patientMatching` (`reviewFile` absolute), or undefined.
+   * @returns The commit function (throws nothing).
+   * @throws Error when a new `reviewFile` exists but is not a review list (see {@link MatchReviewList.prepareMove}).
+   */
+  prepareReconfigure(cfg: PatientMatchingConfig | undefined): () => void {
+    const move = cfg === undefined ? () => {} : this.review.prepareMove(cfg.reviewFile);
+    return () => {
+      this.#rules = cfg === undefined ? undefined : rulesOf(cfg);
+      move();
+    };
   }
 
   /**
@@ -301,8 +345,9 @@ export class PatientMatcher {
    * @throws the fs error when the review file cannot be written.
    */
   apply(patient: FhirJsonObject): { resource: FhirJsonObject; outcome: MatchOutcome } {
-    if (patient['resourceType'] !== 'Patient' || typeof patient['id'] !== 'string') return { resource: patient, outcome: { decision: 'none', matches: [] } };
-    const outcome = matchPatient(patient, this.#existing(), this.rules);
+    const rules = this.#rules;
+    if (rules === undefined || patient['resourceType'] !== 'Patient' || typeof patient['id'] !== 'string') return { resource: patient, outcome: { decision: 'none', matches: [] } };
+    const outcome = matchPatient(patient, this.#existing(), rules);
     for (const m of outcome.matches) if (m.decision === 'possible') this.review.add(patient['id'], m);
     const sure = outcome.matches.filter((m) => m.decision === 'same').map((m) => m.otherId);
     return { resource: linkPatient(patient, sure), outcome };
@@ -318,7 +363,7 @@ export class PatientMatcher {
  * @returns The matcher; its `review` is the list `GET /admin/matches` serves.
  * @throws Error when `reviewFile` exists but is not a review list.
  */
-export function patientMatcherFor(cfg: PatientMatchingConfig, replica: Pick<Replica, 'resourceKeys' | 'current'>): PatientMatcher {
+export function patientMatcherFor(cfg: PatientMatchingConfig | undefined, replica: Pick<Replica, 'resourceKeys' | 'current'>): PatientMatcher {
   const existing = function* (): Generator<FhirJsonObject> {
     for (const key of replica.resourceKeys()) {
       if (!key.startsWith('Patient/')) continue;
@@ -328,9 +373,51 @@ export function patientMatcherFor(cfg: PatientMatchingConfig, replica: Pick<Repl
       if (isJsonObject(body)) yield body;
     }
   };
-  return new PatientMatcher(
-    { sharedSystems: cfg.sharedSystems ?? [], ...(cfg.deterministic ? { deterministic: cfg.deterministic } : {}), possible: cfg.possible },
-    existing,
-    new MatchReviewList(cfg.reviewFile),
-  );
+  return new PatientMatcher(cfg === undefined ? undefined : rulesOf(cfg), existing, new MatchReviewList(cfg?.reviewFile));
+}
+
+/** {@link MatchRules} of a parsed `patientMatching`. */
+function rulesOf(cfg: PatientMatchingConfig): MatchRules {
+  return { sharedSystems: cfg.sharedSystems ?? [], ...(cfg.deterministic ? { deterministic: cfg.deterministic } : {}), possible: cfg.possible };
+}
+
+/**
+ * Reads a review list file.
+ * @param file - the file, or undefined (memory only).
+ * @returns Its entries; undefined when `file` is undefined or does not exist.
+ * @throws Error when the file exists but is not a review list; the fs error when it cannot be read.
+ */
+function readReviewFile(file: string | undefined): ReviewFile | undefined {
+  if (file === undefined) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  let v: Partial<ReviewFile> | undefined;
+  try {
+    v = JSON.parse(text) as Partial<ReviewFile>;
+  } catch {
+    v = undefined;
+  }
+  if (v?.v !== 1 || !Array.isArray(v.open) || !Array.isArray(v.dismissed)) throw new Error(`${file}: not a tidegate match review list (expected {"v":1,"open":[],"dismissed":[]})`);
+  return v as ReviewFile;
+}
+
+/**
+ * The node's patient matcher over a live mapping (src/mapping/live.ts): configured from the
+ * mapping in force, and reconfigured by each reload (rules, `reviewFile`; a `patientMatching`
+ * added by a reload turns matching on, one removed turns it off). A new `reviewFile` that is not a
+ * review list refuses the reload.
+ * @param live - the node's live mapping.
+ * @param replica - the node's replica.
+ * @returns The matcher (one object for the node's life).
+ * @throws Error when the `reviewFile` in force exists but is not a review list.
+ */
+export function livePatientMatcher(live: LiveMapping, replica: Pick<Replica, 'resourceKeys' | 'current'>): PatientMatcher {
+  const matcher = patientMatcherFor(live.current.patientMatching, replica);
+  live.onReload((next) => matcher.prepareReconfigure(next.patientMatching));
+  return matcher;
 }

@@ -3,7 +3,8 @@
  * through this node's mapping, printed as a diff against the input.
  *
  * - With `--peer B`: the resource as read from this node's hospital is translated inbound (that is
- *   the version every replica holds), then B's route decides whether B receives it. The diff is
+ *   the version every replica holds), then B's route decides whether B receives it, then the
+ *   patient's Consents (src/mapping/consent.ts; those given with `--consent`). The diff is
  *   against what B would receive (everything removed when it is withheld).
  * - Without `--peer`: what this node writes to its own hospital (outbound translation).
  */
@@ -17,6 +18,9 @@ import { loadMappingOrThrow } from './load.ts';
 import type { Mapping } from './load.ts';
 import type { RouteDecision } from './routing.ts';
 import type { CodingChange } from './translate.ts';
+import type { IdentifierChange } from './identifiers.ts';
+import { ConsentGate } from './consent.ts';
+import type { ConsentDecision } from './consent.ts';
 
 /** Result of {@link previewMapping}. */
 export interface MapPreview {
@@ -26,8 +30,14 @@ export interface MapPreview {
   route: RouteDecision | undefined;
   /** What translation did. */
   changes: CodingChange[];
+  /** What identifier translation did (systems and paths, no values). */
+  identifiers: IdentifierChange[];
   /** Set when a `reject` map refused the resource: the message. */
   rejected: string | undefined;
+  /** Element paths redacted for the peer (its route's `redact` rules; no values), `[]` when none. */
+  redacted: string[];
+  /** The Consent decision for the peer (src/mapping/consent.ts), with the Consents given; undefined without `--peer` or when routing withheld it. */
+  consent: ConsentDecision | undefined;
   /** What the peer or hospital gets; undefined when withheld or rejected. */
   output: FhirJsonObject | undefined;
   /** Unified diff of the input against the output (`''` when unchanged). */
@@ -44,16 +54,20 @@ function pretty(v: FhirJsonObject | undefined): string {
  * @param mapping - the mapping.
  * @param resource - the resource (FHIR JSON).
  * @param peer - a peer id, or undefined for the own hospital.
+ * @param consents - Consent resources the node would hold (`--consent`); judged for `peer` as the node does.
  * @returns The preview.
+ * @throws ConsentEvaluationError when a Consent for the resource's patient cannot be evaluated.
  */
-export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer: string | undefined): MapPreview {
+export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer: string | undefined, consents: readonly FhirJsonObject[] = []): MapPreview {
   let output: FhirJsonObject | undefined;
   let changes: CodingChange[] = [];
+  let identifiers: IdentifierChange[] = [];
   let route: RouteDecision | undefined;
   let rejected: string | undefined;
   try {
     const t = mapping.translate(resource, peer === undefined ? 'outbound' : 'inbound');
     changes = t.changes;
+    identifiers = t.identifiers;
     output = t.resource;
   } catch (err) {
     if ((err as { code?: unknown }).code !== 'ERR_MAPPING_UNMAPPED_CODE') throw err;
@@ -63,8 +77,19 @@ export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer
     route = mapping.explainRoute(peer, toPlainJson(output));
     if (!route.allowed) output = undefined;
   }
+  // Consent: the given Consents, judged as the node judges its own (src/mapping/consent.ts)
+  let consent: ConsentDecision | undefined;
+  if (output !== undefined && peer !== undefined) {
+    const held = new Map(consents.map((c) => [`Consent/${String(c['id'])}`, { deleted: false, body: JSON.stringify(toPlainJson(c)) }]));
+    const gate = new ConsentGate({ peers: [peer], mapping: () => mapping, replica: { keys: () => held.keys(), current: (k) => held.get(k) } });
+    consent = gate.explain(peer, toPlainJson(output) as Record<string, unknown>);
+    if (!consent.allowed) output = undefined;
+  }
+  // redaction: a projection peer receives the redacted copy (src/mapping/redact.ts)
+  let redacted: string[] = [];
+  if (output !== undefined && peer !== undefined && mapping.redactionFor(peer) !== undefined) ({ resource: output, redacted } = mapping.redact(peer, output));
   const diff = unifiedDiff(pretty(resource), pretty(output), { from: 'input', to: peer === undefined ? 'to this hospital' : `to ${peer}` });
-  return { peer, route, changes, rejected, output, diff };
+  return { peer, route, changes, identifiers, rejected, redacted, consent, output, diff };
 }
 
 /**
@@ -72,11 +97,12 @@ export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer
  * @param opts.config - node configuration JSON (must name a `mappingFile`).
  * @param opts.peer - peer id (must be a configured peer), or undefined for the own hospital.
  * @param opts.file - the resource JSON file.
+ * @param opts.consent - files of Consent resources (a Consent, or a Bundle of them) the node would hold.
  * @returns The preview.
  * @throws Error for an unreadable/invalid node config, a config without `mappingFile`, an unknown
- *   peer, or a resource file that is not a FHIR resource; MappingConfigError for an invalid mapping file.
+ *   peer, a resource or Consent file that is not a FHIR resource (or Bundle of Consents); MappingConfigError for an invalid mapping file.
  */
-export function previewMapping(opts: { config: string; peer?: string | undefined; file: string }): MapPreview {
+export function previewMapping(opts: { config: string; peer?: string | undefined; file: string; consent?: readonly string[] | undefined }): MapPreview {
   const cfg = loadNodeConfig(opts.config, {});
   if (!cfg.mappingFile) throw new Error(`${opts.config} has no "mappingFile": nothing to preview`);
   if (opts.peer !== undefined && !cfg.peers.some((p) => p.nodeId === opts.peer)) throw new Error(`"${opts.peer}" is not a peer in ${opts.config} (peers: ${cfg.peers.map((p) => p.nodeId).join(', ') || 'none'})`);
@@ -88,20 +114,40 @@ export function previewMapping(opts: { config: string; peer?: string | undefined
     throw new Error(`Cannot read ${opts.file}: ${err instanceof FhirJsonError ? 'not JSON' : (err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   if (!isJsonObject(resource) || typeof resource['resourceType'] !== 'string') throw new Error(`${opts.file} is not a FHIR resource (no resourceType)`);
-  return previewResource(mapping, resource, opts.peer);
+  return previewResource(mapping, resource, opts.peer, (opts.consent ?? []).flatMap(readConsents));
+}
+
+/** The Consents of a file: one Consent, or the Consents of a Bundle's entries. @throws Error for anything else. */
+function readConsents(file: string): FhirJsonObject[] {
+  let v: unknown;
+  try {
+    v = parseFhirJson(readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`Cannot read ${file}: ${err instanceof FhirJsonError ? 'not JSON' : (err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (isJsonObject(v) && v['resourceType'] === 'Consent') return [v];
+  if (isJsonObject(v) && v['resourceType'] === 'Bundle' && Array.isArray(v['entry'])) {
+    const found = v['entry'].map((e) => (isJsonObject(e) ? e['resource'] : undefined)).filter((r): r is FhirJsonObject => isJsonObject(r) && r['resourceType'] === 'Consent');
+    if (found.length > 0) return found;
+  }
+  throw new Error(`${file} is neither a Consent nor a Bundle of Consents`);
 }
 
 /**
- * The preview as text: the diff, then one line per translation change, then the verdict.
+ * The preview as text: the diff, then one line per code translation change and one per identifier
+ * added (its path and the systems, never the value), then the verdict.
  * @param p - from {@link previewMapping}.
  */
 export function formatPreview(p: MapPreview): string {
   const lines: string[] = [];
   if (p.diff) lines.push(p.diff.trimEnd());
   for (const c of p.changes) lines.push(`# ${c.action} ${c.path}: ${c.from}${c.to ? ` -> ${c.to}` : ''}${c.equivalence ? ` (${c.equivalence})` : ''} by ${c.map}`);
+  for (const c of p.identifiers) lines.push(`# ${c.action} identifier ${c.path}: system ${c.from} -> ${c.to} by ${c.configPath}`);
+  for (const path of p.redacted) lines.push(`# redacted ${path} (projection for ${p.peer})`);
   const target = p.peer === undefined ? 'this hospital' : p.peer;
   if (p.rejected) lines.push(`# REJECTED: ${p.rejected}`);
   else if (p.route && !p.route.allowed) lines.push(`# WITHHELD from ${target}: ${p.route.reason}`);
-  else lines.push(`# ${target} receives it${p.route ? ` (${p.route.reason})` : ''}${p.diff ? '' : ', unchanged'}`);
+  else if (p.consent && !p.consent.allowed) lines.push(`# WITHHELD from ${target}: ${p.consent.reason}`);
+  else lines.push(`# ${target} receives it${p.route ? ` (${p.route.reason}${p.consent?.consent !== undefined ? `; ${p.consent.reason}` : ''})` : ''}${p.diff ? '' : ', unchanged'}`);
   return `${lines.join('\n')}\n`;
 }

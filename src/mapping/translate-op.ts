@@ -20,7 +20,10 @@ import type { CompiledConceptMap, CodingValue, TranslationMatch } from './concep
 /** The operation's definition (for the CapabilityStatement's `operation`). */
 export const TRANSLATE_OPERATION = Object.freeze({ name: 'translate', definition: 'http://hl7.org/fhir/OperationDefinition/ConceptMap-translate' });
 
-/** Where `$translate` finds maps: the loaded mapping configuration (`Mapping.maps`). */
+/**
+ * Where `$translate` finds maps: the loaded mapping configuration (`Mapping.maps`); called once per
+ * request, so a `LiveMapping` (src/mapping/live.ts) answers with the maps in force after a reload.
+ */
 export interface ConceptMapProvider {
   /** The maps in use, optionally only those with canonical `url` (and `version`). */
   maps(url?: string, version?: string): CompiledConceptMap[];

@@ -36,11 +36,17 @@ import type { AuthSetup } from '../auth/setup.ts';
 import { BreachDetector, RevocationList, securityMonitor, securityRouter } from '../security/index.ts';
 import type { SecurityConfig } from '../security/index.ts';
 import { outboundLabelsOf, routeLabelRule } from '../tide/peer-authz.ts';
+import { REDACTED_LABEL_RULE } from '../tide/peer-authz.ts';
+import { ProjectionFeeds } from '../mapping/projection.ts';
+import type { OpenedProjectionStore } from '../mapping/projection.ts';
 import type { Mapping } from '../mapping/index.ts';
 import { translateRouter } from '../mapping/index.ts';
-import { patientMatcherFor } from '../mapping/matching.ts';
+import { LiveMapping, nodeReloader } from '../mapping/live.ts';
+import type { NodeReloadReport } from '../mapping/live.ts';
+import { livePatientMatcher } from '../mapping/matching.ts';
 import type { PatientMatcher } from '../mapping/matching.ts';
 import { matchesRouter } from '../mapping/matches-router.ts';
+import { ConsentGate } from '../mapping/consent.ts';
 import { auditWiring, bridgeAuditLog, lifecycleEvent, mergeEvent } from '../audit/index.ts';
 import type { AuditTrail } from '../audit/index.ts';
 
@@ -95,9 +101,15 @@ export interface TidegateNodeOptions {
    * The mapping configuration (src/mapping, docs/mappings.md), when the config names a
    * `mappingFile`: its routes filter what Tide sends each peer, its ConceptMaps translate versions
    * read from the hospital (the poller). Give the same object to the `HospitalClient` for the
-   * outbound translation.
+   * outbound translation. A `LiveMapping` (src/mapping/live.ts) is reloaded by {@link TidegateNode.reload};
+   * a `Mapping` is wrapped in one (reloaded from its file, checked against `peers`).
    */
-  mapping?: Mapping;
+  mapping?: Mapping | LiveMapping;
+  /**
+   * Opens the projection store of a redacted peer (src/mapping/projection.ts; `serve` gives sealed
+   * SQLite files next to the store file); default a memory store with a new epoch per start.
+   */
+  projectionStore?: (peerId: string) => OpenedProjectionStore;
 }
 
 /** See module doc. */
@@ -111,15 +123,26 @@ export class TidegateNode {
   readonly hospitalPoller: HospitalPoller | undefined;
   /** Patient matching of Patients read from the hospital (mapping file `patientMatching`), and its review list (`GET /admin/matches`). */
   readonly patientMatcher: PatientMatcher | undefined;
+  /** Consent resources by patient (src/mapping/consent.ts): what they deny a peer is withheld from it. */
+  readonly consent: ConsentGate;
+  /** Projection documents of redacted peers (src/mapping/projection.ts, docs/mappings.md "Redaction"). */
+  readonly projections: ProjectionFeeds;
   readonly service: FhirService;
   readonly log: Logger;
   private server: Server | undefined;
   private url: string | undefined;
   private localUpdates = 0;
-  private readonly reloadKeys: (() => Promise<unknown>) | undefined;
+  /**
+   * Reloads the mapping file and the peers' public keys, all or nothing (SIGHUP, `POST /admin/reload`;
+   * src/mapping/live.ts `nodeReloader`); undefined when the node has neither.
+   */
+  readonly reload: (() => Promise<NodeReloadReport>) | undefined;
+  /** The mapping in force, reloadable; undefined without a mapping file. */
+  readonly liveMapping: LiveMapping | undefined;
+  /** The mapping in force at the moment of the call: the single way this node reads it. */
+  private readonly mapping: () => Mapping | undefined;
   private readonly auth: AuthSetup | undefined;
   private readonly hardening: HardeningOptions | undefined;
-  private readonly mapping: Mapping | undefined;
   private readonly serverOptions: FhirServerOptions | undefined;
   /** Breach detector: fed by Tide rejections and every finished FHIR request. */
   readonly detector: BreachDetector;
@@ -138,9 +161,13 @@ export class TidegateNode {
   /** @param opts - see {@link TidegateNodeOptions}. */
   constructor(opts: TidegateNodeOptions) {
     this.nodeId = opts.secretKeys.nodeId;
-    this.reloadKeys = opts.reloadKeys;
     this.auth = opts.auth;
-    this.mapping = opts.mapping;
+    const live = opts.mapping === undefined || opts.mapping instanceof LiveMapping ? opts.mapping : new LiveMapping(opts.mapping, { peers: opts.peers.map((p) => p.nodeId), ...(opts.logger ? { logger: opts.logger } : {}) });
+    this.liveMapping = live;
+    // The single way this node reads the mapping: the one in force, at use time (one read per version or message).
+    const mapping = (): Mapping | undefined => live?.current;
+    this.mapping = mapping;
+    this.reload = live !== undefined || opts.reloadKeys !== undefined ? nodeReloader({ ...(live ? { mapping: live } : {}), ...(opts.reloadKeys ? { keys: opts.reloadKeys } : {}) }) : undefined;
     this.hardening = opts.hardening;
     this.serverOptions = opts.server;
     this.audit = opts.audit;
@@ -178,15 +205,40 @@ export class TidegateNode {
       nodeId: this.nodeId,
       store,
       policy,
-      onVersion: (key, version) => afterDurable(() => this.hospitalSync.enqueue(key, version)),
+      onVersion: (key, version) => {
+        this.consent.onVersion(key, version);
+        afterDurable(() => this.projections.onVersion(key)); // redaction: re-project for redacted peers
+        afterDurable(() => this.hospitalSync.enqueue(key, version));
+      },
     });
     const replica = this.replica;
+    // ---- redaction (src/mapping/projection.ts, docs/mappings.md "Redaction") ----
+    // A peer with `redact` rules gets, for the types they name, a projection document per resource
+    // written only here (Tide `publishTo`, anti-entropy from `projection`), never the shared one.
+    this.projections = new ProjectionFeeds({
+      nodeId: this.nodeId,
+      mapping,
+      shared: replica,
+      policy,
+      ...(opts.projectionStore ? { openStore: opts.projectionStore } : {}),
+      publishTo: (peerId, updates) => this.tide.publishTo(peerId, updates),
+      mayReceive: (peerId, key) => this.tide.mayReceive(peerId, key),
+      logger: log,
+    });
+    // Every peer: a resource carrying the REDACTED label (a projection received here) is never forwarded.
+    const withRedaction = (p: PeerConfig): PeerConfig => ({ ...p, withheldLabels: [...(p.withheldLabels ?? []), REDACTED_LABEL_RULE], projection: this.projections.source(p.nodeId) });
+    // ---- end redaction ----
+    // Consents are honoured with or without a mapping file (defaults of its `consent` member). A
+    // Consent that changes invalidates the cached labels; what it now allows goes by anti-entropy.
+    this.consent = new ConsentGate({ peers: opts.peers.map((p) => p.nodeId), mapping, replica, logger: log, onChange: () => this.tide.invalidateLabels() });
     this.tide = new Tide({
       self: opts.secretKeys,
       redisUrl: opts.redisUrl,
       prefix: opts.queuePrefix ?? 'tidegate',
-      // Routing rules travel as withheld labels (src/tide/peer-authz.ts `outboundLabelsOf`).
-      peers: opts.mapping === undefined ? opts.peers : opts.peers.map((p) => (opts.mapping!.peers.includes(p.nodeId) ? { ...p, withheldLabels: [...(p.withheldLabels ?? []), routeLabelRule(p.nodeId)] } : p)),
+      // Routing rules travel as withheld labels (src/tide/peer-authz.ts `outboundLabelsOf`); every
+      // peer carries its route rule, so a route given by a reload filters from the first message.
+      // Consent decisions travel as the same label, so every peer carries it even without a mapping.
+      peers: opts.peers.map((p) => withRedaction({ ...p, withheldLabels: [...(p.withheldLabels ?? []), routeLabelRule(p.nodeId)] })),
       logger: log,
       antiEntropyIntervalMs: opts.antiEntropyIntervalMs ?? 30000,
       ...(opts.batchDelayMs !== undefined ? { batchDelayMs: opts.batchDelayMs } : {}),
@@ -224,13 +276,21 @@ export class TidegateNode {
         diffFor: (key, sv) => (store.unsettled?.(key) ? undefined : replica.diffFor(key, sv)),
         // Peer authorization: labels of the current version; a deleted resource keeps those of its last live version.
         securityLabels: (key) => {
-          for (const v of replica.history(key)) if (!v.deleted && v.body) return outboundLabelsOf(v.body, opts.mapping);
+          for (const v of replica.history(key)) if (!v.deleted && v.body) return [...outboundLabelsOf(v.body, mapping()), ...this.consent.labels(key, v.body)];
           return [];
         },
       },
     });
     // Quarantines, breach alerts and shreds are added to tide.auditLog: each also goes to the trail.
     if (this.audit) bridgeAuditLog(this.tide.auditLog, this.audit);
+    // A reload may change routes: the labels Tide cached are stale, and resources a new route
+    // allows reach the peer by anti-entropy (a round now; rejected when Tide is not running).
+    live?.onReload(() => () => {
+      // redaction rules may have changed: re-project everything (background)
+      this.projections.backfill().catch(() => {});
+      this.tide.invalidateLabels();
+      this.tide.runAntiEntropy().catch(() => {});
+    });
     this.revocations = opts.security?.revocations ?? new RevocationList();
     this.detector = new BreachDetector({
       nodeId: this.nodeId,
@@ -244,7 +304,7 @@ export class TidegateNode {
     });
     const pollMs = opts.hospitalPollIntervalMs ?? 5000;
     const history = opts.hospital as Partial<HospitalHistorySource>;
-    this.patientMatcher = opts.mapping?.patientMatching !== undefined ? patientMatcherFor(opts.mapping.patientMatching, this.replica) : undefined;
+    this.patientMatcher = live !== undefined ? livePatientMatcher(live, this.replica) : undefined;
     this.hospitalPoller =
       pollMs > 0 && typeof history.history === 'function'
         ? new HospitalPoller({
@@ -254,7 +314,7 @@ export class TidegateNode {
             intervalMs: pollMs,
             cursor: durableCursor(store, opts.hospitalCursor ?? new RedisCursorStore({ redisUrl: opts.redisUrl, key: `${opts.queuePrefix ?? 'tidegate'}:hospital-cursor:${this.nodeId}` })),
             ...(opts.hospitalPollTypes !== undefined ? { types: opts.hospitalPollTypes } : {}),
-            ...(opts.mapping !== undefined ? { mapping: opts.mapping } : {}),
+            ...(live !== undefined ? { mapping: { translate: (r, d) => mapping()!.translate(r, d) } } : {}),
             ...(this.patientMatcher !== undefined ? { patientMatcher: this.patientMatcher } : {}),
             logger: log,
             onUpdate: (key, update) => {
@@ -272,7 +332,7 @@ export class TidegateNode {
       ...(store.isShredded ? { isShredded: (key: string) => store.isShredded!(key) } : {}),
       mergePolicy: policy,
       ...(opts.maxBundleEntries !== undefined ? { maxBundleEntries: opts.maxBundleEntries } : {}),
-      translate: opts.mapping !== undefined,
+      translate: live !== undefined,
       ...(opts.auth ? { smart: { ...opts.auth.endpoints } } : {}),
     });
   }
@@ -287,16 +347,18 @@ export class TidegateNode {
   async start(port = 0, host = '127.0.0.1'): Promise<string> {
     await this.hospitalSync.start();
     await this.tide.start();
+    // redaction: bring every projection up to date in the background (batches yield to the event loop)
+    this.projections.backfill().catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'projection backfill failed'));
     await this.hospitalPoller?.start();
     this.audit?.record(lifecycleEvent({ nodeId: this.nodeId, what: 'start', at: new Date(), keys: [{ kid: this.keyIds.kem, alg: 'X-Wing', use: 'enc', status: 'current' }, { kid: this.keyIds.sig, alg: 'ML-DSA-65', use: 'sig', status: 'current' }] }));
     const admin = express.Router();
     // Breach detection sees every /fhir request first (this router is mounted before auth and the FHIR router).
     admin.use('/fhir', securityMonitor(this.detector));
-    admin.use(opsRouter({ tide: this.tide, nodeId: this.nodeId, security: this.detector, ...(this.reloadKeys ? { reloadKeys: this.reloadKeys } : {}) }));
+    admin.use(opsRouter({ tide: this.tide, nodeId: this.nodeId, security: this.detector, ...(this.reload ? { reload: this.reload } : {}) }));
     admin.use(securityRouter({ nodeId: this.nodeId, detector: this.detector, tide: this.tide, revocations: this.revocations }));
     if (this.patientMatcher !== undefined) admin.use(matchesRouter({ nodeId: this.nodeId, review: this.patientMatcher.review }));
     admin.use(shredRouter({ shred: (key, requestor) => this.shred(key, requestor) }));
-    const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), admin, this.auth, this.audit ? auditWiring(this.audit, this.nodeId, { open: !this.auth, log: this.log }) : undefined, this.hardening, this.mapping ? translateRouter(this.mapping) : undefined);
+    const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), admin, this.auth, this.audit ? auditWiring(this.audit, this.nodeId, { open: !this.auth, log: this.log }) : undefined, this.hardening, this.liveMapping ? translateRouter({ maps: (url, version) => this.mapping()!.maps(url, version) }) : undefined);
     this.server = await new Promise<Server>((resolve, reject) => {
       // listen errors (EADDRINUSE, EACCES) come as the server's 'error' event
       const s = createFhirServer(app, this.serverOptions);
@@ -329,7 +391,7 @@ export class TidegateNode {
    */
   async shred(patientKey: string, requestor = 'admin-http'): Promise<ShredReport> {
     if (!isShreddableStore(this.store)) throw new ShredError('ERR_SHRED_UNSUPPORTED_STORE', 'Crypto-shredding needs a sealed store (storeFile, or storeUrl with keyVaultFile), not this store');
-    return shredPatient(patientKey, {
+    const report = await shredPatient(patientKey, {
       store: this.store,
       nodeId: this.nodeId,
       requestor,
@@ -340,6 +402,10 @@ export class TidegateNode {
       },
       audit: (event) => this.tide.auditLog.add(event),
     });
+    // redaction: the projections of the shredded resources go too (src/mapping/projection.ts)
+    const projections = this.projections.shred([...report.shredded, ...report.tombstoned]);
+    if (projections.shredded > 0 || projections.unshreddable > 0) this.log.info({ patient: 'shredded', ...projections }, 'projection documents shredded');
+    return report;
   }
 
   /** Remote updates refused because their resource was crypto-shredded on this node. */
@@ -362,6 +428,7 @@ export class TidegateNode {
   /** Outgoing batches sent, inbox drained, hospital writes done. Resolves to true when quiet. */
   async quiet(): Promise<boolean> {
     await this.hospitalPoller?.idle();
+    await this.projections.idle(); // redaction: projections written and handed to Tide
     await this.tide.flush();
     const pending = await this.tide.pending();
     await this.hospitalSync.idle();
@@ -377,6 +444,7 @@ export class TidegateNode {
       await new Promise<void>((r) => s.close(() => r()));
     }
     await this.hospitalPoller?.stop();
+    await this.projections.stop();
     await this.tide.stop();
     await this.hospitalSync.stop();
     await this.detector.idle();

@@ -94,6 +94,8 @@ export function tideMetricsRegistry(tide: MetricsSource, nodeId: string, securit
   byReason('tidegate_tide_messages_rejected_total', 'Inbox messages rejected as unrecoverable, by reason code.', () => tide.stats().rejected);
   counter('tidegate_tide_updates_sent_total', 'Resource updates inside sent envelopes (after per-key merging).', () => tide.stats().updatesSent);
   counter('tidegate_tide_updates_received_total', 'Resource updates inside processed envelopes.', () => tide.stats().updatesReceived);
+  counter('tidegate_tide_projection_updates_queued_total', 'Projection updates (redacted peers, docs/mappings.md "Redaction") queued for sending.', () => tide.stats().projectionUpdatesQueued);
+  counter('tidegate_tide_projected_updates_dropped_total', 'Inbound updates of projected types from a projection peer, dropped (one-way feed).', () => tide.stats().projectedUpdatesDropped);
   counter('tidegate_tide_updates_relayed_total', 'Resource diffs relayed to peers that lacked them (relay rule).', () => tide.stats().updatesRelayed);
   counter('tidegate_tide_sent_bytes_total', 'Bytes of sent envelopes.', () => tide.stats().bytesSent);
   counter('tidegate_tide_received_bytes_total', 'Bytes of processed inbox envelopes.', () => tide.stats().bytesReceived);

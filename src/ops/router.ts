@@ -9,7 +9,7 @@
  * | `GET /admin/peers` | `{ node, peers: [...] }`: per peer status, last contact, backlog, lag, last error, quarantined |
  * | `GET /admin/audit` | FHIR R4 `searchset` Bundle of the quarantine AuditEvents, newest first (`?_count=N`) |
  * | `GET /admin/quarantine` | `{ node, key, entries: [...] }`: newest quarantine records from Redis (no envelopes) (`?_count=N`) |
- * | `POST /admin/reload` | `{ node, reloaded: { changed, unchanged } }`: peers' public key files re-read (`reloadKeys`); 422 OperationOutcome when a file is invalid (nothing changed); 404 when not configured |
+ * | `POST /admin/reload` | `{ node, reloaded: { keys: { changed, unchanged }, mapping: { file, reloaded, warnings } } }`: the mapping file and the peers' public key files re-read, all or nothing (`reload`, src/mapping/live.ts `nodeReloader`; a part the node does not have is absent); 422 OperationOutcome when a file is invalid, one issue per problem (`file:line:column: …` for the mapping), nothing changed; 404 when not configured |
  *
  * Nothing here returns plaintext, envelopes or resource keys. With `auth` configured, fhirApp puts
  * `/metrics` and `/admin/*` behind a `tidegate/admin` token (src/auth/admin.ts).
@@ -19,6 +19,7 @@ import type { Request, Response, Router } from 'express';
 import type { Registry } from 'prom-client';
 import type { Tide } from '../tide/index.ts';
 import { tideMetricsRegistry } from './metrics.ts';
+import { formatIssue, MappingConfigError } from '../mapping/load.ts';
 import type { SecurityMetricsSource } from './metrics.ts';
 
 /** Options of {@link opsRouter}. */
@@ -34,10 +35,11 @@ export interface OpsRouterOptions {
   /** Bound of the readiness PING, ms. Default 1000. */
   readyTimeoutMs?: number;
   /**
-   * Re-reads the peers' public key files (a `PeerKeyring.reload`, src/envelope/keyring.ts) for
-   * `POST /admin/reload`; it must change nothing when it throws. Absent: the route answers 404.
+   * Reloads the node's reloadable configuration for `POST /admin/reload` (src/mapping/live.ts
+   * `nodeReloader`: mapping file and peers' public keys); it must change nothing when it throws.
+   * Absent: the route answers 404.
    */
-  reloadKeys?: () => Promise<unknown>;
+  reload?: () => Promise<unknown>;
 }
 
 const MAX_COUNT = 1000;
@@ -110,12 +112,18 @@ export function opsRouter(opts: OpsRouterOptions): Router {
     const outcome = (status: number, code: string, diagnostics: string): void => {
       res.status(status).type('application/fhir+json').send(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics }] }));
     };
-    if (opts.reloadKeys === undefined) return outcome(404, 'not-supported', 'key reload is not configured on this node');
+    if (opts.reload === undefined) return outcome(404, 'not-supported', 'reload is not configured on this node');
     try {
-      res.json({ node: nodeId, reloaded: await opts.reloadKeys() });
+      res.json({ node: nodeId, reloaded: await opts.reload() });
     } catch (err) {
+      if (err instanceof MappingConfigError) {
+        // one issue per problem, compiler style (file:line:column: severity: message, hint); config text only, no PHI
+        const issue = err.issues.map((i) => ({ severity: i.severity, code: 'invalid', diagnostics: `mapping not reloaded (nothing changed): ${formatIssue(i).replace('\n  hint: ', ' — hint: ')}` }));
+        res.status(422).type('application/fhir+json').send(JSON.stringify({ resourceType: 'OperationOutcome', issue }));
+        return;
+      }
       // key-file errors name the file and the problem, never key bytes; nothing was changed
-      outcome(422, 'invalid', `peer keys not reloaded: ${(err as Error).message}`);
+      outcome(422, 'invalid', `peer keys not reloaded (nothing changed, mapping included): ${(err as Error).message}`);
     }
   });
 

@@ -46,6 +46,7 @@ export type {
   PeerConfig,
   PeerQuarantine,
   PeerStatus,
+  ProjectionSource,
   Replica,
   ResourceUpdate,
   TideLogger,

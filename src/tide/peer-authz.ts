@@ -36,6 +36,17 @@ export const V3_CONFIDENTIALITY = 'http://terminology.hl7.org/CodeSystem/v3-Conf
 /** `Coding.system` of the HL7 v3 ActCode sensitivity codes (`PSY`, `HIV`, `ETH`, `SDV`, …). */
 export const V3_ACT_CODE = 'http://terminology.hl7.org/CodeSystem/v3-ActCode';
 
+/** `Coding.system` of the HL7 v3 ObservationValue codes, among them `REDACTED` (https://terminology.hl7.org/CodeSystem-v3-ObservationValue.html). */
+export const V3_OBSERVATION_VALUE = 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue';
+
+/**
+ * Built-in withheld-label rule of every peer of a node (src/node/node.ts): a resource carrying the
+ * `REDACTED` security label is a projection this node received from a sender that redacted it
+ * (docs/mappings.md "Redaction"). It is never forwarded: sent to a third node it would bring a
+ * foreign document lineage into that node's shared document, and redacted content with it.
+ */
+export const REDACTED_LABEL_RULE = `${V3_OBSERVATION_VALUE}|REDACTED`;
+
 /** A FHIR `code` (https://hl7.org/fhir/R4/datatypes.html#code): no leading/trailing whitespace, no control characters. */
 const CODE_RE = /^[^\s|\u0000-\u001f](?:[^|\u0000-\u001f]*[^\s|\u0000-\u001f])?$/;
 

@@ -40,10 +40,11 @@ import { DigestTree, PathSet, ROOT_PATH, TREE_MAX_DEPTH, childrenOf, keyHashOf, 
 import type { TreeLeaf, TreeNode, TreePath } from './tree.ts';
 import { AuditLog, quarantineAuditEvent } from './audit.ts';
 import type { QuarantineRecord } from './audit.ts';
-import { labelsWithheld, parseLabelRule, ruleText } from './peer-authz.ts';
+import { labelsWithheld, parseLabelRule, REDACTED_LABEL_RULE, ruleText } from './peer-authz.ts';
 import type { LabelRule, SecurityLabel } from './peer-authz.ts';
 import type {
   PeerConfig,
+  ProjectionSource,
   PeerQuarantine,
   TideRejectionEvent,
   PeerStatus,
@@ -134,6 +135,13 @@ interface PeerLink {
   aeTypes: TypeFilter;
   /** `meta.security` labels withheld from this peer (empty = none). */
   withheld: LabelRule[];
+  /**
+   * The withheld rules that also hide a resource from the digest trees exchanged with this peer:
+   * all but the built-in {@link REDACTED_LABEL_RULE}. A projection received here stays in the
+   * trees, so its sender sees this node's state of it and does not resend it every round; it is
+   * still never sent (docs/mappings.md "Redaction").
+   */
+  treeWithheld: LabelRule[];
   /** Set while the peer is quarantined (breach response). */
   quarantine: PeerQuarantine | undefined;
   knowledge: PeerKnowledge;
@@ -278,6 +286,8 @@ export class Tide {
     aeUpdatesQueued: 0,
     updatesWithheld: 0,
     updatesToQuarantinedPeers: 0,
+    projectionUpdatesQueued: 0,
+    projectedUpdatesDropped: 0,
   };
 
   /**
@@ -374,6 +384,7 @@ export class Tide {
         maySend,
         aeTypes: intersectTypes(sendTypes, maySend),
         withheld: (config.withheldLabels ?? []).map((l) => parseLabelRule(l)),
+        treeWithheld: (config.withheldLabels ?? []).filter((l) => l !== REDACTED_LABEL_RULE).map((l) => parseLabelRule(l)),
         quarantine: undefined,
         knowledge: { sv: new Map(), digestAt: undefined, laggingPaths: new Map(), types: null },
         sendTimes: [],
@@ -611,7 +622,63 @@ export class Tide {
     if (updates.length === 0) return;
     const now = Date.now();
     for (const u of updates) this.#changedAt.set(u.key, now);
-    for (const peerId of this.#links.keys()) this.#enqueue(peerId, updates);
+    for (const peerId of this.#links.keys()) this.#enqueue(peerId, updates, 'shared');
+  }
+
+  /**
+   * Queues projection updates (docs/mappings.md "Redaction") for one projection peer only, batched
+   * like {@link Tide.publish}. Only keys of types the peer's `projection` projects are kept, and
+   * only when the shared resource's labels are not withheld from the peer.
+   * @param peerId - a configured peer with a `projection`.
+   * @param updates - Yjs updates of the peer's projection documents (`key` `'Type/id'`, non-empty bytes).
+   * @throws TypeError for an unknown peer, a peer without projection, an invalid key or update (nothing queued); Error when stopping/stopped.
+   */
+  publishTo(peerId: string, updates: ResourceUpdate[]): void {
+    if (this.#state === 'stopping' || this.#state === 'stopped') {
+      throw new Error(`Tide ${this.nodeId}: publishTo() after stop()`);
+    }
+    const link = this.#links.get(peerId);
+    if (!link) throw new TypeError(`Tide: ${JSON.stringify(peerId)} is not a configured peer`);
+    const projection = link.config.projection;
+    if (!projection) throw new TypeError(`Tide: peer ${peerId} has no projection`);
+    for (const u of updates) {
+      if (!isResourceKey(u.key)) throw new TypeError(`Tide.publishTo: invalid resource key ${JSON.stringify(u.key)}`);
+      if (!(u.update instanceof Uint8Array) || u.update.length === 0) {
+        throw new TypeError(`Tide.publishTo: update of ${u.key} must be non-empty Uint8Array`);
+      }
+    }
+    const types = projection.types();
+    const kept = updates.filter((u) => types.has(typeOfKey(u.key)));
+    if (kept.length === 0) return;
+    this.#stats.projectionUpdatesQueued += kept.length;
+    this.#enqueue(peerId, kept, 'sourced');
+  }
+
+  /**
+   * True when the link's peer gets `key` as a projection (its `projection` projects the key's type).
+   */
+  #projected(link: PeerLink, key: string): boolean {
+    const p = link.config.projection;
+    return p !== undefined && p.types().has(typeOfKey(key));
+  }
+
+  /**
+   * What anti-entropy with the link's peer compares and repairs from: the shared replica, or for a
+   * projection peer the shared replica for the other types and the projection source for the projected ones.
+   */
+  #viewOf(link: PeerLink): Pick<Replica, 'keys' | 'stateVector' | 'diffFor'> {
+    const projection: ProjectionSource | undefined = link.config.projection;
+    if (projection === undefined || projection.types().size === 0) return this.#replica;
+    const shared = this.#replica;
+    const projected = (key: string): boolean => projection.types().has(typeOfKey(key));
+    return {
+      *keys() {
+        for (const k of shared.keys()) if (!projected(k)) yield k;
+        for (const k of projection.keys()) if (projected(k)) yield k;
+      },
+      stateVector: (key) => (projected(key) ? projection.stateVector(key) : shared.stateVector(key)),
+      diffFor: (key, sv) => (projected(key) ? projection.diffFor(key, sv) : shared.diffFor(key, sv)),
+    };
   }
 
   /**
@@ -671,10 +738,11 @@ export class Tide {
       if (link.quarantine) continue; // nothing is exchanged with a quarantined peer
       const types = link.knowledge.types ?? link.aeTypes;
       // peers with withheld labels get a tree without the resources withheld from them
-      const fid = `${types === undefined ? '*' : types.join(',')}#${link.withheld.map(ruleText).join(',')}`;
+      // a projection peer's tree is its own (projected types come from its projection source)
+      const fid = `${types === undefined ? '*' : types.join(',')}#${link.treeWithheld.map(ruleText).join(',')}${link.config.projection && link.config.projection.types().size > 0 ? `#projection:${peerId}` : ''}`;
       let root = roots.get(fid);
       if (!root) {
-        root = this.#tree(types, undefined, this.#excluder(link)).node(ROOT_PATH);
+        root = this.#tree(types, undefined, this.#excluder(link), this.#viewOf(link)).node(ROOT_PATH);
         roots.set(fid, root);
       }
       sends.push(this.#sendTree(peerId, types, [root]));
@@ -740,6 +808,7 @@ export class Tide {
         resourceTypes: l.sendTypes === undefined ? undefined : [...l.sendTypes],
         maySend: l.maySend === undefined ? undefined : [...l.maySend],
         withheldLabels: l.withheld.map(ruleText),
+        projectedTypes: [...(l.config.projection?.types() ?? [])].sort(),
         quarantine: l.quarantine ? { ...l.quarantine } : undefined,
       });
     }
@@ -913,16 +982,29 @@ export class Tide {
     else for (const k of keys) this.#labels.delete(k);
   }
 
-  /** True when `key` must not be sent to the link's peer: its labels match a withheld rule, or cannot be read (fail closed). */
-  #withheldFrom(link: PeerLink, key: string): boolean {
-    if (link.withheld.length === 0) return false;
-    const labels = this.#labelsOf(key);
-    return labels === null || labelsWithheld(labels, link.withheld);
+  /**
+   * May `peerId` receive `key` now: it is configured, subscribes to the key's type, and the shared
+   * resource carries no label withheld from it (route, Consent, `withheldLabels`; fail closed when
+   * they cannot be read). The projection feeds (src/mapping/projection.ts) ask it before writing a
+   * projection. Quarantine is not considered (it pauses sending, not what a peer may get).
+   * @param peerId - a peer node id.
+   * @param key - `Type/id`.
+   */
+  mayReceive(peerId: string, key: string): boolean {
+    const link = this.#links.get(peerId);
+    return link !== undefined && typeAllowed(key, link.sendTypes) && !this.#withheldFrom(link, key);
   }
 
-  /** Tree exclusion for a peer with withheld labels (undefined when it has none). */
+  /** True when `key` must not be sent to the link's peer: its labels match a withheld rule, or cannot be read (fail closed). */
+  #withheldFrom(link: PeerLink, key: string, rules: readonly LabelRule[] = link.withheld): boolean {
+    if (rules.length === 0) return false;
+    const labels = this.#labelsOf(key);
+    return labels === null || labelsWithheld(labels, rules);
+  }
+
+  /** Tree exclusion for a peer with withheld labels (undefined when it has none): its `treeWithheld` rules. */
   #excluder(link: PeerLink): ((key: string) => boolean) | undefined {
-    return link.withheld.length === 0 ? undefined : (key) => this.#withheldFrom(link, key);
+    return link.treeWithheld.length === 0 ? undefined : (key) => this.#withheldFrom(link, key, link.treeWithheld);
   }
 
   // ---------------------------------------------------------------- sending
@@ -931,7 +1013,7 @@ export class Tide {
    * Queues updates for one peer, keeping only what it may receive: the resource types it
    * subscribes to, and no resource carrying a label withheld from it. Nothing for a quarantined peer.
    */
-  #enqueue(peerId: string, updates: readonly ResourceUpdate[]): void {
+  #enqueue(peerId: string, updates: readonly ResourceUpdate[], origin: 'shared' | 'sourced'): void {
     const link = this.#links.get(peerId);
     if (!link) return;
     if (link.quarantine) {
@@ -941,6 +1023,8 @@ export class Tide {
     const box = link.outbox;
     for (const u of updates) {
       if (!typeAllowed(u.key, link.sendTypes)) continue;
+      // a projection peer never gets shared updates of a projected type (only its projection)
+      if (origin === 'shared' && this.#projected(link, u.key)) continue;
       if (this.#withheldFrom(link, u.key)) {
         this.#stats.updatesWithheld++;
         continue;
@@ -1051,6 +1135,20 @@ export class Tide {
         resources = resources.filter((k) => !this.#dropped.has(k));
         plaintext = () => encodeUpdates(kept);
         updateCount = kept.length;
+      }
+      if (sentUpdates && kind === 'updates' && link.withheld.length > 0) {
+        // Judged again at seal time: a label (or route, or Consent decision, or mapping reload)
+        // that changed while this batch waited in the peer's chain withholds it too.
+        const kept = sentUpdates.filter((u) => !this.#withheldFrom(link, u.key));
+        if (kept.length < sentUpdates.length) {
+          this.#stats.updatesWithheld += sentUpdates.length - kept.length;
+          if (kept.length === 0) return;
+          sentUpdates = kept;
+          const keys = new Set(kept.map((u) => u.key));
+          resources = resources.filter((k) => keys.has(k));
+          plaintext = () => encodeUpdates(kept);
+          updateCount = kept.length;
+        }
       }
       const messageId = randomUUID();
       let env: string;
@@ -1223,8 +1321,17 @@ export class Tide {
 
     switch (header.kind) {
       case 'updates': {
-        const updates = this.#decode(job, sender, header.kind, () => decodeUpdates(plaintext));
+        let updates = this.#decode(job, sender, header.kind, () => decodeUpdates(plaintext));
         if (link && updates.some((u) => !typeAllowed(u.key, link.maySend))) this.#reject(job, 'ERR_PEER_NOT_ALLOWED', sender, true, header.kind);
+        if (link?.config.projection && updates.some((u) => this.#projected(link, u.key))) {
+          // One-way feed (docs/mappings.md "Redaction"): nothing of a type projected for this peer
+          // enters the shared documents from it. Dropped, not refused whole: the rest of the message
+          // (and its own resources of other types) is legitimate, and a refusal would quarantine it.
+          const kept = updates.filter((u) => !this.#projected(link, u.key));
+          this.#stats.projectedUpdatesDropped += updates.length - kept.length;
+          this.#warnRateLimited(`projdrop:${sender}`, { peer: sender, dropped: updates.length - kept.length }, 'tide: updates of projected types from a projection peer dropped (one-way feed)');
+          updates = kept;
+        }
         // a Yjs update that does not even parse is poison: refuse before the store sees it
         const svs: Uint8Array[] = [];
         for (const u of updates) {
@@ -1237,7 +1344,7 @@ export class Tide {
         const before = new Map<string, Uint8Array | undefined>();
         for (const u of updates) if (!before.has(u.key)) before.set(u.key, this.#replica.stateVector(u.key));
         try {
-          await this.#replica.applyRemote(updates, sender);
+          if (updates.length > 0) await this.#replica.applyRemote(updates, sender);
         } catch (err) {
           this.#stats.applyFailures++;
           const attempts = job.opts.attempts ?? 1;
@@ -1401,6 +1508,7 @@ export class Tide {
       if (link.quarantine) continue;
       for (const key of fresh) {
         if (!typeAllowed(key, link.sendTypes)) continue; // not subscribed
+        if (this.#projected(link, key)) continue; // it gets a projection, never the shared document
         if (this.#withheldFrom(link, key)) continue; // carries a label withheld from it
         const mine = this.#replica.stateVector(key);
         if (mine === undefined) continue;
@@ -1419,7 +1527,7 @@ export class Tide {
       if (out.length === 0) continue;
       this.#stats.updatesRelayed += out.length;
       link.counters.relayed += out.length;
-      this.#enqueue(peerId, out);
+      this.#enqueue(peerId, out, 'shared');
     }
   }
 
@@ -1440,17 +1548,17 @@ export class Tide {
    * The digest tree of the held keys of `types`; with `paths`, only the keys below them (so a
    * question about a few deep nodes costs the state vectors of their keys only).
    */
-  #tree(types: TypeFilter, paths?: readonly TreePath[], exclude?: (key: string) => boolean): DigestTree {
+  #tree(types: TypeFilter, paths?: readonly TreePath[], exclude?: (key: string) => boolean, view: Pick<Replica, 'keys' | 'stateVector'> = this.#replica): DigestTree {
     const below = paths === undefined || paths.some((p) => p.depth === 0) ? undefined : new PathSet(paths);
     const leaves: TreeLeaf[] = [];
     const seen = new Set<string>();
-    for (const key of this.#replica.keys()) {
+    for (const key of view.keys()) {
       if (seen.has(key) || !isResourceKey(key) || !typeAllowed(key, types)) continue;
       seen.add(key);
       const h = this.#keyHash(key);
       if (below !== undefined && !below.has(h)) continue;
       if (exclude?.(key)) continue;
-      const sv = this.#replica.stateVector(key);
+      const sv = view.stateVector(key);
       if (sv === undefined) continue;
       try {
         leaves.push(makeLeaf(key, h, sv));
@@ -1516,7 +1624,7 @@ export class Tide {
     const k = link.knowledge;
     k.types = types;
     k.digestAt = Date.now();
-    const tree = this.#tree(types, msg.nodes, this.#excluder(link));
+    const tree = this.#tree(types, msg.nodes, this.#excluder(link), this.#viewOf(link));
     const descend: TreeNode[] = [];
     const digestPaths: TreePath[] = [];
     const pushPaths: TreePath[] = [];
@@ -1558,7 +1666,7 @@ export class Tide {
     const exclude = this.#excluder(link);
     const theirs = new Map<string, Uint8Array>();
     for (const e of digest.entries) if (typeAllowed(e.key, types) && !exclude?.(e.key)) theirs.set(e.key, e.stateVector);
-    const tree = this.#tree(types, digest.paths, exclude);
+    const tree = this.#tree(types, digest.paths, exclude, this.#viewOf(link));
     // the digest is the peer's state of these paths: replace what was known of it
     for (const l of tree.leaves) if (!theirs.has(l.key)) k.sv.delete(l.key);
     for (const [key, sv] of theirs) k.sv.set(key, sv);
@@ -1568,6 +1676,7 @@ export class Tide {
     let lacking = false;
     const mine = new Map(tree.leaves.map((l) => [l.key, l.stateVector]));
     for (const [key, sv] of theirs) {
+      if (this.#projected(link, key)) continue; // one-way feed: nothing of a projected type is asked for
       const m = mine.get(key);
       if (m === undefined || stateVectorAhead(sv, m)) {
         lacking = true;
@@ -1587,9 +1696,10 @@ export class Tide {
     const now = Date.now();
     let lagging = false;
     const diffs: ResourceUpdate[] = [];
+    const view = this.#viewOf(link);
     for (const l of leaves) {
       try {
-        const diff = this.#replica.diffFor(l.key, theirs.get(l.key));
+        const diff = view.diffFor(l.key, theirs.get(l.key));
         if (diff === undefined || diff.length === 0) continue;
         diffs.push({ key: l.key, update: diff });
         this.#learnSv(link, l.key, l.stateVector);
@@ -1601,7 +1711,7 @@ export class Tide {
     }
     if (diffs.length > 0) {
       this.#stats.aeUpdatesQueued += diffs.length;
-      this.#enqueue(link.config.nodeId, diffs);
+      this.#enqueue(link.config.nodeId, diffs, 'sourced');
     }
     return lagging;
   }
@@ -1643,6 +1753,12 @@ function isLagging(link: PeerLink): boolean {
  */
 function heldUpTo(update: Uint8Array): Uint8Array {
   return Y.encodeStateVector(Y.parseUpdateMeta(update).to);
+}
+
+/** The resource type of a key `Type/id`. */
+function typeOfKey(key: string): string {
+  const i = key.indexOf('/');
+  return i < 0 ? key : key.slice(0, i);
 }
 
 /** Per-client maximum of two Yjs state vectors (`Y.encodeStateVector` bytes). */

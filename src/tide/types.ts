@@ -84,6 +84,30 @@ export interface PeerConfig {
    * Needs {@link Replica.securityLabels}. See src/tide/peer-authz.ts.
    */
   withheldLabels?: readonly string[];
+  /**
+   * Redaction (docs/mappings.md "Redaction"): for the resource types it projects, this peer gets a
+   * read-only **projection document** per resource from this source instead of the shared document.
+   * Fanout ({@link Tide.publish}) and relay never send it shared updates of those types;
+   * {@link Tide.publishTo} sends it projection updates; anti-entropy with it compares and repairs
+   * those types from this source. Withheld labels of a projected key are those of the shared
+   * resource. Updates of projected types it sends this node are dropped (one-way feed).
+   */
+  projection?: ProjectionSource;
+}
+
+/**
+ * The projection documents of one peer (src/mapping/projection.ts), as Tide sees them: the same
+ * questions as {@link Replica} asks, about a separate store written only by this node.
+ */
+export interface ProjectionSource {
+  /** The resource types the peer gets projections of, empty when none (may change when the mapping is reloaded; called per key: keep it cheap). */
+  types(): ReadonlySet<string>;
+  /** Every key with a projection document (any order). */
+  keys(): Iterable<string>;
+  /** `Y.encodeStateVector` bytes of the projection document of `key`, or undefined when there is none. */
+  stateVector(key: string): Uint8Array | undefined;
+  /** The projection update a holder of `remoteStateVector` lacks, or undefined (see {@link Replica.diffFor}). */
+  diffFor(key: string, remoteStateVector: Uint8Array | undefined): Uint8Array | undefined;
 }
 
 /** One refused inbox message, as reported to {@link TideOptions.onRejection} (no plaintext, no resource keys). */
@@ -244,6 +268,8 @@ export interface PeerStatus {
   maySend: string[] | undefined;
   /** Security labels withheld from it (`system|code` or `code`), `[]` when none. */
   withheldLabels: string[];
+  /** Resource types it gets as redacted projections (sorted; docs/mappings.md "Redaction"), `[]` when none. */
+  projectedTypes: string[];
   /** Set while the peer is quarantined (breach response): messages refused, nothing sent. */
   quarantine: PeerQuarantine | undefined;
 }
@@ -307,6 +333,10 @@ export interface TideStats {
   updatesWithheld: number;
   /** Resource updates not sent to a peer because it is quarantined. */
   updatesToQuarantinedPeers: number;
+  /** Projection updates queued to projection peers ({@link Tide.publishTo}). */
+  projectionUpdatesQueued: number;
+  /** Updates of a projected resource type received from its projection peer and dropped (one-way feed). */
+  projectedUpdatesDropped: number;
 }
 
 /** Envelope `kind` values Tide sends and accepts. */

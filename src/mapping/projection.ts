@@ -1,0 +1,330 @@
+/**
+ * Projection documents of redacted peers (docs/mappings.md "Redaction").
+ *
+ * Gossip carries Yjs updates of ONE shared document per resource (docs/merge.md): a peer cannot be
+ * sent a redacted version of it. A peer whose route has `redact` rules is therefore a **projection
+ * peer** for the resource types its rules name: it receives, per resource, a separate read-only
+ * document — the projection — written only by this node, holding `redactResource(current version)`.
+ *
+ * Each projection peer has its own projection store and its own merge {@link Replica} over it, whose
+ * writer id is `<node>~redacted~<peer>~<epoch>` (so its Yjs client id is its own, never the node's).
+ * Whenever the shared resource gets a new version the node calls {@link ProjectionFeeds.onVersion};
+ * the key is re-projected for every projection peer whose route and withheld labels allow it (a
+ * deleted resource is deleted in the projection), and when that changed the projection document,
+ * its update goes to that peer only (Tide `publishTo`). Tide's anti-entropy with the peer compares
+ * and repairs projected types from the projection store ({@link ProjectionFeeds.source}).
+ *
+ * **Epoch.** A projection store that is lost (file deleted, memory store restarted) cannot be
+ * rebuilt under the same writer id: the new document would reuse Yjs clocks the peer already holds
+ * with other content, and the peer would silently ignore it. Each projection store therefore has an
+ * epoch (random, kept in its file name): a new store starts a new writer. The peer then holds two
+ * lineages of the resource; the new one's writes carry later stamps and win element by element.
+ * Limit: an element the old lineage holds that the new one never writes (removed from the resource
+ * while the store was lost) stays visible at the peer.
+ */
+import { randomBytes } from 'node:crypto';
+import { readdirSync, statSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { parseFhirJson, isJsonObject } from '../fhir/json.ts';
+import type { FhirJsonObject } from '../fhir/json.ts';
+import { Replica } from '../merge/replica.ts';
+import type { MergePolicy } from '../merge/policy.ts';
+import { MemoryStore } from '../store/store.ts';
+import { SqliteStore } from '../store/sqlite-store.ts';
+import type { SqliteStoreOptions } from '../store/sqlite-store.ts';
+import type { ResourceStore } from '../store/store.ts';
+import type { ProjectionSource, ResourceUpdate } from '../tide/types.ts';
+import type { Mapping } from './load.ts';
+
+/** An opened projection store: the store and its epoch (see module doc). */
+export interface OpenedProjectionStore {
+  store: ResourceStore;
+  /** 1-32 of `[a-z0-9]`, new for every new (empty) store. */
+  epoch: string;
+}
+
+/** Minimal pino-compatible logger (no PHI is ever passed: keys' types, peer ids, counts, error codes). */
+export interface ProjectionLogger {
+  warn(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+}
+
+/** Options of {@link ProjectionFeeds}. */
+export interface ProjectionFeedsOptions {
+  /** This node's id. */
+  nodeId: string;
+  /** The mapping in force (read at use time: a reload changes the rules). */
+  mapping: () => Mapping | undefined;
+  /** The node's shared merge replica: `current(key)` is projected, `keys()` backfilled. */
+  shared: Pick<Replica, 'current' | 'keys'>;
+  /** Merge policy of the projection replicas (the node's). */
+  policy: MergePolicy;
+  /** Opens (or creates) the projection store of a peer; default a {@link MemoryStore} with a new epoch. */
+  openStore?: (peerId: string) => OpenedProjectionStore;
+  /** Sends projection updates to one peer (Tide `publishTo`). May throw (logged, the projection is repaired by anti-entropy). */
+  publishTo: (peerId: string, updates: ResourceUpdate[]) => void;
+  /** May the peer receive `key` (route, withheld labels, Consent, subscription: Tide `mayReceive`)? */
+  mayReceive: (peerId: string, key: string) => boolean;
+  logger?: ProjectionLogger;
+  /** Keys projected per event-loop turn. Default 100. */
+  batchSize?: number;
+}
+
+/** Counters of {@link ProjectionFeeds.stats}. */
+export interface ProjectionStats {
+  /** Projection documents written (a change of a projection). */
+  written: number;
+  /** Updates handed to `publishTo`. */
+  published: number;
+  /** Keys that failed to project (logged; retried on the next version or backfill). */
+  failures: number;
+}
+
+/** One peer's projection: its store, replica and epoch. */
+interface Feed {
+  replica: Replica;
+  store: ResourceStore;
+  epoch: string;
+}
+
+const NO_TYPES: ReadonlySet<string> = new Set();
+
+/** A new random epoch. */
+export function newEpoch(): string {
+  return randomBytes(6).toString('hex');
+}
+
+/**
+ * Opens the projection store of one peer next to the node's SQLite store file:
+ * `<storeFile>.projection-<peerId>.<epoch>.sqlite` (sealed like the node's store when `opts` has
+ * `secretKeys`; its key vault is that file + `.keys`). An existing file of that peer is reopened
+ * with its epoch; otherwise a new file with a new epoch is created (see the module doc: a lost
+ * projection store starts a new writer, it never reuses the old one's Yjs clocks).
+ * @param storeFile - the node's store file (absolute or relative to the working directory).
+ * @param peerId - the projection peer's node id.
+ * @param opts - SQLite store options (`secretKeys` to seal it).
+ * @returns The store, its epoch and its closer.
+ * @throws Error when the file cannot be opened as a tidegate store (see {@link SqliteStore}).
+ */
+export function openProjectionSqlite(storeFile: string, peerId: string, opts: SqliteStoreOptions = {}): OpenedProjectionStore & { path: string; close(): void } {
+  const dir = dirname(storeFile);
+  const prefix = `${basename(storeFile)}.projection-${peerId}.`;
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir).filter((n) => n.startsWith(prefix) && /^[0-9a-f]{1,32}\.sqlite$/.test(n.slice(prefix.length)));
+  } catch {
+    // the folder is created with the store
+  }
+  // more than one (a copy restored by hand): the newest is in use
+  names.sort((a, b) => statSync(join(dir, b)).mtimeMs - statSync(join(dir, a)).mtimeMs);
+  const epoch = names[0] !== undefined ? names[0].slice(prefix.length, -'.sqlite'.length) : newEpoch();
+  const path = join(dir, `${prefix}${epoch}.sqlite`);
+  const store = new SqliteStore(path, opts);
+  return { store, epoch, path, close: () => store.close() };
+}
+
+/** The resource type of a key `Type/id`. */
+function typeOf(key: string): string {
+  const i = key.indexOf('/');
+  return i < 0 ? key : key.slice(0, i);
+}
+
+/** See module doc. */
+export class ProjectionFeeds {
+  readonly #opts: ProjectionFeedsOptions;
+  readonly #feeds = new Map<string, Feed>();
+  readonly #dirty = new Set<string>();
+  #running: Promise<void> | undefined;
+  #stopped = false;
+  readonly #stats: ProjectionStats = { written: 0, published: 0, failures: 0 };
+  readonly #batchSize: number;
+
+  /** @param opts - see {@link ProjectionFeedsOptions}. */
+  constructor(opts: ProjectionFeedsOptions) {
+    this.#opts = opts;
+    this.#batchSize = opts.batchSize ?? 100;
+  }
+
+  /** Resource types projected for `peerId` under the mapping in force (empty: not a projection peer). */
+  typesFor(peerId: string): ReadonlySet<string> {
+    return this.#opts.mapping()?.redactedTypes(peerId) ?? NO_TYPES;
+  }
+
+  /** The peer's feed, opened on first use. */
+  #feed(peerId: string): Feed {
+    let feed = this.#feeds.get(peerId);
+    if (feed === undefined) {
+      const opened = this.#opts.openStore?.(peerId) ?? { store: new MemoryStore(), epoch: newEpoch() };
+      const replica = new Replica({ nodeId: `${this.#opts.nodeId}~redacted~${peerId}~${opened.epoch}`, store: opened.store, policy: this.#opts.policy });
+      feed = { replica, store: opened.store, epoch: opened.epoch };
+      this.#feeds.set(peerId, feed);
+    }
+    return feed;
+  }
+
+  /**
+   * The peer's projection as Tide sees it (`PeerConfig.projection`). The projection store is opened
+   * only once the peer has redaction rules.
+   * @param peerId - a configured peer id.
+   */
+  source(peerId: string): ProjectionSource {
+    return {
+      types: () => this.typesFor(peerId),
+      keys: () => (this.typesFor(peerId).size === 0 ? [] : this.#feed(peerId).replica.keys()),
+      stateVector: (key) => (this.typesFor(peerId).size === 0 ? undefined : this.#feed(peerId).replica.stateVector(key)),
+      diffFor: (key, sv) => (this.typesFor(peerId).size === 0 ? undefined : this.#feed(peerId).replica.diffFor(key, sv)),
+    };
+  }
+
+  /**
+   * The peer's projection replica (read access, e.g. for tests and `GET` of what a peer holds).
+   * @param peerId - a configured peer id.
+   */
+  replicaFor(peerId: string): Replica {
+    return this.#feed(peerId).replica;
+  }
+
+  /**
+   * Tells the feeds that the shared resource `key` has a new version (local write, remote merge,
+   * hospital read). Projection happens soon after, off the caller's stack, batched. Never throws.
+   * @param key - `Type/id`.
+   */
+  onVersion(key: string): void {
+    if (this.#stopped) return;
+    this.#dirty.add(key);
+    this.#schedule();
+  }
+
+  /**
+   * Brings every projection up to date: queues every held key of a projected type. Runs in the
+   * background in batches of `batchSize` keys, yielding to the event loop between them.
+   * @returns Resolves once every key queued so far has been projected.
+   */
+  async backfill(): Promise<void> {
+    const peers = this.#projectionPeers();
+    if (peers.length === 0) return;
+    const types = new Set(peers.flatMap((p) => [...this.typesFor(p)]));
+    let n = 0;
+    for (const key of this.#opts.shared.keys()) {
+      if (this.#stopped) return;
+      if (types.has(typeOf(key))) this.#dirty.add(key);
+      if (++n % 1000 === 0) await yieldToLoop();
+    }
+    this.#schedule();
+    await this.idle();
+  }
+
+  /** Resolves once nothing waits to be projected. */
+  async idle(): Promise<void> {
+    while (this.#running) await this.#running;
+  }
+
+  /** Stops projecting (what waits is left: the next start's backfill does it). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#dirty.clear();
+    await this.idle();
+  }
+
+  /**
+   * Crypto-shredding (src/store/shred.ts) reaches the projections: `keys` are left out of what waits
+   * to be projected, and shredded in every opened projection store that can shred (a sealed SQLite
+   * projection store: content keys destroyed, tombstone kept). A memory projection store cannot
+   * shred: its documents go when the process ends.
+   * @param keys - the `Type/id` keys shredded in the node's store.
+   * @returns Projection documents shredded, and projection stores that could not shred them.
+   */
+  shred(keys: readonly string[]): { shredded: number; unshreddable: number } {
+    for (const k of keys) this.#dirty.delete(k);
+    let shredded = 0;
+    let unshreddable = 0;
+    for (const feed of this.#feeds.values()) {
+      const held = keys.filter((k) => feed.store.get(k) !== undefined);
+      if (held.length === 0) continue;
+      const store = feed.store as ResourceStore & { shred?: (keys: readonly string[]) => { shredded: string[] } };
+      if (typeof store.shred === 'function') shredded += store.shred(held).shredded.length;
+      else unshreddable++;
+    }
+    return { shredded, unshreddable };
+  }
+
+  /** Counters since construction. */
+  stats(): ProjectionStats {
+    return { ...this.#stats };
+  }
+
+  /** Peers with redaction rules under the mapping in force. */
+  #projectionPeers(): string[] {
+    const m = this.#opts.mapping();
+    return m === undefined ? [] : m.peers.filter((p) => m.redactionFor(p) !== undefined);
+  }
+
+  #schedule(): void {
+    if (this.#running || this.#dirty.size === 0) return;
+    this.#running = this.#drain().finally(() => {
+      this.#running = undefined;
+      if (this.#dirty.size > 0 && !this.#stopped) this.#schedule();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#dirty.size > 0 && !this.#stopped) {
+      await yieldToLoop();
+      const batch: string[] = [];
+      for (const key of this.#dirty) {
+        batch.push(key);
+        if (batch.length >= this.#batchSize) break;
+      }
+      for (const key of batch) this.#dirty.delete(key);
+      const peers = this.#projectionPeers();
+      for (const peerId of peers) {
+        const updates: ResourceUpdate[] = [];
+        for (const key of batch) {
+          try {
+            const update = this.#project(peerId, key);
+            if (update) updates.push({ key, update });
+          } catch (err) {
+            this.#stats.failures++;
+            this.#opts.logger?.warn({ peer: peerId, type: typeOf(key), err: (err as { code?: string }).code ?? (err as Error).name }, 'projection: resource not projected');
+          }
+        }
+        if (updates.length === 0) continue;
+        try {
+          this.#opts.publishTo(peerId, updates);
+          this.#stats.published += updates.length;
+        } catch (err) {
+          this.#opts.logger?.warn({ peer: peerId, count: updates.length, err: (err as Error).message }, 'projection: updates not sent (anti-entropy repairs them)');
+        }
+      }
+    }
+  }
+
+  /**
+   * Writes the projection of `key` for `peerId` from the shared resource's current version.
+   * @returns The projection's Yjs update, or undefined when it did not change (or is not due).
+   */
+  #project(peerId: string, key: string): Uint8Array | undefined {
+    const mapping = this.#opts.mapping();
+    if (mapping === undefined || !this.typesFor(peerId).has(typeOf(key))) return undefined;
+    const current = this.#opts.shared.current(key);
+    if (current === undefined) return undefined;
+    // the route, withheld labels and Consent decide on the SHARED resource
+    if (!this.#opts.mayReceive(peerId, key)) return undefined;
+    const feed = this.#feed(peerId);
+    let result;
+    if (current.deleted || current.body === null) {
+      const mine = feed.replica.current(key);
+      if (mine === undefined || mine.deleted) return undefined;
+      result = feed.replica.write(key, null);
+    } else {
+      const parsed = parseFhirJson(current.body);
+      if (!isJsonObject(parsed)) return undefined;
+      const { resource } = mapping.redact(peerId, parsed as FhirJsonObject);
+      result = feed.replica.write(key, resource);
+    }
+    if (result.update === undefined) return undefined;
+    this.#stats.written++;
+    return result.update;
+  }
+}
