@@ -14,6 +14,7 @@ export const SECTION_MODULES: ReadonlyArray<{ id: string; module: string; name: 
   { id: 'http', module: './http.ts', name: 'httpSection' },
   { id: 'tide', module: './tide-scale.ts', name: 'tideSection' },
   { id: 'detection', module: './detection.ts', name: 'detectionSection' },
+  { id: 'mapping', module: './mapping.ts', name: 'mappingSection' },
 ];
 
 /**

@@ -19,7 +19,7 @@ program.name('tidegate').description('FHIR R4 gateway that merges concurrent wri
 
 program
   .command('demo')
-  .description('start N hospitals in one process, import ndjson through hospital 1, edit concurrently, check convergence')
+  .description('start N hospitals in one process (hospital-a and hospital-b with the example mappings), import ndjson through hospital-a, edit concurrently, check convergence and the mapping')
   .option('--hospitals <n>', 'number of hospitals', positiveInt, 2)
   .option('--data <dir>', 'FHIR Bulk Data ndjson folder to import', EXAMPLES_DIR)
   .option('--json', 'print the report as one JSON object on stdout', false)
