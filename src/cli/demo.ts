@@ -6,7 +6,6 @@
  * work end to end, and a comparison of every hospital FHIR server with its node's resources
  * (through its outbound translation). See README.md ("The demo").
  */
-import { randomBytes } from 'node:crypto';
 import { resolve, join } from 'node:path';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,15 +15,12 @@ import pino from 'pino';
 import type { Logger } from 'pino';
 import { canonicalStringify, parseFhirJson } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
-import { generateNodeKeys } from '../envelope/index.ts';
-import type { NodePublicKeys } from '../envelope/index.ts';
-import { comparableForm, HospitalClient, startMedplumHospital } from '../hospital/index.ts';
+import { comparableForm } from '../hospital/index.ts';
 import { importPlan } from '../import/index.ts';
 import { loadMappingOrThrow } from '../mapping/index.ts';
 import type { Mapping } from '../mapping/index.ts';
-import { Network } from '../node/network.ts';
+import { Network, startNetwork } from '../node/network.ts';
 import type { Member } from '../node/network.ts';
-import { TidegateNode } from '../node/node.ts';
 import { resolveRedis } from './redis.ts';
 import { assertAuthOrInsecureDev } from '../auth/config.ts';
 
@@ -180,42 +176,6 @@ function demoMappings(names: readonly string[], dir: string, log: Logger): Mappi
     writeFileSync(file, JSON.stringify({ description: `${name}: hospital-a's route for hospital-b`, routes: { 'hospital-b': routeB } }));
     return load(file, name);
   });
-}
-
-/**
- * Starts the demo's hospitals: as `startNetwork` (src/node/network.ts: a Medplum server, a node and
- * keys each, one Redis), with each member's mapping given to its node and its hospital client.
- * @throws when Redis is unreachable or ports cannot be bound (everything started is stopped again).
- */
-async function startDemoNetwork(names: readonly string[], mappings: readonly Mapping[], o: { redisUrl: string; logger: Logger; antiEntropyIntervalMs: number; batchDelayMs: number }): Promise<Network> {
-  const prefix = `tidegate-${randomBytes(4).toString('hex')}`;
-  const keys = names.map((n) => generateNodeKeys(n));
-  const publics = new Map<string, NodePublicKeys>(keys.map((k) => [k.publicKeys.nodeId, k.publicKeys]));
-  const members: Member[] = [];
-  const network = new Network(members, prefix, o.redisUrl);
-  try {
-    for (const [i, name] of names.entries()) {
-      const hospital = await startMedplumHospital({ name: `${name}-fhir` });
-      const client = new HospitalClient({ baseUrl: hospital.url, mapping: mappings[i]! });
-      const node = new TidegateNode({
-        secretKeys: keys[i]!.secretKeys,
-        peers: names.filter((n) => n !== name).map((n) => ({ nodeId: n, redisUrl: o.redisUrl, publicKeys: publics.get(n)! })),
-        redisUrl: o.redisUrl,
-        queuePrefix: prefix,
-        hospital: client,
-        mapping: mappings[i]!,
-        logger: o.logger.child({ node: name }),
-        antiEntropyIntervalMs: o.antiEntropyIntervalMs,
-        batchDelayMs: o.batchDelayMs,
-      });
-      members.push({ name, node, hospital, client, gateway: '', fhirServer: hospital.url });
-      members[members.length - 1]!.gateway = await node.start();
-    }
-  } catch (err) {
-    await network.stop().catch(() => {});
-    throw err;
-  }
-  return network;
 }
 
 /**
@@ -419,7 +379,7 @@ export async function runDemo(opts: DemoOptions, out: { info: (s: string) => voi
     const mappings = demoMappings(names, tmp, log);
     out.info(`tidegate demo: ${names[0]} and ${names[1]} load config/examples/${names[0]}.mapping.json and ${names[1]}.mapping.json${names.length > 2 ? `; ${names.slice(2).join(', ')} apply ${names[0]}'s route for ${names[1]}` : ''}`);
     // A bulk import favours throughput: a 250 ms batching window seals ~100× fewer envelopes.
-    net = await startDemoNetwork(names, mappings, { redisUrl: redis.url, logger: log, antiEntropyIntervalMs: opts.serve ? 30_000 : 0, batchDelayMs: 250 });
+    net = await startNetwork({ hospitals: names.length, names, mappings, redisUrl: redis.url, logger: log, antiEntropyIntervalMs: opts.serve ? 30_000 : 0, batchDelayMs: 250 });
     const holdings = new Holdings(net, mappings);
     const plan = await importPlan(dataDir);
     for (const p of plan.problems) out.info(`skipped ${p.file}:${p.line}: ${p.message}`);

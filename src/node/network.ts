@@ -11,6 +11,7 @@ import type { NodePublicKeys } from '../envelope/index.ts';
 import { HospitalClient, comparableForm, startMedplumHospital } from '../hospital/index.ts';
 import type { MedplumHospital, MedplumHospitalOptions } from '../hospital/index.ts';
 import { TidegateNode } from './node.ts';
+import type { Mapping } from '../mapping/index.ts';
 import { deleteKeysMatching } from '../tide/redis-keys.ts';
 
 /** One hospital of the network. */
@@ -28,6 +29,10 @@ export interface Member {
 /** Options of {@link startNetwork}. */
 export interface NetworkOptions {
   hospitals: number;
+  /** Member names (node ids), `hospitals` of them; default `hospital-1` … `hospital-N`. */
+  names?: readonly string[];
+  /** Each member's mapping (docs/mappings.md), by position, given to its node and its hospital client; default none. */
+  mappings?: readonly (Mapping | undefined)[];
   redisUrl: string;
   /** BullMQ prefix; default a fresh random one so runs never see each other's jobs. */
   prefix?: string;
@@ -144,13 +149,16 @@ export class Network {
 }
 
 /**
- * Starts `hospitals` hospitals (names `hospital-1` …), each with a Medplum server, a node and keys.
- * @throws when Redis is unreachable or ports cannot be bound (everything started is stopped again).
+ * Starts `hospitals` hospitals (names `hospital-1` … unless `names` are given), each with a Medplum
+ * server, a node and keys, and its mapping when `mappings` gives one.
+ * @throws RangeError when `names` or `mappings` do not have `hospitals` items; an Error when Redis is
+ *   unreachable or ports cannot be bound (everything started is stopped again).
  */
 export async function startNetwork(opts: NetworkOptions): Promise<Network> {
   const prefix = opts.prefix ?? `tidegate-${randomBytes(4).toString('hex')}`;
   const log = opts.logger ?? pino({ level: 'warn' });
-  const names = Array.from({ length: opts.hospitals }, (_, i) => `hospital-${i + 1}`);
+  const names = opts.names ?? Array.from({ length: opts.hospitals }, (_, i) => `hospital-${i + 1}`);
+  if (names.length !== opts.hospitals || (opts.mappings !== undefined && opts.mappings.length !== opts.hospitals)) throw new RangeError(`startNetwork: names and mappings must have ${opts.hospitals} items`);
   const keys = names.map((n) => generateNodeKeys(n));
   const publics = new Map<string, NodePublicKeys>(keys.map((k) => [k.publicKeys.nodeId, k.publicKeys]));
   const members: Member[] = [];
@@ -158,13 +166,15 @@ export async function startNetwork(opts: NetworkOptions): Promise<Network> {
   try {
     for (const [i, name] of names.entries()) {
       const hospital = await startMedplumHospital({ ...opts.hospitalServer, name: `${name}-fhir` });
-      const client = new HospitalClient({ baseUrl: hospital.url });
+      const mapping = opts.mappings?.[i];
+      const client = new HospitalClient({ baseUrl: hospital.url, ...(mapping ? { mapping } : {}) });
       const node = new TidegateNode({
         secretKeys: keys[i]!.secretKeys,
         peers: names.filter((n) => n !== name).map((n) => ({ nodeId: n, redisUrl: opts.redisUrl, publicKeys: publics.get(n)! })),
         redisUrl: opts.redisUrl,
         queuePrefix: prefix,
         hospital: client,
+        ...(mapping ? { mapping } : {}),
         logger: log.child({ node: name }),
         antiEntropyIntervalMs: opts.antiEntropyIntervalMs ?? 0,
         ...(opts.batchDelayMs !== undefined ? { batchDelayMs: opts.batchDelayMs } : {}),
