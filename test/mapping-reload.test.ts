@@ -458,6 +458,8 @@ describe('tidegate serve: SIGHUP reloads the mapping; a taken port stops the sta
       hospitalPollIntervalMs: 0,
       logLevel: 'info',
       mappingFile,
+      auditFile: join(dir, `${name}.audit.jsonl`),
+      audit: { maxSegmentBytes: 4096 },
     });
     const child = spawn(process.execPath, ['src/cli/main.ts', 'serve', '--config', cfgPath, '--insecure-dev'], { cwd: new URL('..', import.meta.url), stdio: ['ignore', 'pipe', 'pipe'] });
     children.push(child);
@@ -536,6 +538,20 @@ describe('tidegate serve: SIGHUP reloads the mapping; a taken port stops the sta
     assert.deepEqual(body.reloaded.keys, { changed: [], unchanged: ['srv-d'] });
     assert.equal(body.reloaded.mapping.reloaded, true);
     assert.equal(body.reloaded.mapping.warnings, 0);
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+  });
+
+  test('serve rotates the audit trail at the configured audit.maxSegmentBytes', async () => {
+    const port = await freePort();
+    const { child, logs } = await serve('srv-c-audit', port);
+    await until('node listening', () => logs().includes('tidegate node listening'), 120_000);
+    for (let i = 0; i < 20; i++) {
+      const res = await fetch(`http://127.0.0.1:${port}/fhir/Patient/audit-${i}`, { method: 'PUT', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', id: `audit-${i}`, gender: 'female' }) });
+      assert.equal(res.status, 201);
+    }
+    const auditFile = join(dir, 'srv-c-audit.audit.jsonl');
+    await until('a rotated segment', () => existsSync(`${auditFile}.000001`) && existsSync(`${auditFile}.segments`), 30_000);
     child.kill('SIGTERM');
     await new Promise((r) => child.once('exit', r));
   });

@@ -1,6 +1,6 @@
 /**
  * Command-line side of the audit trail:
- * - `tidegate audit verify --config FILE [--file PATH] [--expect SEQ:HASH]` ({@link runAuditVerify});
+ * - `tidegate audit verify --config FILE [--file PATH] [--expect SEQ:HASH] [--from SEGMENT]` ({@link runAuditVerify});
  * - recording key operations and offline shreds into the node's trail from `tidegate keys …` and
  *   `tidegate shred` ({@link recordOffline}, {@link keyOperationFromStore}).
  *
@@ -10,6 +10,7 @@
 import { userInfo } from 'node:os';
 import { loadNodeConfig } from '../config/config.ts';
 import { AuditTrail } from './trail.ts';
+import type { AuditTrailOptions } from './trail.ts';
 import { verifyTrail } from './verify.ts';
 import type { VerifyReport } from './verify.ts';
 import { keyOperationEvent } from './events.ts';
@@ -24,6 +25,8 @@ export interface AuditVerifyOptions {
   file?: string;
   /** `SEQ:HASH` anchor from an earlier run (kept outside the node). */
   expect?: string;
+  /** Segment file name to start at, the ones before it archived (its recorded previous hash is trusted). */
+  from?: string;
   /** Environment for config overrides; tests only. */
   env?: NodeJS.ProcessEnv;
 }
@@ -35,17 +38,29 @@ export interface AuditVerifyOptions {
  * @returns The absolute path of the trail (`auditFile`).
  * @throws Error when the configuration is invalid.
  */
-export function auditFileOfConfig(configPath: string, env: NodeJS.ProcessEnv = process.env): { file: string; nodeId: string } {
+export function auditFileOfConfig(configPath: string, env: NodeJS.ProcessEnv = process.env): { file: string; nodeId: string; rotation: Pick<AuditTrailOptions, 'maxSegmentBytes' | 'maxSegmentAgeMs'> } {
   const cfg = loadNodeConfig(configPath, env);
   // loadNodeConfig always sets auditFile (default data/<nodeId>.audit.jsonl).
-  return { file: cfg.auditFile!, nodeId: cfg.nodeId };
+  return { file: cfg.auditFile!, nodeId: cfg.nodeId, rotation: auditRotationOf(cfg.audit) };
+}
+
+/**
+ * The {@link AuditTrail.open} rotation options of a node config's `audit` section.
+ * @param audit - `{ maxSegmentBytes?, maxSegmentAgeHours? }` (bytes, hours) or undefined.
+ * @returns `{ maxSegmentBytes?, maxSegmentAgeMs? }` (bytes, ms); absent fields take the trail's defaults.
+ */
+export function auditRotationOf(audit: { maxSegmentBytes?: number | undefined; maxSegmentAgeHours?: number | undefined } | undefined): Pick<AuditTrailOptions, 'maxSegmentBytes' | 'maxSegmentAgeMs'> {
+  return {
+    ...(audit?.maxSegmentBytes !== undefined ? { maxSegmentBytes: audit.maxSegmentBytes } : {}),
+    ...(audit?.maxSegmentAgeHours !== undefined ? { maxSegmentAgeMs: audit.maxSegmentAgeHours * 3_600_000 } : {}),
+  };
 }
 
 /**
  * Verifies a node's trail (src/audit/verify.ts).
  * @param o - see {@link AuditVerifyOptions}.
  * @returns The report; the caller exits non-zero when `ok` is false.
- * @throws Error when neither `config` nor `file` is given, `expect` is malformed, or the file cannot be read.
+ * @throws Error when neither `config` nor `file` is given, `expect` or `from` is malformed, or the file cannot be read.
  */
 export async function runAuditVerify(o: AuditVerifyOptions): Promise<VerifyReport> {
   const file = o.file ?? (o.config !== undefined ? auditFileOfConfig(o.config, o.env ?? process.env).file : undefined);
@@ -56,7 +71,8 @@ export async function runAuditVerify(o: AuditVerifyOptions): Promise<VerifyRepor
     if (!m) throw new Error('--expect must be SEQ:HASH (a sequence number and 64 hex characters, as printed by an earlier verify)');
     expect = { seq: Number(m[1]), hash: m[2]! };
   }
-  return verifyTrail(file, expect ? { expect } : {});
+  if (o.from !== undefined && !/^[^/\\]+\.\d{6,15}$/.test(o.from)) throw new Error('--from must be a segment file name such as node-a.audit.jsonl.000042 (no folder)');
+  return verifyTrail(file, { ...(expect ? { expect } : {}), ...(o.from !== undefined ? { from: o.from } : {}) });
 }
 
 /**
@@ -64,10 +80,11 @@ export async function runAuditVerify(o: AuditVerifyOptions): Promise<VerifyRepor
  * @param file - the trail file.
  * @param nodeId - the node the trail belongs to.
  * @param events - the events.
+ * @param rotation - the node config's rotation ({@link auditRotationOf}); defaults when absent.
  * @throws AuditTrailError when the trail is locked for longer than 5 s or corrupt; Error from the file system.
  */
-export async function recordOffline(file: string, nodeId: string, events: readonly AuditEvent[]): Promise<void> {
-  const trail = await AuditTrail.open(file, { nodeId });
+export async function recordOffline(file: string, nodeId: string, events: readonly AuditEvent[], rotation: Pick<AuditTrailOptions, 'maxSegmentBytes' | 'maxSegmentAgeMs'> = {}): Promise<void> {
+  const trail = await AuditTrail.open(file, { nodeId, ...rotation });
   try {
     for (const e of events) trail.record(e);
   } finally {
@@ -113,7 +130,7 @@ export async function auditKeyCommand(configPath: string | undefined, nodeId: st
     process.stderr.write(`tidegate: key ${op} not recorded in an audit trail (give --config to record it)\n`);
     return;
   }
-  const { file, nodeId: cfgNode } = auditFileOfConfig(configPath);
+  const { file, nodeId: cfgNode, rotation } = auditFileOfConfig(configPath);
   if (cfgNode !== nodeId) throw new Error(`--config is for node ${cfgNode}, the keys are of node ${nodeId}`);
-  await recordOffline(file, nodeId, [keyOperationFromStore(nodeId, op, keys, counts)]);
+  await recordOffline(file, nodeId, [keyOperationFromStore(nodeId, op, keys, counts)], rotation);
 }

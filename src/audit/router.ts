@@ -31,8 +31,12 @@ const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
 /** What the router reads events from (an {@link AuditTrail}). */
 export interface AuditEventSource {
-  /** Stored events, newest first, with their sequence numbers. */
-  newestFirst(): AsyncIterable<{ seq: number; event: AuditEvent }>;
+  /**
+   * Stored events, newest first, with their sequence numbers. `hints` let it skip rotated segments
+   * that cannot hold a wanted event (`beforeSeq`: the cursor; `mayMatchTimes`: the `date` filter on
+   * a segment's recorded range in ms); it may still yield events outside them.
+   */
+  newestFirst(hints?: { beforeSeq?: number; mayMatchTimes?: (firstMs: number, lastMs: number) => boolean }): AsyncIterable<{ seq: number; event: AuditEvent }>;
   /** Writes queued events, so an answer includes everything recorded before the request. */
   flush?(): Promise<void>;
 }
@@ -97,7 +101,8 @@ export function auditEventRouter(opts: AuditRouterOptions): Router {
       const entries: AuditEvent[] = [];
       let lastSeq = 0;
       let more = false;
-      for await (const { seq, event } of opts.trail.newestFirst()) {
+      const hints = { ...(q.cursor !== undefined ? { beforeSeq: q.cursor } : {}), ...(q.mayMatchTimes ? { mayMatchTimes: q.mayMatchTimes } : {}) };
+      for await (const { seq, event } of opts.trail.newestFirst(hints)) {
         if (q.cursor !== undefined && !(seq > 0 && seq < q.cursor)) continue;
         if (!q.matches(event)) continue;
         if (entries.length === q.count) {

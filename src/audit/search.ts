@@ -15,6 +15,9 @@
  * | `_count` | number | page size, 1-1000 (default 50) |
  * | `_cursor` | — | paging: only events with a lower sequence number (set by the `next` link) |
  *
+ * `date` also gives {@link AuditQuery.mayMatchTimes}, with which the trail skips rotated segments
+ * whose recorded range cannot match (src/audit/segments.ts).
+ *
  * Repeated parameters are AND-ed, comma-separated values OR-ed. Any other parameter (or modifier)
  * is an error: an auditor must not get a wider answer than asked for because a filter was ignored.
  */
@@ -30,6 +33,11 @@ export interface AuditQuery {
   cursor: number | undefined;
   /** The query's own parameters, for the `self`/`next` links (without `_cursor`). */
   params: Array<[string, string]>;
+  /**
+   * With `date` parameters: whether events recorded within [firstMs, lastMs] (ms since the epoch)
+   * may match them, so a rotated segment outside the range is not read. Undefined without `date`.
+   */
+  mayMatchTimes: ((firstMs: number, lastMs: number) => boolean) | undefined;
 }
 
 /** Default and largest `_count`. */
@@ -57,6 +65,31 @@ function dateRange(value: string): [number, number] {
   if (!Number.isFinite(t)) throw badRequest('date: not a valid instant');
   const width = s === undefined ? 60_000 : frac === undefined ? 1000 : 1;
   return [t, t + width];
+}
+
+/** Whether some instant t in [first, last] satisfies the date value (the range form of {@link datePred}). */
+function dateRangePred(value: string): (first: number, last: number) => boolean {
+  const pm = /^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)$/.exec(value)!;
+  const prefix = pm[1] ?? 'eq';
+  const [lo, hi] = dateRange(pm[2]!);
+  return (first, last) => {
+    switch (prefix) {
+      case 'eq':
+        return last >= lo && first < hi;
+      case 'ne':
+        return first < lo || last >= hi;
+      case 'gt':
+      case 'sa':
+        return last >= hi;
+      case 'lt':
+      case 'eb':
+        return first < lo;
+      case 'ge':
+        return last >= lo;
+      default: // le
+        return first < hi;
+    }
+  };
 }
 
 function datePred(value: string): Pred {
@@ -135,6 +168,7 @@ const unversioned = (r: string): string => r.replace(/\/_history\/[^/]+$/, '');
  */
 export function parseAuditQuery(params: ReadonlyArray<readonly [string, string]>): AuditQuery {
   const preds: Pred[] = [];
+  const timeRanges: Array<(first: number, last: number) => boolean> = [];
   let count = DEFAULT_COUNT;
   let cursor: number | undefined;
   const kept: Array<[string, string]> = [];
@@ -158,9 +192,12 @@ export function parseAuditQuery(params: ReadonlyArray<readonly [string, string]>
     const alts = splitOr(value);
     let one: (v: string) => Pred;
     switch (rawName) {
-      case 'date':
+      case 'date': {
         one = datePred;
+        const ranges = alts.map(dateRangePred);
+        timeRanges.push((first, last) => ranges.some((r) => r(first, last)));
         break;
+      }
       case 'patient':
         one = (v) => {
           const ref = v.includes('/') ? v : `Patient/${v}`;
@@ -198,5 +235,6 @@ export function parseAuditQuery(params: ReadonlyArray<readonly [string, string]>
     const alternatives = alts.map(one);
     preds.push((e) => alternatives.some((p) => p(e)));
   }
-  return { matches: (e) => preds.every((p) => p(e)), count, cursor, params: kept };
+  const mayMatchTimes = timeRanges.length > 0 ? (first: number, last: number) => timeRanges.every((r) => r(first, last)) : undefined;
+  return { matches: (e) => preds.every((p) => p(e)), count, cursor, params: kept, mayMatchTimes };
 }

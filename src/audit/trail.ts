@@ -14,14 +14,20 @@
  *   command (`keys rotate --config`, offline `shred`) and the running node can append to one chain.
  *   A lock left by a dead process on the same host is taken over.
  *
+ * - `<file>.NNNNNN` and `<file>.segments`: rotated segments and their manifest (src/audit/segments.ts).
+ *   Before a batch that would take `<file>` past `maxSegmentBytes`, or once its first event was
+ *   written `maxSegmentAgeMs` ago, `<file>` is renamed to the next segment and a new `<file>`
+ *   continues the same chain. Each writer notices a rotation done by another (the path names a new
+ *   file) and reopens.
+ *
  * Events are queued by {@link AuditTrail.record} (synchronous, never blocks a request) and written
  * every `flushIntervalMs` or when `maxBatch` are queued. A crash loses at most the queued events.
  */
 import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { canonicalJson, sha256Hex } from './canonical.ts';
@@ -29,6 +35,7 @@ import { chainOf, withChain } from './chain.ts';
 import type { AuditEvent } from './types.ts';
 import { GENESIS_HASH } from './types.ts';
 import { trailNoticeEvent } from './events.ts';
+import { readManifest, reconcileSegments, rotateLiveFile, syncDir } from './segments.ts';
 
 /** Stable codes of {@link AuditTrailError}. */
 export type AuditTrailErrorCode = 'ERR_AUDIT_CLOSED' | 'ERR_AUDIT_LOCKED' | 'ERR_AUDIT_CORRUPT' | 'ERR_AUDIT_INVALID_EVENT';
@@ -59,6 +66,10 @@ export interface AuditTrailOptions {
   maxPending?: number;
   /** How long a batch waits for `<file>.lock` before the flush fails (and is retried). Default 5000. */
   lockTimeoutMs?: number;
+  /** Rotate before a batch would take the live file past this many bytes. Default 64 MiB (67,108,864). */
+  maxSegmentBytes?: number;
+  /** Rotate before a batch once the live file's first event was written this many ms ago. Default: no age limit. */
+  maxSegmentAgeMs?: number;
   /** Errors of background flushes (file names and codes only). */
   log?: Logger;
   /** Clock; tests only. */
@@ -91,7 +102,22 @@ export interface HeadFile {
   seq: number;
   hash: string;
   bytes: number;
+  /** When the live file's first event was written (ms since the epoch), for age rotation; absent in older head files. */
+  since?: number;
 }
+
+/** Default {@link AuditTrailOptions.maxSegmentBytes}: 64 MiB. */
+export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
+
+/** What {@link AuditTrail.newestFirst} may skip: segments that cannot hold a wanted event. */
+export interface NewestFirstHints {
+  /** Only events with a lower sequence number are wanted (the search's `_cursor`). */
+  beforeSeq?: number;
+  /** Whether a segment whose events were recorded within [firstMs, lastMs] may hold a wanted event. */
+  mayMatchTimes?: (firstMs: number, lastMs: number) => boolean;
+}
+
+const TRAIL_FLAGS = fsConstants.O_RDWR | fsConstants.O_APPEND | fsConstants.O_CREAT;
 
 /**
  * Reads `<file>.head`.
@@ -108,10 +134,10 @@ export async function readHeadFile(path: string): Promise<HeadFile | undefined> 
     throw err;
   }
   try {
-    const h = JSON.parse(text) as { format?: unknown; seq?: unknown; hash?: unknown; bytes?: unknown };
+    const h = JSON.parse(text) as { format?: unknown; seq?: unknown; hash?: unknown; bytes?: unknown; since?: unknown };
     const seq = Number(h.seq);
     if (h.format !== HEAD_FORMAT || !Number.isSafeInteger(seq) || seq < 0 || typeof h.hash !== 'string' || !/^[0-9a-f]{64}$/.test(h.hash) || !Number.isSafeInteger(h.bytes)) throw new Error('shape');
-    return { seq, hash: h.hash, bytes: h.bytes as number };
+    return { seq, hash: h.hash, bytes: h.bytes as number, ...(Number.isSafeInteger(h.since) ? { since: h.since as number } : {}) };
   } catch {
     throw new AuditTrailError('ERR_AUDIT_CORRUPT', `${path}.head is not a ${HEAD_FORMAT} file`);
   }
@@ -174,7 +200,13 @@ function processAlive(pid: number): boolean {
 export class AuditTrail {
   readonly path: string;
   readonly nodeId: string;
-  readonly #fh: FileHandle;
+  #fh: FileHandle;
+  readonly #maxBytes: number;
+  readonly #maxAgeMs: number | undefined;
+  /** When the live file's first event was written (ms), undefined while it is empty or unknown. */
+  #since: number | undefined;
+  /** Segments reconciled with the manifest since this handle was opened. */
+  #reconciled = false;
   readonly #flushMs: number;
   readonly #maxBatch: number;
   readonly #maxPending: number;
@@ -185,8 +217,10 @@ export class AuditTrail {
   /** Notices of the trail itself, written before the next batch. */
   #notices: AuditEvent[] = [];
   #head: TrailHead = { seq: 0, hash: GENESIS_HASH };
-  /** File size after the last line this instance knows of. */
-  #size = 0;
+  /** Where an empty live file continues the chain: the last rotated segment's last event. */
+  #base: TrailHead = { seq: 0, hash: GENESIS_HASH };
+  /** File size after the last line this instance knows of (-1: unknown, re-read). */
+  #size = -1;
   #timer: NodeJS.Timeout | undefined;
   #inflight: Promise<void> | undefined;
   #closed = false;
@@ -202,6 +236,8 @@ export class AuditTrail {
     this.#maxBatch = opts.maxBatch ?? 512;
     this.#maxPending = opts.maxPending ?? 100_000;
     this.#lockMs = opts.lockTimeoutMs ?? 5000;
+    this.#maxBytes = opts.maxSegmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    this.#maxAgeMs = opts.maxSegmentAgeMs;
     this.#log = opts.log;
     this.#now = opts.now ?? (() => new Date());
   }
@@ -211,15 +247,18 @@ export class AuditTrail {
    * continues: the last complete line's sequence number and hash. When the head file says more was
    * written than the file holds (truncation), or its hash differs, or a torn last line is found, a
    * Security Alert notice is queued and written first (the chain continues from what the file holds).
+   * An empty file continues the chain of the last rotated segment; a segment a crashed rotation
+   * left out of the manifest is listed first (src/audit/segments.ts `reconcileSegments`).
    * @param path - the trail file, e.g. `data/<nodeId>.audit.jsonl`.
    * @param opts - see {@link AuditTrailOptions}.
    * @returns The open trail.
    * @throws AuditTrailError `ERR_AUDIT_LOCKED` when the lock cannot be had within `lockTimeoutMs`,
-   *   `ERR_AUDIT_CORRUPT` when the last complete line is not a chained AuditEvent; Error from the file system.
+   *   `ERR_AUDIT_CORRUPT` when the last complete line is not a chained AuditEvent; Error with code
+   *   `ERR_AUDIT_CORRUPT` for an unreadable manifest or segment end; Error from the file system.
    */
   static async open(path: string, opts: AuditTrailOptions): Promise<AuditTrail> {
     await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-    const fh = await open(path, fsConstants.O_RDWR | fsConstants.O_APPEND | fsConstants.O_CREAT, 0o600);
+    const fh = await open(path, TRAIL_FLAGS, 0o600);
     const trail = new AuditTrail(path, fh, opts);
     try {
       await trail.#withLock(async () => {
@@ -236,7 +275,7 @@ export class AuditTrail {
         }
       });
     } catch (err) {
-      await fh.close().catch(() => {});
+      await trail.#fh.close().catch(() => {});
       throw err;
     }
     if (trail.#notices.length > 0) trail.#schedule(0);
@@ -312,25 +351,54 @@ export class AuditTrail {
   }
 
   /**
-   * The stored events, newest first (a snapshot: events written meanwhile are not included).
-   * Lines that are not JSON are skipped (`tidegate audit verify` reports them).
+   * The stored events, newest first (a snapshot: events written meanwhile are not included): the
+   * live file from its end, then the rotated segments of the manifest from the newest, each read
+   * only when reached (stop iterating to stop reading). Segments that are absent (archived) and,
+   * with `hints`, segments that cannot hold a wanted event are skipped. Lines that are not JSON are
+   * skipped (`tidegate audit verify` reports them). A segment rotated while this runs is not read twice.
+   * @param hints - see {@link NewestFirstHints}; events outside them may still be yielded.
    * @yields Each parsed event with its sequence number (0 when its chain extension is unreadable).
+   * @throws Error `ERR_AUDIT_CORRUPT` for an unreadable manifest; Error from the file system.
    */
-  async *newestFirst(): AsyncGenerator<{ seq: number; event: AuditEvent }> {
-    const fh = await open(this.path, 'r');
-    try {
-      const size = (await fh.stat()).size;
-      for await (const { line } of linesBackwards(fh, size)) {
-        let event: AuditEvent;
-        try {
-          event = JSON.parse(line) as AuditEvent;
-        } catch {
-          continue;
-        }
-        yield { seq: chainOf(event)?.seq ?? 0, event };
+  async *newestFirst(hints: NewestFirstHints = {}): AsyncGenerator<{ seq: number; event: AuditEvent }> {
+    // The live file first, then the manifest: a rotation in between shows the same events in both,
+    // and `lowest` drops the second copy.
+    let lowest = Infinity;
+    const readOne = async function* (path: string): AsyncGenerator<{ seq: number; event: AuditEvent }> {
+      let fh: FileHandle;
+      try {
+        fh = await open(path, 'r');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw err;
       }
-    } finally {
-      await fh.close();
+      try {
+        const size = (await fh.stat()).size;
+        for await (const { line } of linesBackwards(fh, size)) {
+          let event: AuditEvent;
+          try {
+            event = JSON.parse(line) as AuditEvent;
+          } catch {
+            continue;
+          }
+          const seq = chainOf(event)?.seq ?? 0;
+          if (seq > 0) {
+            if (seq >= lowest) continue;
+            lowest = seq;
+          }
+          yield { seq, event };
+        }
+      } finally {
+        await fh.close();
+      }
+    };
+    yield* readOne(this.path);
+    const manifest = await readManifest(this.path);
+    for (const s of [...(manifest?.segments ?? [])].reverse()) {
+      if (s.firstSeq >= lowest) continue;
+      if (hints.beforeSeq !== undefined && s.firstSeq >= hints.beforeSeq) continue;
+      if (hints.mayMatchTimes && !(s.firstRecorded !== undefined && s.lastRecorded !== undefined && hints.mayMatchTimes(Date.parse(s.firstRecorded), Date.parse(s.lastRecorded)))) continue;
+      yield* readOne(join(dirname(this.path), s.name));
     }
   }
 
@@ -401,11 +469,32 @@ export class AuditTrail {
    * cutting off a torn last line.
    */
   async #syncTail(): Promise<void> {
+    // Another writer may have rotated: the path then names a new file, or none after a crash between
+    // the rename and the new file. Reopen, and list any segment the manifest misses.
+    const onDisk = await stat(this.path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    const mine = await this.#fh.stat();
+    if (!onDisk || onDisk.ino !== mine.ino || onDisk.dev !== mine.dev) {
+      const fh = await open(this.path, TRAIL_FLAGS, 0o600);
+      await this.#fh.close().catch(() => {});
+      this.#fh = fh;
+      if (!onDisk) await syncDir(dirname(this.path));
+      this.#reconciled = false;
+    }
+    if (!this.#reconciled) {
+      this.#base = (await reconcileSegments(this.path)).tail;
+      this.#reconciled = true;
+      this.#size = -1;
+    }
     const size = (await this.#fh.stat()).size;
-    if (size === this.#size && (size > 0 || this.#head.seq === 0)) return;
+    if (size === this.#size) return;
     if (size === 0) {
-      this.#head = { seq: 0, hash: GENESIS_HASH };
+      // An empty live file continues the chain of the last rotated segment.
+      this.#head = { ...this.#base };
       this.#size = 0;
+      this.#since = undefined;
       return;
     }
     if (!(await endsWithNewline(this.#fh, size))) {
@@ -430,6 +519,7 @@ export class AuditTrail {
       if (!link) throw new AuditTrailError('ERR_AUDIT_CORRUPT', `the last line of ${this.path} is not a chained AuditEvent; run "tidegate audit verify"`);
       this.#head = { seq: link.seq, hash: sha256Hex(line) };
       this.#size = size;
+      this.#since = (await readHeadFile(this.path).catch(() => undefined))?.since ?? this.#since ?? this.#now().getTime();
       return;
     }
     throw new AuditTrailError('ERR_AUDIT_CORRUPT', `${this.path} holds no complete line`);
@@ -456,6 +546,7 @@ export class AuditTrail {
         lines.push(line);
       }
       const text = Buffer.from(`${lines.join('\n')}\n`, 'utf8');
+      if (this.#size > 0 && (this.#size + text.length > this.#maxBytes || (this.#maxAgeMs !== undefined && this.#since !== undefined && this.#now().getTime() - this.#since >= this.#maxAgeMs))) await this.#rotate();
       const before = this.#size;
       try {
         let off = 0;
@@ -474,6 +565,7 @@ export class AuditTrail {
       }
       this.#size = before + text.length;
       this.#head = { seq, hash: prev };
+      this.#since ??= this.#now().getTime();
       this.#notices = [];
       this.#pending.splice(0, batch.length - notices);
       this.#stats.written += batch.length;
@@ -481,11 +573,27 @@ export class AuditTrail {
     });
   }
 
+  /**
+   * Under the lock, with the live file complete and fsynced: renames it to the next segment, lists
+   * it in the manifest, opens a new live file (src/audit/segments.ts). The chain head is unchanged.
+   */
+  async #rotate(): Promise<void> {
+    const name = await rotateLiveFile(this.path);
+    const fh = await open(this.path, TRAIL_FLAGS, 0o600);
+    await this.#fh.close().catch(() => {});
+    this.#fh = fh;
+    await syncDir(dirname(this.path));
+    this.#base = { ...this.#head };
+    this.#size = 0;
+    this.#since = undefined;
+    this.#log?.info({ file: this.path, segment: name, seq: this.#head.seq }, 'audit trail: segment rotated');
+  }
+
   async #writeHead(): Promise<void> {
     const tmp = `${this.path}.head.${randomUUID()}.tmp`;
     const fh = await open(tmp, 'w', 0o600);
     try {
-      await fh.writeFile(JSON.stringify({ format: HEAD_FORMAT, seq: String(this.#head.seq), hash: this.#head.hash, bytes: this.#size }));
+      await fh.writeFile(JSON.stringify({ format: HEAD_FORMAT, seq: String(this.#head.seq), hash: this.#head.hash, bytes: this.#size, ...(this.#since !== undefined ? { since: this.#since } : {}) }));
       await fh.sync();
     } finally {
       await fh.close();

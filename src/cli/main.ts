@@ -93,8 +93,8 @@ keys
     const r = await runRewrap(o);
     if (r.keys > 0) {
       const { auditFileOfConfig, keyOperationFromStore, recordOffline } = await import('../audit/cli.ts');
-      const { file, nodeId } = auditFileOfConfig(o.config);
-      await recordOffline(file, nodeId, [keyOperationFromStore(nodeId, 'rewrap', [{ kid: r.to.kid, alg: 'X-Wing', use: 'enc', status: 'current' }], { rewrapped: r.keys, generation: r.to.gen })]);
+      const { file, nodeId, rotation } = auditFileOfConfig(o.config);
+      await recordOffline(file, nodeId, [keyOperationFromStore(nodeId, 'rewrap', [{ kid: r.to.kid, alg: 'X-Wing', use: 'enc', status: 'current' }], { rewrapped: r.keys, generation: r.to.gen })], rotation);
     }
     process.stdout.write(`${JSON.stringify(r)}\n`);
   });
@@ -141,8 +141,8 @@ program
     // Offline, the report's AuditEvent goes to the node's trail (through --node-url the node records it).
     if (o.nodeUrl === undefined && 'auditEvent' in report) {
       const { auditFileOfConfig, recordOffline } = await import('../audit/cli.ts');
-      const { file, nodeId } = auditFileOfConfig(o.config);
-      await recordOffline(file, nodeId, [report.auditEvent as import('../audit/index.ts').AuditEvent]);
+      const { file, nodeId, rotation } = auditFileOfConfig(o.config);
+      await recordOffline(file, nodeId, [report.auditEvent as import('../audit/index.ts').AuditEvent], rotation);
     }
     process.stdout.write(`${JSON.stringify(report)}\n`);
   });
@@ -155,7 +155,8 @@ audit
   .option('--config <file>', 'node configuration JSON (its auditFile)')
   .option('--file <path>', 'the trail file itself')
   .option('--expect <seq:hash>', 'an anchor printed by an earlier verify, kept outside the node')
-  .action(async (o: { config?: string; file?: string; expect?: string }) => {
+  .option('--from <segment>', 'start at this rotated segment (earlier ones archived), trusting its recorded previous hash')
+  .action(async (o: { config?: string; file?: string; expect?: string; from?: string }) => {
     const { runAuditVerify } = await import('../audit/cli.ts');
     const report = await runAuditVerify(o);
     process.stdout.write(`${JSON.stringify(report)}\n`);

@@ -14,6 +14,7 @@ import { SqliteStore } from '../store/sqlite-store.ts';
 import { StoreIdMap } from '../store/id-map.ts';
 import { RevocationList } from '../security/index.ts';
 import { AuditTrail } from '../audit/index.ts';
+import { auditRotationOf } from '../audit/cli.ts';
 import { hardeningFromConfig } from '../fhir/hardening.ts';
 import { displayPath, formatIssue, loadMappingOrThrow, MappingConfigError } from '../mapping/load.ts';
 import { LiveMapping } from '../mapping/live.ts';
@@ -118,7 +119,7 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
         }
       : undefined;
   // The hash-chained audit trail (docs/security.md "Audit trail"); it continues the chain on disk.
-  const audit = await AuditTrail.open(cfg.auditFile!, { nodeId: cfg.nodeId, log });
+  const audit = await AuditTrail.open(cfg.auditFile!, { nodeId: cfg.nodeId, log, ...auditRotationOf(cfg.audit) });
   log.info({ audit: cfg.auditFile, head: audit.head.seq }, 'audit trail opened');
   const node = new TidegateNode({
     store: opened.store,

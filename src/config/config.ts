@@ -134,6 +134,12 @@ export const NodeConfigSchema = z.strictObject({
    * AuditEvents, relative to the config file; default `data/<nodeId>.audit.jsonl`.
    */
   auditFile: z.string().min(1).optional(),
+  /**
+   * Rotation of the audit trail (src/audit/segments.ts, docs/security.md "Rotation"): the live file
+   * is rotated before a batch would take it past `maxSegmentBytes` (default 64 MiB), and, with
+   * `maxSegmentAgeHours` (e.g. 24 for daily), once its first event is that old. Segments are never deleted.
+   */
+  audit: z.strictObject({ maxSegmentBytes: z.number().int().min(4096).max(2 ** 40).optional(), maxSegmentAgeHours: z.number().positive().max(24 * 366).optional() }).optional(),
   /** Hostile-input limits, HTTP timeouts and the rate limit (docs/security.md "Hostile input"); defaults when absent. */
   http: HttpHardeningSchema.prefault({}),
   /**
