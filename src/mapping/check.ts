@@ -76,7 +76,13 @@ export function checkProfilesDir(dir: string): { issues: ConfigIssue[]; files: s
   }
   for (const name of names) {
     const file = join(dir, name);
-    if (!statSync(file).isFile()) continue;
+    let isFile: boolean;
+    try {
+      isFile = statSync(file).isFile();
+    } catch {
+      isFile = true; // a dangling link or an unreadable entry: readJsonFile reports it at the file
+    }
+    if (!isFile) continue;
     files.push(file);
     const read = readJsonFile(file);
     if (read.issue) {

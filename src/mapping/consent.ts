@@ -167,6 +167,7 @@ export function patientsOf(resource: Json): string[] {
  * covers its whole year, month or day (https://hl7.org/fhir/R4/datatypes.html#Period).
  */
 function endBound(text: string): number {
+  checkDateTime(text);
   const m = /^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/.exec(text);
   if (m) {
     const [y, mo, d] = [Number(m[1]), m[2] === undefined ? undefined : Number(m[2]) - 1, m[3] === undefined ? undefined : Number(m[3])];
@@ -177,21 +178,42 @@ function endBound(text: string): number {
   return instant(text) + 1;
 }
 
+/** FHIR R4 `dateTime` (https://hl7.org/fhir/R4/datatypes.html#dateTime): a time needs seconds and a zone. */
+const FHIR_DATE_TIME = /^(\d{4})(?:-(0[1-9]|1[0-2])(?:-(0[1-9]|[12]\d|3[01])(?:T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?(?:Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00)))?)?)?$/;
+
+/**
+ * Refuses what is not a FHIR date/dateTime (`Date.parse` would read `"1"` as 2001, and
+ * `Date.UTC` would roll `2020-02-30` over to March): such a Consent cannot be evaluated.
+ * @throws ConsentEvaluationError naming no value.
+ */
+function checkDateTime(text: string): void {
+  const m = FHIR_DATE_TIME.exec(text);
+  const [y, mo, d] = m === null ? [] : [Number(m[1]), Number(m[2]), Number(m[3])];
+  if (m === null || (m[3] !== undefined && new Date(Date.UTC(y!, mo! - 1, d!)).getUTCDate() !== d)) {
+    throw new ConsentEvaluationError('Period has a date that is not a FHIR dateTime');
+  }
+}
+
 function instant(text: string): number {
+  checkDateTime(text);
   const t = Date.parse(text);
   if (!Number.isFinite(t)) throw new ConsentEvaluationError('Period has a date that is not a FHIR dateTime');
   return t;
 }
 
-/** True when `period` (absent = always) contains `now`. @throws ConsentEvaluationError for an unreadable date. */
+/** True when `period` (absent = always) contains `now`. @throws ConsentEvaluationError for a date that is not a FHIR dateTime, or a Period ending before it starts. */
 function periodHolds(period: unknown, now: number): boolean {
   if (period === undefined) return true;
   if (!isObj(period)) throw new ConsentEvaluationError('Period is not an object');
   const { start, end } = period;
   if (start !== undefined && typeof start !== 'string') throw new ConsentEvaluationError('Period.start is not a string');
   if (end !== undefined && typeof end !== 'string') throw new ConsentEvaluationError('Period.end is not a string');
-  if (start !== undefined && now < instant(start)) return false;
-  if (end !== undefined && now >= endBound(end)) return false;
+  const from = start === undefined ? undefined : instant(start);
+  const until = end === undefined ? undefined : endBound(end);
+  // per-1 (https://hl7.org/fhir/R4/datatypes.html#Period): start <= end; otherwise the Period is invalid, not empty
+  if (from !== undefined && until !== undefined && from >= until) throw new ConsentEvaluationError('Period ends before it starts');
+  if (from !== undefined && now < from) return false;
+  if (until !== undefined && now >= until) return false;
   return true;
 }
 

@@ -35,7 +35,7 @@ export type { ConsentConfig, ConsentDecision, ConsentGateOptions } from './conse
 export type { MatchesRouterOptions } from './matches-router.ts';
 export { LiveMapping, nodeReloader } from './live.ts';
 export type { MappingReloadHook, MappingReloadReport, NodeReloadReport, PreparedMapping } from './live.ts';
-export { compileRedactRule, DATA_ABSENT_REASON_URL, elementPathProblem, REDACTED_CODE, REDACTED_SYSTEM, REDACTED_TOKEN, RedactRuleError, redactResource } from './redact.ts';
+export { compileRedactRule, DATA_ABSENT_REASON_URL, elementPathProblem, REDACTED_CODE, REDACTED_SYSTEM, REDACTED_TOKEN, redactActionProblem, RedactRuleError, redactResource, withRedactedLabel } from './redact.ts';
 export type { CompiledRedactRule } from './redact.ts';
-export { newEpoch, openProjectionSqlite, ProjectionFeeds } from './projection.ts';
+export { holdsProjectionWriter, newEpoch, openProjectionSqlite, ProjectionFeeds } from './projection.ts';
 export type { OpenedProjectionStore, ProjectionFeedsOptions, ProjectionLogger, ProjectionStats } from './projection.ts';

@@ -33,17 +33,22 @@ export function toPointer(path: ReadonlyArray<string | number | symbol>): string
   return path.map((p) => `/${pointerToken(typeof p === 'symbol' ? String(p.description) : p)}`).join('');
 }
 
+/** Deepest nesting of objects and arrays {@link jsonPositions} reads; deeper is reported as not JSON. */
+export const MAX_DEPTH = 256;
+
 /**
  * Locates every value of a JSON text.
  * @param text - the JSON text (a BOM is skipped).
- * @returns Positions by JSON Pointer; `error` set (and the maps partial) when the text is not JSON.
+ * @returns Positions by JSON Pointer; `error` set (and the maps partial) when the text is not JSON,
+ *   has a duplicate key in an object (reported at the second one), or nests objects and arrays
+ *   deeper than {@link MAX_DEPTH}.
  */
 export function jsonPositions(text: string): JsonPositions {
   const values = new Map<string, SourcePosition>();
   const keys = new Map<string, SourcePosition>();
   let i = text.charCodeAt(0) === 0xfeff ? 1 : 0;
   let line = 1;
-  let lineStart = 0;
+  let lineStart = i; // columns count from after a byte order mark
   const pos = (at: number): SourcePosition => ({ line, column: at - lineStart + 1 });
   class Stop extends Error {}
   const fail = (message: string): never => {
@@ -77,21 +82,33 @@ export function jsonPositions(text: string): JsonPositions {
       return fail('invalid escape in a string');
     }
   };
+  let depth = 0;
   const value = (ptr: string): void => {
     ws();
     values.set(ptr, pos(i));
     const c = text[i];
+    // a configuration file is shallow: refuse deep nesting before it exhausts the stack
+    if ((c === '{' || c === '[') && ++depth > MAX_DEPTH) fail(`nested deeper than ${MAX_DEPTH} levels`);
     if (c === '{') {
       i++;
       ws();
       if (text[i] === '}') {
         i++;
+        depth--;
         return;
       }
+      const seen = new Set<string>();
       for (;;) {
         ws();
+        const keyStart = i;
         const keyAt = pos(i);
         const key = str();
+        if (seen.has(key)) {
+          // JSON.parse would keep the last one silently (RFC 8259 §4: names SHOULD be unique)
+          i = keyStart;
+          fail(`duplicate key ${JSON.stringify(key)} in an object`);
+        }
+        seen.add(key);
         const child = `${ptr}/${pointerToken(key)}`;
         keys.set(child, keyAt);
         ws();
@@ -105,6 +122,7 @@ export function jsonPositions(text: string): JsonPositions {
         }
         if (text[i] === '}') {
           i++;
+          depth--;
           return;
         }
         fail("expected ',' or '}'");
@@ -115,6 +133,7 @@ export function jsonPositions(text: string): JsonPositions {
       ws();
       if (text[i] === ']') {
         i++;
+        depth--;
         return;
       }
       for (let n = 0; ; n++) {
@@ -126,6 +145,7 @@ export function jsonPositions(text: string): JsonPositions {
         }
         if (text[i] === ']') {
           i++;
+          depth--;
           return;
         }
         fail("expected ',' or ']'");

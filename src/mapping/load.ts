@@ -84,10 +84,22 @@ export function readJsonFile(file: string): { value: unknown; positions: JsonPos
     return {
       value: undefined,
       positions,
-      issue: { severity: 'error', file: displayPath(file), ...positions.error.position, pointer: '', message: `not JSON: ${positions.error.message}`, hint: 'JSON has no comments or trailing commas; strings use double quotes' },
+      issue: {
+        severity: 'error',
+        file: displayPath(file),
+        ...positions.error.position,
+        pointer: '',
+        message: `not JSON: ${positions.error.message}`,
+        hint: positions.error.message.startsWith('duplicate key')
+          ? 'remove one of the two: a JSON reader would keep only the last, silently'
+          : positions.error.message.startsWith('nested deeper')
+            ? 'a configuration file is a few levels deep: check the brackets'
+            : 'JSON has no comments or trailing commas; strings use double quotes',
+      },
     };
   }
-  return { value: JSON.parse(text) as unknown, positions, issue: undefined };
+  // a byte order mark (some editors write one) is not part of the JSON text (RFC 8259 §8.1)
+  return { value: JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text) as unknown, positions, issue: undefined };
 }
 
 /**
@@ -309,6 +321,22 @@ function conceptMapsIn(dir: string): Map<string, string> {
 }
 
 /**
+ * The JSON Pointer of the first own key `__proto__` in a parsed file, or undefined. `JSON.parse`
+ * and the YAML reader keep it as an own key, but the schema's records would turn it into the
+ * object's prototype, so a route (or anything) under it would vanish without an error.
+ */
+function protoKeyAt(v: unknown, ptr: string): string | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  for (const [k, child] of Object.entries(v)) {
+    const at = `${ptr}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+    if (k === '__proto__') return at;
+    const found = protoKeyAt(child, at);
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
+
+/**
  * Loads and checks a mapping file. Never throws for a bad file: every problem is an issue.
  * @param file - path of the mapping file (JSON, or YAML when named `*.yaml`/`*.yml`).
  * @param opts - see {@link LoadMappingOptions}.
@@ -321,6 +349,8 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
   const files = [path];
   const read = readConfigFile(path);
   if (read.issue) return { mapping: undefined, issues: [read.issue], files };
+  const proto = protoKeyAt(read.value, '');
+  if (proto !== undefined) return { mapping: undefined, issues: [{ severity: 'error', file: shown, ...positionOf(read.positions, proto), pointer: proto, message: 'key "__proto__" is not allowed in a mapping file', hint: 'JavaScript objects cannot hold this key (it would be dropped silently): rename it' }], files };
   const parsed = MappingFileSchema.safeParse(read.value);
   if (!parsed.success) return { mapping: undefined, issues: zodIssues(path, read.positions, parsed.error.issues, read.hint), files };
   const cfg: MappingFile = parsed.data;
@@ -468,7 +498,7 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
         redactions.set(peer, [...(redactions.get(peer) ?? []), compiled]);
       } catch (err) {
         if (!(err instanceof RedactRuleError)) throw err;
-        issues.push({ severity: 'error', ...at(`${rptr}/redact/${i}/${err.member}`), message: err.message, hint: err.member === 'path' ? 'an R4 element path such as "Patient.telecom", "Patient.address.line" or "Observation.value[x]" (https://hl7.org/fhir/R4/elementdefinition.html#path)' : "FHIRPath such as \"meta.tag.where(code = 'research').exists()\"; see https://hl7.org/fhir/R4/fhirpath.html" });
+        issues.push({ severity: 'error', ...at(`${rptr}/redact/${i}/${err.member}`), message: err.message, hint: err.member === 'path' ? 'an R4 element path such as "Patient.telecom", "Patient.address.line" or "Observation.value[x]" (https://hl7.org/fhir/R4/elementdefinition.html#path)' : err.member === 'action' ? 'see docs/mappings.md "Redaction"; check the result with `tidegate map preview` and $validate' : "FHIRPath such as \"meta.tag.where(code = 'research').exists()\"; see https://hl7.org/fhir/R4/fhirpath.html" });
       }
     });
   }

@@ -21,6 +21,7 @@ import type { CodingChange } from './translate.ts';
 import type { IdentifierChange } from './identifiers.ts';
 import { ConsentGate } from './consent.ts';
 import type { ConsentDecision } from './consent.ts';
+import { withRedactedLabel } from './redact.ts';
 
 /** Result of {@link previewMapping}. */
 export interface MapPreview {
@@ -87,7 +88,10 @@ export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer
   }
   // redaction: a projection peer receives the redacted copy (src/mapping/redact.ts)
   let redacted: string[] = [];
-  if (output !== undefined && peer !== undefined && mapping.redactionFor(peer) !== undefined) ({ resource: output, redacted } = mapping.redact(peer, output));
+  if (output !== undefined && peer !== undefined && mapping.redactedTypes(peer).has(String(output['resourceType']))) {
+    ({ resource: output, redacted } = mapping.redact(peer, output));
+    output = withRedactedLabel(output); // a projection always carries the label (src/mapping/projection.ts)
+  }
   const diff = unifiedDiff(pretty(resource), pretty(output), { from: 'input', to: peer === undefined ? 'to this hospital' : `to ${peer}` });
   return { peer, route, changes, identifiers, rejected, redacted, consent, output, diff };
 }

@@ -36,6 +36,7 @@ import type { SqliteStoreOptions } from '../store/sqlite-store.ts';
 import type { ResourceStore } from '../store/store.ts';
 import type { ProjectionSource, ResourceUpdate } from '../tide/types.ts';
 import type { Mapping } from './load.ts';
+import { withRedactedLabel } from './redact.ts';
 
 /** An opened projection store: the store and its epoch (see module doc). */
 export interface OpenedProjectionStore {
@@ -89,6 +90,21 @@ interface Feed {
 }
 
 const NO_TYPES: ReadonlySet<string> = new Set();
+
+/** What every projection writer id holds (`<node>~redacted~<peer>~<epoch>`); node ids never contain `~`. */
+const PROJECTION_WRITER_MARK = Buffer.from('~redacted~', 'utf8');
+
+/**
+ * True when a stored Yjs document (src/merge/doc.ts) holds a projection writer's log, i.e. it is a
+ * projection this node received, whatever its current version says: a client at the projection
+ * peer may have removed the REDACTED label (a PUT without `meta`), and the document must still
+ * never be forwarded. Yjs stores the log's name (`n:<writer id>`) as UTF-8 in the state, so a byte
+ * search finds it; a resource whose content holds the same text is withheld too (fail closed).
+ * @param state - the document's Yjs state (the store record's `state`), or undefined.
+ */
+export function holdsProjectionWriter(state: Uint8Array | undefined): boolean {
+  return state !== undefined && Buffer.from(state.buffer, state.byteOffset, state.byteLength).indexOf(PROJECTION_WRITER_MARK) >= 0;
+}
 
 /** A new random epoch. */
 export function newEpoch(): string {
@@ -321,7 +337,8 @@ export class ProjectionFeeds {
       const parsed = parseFhirJson(current.body);
       if (!isJsonObject(parsed)) return undefined;
       const { resource } = mapping.redact(peerId, parsed as FhirJsonObject);
-      result = feed.replica.write(key, resource);
+      // labelled even when nothing was redacted: the peer must never forward a projection
+      result = feed.replica.write(key, withRedactedLabel(resource));
     }
     if (result.update === undefined) return undefined;
     this.#stats.written++;

@@ -23,11 +23,11 @@
  * (https://terminology.hl7.org/CodeSystem-v3-ObservationValue.html) in `meta.security`.
  */
 import { evalFhirPath, tryGetDataType } from '@medplum/core';
-import type { FhirPathAtom } from '@medplum/core';
+import type { FhirPathAtom, InternalSchemaElement } from '@medplum/core';
 import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
 import { isJsonObject, isLosslessNumber, toPlainJson } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
-import { compileCondition, conditionHolds } from './routing.ts';
+import { compileCondition, conditionErrorWithoutValues, conditionHolds } from './routing.ts';
 import type { RedactRule } from './schema.ts';
 import { REDACTED_LABEL_RULE, V3_OBSERVATION_VALUE } from '../tide/peer-authz.ts';
 
@@ -58,13 +58,13 @@ export interface CompiledRedactRule {
 export class RedactRuleError extends Error {
   override readonly name = 'RedactRuleError';
   readonly code = 'ERR_REDACT_RULE';
-  /** `path` or `where`: the member at fault. */
-  readonly member: 'path' | 'where';
+  /** `path`, `action` or `where`: the member at fault. */
+  readonly member: 'path' | 'action' | 'where';
   /**
-   * @param member - `path` (not an R4 element) or `where` (FHIRPath that does not parse or evaluate).
+   * @param member - `path` (not an R4 element), `action` (its result would not be valid R4) or `where` (FHIRPath that does not parse or evaluate).
    * @param message - why, naming the path or Medplum's FHIRPath message (no resource content).
    */
-  constructor(member: 'path' | 'where', message: string) {
+  constructor(member: 'path' | 'action' | 'where', message: string) {
     super(message);
     this.member = member;
   }
@@ -102,15 +102,52 @@ export function elementPathProblem(path: string): string | undefined {
 }
 
 /**
+ * Checks that an action on an element gives resources a FHIR server accepts (R4 cardinalities of
+ * the StructureDefinitions, https://hl7.org/fhir/R4/elementdefinition-definitions.html#ElementDefinition.min):
+ * `remove` of a required element (min ≥ 1) leaves every occurrence of its parent invalid; `mask` of
+ * an element whose single type has a required child (`Patient.communication` needs `language`, an
+ * extension needs `url`) leaves each masked occurrence without it. (Invariants such as `pat-1` are
+ * not checked: they depend on the resource.)
+ * @param path - an element path {@link elementPathProblem} accepts.
+ * @param action - `remove` or `mask`.
+ * @returns Undefined when the action is fine, else why not (no PHI: only the path and element names).
+ */
+export function redactActionProblem(path: string, action: 'remove' | 'mask'): string | undefined {
+  ensureFhirDefinitionsLoaded();
+  const [type, ...steps] = path.split('.');
+  let schema = tryGetDataType(type ?? '');
+  let el: InternalSchemaElement | undefined;
+  for (const [i, step] of steps.entries()) {
+    el = schema?.elements[step];
+    if (el === undefined) return undefined; // elementPathProblem reports it
+    if (i < steps.length - 1) schema = tryGetDataType(el.type?.[0]?.code ?? '');
+  }
+  if (el === undefined) return undefined;
+  const parent = steps.length > 1 ? `${type}.${steps.slice(0, -1).join('.')}` : undefined;
+  if (action === 'remove' && el.min >= 1) {
+    return `${path} is required (min ${el.min}): removing it leaves every ${parent ?? type} invalid, and a FHIR server refuses it; mask it, or ${parent !== undefined ? `remove ${parent}` : `withhold ${type} from the peer`}`;
+  }
+  const codes = (el.type ?? []).map((t) => t.code);
+  if (action === 'mask' && codes.length === 1 && /^[A-Z]/.test(codes[0]!)) {
+    const required = Object.entries(tryGetDataType(codes[0]!)?.elements ?? {}).filter(([, child]) => child.min >= 1).map(([name]) => name);
+    if (required.length > 0) return `masking ${path} leaves each ${codes[0]} without its required ${required.join(', ')}, and a FHIR server refuses it; remove it, or mask its other elements`;
+  }
+  return undefined;
+}
+
+/**
  * Compiles one `redact` rule: checks its path against R4 and parses its `where`.
  * @param rule - the schema-checked rule.
  * @param at - where it is configured, e.g. `routes.research.redact[0]` (for messages and logs).
  * @returns The compiled rule.
- * @throws RedactRuleError (`member` path or where) when the path names no R4 element or the condition does not parse or evaluate.
+ * @throws RedactRuleError (`member` path, action or where) when the path names no R4 element, the
+ *   action would give resources a FHIR server refuses ({@link redactActionProblem}), or the condition does not parse or evaluate.
  */
 export function compileRedactRule(rule: RedactRule, at: string): CompiledRedactRule {
   const problem = elementPathProblem(rule.path);
   if (problem !== undefined) throw new RedactRuleError('path', problem);
+  const actionProblem = redactActionProblem(rule.path, rule.action ?? 'remove');
+  if (actionProblem !== undefined) throw new RedactRuleError('action', actionProblem);
   const [type, ...steps] = rule.path.split('.');
   let where: FhirPathAtom | undefined;
   if (rule.where !== undefined) {
@@ -210,7 +247,7 @@ function isRedactedLabel(c: FhirJson): boolean {
  * Redacts a resource for one peer. Never mutates `resource`.
  * @param resource - FHIR JSON (plain `JSON.parse` output or `parseFhirJson` output with lossless numbers).
  * @param rules - the peer's compiled rules ({@link compileRedactRule}); rules of other resource types are skipped.
- * @param onError - told about each `where` that failed to evaluate (the rule was applied: fail closed).
+ * @param onError - told about each `where` that failed to evaluate (the rule was applied: fail closed); the error's message holds no resource content.
  * @returns The redacted copy (the input itself when nothing applied) and the element paths redacted
  *   (`Patient.telecom`, no values), in rule order without duplicates, then `Type.text` when the
  *   narrative was removed with them. When the list is non-empty the copy carries the REDACTED security label ({@link REDACTED_TOKEN}) in `meta.security`.
@@ -228,7 +265,7 @@ export function redactResource<T extends FhirJsonObject>(resource: T, rules: rea
         plain ??= toPlainJson(resource);
         holds = conditionHolds(evalFhirPath(rule.where, plain));
       } catch (err) {
-        onError?.(rule, err as Error);
+        onError?.(rule, conditionErrorWithoutValues(err));
         holds = true;
       }
       if (!holds) continue;
@@ -241,10 +278,23 @@ export function redactResource<T extends FhirJsonObject>(resource: T, rules: rea
     delete out.text;
     redacted.push(`${String(type)}.text`);
   }
-  const meta = isJsonObject(out.meta) ? { ...out.meta } : {};
+  return { resource: withRedactedLabel(out as T), redacted };
+}
+
+/**
+ * The resource with the REDACTED security label ({@link REDACTED_TOKEN}) in `meta.security`; the
+ * input itself when it has it already. Never mutates `resource`. A projection document always
+ * carries it, even when nothing was redacted from it: the label is what makes every tidegate node
+ * withhold the projection from its peers (src/tide/peer-authz.ts), so a projection peer never
+ * forwards it, nor its own edits of it, as if it were a shared document.
+ * @param resource - FHIR JSON.
+ * @returns A copy with the label (new `meta` and `meta.security`), or `resource`.
+ */
+export function withRedactedLabel<T extends FhirJsonObject>(resource: T): T {
+  const meta = isJsonObject(resource.meta) ? { ...resource.meta } : {};
   const security = Array.isArray(meta.security) ? [...meta.security] : [];
-  if (!security.some(isRedactedLabel)) security.push({ system: REDACTED_SYSTEM, code: REDACTED_CODE, display: 'redacted' });
+  if (security.some(isRedactedLabel)) return resource;
+  security.push({ system: REDACTED_SYSTEM, code: REDACTED_CODE, display: 'redacted' });
   meta.security = security;
-  out.meta = meta;
-  return { resource: out as T, redacted };
+  return { ...resource, meta };
 }

@@ -67,6 +67,22 @@ export function compileCondition(expression: string, types: readonly string[] = 
 }
 
 /**
+ * A FHIRPath evaluation error without the values it met: Medplum's messages may list the items an
+ * expression found (`Expected singleton, but found [{"value":"555-…"}]`, a regular expression built
+ * from an element's value), i.e. resource content, which must never reach a log. Keeps the
+ * configuration's own text (the expression) and Medplum's reason up to the first value.
+ * @param err - what `evalFhirPath` (or {@link conditionHolds}) threw.
+ * @returns A {@link RouteConditionError} whose message holds no resource content.
+ */
+export function conditionErrorWithoutValues(err: unknown): RouteConditionError {
+  if (err instanceof RouteConditionError) return err;
+  const text = String((err as Error)?.message ?? err).replace(/^FhirPathError on "(?:[^"\\]|\\.)*": /, '');
+  // everything from the first value on: ", but found [...]", a JSON value, a quoted text, a /regexp/
+  const cut = text.search(/, but found|[[{"'/]/);
+  return new RouteConditionError(`FHIRPath evaluation failed: ${(cut < 0 ? text : text.slice(0, cut)).trim()}${cut < 0 ? '' : ' (values not shown)'}`);
+}
+
+/**
  * FHIRPath singleton evaluation of a result collection as a condition
  * (https://hl7.org/fhir/R4/fhirpath.html, "Singleton Evaluation of Collections"): empty is false,
  * one Boolean is its value, one other item is true.
@@ -143,7 +159,7 @@ export class Router {
       try {
         return conditionHolds(evalFhirPath(rule.where, resource));
       } catch (err) {
-        this.#onError?.(peerId, rule.at, err as Error);
+        this.#onError?.(peerId, rule.at, conditionErrorWithoutValues(err));
         return 'error';
       }
     };

@@ -104,7 +104,7 @@ export function loadMergePolicy(path: string | URL = DEFAULT_POLICY_PATH): Merge
     throw new Error(`Invalid merge policy ${String(path)}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   }
   const choiceElements = parsed.data.choiceElements ? Object.freeze([...parsed.data.choiceElements]) : undefined;
-  const checked = checkElements(parsed.data.elements ?? {});
+  const checked = checkElements(parsed.data.elements ?? {}, parsed.data.arrayKeys);
   if (checked.problems.length > 0) throw new Error(`Invalid merge policy ${String(path)}: ${checked.problems.join('; ')}`);
   const elements = Object.keys(checked.elements).length > 0 ? Object.freeze(checked.elements) : undefined;
   return Object.freeze({
@@ -275,10 +275,15 @@ function resolveR4Element(path: string, index: R4Index): { element: R4Element } 
 /**
  * Checks the `elements` object of a policy file: each key a FHIR element path of an R4 resource
  * (checked against the R4 StructureDefinitions), each value a mode or `{ "key": [...], "mode"? }`
- * whose key fields are child elements of a repeating element.
+ * whose key fields are child elements of a repeating element. Refuses entries that could never
+ * take effect: below a never-merge element, a non-default mode on a field of its repeating parent's
+ * identity key (`Patient.identifier.value` with the default key system + value), first-writer-wins
+ * on a repeating primitive (`Patient.name.given`).
+ * @param raw - the file's `elements` object.
+ * @param arrayKeys - the file's `arrayKeys` (identity keys by element name).
  * @returns The valid entries, and one problem text per invalid one (`elements["<path>"]: …`).
  */
-function checkElements(raw: Readonly<Record<string, unknown>>): { elements: Record<string, ElementPolicy>; problems: string[] } {
+function checkElements(raw: Readonly<Record<string, unknown>>, arrayKeys: Readonly<Record<string, readonly string[]>>): { elements: Record<string, ElementPolicy>; problems: string[] } {
   const problems: string[] = [];
   const elements: Record<string, ElementPolicy> = {};
   const expected = `expected one of ${ELEMENT_MERGE_MODES.map((m) => `"${m}"`).join(', ')} or {"key": ["field", …], "mode"?: …}`;
@@ -355,7 +360,27 @@ function checkElements(raw: Readonly<Record<string, unknown>>): { elements: Reco
       }
     }
     const outer = Object.keys(raw).find((q) => q !== path && path.startsWith(`${q}.`) && raw[q] === 'never-merge');
-    if (outer !== undefined) fail(`${path} lies inside never-merge element ${outer}, which is merged as one value: this entry would have no effect`);
+    if (outer !== undefined) {
+      fail(`${path} lies inside never-merge element ${outer}, which is merged as one value: this entry would have no effect`);
+      continue;
+    }
+    // Entries the merge could never apply (docs/merge.md "Repeating elements": items are identified
+    // by their key fields, or by their content): refused rather than silently ignored.
+    const primitive = found.element.types.length === 1 && index.kinds.get(found.element.types[0]!) === 'primitive-type';
+    if (mode === 'first-writer-wins' && primitive && found.element.max !== '1' && found.element.max !== '0') {
+      fail(`${path} is a repeating primitive: its items are identified by their value, so two concurrent edits give two items, never two values of one item, and first-writer-wins never applies; use "never-merge" to merge the list as one value`);
+      continue;
+    }
+    const parent = segs.slice(0, -1).join('.');
+    const field = segs[segs.length - 1]!;
+    const parentEntry = elements[parent] ?? raw[parent];
+    const parentKey = typeof parentEntry === 'object' && parentEntry !== null && Array.isArray((parentEntry as { key?: unknown }).key) ? ((parentEntry as { key: string[] }).key) : arrayKeys[segs[segs.length - 2]!];
+    const parentFound = segs.length > 2 ? resolveR4Element(parent, index) : undefined;
+    const parentRepeats = parentFound !== undefined && 'element' in parentFound && parentFound.element.max !== '1' && parentFound.element.max !== '0';
+    if (mode !== undefined && mode !== 'last-writer-wins' && parentRepeats && parentKey?.includes(field)) {
+      const rest = parentKey.filter((k) => k !== field);
+      fail(`${field} is part of the identity key of ${parent} items (${parentKey.join(', ')}): a changed ${field} is another item (unless the item has an id), so this mode would not apply; give ${parent} a key without it${rest.length > 0 ? `, e.g. "${parent}": { "key": [${rest.map((k) => `"${k}"`).join(', ')}], "mode": "${mode}" }` : ''}`);
+    }
   }
   return { elements, problems };
 }

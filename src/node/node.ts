@@ -36,8 +36,8 @@ import type { AuthSetup } from '../auth/setup.ts';
 import { BreachDetector, RevocationList, securityMonitor, securityRouter } from '../security/index.ts';
 import type { SecurityConfig } from '../security/index.ts';
 import { outboundLabelsOf, routeLabelRule } from '../tide/peer-authz.ts';
-import { REDACTED_LABEL_RULE } from '../tide/peer-authz.ts';
-import { ProjectionFeeds } from '../mapping/projection.ts';
+import { REDACTED_LABEL_RULE, V3_OBSERVATION_VALUE } from '../tide/peer-authz.ts';
+import { holdsProjectionWriter, ProjectionFeeds } from '../mapping/projection.ts';
 import type { OpenedProjectionStore } from '../mapping/projection.ts';
 import type { Mapping } from '../mapping/index.ts';
 import { translateRouter } from '../mapping/index.ts';
@@ -276,7 +276,14 @@ export class TidegateNode {
         diffFor: (key, sv) => (store.unsettled?.(key) ? undefined : replica.diffFor(key, sv)),
         // Peer authorization: labels of the current version; a deleted resource keeps those of its last live version.
         securityLabels: (key) => {
-          for (const v of replica.history(key)) if (!v.deleted && v.body) return [...outboundLabelsOf(v.body, mapping()), ...this.consent.labels(key, v.body)];
+          for (const v of replica.history(key)) {
+            if (v.deleted || !v.body) continue;
+            const labels = [...outboundLabelsOf(v.body, mapping()), ...this.consent.labels(key, v.body)];
+            // a projection received here stays one even when an edit here dropped its REDACTED label
+            const labelled = labels.some((l) => l.system === V3_OBSERVATION_VALUE && l.code === 'REDACTED');
+            if (!labelled && holdsProjectionWriter(store.get(key)?.state)) labels.push({ system: V3_OBSERVATION_VALUE, code: 'REDACTED' });
+            return labels;
+          }
           return [];
         },
       },
