@@ -50,7 +50,7 @@ describe('FHIR REST API', () => {
     assert.ok(created.body.meta.versionId);
     assert.ok(created.body.meta.lastUpdated);
     assert.equal(created.headers.etag, `W/"${created.body.meta.versionId}"`);
-    assert.equal(created.headers.location, `Patient/p1/_history/${created.body.meta.versionId}`);
+    assert.equal(created.headers.location, `${new URL(created.request.url).origin}/fhir/Patient/p1/_history/${created.body.meta.versionId}`, 'absolute: [base]/[type]/[id]/_history/[vid]');
     const updated = await request(ctx.app).put('/fhir/Patient/p1').set('Content-Type', FHIR).send(JSON.stringify(patient({ birthDate: '1980-02-03' }))).expect(200);
     assert.equal(updated.body.birthDate, '1980-02-03');
     assert.notEqual(updated.body.meta.versionId, created.body.meta.versionId);
@@ -68,7 +68,7 @@ describe('FHIR REST API', () => {
   test('POST creates with a server-assigned id', async () => {
     const res = await request(ctx.app).post('/fhir/Patient').set('Content-Type', FHIR).send(JSON.stringify({ resourceType: 'Patient', id: 'ignored', gender: 'male' })).expect(201);
     assert.notEqual(res.body.id, 'ignored');
-    assert.match(res.headers.location ?? '', new RegExp(`^Patient/${res.body.id}/_history/`));
+    assert.match(res.headers.location ?? '', new RegExp(`^http://[^/]+/fhir/Patient/${res.body.id}/_history/`));
   });
 
   test('decimals keep their lexical form', async () => {

@@ -319,7 +319,7 @@ describe('Prefer: return=OperationOutcome carries the hints and warnings of the 
     assert.equal(created.body.resourceType, 'OperationOutcome');
     assert.deepEqual(codes(created), ['information:informational', 'warning:not-supported']);
     assert.ok(created.body.issue.some((i: any) => i.severity === 'warning' && (i.expression ?? []).includes('meta.profile')));
-    const id = /^Patient\/([^/]+)\//.exec(created.headers.location!)![1]!;
+    const id = /\/fhir\/Patient\/([^/]+)\/_history\//.exec(created.headers.location!)![1]!;
     const updated = await put(h, `Patient/${id}`, { resourceType: 'Patient', id, meta: { profile: [unknownProfile] }, gender: 'male' }).set('Prefer', 'return=OperationOutcome').expect(200);
     assert.deepEqual(codes(updated), ['information:informational', 'warning:not-supported']);
     const patched = await request(h.app).patch(`/fhir/Patient/${id}`).set('Content-Type', JSON_PATCH).set('Prefer', 'return=OperationOutcome').send('[{"op":"replace","path":"/gender","value":"other"}]').expect(200);

@@ -258,7 +258,7 @@ function relabel(err: FhirError, e: RawEntry, type: string | undefined): FhirErr
 
 /** Bundle-level checks (http.html#transaction): any failure answers 400/422 for the whole Bundle. */
 function parseBundle(req: BundleRequest, maxEntries: number): { type: 'batch' | 'transaction'; entries: RawEntry[] } {
-  if (!req.contentType || !FHIR_MEDIA.test(req.contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json');
+  if (!req.contentType || !FHIR_MEDIA.test(req.contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json or application/json');
   let bundle: FhirJson;
   try {
     bundle = parseFhirJson(req.text);

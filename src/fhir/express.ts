@@ -35,8 +35,33 @@ function send(res: Response, result: FhirResult): void {
   res.send(typeof result.body === 'string' ? result.body : canonicalStringify(result.body));
 }
 
+/**
+ * The FHIR base URL of a request: `protocol://Host/fhir`. No proxy is trusted (`trust proxy` is
+ * not set), so `req.protocol` is the socket's and `X-Forwarded-Proto`/`-Host` are ignored.
+ */
 function baseUrlOf(req: Request): string {
   return `${req.protocol}://${req.get('host') ?? 'localhost'}${req.baseUrl}`;
+}
+
+/** A URI with a scheme (RFC 3986 §3.1), i.e. already absolute. */
+const ABSOLUTE_URI = /^[A-Za-z][A-Za-z0-9+.-]*:/;
+
+/**
+ * The result with a relative `Location` or `Content-Location` (`Patient/1/_history/2.eca343c4`,
+ * relative to the server base, as the service and Bundle code make it) made absolute:
+ * `[base]/[type]/[id]/_history/[vid]` (https://hl7.org/fhir/R4/http.html#create, #update). A
+ * client resolves a relative header against the request URL (RFC 7231 §7.1.2), which for
+ * `PUT [base]/Patient/1` would give `[base]/Patient/Patient/1/…`.
+ * @param result - what a handler answered.
+ * @param baseUrl - the request's FHIR base URL ({@link baseUrlOf}), without a trailing `/`.
+ */
+function withAbsoluteLocation(result: FhirResult, baseUrl: string): FhirResult {
+  let headers = result.headers;
+  for (const name of ['Location', 'Content-Location']) {
+    const v = headers[name];
+    if (v !== undefined && !ABSOLUTE_URI.test(v)) headers = { ...headers, [name]: `${baseUrl}/${v.replace(/^\/+/, '')}` };
+  }
+  return headers === result.headers ? result : { ...result, headers };
 }
 
 function header(req: Request, name: string): string | undefined {
@@ -74,7 +99,7 @@ function requireJsonAnswer(req: Request): void {
     return;
   }
   if (header(req, 'accept') !== undefined && req.accepts(JSON_MEDIA) === false) {
-    throw notAcceptable('The Accept header allows no JSON form: this server answers only application/fhir+json');
+    throw notAcceptable('The Accept header allows no JSON form: this server answers only JSON (application/fhir+json or application/json)');
   }
 }
 
@@ -124,6 +149,39 @@ function pathShape(path: string): string {
 }
 
 /**
+ * The operations this router serves, by level, with the method each is invoked with
+ * (https://hl7.org/fhir/R4/operations.html). `ConceptMap/$translate` is served, when a mapping is
+ * loaded, by a router mounted before this one (src/mapping).
+ */
+const SERVED_OPERATIONS: { type: Record<string, string>; instance: Record<string, string> } = {
+  type: { $validate: 'POST' },
+  instance: { $conflicts: 'GET', '$resolve-conflict': 'POST' },
+};
+
+/**
+ * Refuses an operation (`[type]/$op`, `[type]/[id]/$op`) that is not served, with 501, or that is
+ * reached with a method it is not invoked with, with 405 and `Allow`; both with an OperationOutcome. Without
+ * it `GET [type]/$everything` would be a read of the id `$everything` (400 "Invalid resource id").
+ * Other requests, and a served operation with its method, go on to the routes.
+ * @throws {@link FhirError} 501 or 405 `not-supported` (to `next`).
+ */
+function operationGate(req: Request, res: Response, next: NextFunction): void {
+  const op = String(req.params['op']);
+  if (!op.startsWith('$')) {
+    next();
+    return;
+  }
+  const method = req.method === 'HEAD' ? 'GET' : req.method;
+  const served = (req.params['id'] === undefined ? SERVED_OPERATIONS.type : SERVED_OPERATIONS.instance)[op];
+  if (served === undefined) next(notImplemented(`Operation ${op} is not supported`));
+  else if (served !== method) {
+    res.setHeader('Allow', served); // RFC 9110 §15.5.6: a 405 lists the allowed methods
+    next(methodNotAllowed(`Operation ${op} is invoked with ${served}, not ${req.method}`));
+  }
+  else next();
+}
+
+/**
  * Builds the `/fhir` router.
  * @param service - the node's FHIR interactions.
  * @param log - pino logger; request bodies are never logged (PHI).
@@ -141,7 +199,8 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   });
   r.use(fhirBodyReader(resolveHardening(hardening)));
   // An answer leaves only once everything stored so far is durable (FhirServiceOptions.durable).
-  const settle = (res: Response, next: NextFunction, result: FhirResult) => {
+  const settle = (req: Request, res: Response, next: NextFunction, answer: FhirResult) => {
+    const result = withAbsoluteLocation(answer, baseUrlOf(req));
     const barrier = service.durable?.();
     if (barrier) barrier.then(() => send(res, result), next);
     else send(res, result);
@@ -154,10 +213,10 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
       next(err);
       return;
     }
-    settle(res, next, result);
+    settle(req, res, next, result);
   };
   const ha = (fn: (req: Request) => Promise<FhirResult>) => (req: Request, res: Response, next: NextFunction) => {
-    fn(req).then((result) => settle(res, next, result), next);
+    fn(req).then((result) => settle(req, res, next, result), next);
   };
   const p = (req: Request, name: string): string => String(req.params[name]);
   const writeReq = (req: Request) => ({
@@ -179,6 +238,7 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
     return q;
   };
 
+  r.all(['/:type/:op', '/:type/:id/:op'], operationGate);
   r.get('/metadata', h((req) => service.metadata(baseUrlOf(req))));
   r.all('/metadata', h(() => { throw methodNotAllowed('Only GET is allowed on /metadata'); }));
   r.post('/_search', ha((req) => service.searchAll(formSearchParams(req), baseUrlOf(req), header(req, 'prefer'))));

@@ -10,19 +10,19 @@
  */
 import { badRequest } from './outcomes.ts';
 
-/** One entity-tag, weak (`W/"12"`) or strong (`"12"`), whose opaque part is a FHIR id (a versionId). */
+/** One entity-tag, weak (`W/"2.eca343c4"`) or strong (`"2.eca343c4"`), whose opaque part is a FHIR id (a versionId). */
 const ETAG = /^(?:W\/)?"([A-Za-z0-9\-.]{1,64})"$/;
 
 /**
  * The versionId named by an `If-Match` value (or a Bundle entry's `request.ifMatch`).
  * @param value - the header value as received (surrounding blanks are ignored).
  * @param name - the header or element name for the diagnostics.
- * @returns The versionId, e.g. `12` for `W/"12"` or `"12"`.
+ * @returns The versionId, e.g. `2.eca343c4` for `W/"2.eca343c4"` or `"2.eca343c4"`.
  * @throws {@link FhirError} 400 when the value is empty, a list, `*`, or not an ETag.
  */
 export function ifMatchVersion(value: string, name = 'If-Match'): string {
   const vid = ETAG.exec(value.trim())?.[1];
-  if (vid === undefined) throw badRequest(`${name} must be one ETag such as W/"12" (the versionId of the version the change is based on)`);
+  if (vid === undefined) throw badRequest(`${name} must be one ETag such as W/"2.eca343c4" (the versionId of the version the change is based on)`);
   return vid;
 }
 
@@ -37,7 +37,7 @@ export function parseIfNoneMatch(value: string, name = 'If-None-Match'): '*' | s
   const v = value.trim();
   if (v === '*') return '*';
   const vids = v.split(',').map((t) => ETAG.exec(t.trim())?.[1]);
-  if (v === '' || vids.some((x) => x === undefined)) throw badRequest(`${name} must be * or a list of ETags such as W/"12"`);
+  if (v === '' || vids.some((x) => x === undefined)) throw badRequest(`${name} must be * or a list of ETags such as W/"2.eca343c4"`);
   return vids as string[];
 }
 

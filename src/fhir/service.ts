@@ -220,7 +220,7 @@ export class FhirService {
   /** POST [type]/$validate — an OperationOutcome, 200 whether or not the resource is valid (validate-op.ts). */
   validate(type: string, text: string, contentType: string | undefined): FhirResult {
     if (!isKnownResourceType(type)) throw notFound(`Unknown resource type ${type}`);
-    if (!contentType || !FHIR_MEDIA.test(contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json');
+    if (!contentType || !FHIR_MEDIA.test(contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json or application/json');
     return { status: 200, headers: {}, body: validateOperation(type, text, this.profiles) };
   }
 
@@ -405,7 +405,7 @@ export class FhirService {
    */
   resolveConflict(type: string, id: string, req: { text: string; contentType: string | undefined; author?: string | undefined; prefer?: string | undefined }): FhirResult {
     this.currentOr404(type, id);
-    if (!req.contentType || !FHIR_MEDIA.test(req.contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json');
+    if (!req.contentType || !FHIR_MEDIA.test(req.contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json or application/json');
     let body;
     try {
       body = parseFhirJson(req.text);
@@ -498,7 +498,7 @@ export class FhirService {
   private parseBody(req: WriteRequest): FhirJsonObject {
     if (!isKnownResourceType(req.type)) throw notFound(`Unknown resource type ${req.type}`);
     if (req.id !== undefined && !FHIR_ID.test(req.id)) throw badRequest('Invalid resource id (FHIR ids are 1-64 of A-Z a-z 0-9 - .)');
-    if (!req.contentType || !FHIR_MEDIA.test(req.contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json');
+    if (!req.contentType || !FHIR_MEDIA.test(req.contentType)) throw unsupportedMediaType('Content-Type must be application/fhir+json or application/json');
     let parsed;
     try {
       parsed = parseFhirJson(req.text);
