@@ -167,6 +167,22 @@ describe('SMART authorization in front of the FHIR app', () => {
     await request(app).delete('/fhir/Observation/o-w').set('Authorization', `Bearer ${w}`).expect(204);
   });
 
+  test('instance and type operations with any method reach the FHIR router: $resolve-conflict needs write scopes, unserved operations are 501', async () => {
+    const body = JSON.stringify({ resourceType: 'Parameters', parameter: [{ name: 'path', valueString: 'status' }] });
+    const writer = await token({ scope: 'system/*.cruds' });
+    // o-p1 has no conflict record at `status`: the router's own answer (404 naming the path), not the classifier's bare 404
+    const ok = await request(app).post('/fhir/Observation/o-p1/$resolve-conflict').set('Authorization', `Bearer ${writer}`).set('Content-Type', FHIR).send(body);
+    assert.equal(ok.status, 404);
+    assert.match(ok.body.issue[0].diagnostics, /no conflict record at status/);
+    const reader = await token({ scope: 'user/Observation.rs' });
+    const refused = await request(app).post('/fhir/Observation/o-p1/$resolve-conflict').set('Authorization', `Bearer ${reader}`).set('Content-Type', FHIR).send(body);
+    assert.equal(refused.status, 403);
+    for (const [method, path] of [['get', '/fhir/Patient/$everything'], ['delete', '/fhir/Patient/$foo'], ['put', '/fhir/Patient/p1/$foo']] as const) {
+      const res = await request(app)[method](path).set('Authorization', `Bearer ${writer}`);
+      assert.equal(res.status, 501, `${method} ${path}`);
+    }
+  });
+
   test('_include results need a scope for their own type', async () => {
     const t = await token({ scope: 'user/Observation.rs' });
     const res = await request(app).get('/fhir/Observation?_id=o-p1&_include=Observation:subject').set('Authorization', `Bearer ${t}`).expect(200);

@@ -78,9 +78,11 @@ export function classifyFhirRequest(method: string, path: string, hasQuery: bool
       // PATCH [type] is 501 (conditional patch); treat as a patch of the type for authorization.
       return interaction('patch', a);
     case 2:
+      // `[type]/$op` with any method is an operation: the router answers a wrong method (405) or an
+      // unserved operation (501) itself, after authorization.
+      if (b!.startsWith('$')) return interaction('operation', a, undefined, { operation: b! });
       if (m === 'POST') {
         if (eq(b, '_search')) return interaction('search-type', a);
-        if (b!.startsWith('$')) return interaction('operation', a, undefined, { operation: b! });
         return { kind: 'unknown', status: 404 };
       }
       if (m === 'GET') return eq(b, '_history') ? interaction('history-type', a) : interaction('read', a, b);
@@ -88,9 +90,11 @@ export function classifyFhirRequest(method: string, path: string, hasQuery: bool
       if (m === 'DELETE') return interaction('delete', a, b);
       return interaction('patch', a, b);
     case 3:
+      // `[type]/[id]/$op` with any method (e.g. POST $resolve-conflict) is an operation, as above.
+      if (c!.startsWith('$')) return interaction('operation', a, b, { operation: c! });
       if (m !== 'GET') return { kind: 'unknown', status: 404 };
       if (eq(c, '_history')) return interaction('history-instance', a, b);
-      return interaction('operation', a, b, { operation: c! });
+      return { kind: 'unknown', status: 404 };
     case 4:
       if (m === 'GET' && eq(c, '_history')) return interaction('vread', a, b, { vid: d! });
       return { kind: 'unknown', status: 404 };
