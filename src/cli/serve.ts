@@ -5,7 +5,8 @@ import pino from 'pino';
 import { loadNodeConfig } from '../config/config.ts';
 import { assertAuthOrInsecureDev } from '../auth/config.ts';
 import { createAuth } from '../auth/setup.ts';
-import { PeerKeyring, readPublicKeys, readSecretKeys } from '../envelope/index.ts';
+import { KeyFileError, PeerKeyring, readPublicKeys, readSecretKeys } from '../envelope/index.ts';
+import { logReloadFailure } from '../ops/router.ts';
 import { FileCursorStore, HospitalClient } from '../hospital/index.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { TidegateNode } from '../node/node.ts';
@@ -16,7 +17,7 @@ import { RevocationList } from '../security/index.ts';
 import { AuditTrail } from '../audit/index.ts';
 import { auditRotationOf } from '../audit/cli.ts';
 import { hardeningFromConfig } from '../fhir/hardening.ts';
-import { displayPath, formatIssue, loadMappingOrThrow, MappingConfigError } from '../mapping/load.ts';
+import { displayPath, loadMappingOrThrow } from '../mapping/load.ts';
 import { LiveMapping } from '../mapping/live.ts';
 import { openProjectionSqlite } from '../mapping/projection.ts';
 import { createServer } from 'node:net';
@@ -31,6 +32,8 @@ import { readRedisTls, readServerTls } from '../transport/tls.ts';
  */
 function settingReadError(setting: string, file: string, err: unknown): unknown {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  // bad key file content (KeyFileError: names the file and the problem, never key bytes): name the setting too
+  if (err instanceof KeyFileError) return new KeyFileError(`${setting}: ${err.message}`, { cause: err });
   if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return err;
   return new Error(`${setting}: cannot read ${file} (${code}); paths in the config file are relative to its folder (check with \`tidegate config check\`)`, { cause: err });
 }
@@ -62,7 +65,7 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
   const secretKeys = await readSecretKeys(cfg.secretKeyFile).catch((err: unknown) => {
     throw settingReadError('secretKeyFile', cfg.secretKeyFile, err);
   });
-  if (secretKeys.nodeId !== cfg.nodeId) throw new Error(`Secret key file is for node ${secretKeys.nodeId}, config says ${cfg.nodeId}`);
+  if (secretKeys.nodeId !== cfg.nodeId) throw new Error(`secretKeyFile: ${cfg.secretKeyFile} is ${secretKeys.nodeId}'s secret key file; give ${cfg.nodeId}'s (the config's nodeId is ${cfg.nodeId})`);
   // Peers' public keys stay reloadable (SIGHUP, POST /admin/reload): the keyring updates these objects in place.
   const peerTls = (p: (typeof cfg.peers)[number]) => p.redisTls ?? (/^rediss:\/\//i.test(p.redisUrl) ? cfg.redisTls : undefined);
   const keyring = await PeerKeyring.load(
@@ -91,11 +94,8 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
     return result;
   };
   const onHup = (): void => {
-    node.reload!().catch((err: unknown) => {
-      // mapping issues are config text (file:line:column and message), never resource content
-      if (err instanceof MappingConfigError) for (const i of err.issues) log.error({ file: i.file, line: i.line, column: i.column }, `mapping NOT reloaded (nothing changed): ${formatIssue(i).split('\n')[0]}`);
-      else log.error({ err: (err as Error).message }, 'peer public keys NOT reloaded (nothing changed, mapping included)');
-    });
+    // mapping issues are config text (file:line:column and message), never resource content; as POST /admin/reload logs them
+    node.reload!().catch((err: unknown) => logReloadFailure(log, err));
   };
   // Durable by default (config `storeFile`, or `storeUrl` for PostgreSQL): a write is answered
   // only once it is on disk.
@@ -133,6 +133,7 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
     policy: cfg.mergePolicyFile ? loadMergePolicy(cfg.mergePolicyFile) : loadMergePolicy(),
     logger: log,
     antiEntropyIntervalMs: cfg.antiEntropyIntervalMs,
+    maxClockSkewMs: cfg.maxClockSkewMs,
     hospitalPollIntervalMs: cfg.hospitalPollIntervalMs,
     ...(cfg.hospitalPollTypes ? { hospitalPollTypes: cfg.hospitalPollTypes } : {}),
     ...(cfg.hospitalCursorFile ? { hospitalCursor: new FileCursorStore(cfg.hospitalCursorFile) } : {}),

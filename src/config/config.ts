@@ -45,7 +45,7 @@ export const NodeConfigSchema = z.strictObject({
   /** Where the FHIR API listens. */
   listen: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(8080) }).default({ host: '127.0.0.1', port: 8080 }),
   /** The hospital's own FHIR server base URL (merged resources are written there). */
-  hospitalFhirUrl: z.url(),
+  hospitalFhirUrl: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL with a host, e.g. "http://127.0.0.1:8201/fhir" (the scheme is required)' }),
   /** This node's Redis (its inbox). */
   redisUrl: RedisUrl.default('redis://127.0.0.1:6379'),
   /**
@@ -91,6 +91,8 @@ export const NodeConfigSchema = z.strictObject({
     .default([]),
   /** Anti-entropy period, ms; 0 disables the scheduler. */
   antiEntropyIntervalMs: z.number().int().min(0).default(30000),
+  /** Largest future skew of a peer's HLC stamps against this node's clock, ms; updates beyond are refused (docs/merge.md "Clock skew and forged entries"). */
+  maxClockSkewMs: z.number().int().min(1000).default(300000),
   /** Period of polling the hospital's `_history` for edits made directly on it, ms; 0 turns it off. */
   hospitalPollIntervalMs: z.number().int().min(0).default(5000),
   /** Resource types to pick up from the hospital (default all); required when the hospital has no system-level `_history`. */

@@ -36,18 +36,38 @@ export function isStamp(s: unknown): s is HlcStamp {
   return typeof s === 'string' && STAMP.test(s);
 }
 
+/** Options of {@link HybridLogicalClock}. */
+export interface HlcOptions {
+  /**
+   * Receive cap, ms: `observe` ignores a stamp whose physical part is more than this far ahead of
+   * the wall clock, so a peer with a clock hours ahead (or a forged stamp) cannot drag this clock
+   * into the future (docs/merge.md "Clock skew and forged entries"). Default: no cap.
+   */
+  maxAheadMs?: number;
+}
+
 /**
  * A hybrid logical clock. `now()` never goes backwards, even if the wall clock does, and after
- * `observe(remote)` every later `now()` is greater than `remote`.
+ * `observe(remote)` of an accepted stamp every later `now()` is greater than `remote`.
  */
 export class HybridLogicalClock {
   private lastMs = 0;
   private counter = 0;
   private readonly wallClock: () => number;
+  private readonly maxAheadMs: number;
 
-  /** @param wallClock - source of wall time in ms (injectable for tests); defaults to Date.now. */
-  constructor(wallClock: () => number = Date.now) {
+  /**
+   * @param wallClock - source of wall time in ms (injectable for tests); defaults to Date.now.
+   * @param opts - see {@link HlcOptions}.
+   */
+  constructor(wallClock: () => number = Date.now, opts: HlcOptions = {}) {
     this.wallClock = wallClock;
+    this.maxAheadMs = opts.maxAheadMs ?? Infinity;
+  }
+
+  /** This clock's wall time, ms since the epoch (the injected source). */
+  wallNow(): number {
+    return this.wallClock();
   }
 
   /** Returns a new stamp, strictly greater than any stamp returned or observed before. */
@@ -68,16 +88,20 @@ export class HybridLogicalClock {
 
   /**
    * Moves the clock past a stamp seen from another node (receive event of the HLC algorithm).
-   * @param stamp - a remote {@link HlcStamp}; malformed stamps are ignored.
+   * @param stamp - a remote {@link HlcStamp}; malformed stamps are ignored, and so are stamps more
+   *   than `maxAheadMs` ahead of the wall clock (see {@link HlcOptions}).
+   * @returns False when the stamp was ignored.
    */
-  observe(stamp: HlcStamp): void {
-    if (!isStamp(stamp)) return;
+  observe(stamp: HlcStamp): boolean {
+    if (!isStamp(stamp)) return false;
     const { ms, counter } = parseStamp(stamp);
+    if (ms > this.wallClock() + this.maxAheadMs) return false;
     if (ms > this.lastMs) {
       this.lastMs = ms;
       this.counter = counter;
     } else if (ms === this.lastMs && counter > this.counter) {
       this.counter = counter;
     }
+    return true;
   }
 }

@@ -13,6 +13,8 @@ import { loadDoc, maxStampOf, readPaths, render, resolveConflictAt, writeResourc
 import type { ConflictRecord, Rendered } from './doc.ts';
 import type { MergePolicy } from './policy.ts';
 import { buildMergeProvenance, describeMerge, PROVENANCE_TYPE } from './provenance.ts';
+import { checkUpdate, DEFAULT_MAX_CLOCK_SKEW_MS, RefusedUpdateError } from './skew.ts';
+import type { SkewViolation } from './skew.ts';
 
 /** Raised when a write names a base version this node does not hold. */
 export class UnknownVersionError extends Error {
@@ -56,6 +58,11 @@ export interface ReplicaOptions {
    * while the store still returns the very state bytes it was saved as. Default 256; 0 = off.
    */
   docCacheSize?: number;
+  /**
+   * Largest future skew of a remote stamp's physical part against this node's wall clock, ms
+   * (src/merge/skew.ts). Also the receive cap of the default clock. Default 300000 (5 minutes).
+   */
+  maxClockSkewMs?: number;
 }
 
 /** Most held-back updates kept per resource; older ones are dropped (anti-entropy resends them). */
@@ -89,6 +96,9 @@ export class Replica {
   private readonly store: ResourceStore;
   private readonly policy: MergePolicy;
   private readonly clock: HybridLogicalClock;
+  private readonly maxClockSkewMs: number;
+  /** Updates {@link checkRemote} just passed: {@link applyRemote} does not check them again. */
+  private readonly checked = new WeakSet<Uint8Array>();
   private readonly onVersion: ((key: string, version: VersionRecord) => void) | undefined;
   /** Loaded documents by key, with the state bytes they were saved as (LRU: Map insertion order). */
   private readonly docs = new Map<string, { state: Uint8Array; doc: Y.Doc }>();
@@ -98,7 +108,8 @@ export class Replica {
     this.nodeId = opts.nodeId;
     this.store = opts.store;
     this.policy = opts.policy;
-    this.clock = opts.clock ?? new HybridLogicalClock();
+    this.maxClockSkewMs = opts.maxClockSkewMs ?? DEFAULT_MAX_CLOCK_SKEW_MS;
+    this.clock = opts.clock ?? new HybridLogicalClock(Date.now, { maxAheadMs: this.maxClockSkewMs });
     this.onVersion = opts.onVersion;
     this.docCacheSize = opts.docCacheSize ?? DEFAULT_DOC_CACHE;
   }
@@ -206,10 +217,23 @@ export class Replica {
    * @param update - Yjs update bytes (v1).
    * @returns The new version, or undefined when nothing visible changed.
    * @throws {@link MalformedUpdateError} when the bytes are not a Yjs update.
+   * @throws {@link RefusedUpdateError} when the update fails the skew check (src/merge/skew.ts);
+   *   nothing of it is applied.
    */
   applyRemote(key: string, update: Uint8Array): VersionRecord | undefined {
     const rec = this.store.get(key);
     const doc = this.take(key, rec);
+    let refused: SkewViolation | undefined;
+    try {
+      if (!this.checked.delete(update)) refused = checkUpdate(update, { nowMs: this.clock.wallNow(), maxSkewMs: this.maxClockSkewMs, doc });
+    } catch (err) {
+      if (rec) this.keep(key, rec.state, doc);
+      throw new MalformedUpdateError(`Update for ${key} is not a valid Yjs update: ${(err as Error).message}`);
+    }
+    if (refused) {
+      if (rec) this.keep(key, rec.state, doc);
+      throw new RefusedUpdateError(key, refused);
+    }
     const before = Y.encodeStateVector(doc);
     // An update whose dependencies have not arrived is held back whole. Handing it to Yjs early
     // would apply its delete set at once while its new entries wait, so values would vanish until
@@ -253,6 +277,31 @@ export class Replica {
       return undefined;
     }
     return this.commit(key, doc, rec, pending);
+  }
+
+  /**
+   * The skew check of a remote update against the current document of `key`, without applying it
+   * (src/merge/skew.ts): stamps more than `maxClockSkewMs` ahead of this node's wall clock, or log
+   * elements whose writer is not the log's node.
+   * @param key - `Type/id`.
+   * @param update - Yjs update bytes (v1).
+   * A passed update (the very `Uint8Array`) is not checked again by the next {@link applyRemote}
+   * of it, so a caller checking a whole message first pays the check once.
+   * @returns The violation, or undefined when {@link applyRemote} would accept the update.
+   * @throws {@link MalformedUpdateError} when the bytes are not a Yjs update.
+   */
+  checkRemote(key: string, update: Uint8Array): SkewViolation | undefined {
+    const rec = this.store.get(key);
+    const doc = rec ? this.take(key, rec) : undefined;
+    try {
+      const refused = checkUpdate(update, { nowMs: this.clock.wallNow(), maxSkewMs: this.maxClockSkewMs, ...(doc ? { doc } : {}) });
+      if (!refused) this.checked.add(update);
+      return refused;
+    } catch (err) {
+      throw new MalformedUpdateError(`Update for ${key} is not a valid Yjs update: ${(err as Error).message}`);
+    } finally {
+      if (rec && doc) this.keep(key, rec.state, doc);
+    }
   }
 
   /**

@@ -13,6 +13,8 @@ import { fhirApp } from '../fhir/express.ts';
 import { createFhirServer } from '../fhir/hardening.ts';
 import type { FhirServerOptions, HardeningOptions } from '../fhir/hardening.ts';
 import { Replica } from '../merge/replica.ts';
+import { RefusedUpdateError } from '../merge/skew.ts';
+import type { HybridLogicalClock } from '../merge/hlc.ts';
 import type { MergePolicy } from '../merge/policy.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { MemoryStore } from '../store/store.ts';
@@ -61,6 +63,10 @@ export interface TidegateNodeOptions {
   store?: ResourceStore;
   logger?: Logger;
   antiEntropyIntervalMs?: number;
+  /** Largest future skew of a peer's HLC stamps, ms (src/merge/skew.ts); default 300000. */
+  maxClockSkewMs?: number;
+  /** The node's hybrid logical clock (tests inject a wall clock); default one capped at `maxClockSkewMs`. */
+  clock?: HybridLogicalClock;
   /** Tide batching: flush a peer's batch after this many ms. */
   batchDelayMs?: number;
   /**
@@ -121,7 +127,7 @@ export class TidegateNode {
   readonly hospitalSync: HospitalOutbox;
   /** Poller of the hospital's `_history`, when enabled. */
   readonly hospitalPoller: HospitalPoller | undefined;
-  /** Patient matching of Patients read from the hospital (mapping file `patientMatching`), and its review list (`GET /admin/matches`). */
+  /** Patient matching of Patients read from the hospital or created through the FHIR API (mapping file `patientMatching`), and its review list (`GET /admin/matches`). */
   readonly patientMatcher: PatientMatcher | undefined;
   /** Consent resources by patient (src/mapping/consent.ts): what they deny a peer is withheld from it. */
   readonly consent: ConsentGate;
@@ -205,8 +211,11 @@ export class TidegateNode {
       nodeId: this.nodeId,
       store,
       policy,
+      ...(opts.maxClockSkewMs !== undefined ? { maxClockSkewMs: opts.maxClockSkewMs } : {}),
+      ...(opts.clock ? { clock: opts.clock } : {}),
       onVersion: (key, version) => {
         this.consent.onVersion(key, version);
+        this.patientMatcher?.onVersion(key, version); // patient matching: keeps its index current
         afterDurable(() => this.projections.onVersion(key)); // redaction: re-project for redacted peers
         afterDurable(() => this.hospitalSync.enqueue(key, version));
       },
@@ -248,6 +257,13 @@ export class TidegateNode {
         applyRemote: async (updates: ResourceUpdate[], fromNode: string) => {
           const provenances: ResourceUpdate[] = [];
           const applied: string[] = [];
+          // All or nothing: every update of the message passes the skew check before any is applied
+          // (src/merge/skew.ts); a refusal is quarantined by Tide with its code.
+          for (const u of updates) {
+            if (store.isShredded?.(u.key)) continue;
+            const refused = replica.checkRemote(u.key, u.update);
+            if (refused) throw new RefusedUpdateError(u.key, refused);
+          }
           for (const u of updates) {
             // A crypto-shredded resource is tombstoned: a peer's update must not resurrect it.
             if (store.isShredded?.(u.key)) {
@@ -330,10 +346,13 @@ export class TidegateNode {
             },
           })
         : undefined;
-    this.service = new FhirService(this.replica, (key, update) => {
+    const apiSink = (key: string, update: Uint8Array): void => {
       this.localUpdates++;
       afterDurable(() => this.tide.publish([{ key, update }]));
-    }, {
+      // a Patient created through the API is matched; its seealso links are a separate write, gossiped here too
+      this.patientMatcher?.afterApiWrite(key, apiSink, (err) => log.warn({ key, err: (err as Error).message }, 'patient matching failed; Patient kept without match links'));
+    };
+    this.service = new FhirService(this.replica, apiSink, {
       hospital: isHospitalSearcher(opts.hospital) ? opts.hospital : undefined,
       ...(store.durable ? { durable: () => store.durable!() } : {}),
       ...(store.isShredded ? { isShredded: (key: string) => store.isShredded!(key) } : {}),
@@ -356,12 +375,14 @@ export class TidegateNode {
     await this.tide.start();
     // redaction: bring every projection up to date in the background (batches yield to the event loop)
     this.projections.backfill().catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'projection backfill failed'));
+    // patient matching: index the Patients held in the background (batches yield to the event loop)
+    this.patientMatcher?.buildIndex().catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'patient matching index build failed; matching compares with every Patient'));
     await this.hospitalPoller?.start();
     this.audit?.record(lifecycleEvent({ nodeId: this.nodeId, what: 'start', at: new Date(), keys: [{ kid: this.keyIds.kem, alg: 'X-Wing', use: 'enc', status: 'current' }, { kid: this.keyIds.sig, alg: 'ML-DSA-65', use: 'sig', status: 'current' }] }));
     const admin = express.Router();
     // Breach detection sees every /fhir request first (this router is mounted before auth and the FHIR router).
     admin.use('/fhir', securityMonitor(this.detector));
-    admin.use(opsRouter({ tide: this.tide, nodeId: this.nodeId, security: this.detector, ...(this.reload ? { reload: this.reload } : {}) }));
+    admin.use(opsRouter({ tide: this.tide, nodeId: this.nodeId, security: this.detector, log: this.log, ...(this.reload ? { reload: this.reload } : {}) }));
     admin.use(securityRouter({ nodeId: this.nodeId, detector: this.detector, tide: this.tide, revocations: this.revocations }));
     if (this.patientMatcher !== undefined) admin.use(matchesRouter({ nodeId: this.nodeId, review: this.patientMatcher.review }));
     admin.use(shredRouter({ shred: (key, requestor) => this.shred(key, requestor) }));

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { isLoopbackHost } from '../auth/config.ts';
 
 /** Signals raised from Tide rejections (envelopes refused by the inbox worker). */
-export const TIDE_SIGNALS = Object.freeze(['envelope-signature', 'unknown-sender', 'replay', 'decryption-failure', 'peer-not-allowed'] as const);
+export const TIDE_SIGNALS = Object.freeze(['envelope-signature', 'unknown-sender', 'replay', 'decryption-failure', 'peer-not-allowed', 'clock-skew', 'forged-entry'] as const);
 /** Signals raised from the FHIR HTTP surface. */
 export const HTTP_SIGNALS = Object.freeze(['auth-failure-burst', 'patient-read-volume', 'scraping'] as const);
 /** Every breach-detection signal (the `signal` label of `tidegate_security_alerts_total`). */

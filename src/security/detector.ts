@@ -3,7 +3,8 @@
  * synchronously, so an alert is raised in the same tick as the event that crosses a threshold:
  *
  * - {@link BreachDetector.tideRejection} ← Tide's `onRejection` hook (src/tide): envelope signature
- *   failures, unknown senders, replays, decryption failures, messages outside peer authorization;
+ *   failures, unknown senders, replays, decryption failures, messages outside peer authorization,
+ *   updates refused by the skew check (src/merge/skew.ts: clock skew, forged log entries);
  * - {@link BreachDetector.httpRequest} ← the {@link securityMonitor} middleware (./monitor.ts) once
  *   per finished FHIR request: bursts of 401/403 per client and per IP, distinct patients read per
  *   token against a threshold and the client's learned baseline, search and `_history` paging rate.
@@ -36,6 +37,9 @@ export const TIDE_REASON_SIGNALS: Readonly<Record<string, TideSignal>> = Object.
   ERR_MESSAGE_ID_MISMATCH: 'replay',
   ERR_DECRYPT_FAILED: 'decryption-failure',
   ERR_PEER_NOT_ALLOWED: 'peer-not-allowed',
+  // remote updates refused before applying (src/merge/skew.ts)
+  ERR_CLOCK_SKEW: 'clock-skew',
+  ERR_FORGED_ENTRY: 'forged-entry',
 });
 
 /** What the monitor reports about one finished FHIR request (no bodies, no tokens). */

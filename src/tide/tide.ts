@@ -69,6 +69,20 @@ const KEEP_FAILED_AGE_S = 7 * 24 * 3600;
 const MAX_QUEUED_SENDS_PER_PEER = 1000;
 /** Repeated warnings of one kind are logged at most once per this many ms. */
 const LOG_RATE_LIMIT_MS = 30_000;
+/**
+ * A refused update (src/merge/skew.ts: clock skew, forged entry) is resent by anti-entropy every
+ * round: the same refusal (sender, code, resource) within this many ms is dropped without a new
+ * quarantine record, alert or AuditEvent (counted in `stats.rejected`).
+ */
+const REFUSAL_REPEAT_MS = 10 * 60_000;
+
+/** The refusal an error thrown by `replica.applyRemote` carries (`refused: true`, `code`, `key`), if any. */
+function refusalOf(err: unknown): { code: string; key: string; skewMs?: number } | undefined {
+  if (typeof err !== 'object' || err === null) return undefined;
+  const { refused, code, key, skewMs } = err as { refused?: unknown; code?: unknown; key?: unknown; skewMs?: unknown };
+  if (refused !== true || typeof code !== 'string' || !/^ERR_[A-Z_]+$/.test(code) || typeof key !== 'string') return undefined;
+  return { code, key, ...(typeof skewMs === 'number' ? { skewMs } : {}) };
+}
 /** Job scheduler id / job name of the periodic anti-entropy job on the control queue. */
 const AE_SCHEDULER_ID = 'anti-entropy';
 /** FHIR resource type names (as in resource keys). */
@@ -249,6 +263,8 @@ export class Tide {
   /** Plain ioredis client on the own Redis: quarantine list and readiness PING. */
   #localClient: Redis | undefined;
   readonly #lastWarn = new Map<string, number>();
+  /** When each refusal (`sender|code|key`) was last quarantined, ms (see REFUSAL_REPEAT_MS). */
+  readonly #refusedAt = new Map<string, number>();
   /** Set when stop() ran out of time: remaining sends are dropped. */
   #abandon = false;
   #starting: Promise<void> | undefined;
@@ -671,13 +687,32 @@ export class Tide {
     if (projection === undefined || projection.types().size === 0) return this.#replica;
     const shared = this.#replica;
     const projected = (key: string): boolean => projection.types().has(typeOfKey(key));
+    // A projection store that cannot be read (e.g. its key vault under a retired key) fails closed:
+    // nothing of the projected types is compared or sent, the other types go on, and the peer's
+    // `lastError` says why (rate-limited warning).
+    const failed = (err: unknown): undefined => {
+      link.lastError = { at: Date.now(), message: `projection store: ${errText(err)}` };
+      this.#warnRateLimited(`proj:${link.config.nodeId}`, { peer: link.config.nodeId, err: errText(err) }, 'tide: projection store unavailable; projected types not compared or sent to this peer');
+      return undefined;
+    };
+    const guard = <T>(f: () => T): T | undefined => {
+      try {
+        return f();
+      } catch (err) {
+        return failed(err);
+      }
+    };
     return {
       *keys() {
         for (const k of shared.keys()) if (!projected(k)) yield k;
-        for (const k of projection.keys()) if (projected(k)) yield k;
+        try {
+          for (const k of projection.keys()) if (projected(k)) yield k;
+        } catch (err) {
+          failed(err);
+        }
       },
-      stateVector: (key) => (projected(key) ? projection.stateVector(key) : shared.stateVector(key)),
-      diffFor: (key, sv) => (projected(key) ? projection.diffFor(key, sv) : shared.diffFor(key, sv)),
+      stateVector: (key) => (projected(key) ? guard(() => projection.stateVector(key)) : shared.stateVector(key)),
+      diffFor: (key, sv) => (projected(key) ? guard(() => projection.diffFor(key, sv)) : shared.diffFor(key, sv)),
     };
   }
 
@@ -1270,8 +1305,9 @@ export class Tide {
   /**
    * The inbox processor. Unrecoverable (never retried, job goes to the failed set with the code
    * as its reason, https://docs.bullmq.io/guide/retrying-failing-jobs): any EnvelopeError, a
-   * job id that is not the signed messageId, an unknown kind, undecodable plaintext. Retried:
-   * an error thrown by `replica.applyRemote`.
+   * job id that is not the signed messageId, an unknown kind, undecodable plaintext, a refusal
+   * thrown by `replica.applyRemote` (an error with `refused: true`, its `code` and `key`, e.g.
+   * src/merge/skew.ts `RefusedUpdateError`). Retried: any other error thrown by `replica.applyRemote`.
    */
   async #processInbox(job: Job<InboxJobData>): Promise<void> {
     try {
@@ -1346,6 +1382,20 @@ export class Tide {
         try {
           if (updates.length > 0) await this.#replica.applyRemote(updates, sender);
         } catch (err) {
+          const refusal = refusalOf(err);
+          if (refusal) {
+            // Refused whole, never retried (docs/merge.md "Clock skew and forged entries"); no PHI logged.
+            this.#warnRateLimited(`refused:${sender}:${refusal.code}`, { node: this.nodeId, peer: sender, key: refusal.key, code: refusal.code, skewMs: refusal.skewMs }, 'tide: remote update refused');
+            const id = `${sender}|${refusal.code}|${refusal.key}`;
+            const last = this.#refusedAt.get(id);
+            if (last !== undefined && Date.now() - last < REFUSAL_REPEAT_MS) {
+              this.#stats.rejected[refusal.code] = (this.#stats.rejected[refusal.code] ?? 0) + 1;
+              throw new UnrecoverableError(refusal.code);
+            }
+            if (this.#refusedAt.size >= 10_000) this.#refusedAt.clear();
+            this.#refusedAt.set(id, Date.now());
+            this.#reject(job, refusal.code, sender, true, header.kind);
+          }
           this.#stats.applyFailures++;
           const attempts = job.opts.attempts ?? 1;
           if (job.attemptsMade + 1 >= attempts) {
