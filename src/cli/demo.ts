@@ -7,7 +7,7 @@
  * (through its outbound translation). See README.md ("The demo").
  */
 import { resolve, join } from 'node:path';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
@@ -359,12 +359,15 @@ async function mappingChecks(net: Network, holdings: Holdings, writtenAtA: Reado
  * Runs the demo.
  * @returns The report; `report.ok` is true only when every replica and hospital converged with no
  *   lost edit, no rejected resource, no hospital mismatch and every mapping check passed.
- * @throws Error when Redis cannot be found or started, or the data folder is missing;
+ * @throws Error when Redis cannot be found or started, or the data folder is missing or holds no `.ndjson` file;
  *   MappingConfigError when an example mapping file of config/examples does not load.
  */
 export async function runDemo(opts: DemoOptions, out: { info: (s: string) => void } = { info: (s) => process.stderr.write(`${s}\n`) }): Promise<DemoReport> {
   const dataDir = resolve(opts.data);
   if (!existsSync(dataDir)) throw new Error(`Data folder ${dataDir} does not exist`);
+  if (!statSync(dataDir).isDirectory()) throw new Error(`--data ${dataDir} is not a folder: give a FHIR Bulk Data export folder (Type.NNN.ndjson files)`);
+  // the importer reads only `*.ndjson` files (src/import/ndjson.ts): an empty import would "converge" on nothing
+  if (!readdirSync(dataDir).some((n) => n.endsWith('.ndjson'))) throw new Error(`no .ndjson files found in ${dataDir}: give --data a FHIR Bulk Data export folder (one Type.NNN.ndjson file per resource type, e.g. Patient.000.ndjson)`);
   if (opts.hospitals < 2) throw new Error('--hospitals must be at least 2');
   const redis = await resolveRedis();
   const log = pino({ level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination(2));

@@ -4,6 +4,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { fileURLToPath } from 'node:url';
+import { dirname, resolve } from 'node:path';
 
 /** Default demo data: the project's own small example set (kept here so `keys` etc. don't load the demo). */
 const EXAMPLES_DIR = fileURLToPath(new URL('../../examples/data/', import.meta.url));
@@ -12,6 +13,38 @@ function positiveInt(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer');
   return n;
+}
+
+/** A TCP port option: an integer 0-65535 (0: any free port). */
+function tcpPort(v: string): number {
+  const n = /^\d+$/.test(v) ? Number(v) : Number.NaN;
+  if (!Number.isInteger(n) || n > 65535) throw new InvalidArgumentError('must be an integer from 0 to 65535 (0: any free port)');
+  return n;
+}
+
+/** A node id option: what the config's `nodeId` allows (src/config/config.ts). */
+function nodeIdArg(v: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(v)) throw new InvalidArgumentError('node id must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit (as the config\'s nodeId)');
+  return v;
+}
+
+/**
+ * The message for an error that ends a command: a missing or existing key file is said in words
+ * (which file, where it looked, what to run), other errors keep their message.
+ * @param err - what the command threw.
+ */
+function cliMessage(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  const path = typeof e?.path === 'string' ? e.path : '';
+  const m = /([^/\\]+)\.(secret|public)\.json$/.exec(path);
+  if (m && e.code === 'ENOENT') return `no ${m[2]} key file for ${m[1]}: ${path} does not exist (ENOENT; looked in ${resolve(dirname(path))}; give the key folder with --dir, or create the keys with \`tidegate keys generate --node ${m[1]} --out <folder>\`)`;
+  if (m && e.code === 'EEXIST') return `key file ${path} already exists (EEXIST): to replace ${m[1]}'s keys run \`tidegate keys rotate --node ${m[1]} --dir ${dirname(path) || '.'}\` (the old X-Wing key keeps decrypting until retired), or remove the files first`;
+  return (err as Error).message;
+}
+
+/** A repeatable option's values, in order (`--consent a.json --consent b.json`). */
+function collect(v: string, previous: string[]): string[] {
+  return [...previous, v];
 }
 
 const program = new Command();
@@ -40,7 +73,7 @@ const keys = program.command('keys').description('key management (docs/envelope.
 keys
   .command('generate')
   .description("write a node's secret keys (tidegate-node-secret/2, mode 0600) and public keys (AKP JWK Set)")
-  .requiredOption('--node <id>', 'node id')
+  .requiredOption('--node <id>', 'node id', nodeIdArg)
   .option('--out <dir>', 'output folder', 'keys')
   .option('--config <file>', "record the operation in this node configuration's audit trail")
   .action(async (o: { node: string; out: string; config?: string }) => {
@@ -55,7 +88,7 @@ keys
 keys
   .command('rotate')
   .description('new X-Wing key (old one still decrypts until retired) and a next ML-DSA-65 key (signs once the current one is retired)')
-  .requiredOption('--node <id>', 'node id')
+  .requiredOption('--node <id>', 'node id', nodeIdArg)
   .option('--dir <dir>', 'key folder', 'keys')
   .option('--config <file>', "record the operation in this node configuration's audit trail")
   .action(async (o: { node: string; dir: string; config?: string }) => {
@@ -71,13 +104,22 @@ keys
   .command('retire')
   .description('destroy the secret of key KID (a previous X-Wing key stops decrypting; retiring the current ML-DSA-65 key promotes the next one)')
   .argument('<kid>', 'key id (22 base64url characters)')
-  .requiredOption('--node <id>', 'node id')
+  .requiredOption('--node <id>', 'node id', nodeIdArg)
   .option('--dir <dir>', 'key folder', 'keys')
-  .option('--config <file>', "record the operation in this node configuration's audit trail")
+  .option('--config <file>', "record the operation in this node configuration's audit trail, and refuse an X-Wing key a key vault of its store (or projection stores) is still wrapped under (node stopped)")
   .action(async (kid: string, o: { node: string; dir: string; config?: string }) => {
     const { listKeys, readKeyStore, retireKey, writeKeyStoreFiles } = await import('../envelope/index.ts');
     const { join } = await import('node:path');
-    const store = retireKey(await readKeyStore(join(o.dir, `${o.node}.secret.json`)), kid);
+    const current = await readKeyStore(join(o.dir, `${o.node}.secret.json`));
+    if (current.keys.some((k) => k.kid === kid && k.use === 'enc' && k.status !== 'retired')) {
+      if (o.config === undefined) process.stderr.write("tidegate: warning: without --config it is not checked whether the store's key vaults are still wrapped under this X-Wing key (run `keys rewrap --config` first)\n");
+      else {
+        const { vaultsWrappedUnder } = await import('./shred.ts');
+        const under = await vaultsWrappedUnder(kid, { config: o.config });
+        if (under.length > 0) throw new Error(`X-Wing key ${kid} not retired: key vault(s) still wrapped under it: ${under.join(', ')}. Run \`tidegate keys rewrap --config ${o.config}\` (node stopped) first`);
+      }
+    }
+    const store = retireKey(current, kid);
     const written = await writeKeyStoreFiles(o.dir, store, { overwrite: true });
     await (await import('../audit/cli.ts')).auditKeyCommand(o.config, o.node, 'retire', listKeys(store).filter((k) => k.kid === kid));
     process.stdout.write(`${JSON.stringify({ ...written, keys: listKeys(store) })}\n`);
@@ -85,16 +127,17 @@ keys
 
 keys
   .command('rewrap')
-  .description("re-wrap the sealed store's content keys under the current X-Wing key (after rotate, before retiring the old key; the node must be stopped)")
+  .description("re-wrap the sealed store's content keys, and its projection stores', under the current X-Wing key (after rotate, before retiring the old key; the node must be stopped)")
   .requiredOption('--config <file>', 'node configuration JSON')
   .option('--force', 'new key generation even when already under the current key', false)
   .action(async (o: { config: string; force: boolean }) => {
     const { runRewrap } = await import('./shred.ts');
     const r = await runRewrap(o);
-    if (r.keys > 0) {
+    const projectionKeys = r.projections.reduce((n, p) => n + p.keys, 0);
+    if (r.keys > 0 || projectionKeys > 0) {
       const { auditFileOfConfig, keyOperationFromStore, recordOffline } = await import('../audit/cli.ts');
       const { file, nodeId, rotation } = auditFileOfConfig(o.config);
-      await recordOffline(file, nodeId, [keyOperationFromStore(nodeId, 'rewrap', [{ kid: r.to.kid, alg: 'X-Wing', use: 'enc', status: 'current' }], { rewrapped: r.keys, generation: r.to.gen })], rotation);
+      await recordOffline(file, nodeId, [keyOperationFromStore(nodeId, 'rewrap', [{ kid: r.to.kid, alg: 'X-Wing', use: 'enc', status: 'current' }], { rewrapped: r.keys, generation: r.to.gen, projectionStoresRewrapped: r.projections.filter((p) => p.keys > 0).length, projectionKeysRewrapped: projectionKeys })], rotation);
     }
     process.stdout.write(`${JSON.stringify(r)}\n`);
   });
@@ -102,7 +145,7 @@ keys
 keys
   .command('list')
   .description("show a node's key ids, algorithms, creation dates and status (no secrets)")
-  .requiredOption('--node <id>', 'node id')
+  .requiredOption('--node <id>', 'node id', nodeIdArg)
   .option('--dir <dir>', 'key folder', 'keys')
   .option('--json', 'print JSON', false)
   .action(async (o: { node: string; dir: string; json: boolean }) => {
@@ -130,7 +173,7 @@ program
 
 program
   .command('shred')
-  .description("crypto-shred a patient and its compartment on this node: content keys destroyed, queued messages dropped, AuditEvent recorded (docs/storage.md)")
+  .description("crypto-shred a patient and its compartment on this node (its store and every projection store): content keys destroyed, queued messages dropped, AuditEvent recorded (docs/storage.md)")
   .argument('<patient>', 'Patient/<id>')
   .requiredOption('--config <file>', 'node configuration JSON (the node must be stopped, or give --node-url)')
   .option('--node-url <url>', 'shred through the running node at this base URL (POST /admin/shred/Patient/<id>)')
@@ -186,19 +229,19 @@ program
   .argument('<resource>', 'FHIR resource JSON file')
   .requiredOption('--config <file>', 'node configuration JSON (with mappingFile)')
   .option('--peer <id>', 'a peer node id; without it: what this node writes to its own hospital')
-  .option('--consent <file...>', 'Consent resources (or Bundles of them) the patient has, honoured as the node would (with --peer)')
+  .option('--consent <file>', 'a Consent resource (or Bundle of them) the patient has, honoured as the node would (with --peer); repeat for more', collect, [] as string[])
   .option('--json', 'print the preview as JSON', false)
   .action(async (file: string, o: { config: string; peer?: string; consent?: string[]; json: boolean }) => {
     const { formatPreview, previewMapping } = await import('../mapping/preview.ts');
     const p = previewMapping({ config: o.config, peer: o.peer, file, consent: o.consent });
     process.stdout.write(o.json ? `${JSON.stringify(p)}\n` : formatPreview(p));
-    process.exitCode = p.rejected ? 1 : 0;
+    process.exitCode = p.rejected || p.invalid.length > 0 ? 1 : 0;
   });
 
 program
   .command('hospital')
   .description('run a stand-in hospital FHIR server (Medplum FhirRouter + MemoryRepository over HTTP) for trying nodes by hand')
-  .option('--port <n>', 'TCP port (0 = any free port)', (v: string) => Number(v), 8103)
+  .option('--port <n>', 'TCP port (0 = any free port)', tcpPort, 8103)
   .option('--host <host>', 'interface to bind', '127.0.0.1')
   .action(async (o: { port: number; host: string }) => {
     const { startMedplumHospital } = await import('../hospital/index.ts');
@@ -229,7 +272,7 @@ program.parseAsync(process.argv).then(
     setTimeout(() => process.exit(), 100).unref();
   },
   (err: unknown) => {
-    process.stderr.write(`tidegate: ${(err as Error).message}\n`);
+    process.stderr.write(`tidegate: ${cliMessage(err)}\n`);
     process.exit(2);
   },
 );

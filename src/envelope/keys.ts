@@ -283,6 +283,7 @@ async function writeWithMode(path: string, text: string, flags: string, mode: nu
 export async function readSecretKeys(path: string): Promise<NodeSecretKeys> {
   const what = `secret key file ${path}`;
   const obj = parseJsonText(await readFile(path, 'utf8'), what);
+  if (isFormat(obj, PUBLIC_FORMAT) || isFormat(obj, PUBLIC_FORMAT_V2)) throw new KeyFileError(`${what}: this is a public key file, not a secret key file: give this node's <nodeId>.secret.json`);
   if (isFormat(obj, SECRET_FORMAT_V2)) return keyStoreToSecretKeys(parseKeyStoreV2(obj, what));
   if (!hasExactKeys(obj, SECRET_JSON_KEYS)) {
     throw new KeyFileError(`${what}: expected exactly the fields ${SECRET_JSON_KEYS.join(', ')}`);
@@ -309,6 +310,7 @@ export async function readSecretKeys(path: string): Promise<NodeSecretKeys> {
 export async function readPublicKeys(path: string): Promise<NodePublicKeys> {
   const what = `public key file ${path}`;
   const obj = parseJsonText(await readFile(path, 'utf8'), what);
+  if (isFormat(obj, SECRET_FORMAT) || isFormat(obj, SECRET_FORMAT_V2)) throw new KeyFileError(`${what}: this is a secret key file, not a public key file: give the peer's <nodeId>.public.json (a secret key file never leaves its node)`);
   if (isFormat(obj, PUBLIC_FORMAT_V2)) return parsePublicKeysV2(obj, what);
   return parsePublicKeys(obj, what);
 }

@@ -4,11 +4,12 @@
  * ConceptMap in the profiles directory. Each problem is reported with its file, line, column and a
  * fix hint; the command exits non-zero when there is any error.
  */
-import { accessSync, constants as fsConstants, readdirSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { loadNodeConfig, NodeConfigSchema, unknownConfigKeyMessage } from '../config/config.ts';
 import type { NodeConfig } from '../config/config.ts';
 import { DEFAULT_PROFILES_DIR } from '../fhir/profiles.ts';
+import { publicKeysFromJson } from '../envelope/keys.ts';
 import { toFhirJson } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import { validateFhirResource } from '../fhir/validate.ts';
@@ -16,7 +17,9 @@ import { loadMergePolicy } from '../merge/policy.ts';
 import { compileConceptMap, ConceptMapError, fhirPathToPointer } from './conceptmap.ts';
 import { positionOf, toPointer } from './json-position.ts';
 import type { JsonPositions } from './json-position.ts';
-import { displayPath, formatIssue, loadMapping, readJsonFile, zodIssues } from './load.ts';
+import { displayPath, formatIssue, loadMapping, readConfigFile, readJsonFile, zodIssues } from './load.ts';
+import { MappingFileSchema } from './schema.ts';
+import { unknownElements } from './condition-elements.ts';
 import type { ConfigIssue } from './load.ts';
 
 /** Result of {@link runConfigCheck}. */
@@ -137,6 +140,41 @@ function uncreatableFile(file: string): string | undefined {
 }
 
 /**
+ * What is wrong with a key file the config names, as `serve` would find it, or undefined when it
+ * is the right kind of file for the right node. A public key file is read with the node's reader
+ * ({@link publicKeysFromJson}: format, key lengths, key ids); a secret key file is checked for its
+ * kind and node id only (`serve` also runs its pairwise consistency test). Messages name files and
+ * node ids, never key bytes.
+ * @param file - absolute path of a readable file.
+ * @param want - the kind the setting needs.
+ * @param nodeId - the node it must belong to (the config's `nodeId`, or the peer's).
+ * @returns The message and the fix hint, or undefined.
+ */
+function keyFileProblem(file: string, want: 'secret' | 'public', nodeId: string): { message: string; hint: string } | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    return { message: `${file} is not JSON`, hint: `give ${want === 'secret' ? `${nodeId}.secret.json` : `${nodeId}.public.json`} from \`tidegate keys generate --node ${nodeId}\`` };
+  }
+  const o = (typeof v === 'object' && v !== null && !Array.isArray(v) ? v : {}) as { format?: unknown; nodeId?: unknown };
+  const kind = typeof o.format === 'string' && /^tidegate-node-secret\//.test(o.format) ? 'secret' : typeof o.format === 'string' && /^tidegate-node-public\//.test(o.format) ? 'public' : undefined;
+  if (kind === 'secret' && want === 'public') return { message: `${file} is a secret key file, not a public key file`, hint: `this is a secret key file: give the peer's .public.json (${nodeId}.public.json from ${nodeId}'s \`tidegate keys generate\`); a secret key file never leaves its node` };
+  if (kind === 'public' && want === 'secret') return { message: `${file} is a public key file, not a secret key file`, hint: `this is a public key file: give this node's ${nodeId}.secret.json (from \`tidegate keys generate --node ${nodeId}\`)` };
+  if (kind === undefined) return { message: `${file} is not a tidegate ${want} key file (no "format" tidegate-node-${want}/1 or /2)`, hint: `give ${nodeId}.${want}.json from \`tidegate keys generate --node ${nodeId}\`` };
+  const owner = typeof o.nodeId === 'string' ? o.nodeId : '(no nodeId)';
+  if (owner !== nodeId) return { message: `${file} is the ${want} key file of ${owner}, not of ${nodeId}`, hint: `this is ${owner}'s ${want} key file; give ${nodeId}'s (${nodeId}.${want}.json)` };
+  if (want === 'public') {
+    try {
+      publicKeysFromJson(v);
+    } catch (err) {
+      return { message: `${file}: ${(err as Error).message.replace(/^public keys: /, '')}`, hint: `the file is damaged: copy ${nodeId}'s .public.json again` };
+    }
+  }
+  return undefined;
+}
+
+/**
  * Files the configuration names that the node reads (key files, mapping, merge policy, TLS, JWKS)
  * or creates (store, audit trail, key vault, hospital cursor), checked on disk. Each problem is
  * reported at the config key that names the file, with the key path in the message.
@@ -166,8 +204,12 @@ function referencedFileIssues(path: string, positions: JsonPositions, cfg: NodeC
     for (const k of Object.keys(t)) read([...keyPath, k], t[k], 'a PEM file; see docs/security.md "Hardened deployment"');
   };
   read(['secretKeyFile'], cfg.secretKeyFile, 'create it with `tidegate keys generate --node <nodeId> --out <folder>`');
+  const secretProblem = unreadableFile(cfg.secretKeyFile) ? undefined : keyFileProblem(cfg.secretKeyFile, 'secret', cfg.nodeId);
+  if (secretProblem) at(['secretKeyFile'], secretProblem.message, secretProblem.hint);
   cfg.peers.forEach((p, i) => {
     read(['peers', i, 'publicKeyFile'], p.publicKeyFile, `copy ${p.nodeId}'s <nodeId>.public.json here (from its \`tidegate keys generate\`)`);
+    const publicProblem = unreadableFile(p.publicKeyFile) ? undefined : keyFileProblem(p.publicKeyFile, 'public', p.nodeId);
+    if (publicProblem) at(['peers', i, 'publicKeyFile'], publicProblem.message, publicProblem.hint);
     tlsFiles(['peers', i, 'redisTls'], p.redisTls);
   });
   read(['mappingFile'], cfg.mappingFile, 'see docs/mappings.md');
@@ -183,6 +225,38 @@ function referencedFileIssues(path: string, positions: JsonPositions, cfg: NodeC
   create(['keyVaultFile'], cfg.keyVaultFile);
   create(['auditFile'], cfg.auditFile);
   create(['hospitalCursorFile'], cfg.hospitalCursorFile);
+  return out;
+}
+
+/**
+ * Warnings for FHIRPath conditions of a valid mapping file that name elements the rule's resource
+ * type(s) do not have (always empty, so always false; src/mapping/condition-elements.ts): route
+ * rules' `where` (types from `resourceType`) and redact rules' `where` (type from `path`).
+ * @param file - the mapping file (already loaded without error).
+ * @returns One warning per unknown element, at the condition.
+ */
+function conditionElementWarnings(file: string): ConfigIssue[] {
+  const read = readConfigFile(file);
+  const parsed = MappingFileSchema.safeParse(read.value);
+  if (read.issue || !parsed.success) return [];
+  const out: ConfigIssue[] = [];
+  const warn = (pointer: string, where: string, types: string[]): void => {
+    for (const u of unknownElements(where, types)) {
+      out.push({ severity: 'warning', file: displayPath(file), ...positionOf(read.positions, pointer), pointer, message: `condition names an element that does not exist (always empty, so false): ${u.message}`, hint: "quote strings ('laboratory'); element names are case-sensitive (https://hl7.org/fhir/R4/elementdefinition.html#path); check with `tidegate map preview`" });
+    }
+  };
+  for (const [peer, route] of Object.entries(parsed.data.routes)) {
+    const rptr = toPointer(['routes', peer]);
+    for (const kind of ['send', 'withhold'] as const) {
+      (route[kind] ?? []).forEach((rule, i) => {
+        const types = rule.resourceType === undefined ? [] : typeof rule.resourceType === 'string' ? [rule.resourceType] : rule.resourceType;
+        if (rule.where !== undefined) warn(`${rptr}/${kind}/${i}/where`, rule.where, types);
+      });
+    }
+    (route.redact ?? []).forEach((rule, i) => {
+      if (rule.where !== undefined) warn(`${rptr}/redact/${i}/where`, rule.where, [rule.path.split('.')[0]!]);
+    });
+  }
   return out;
 }
 
@@ -237,6 +311,7 @@ export function runConfigCheck(configPath: string, opts: ConfigCheckOptions = {}
     const m = loadMapping(cfg.mappingFile, { peers: cfg.peers.map((p) => p.nodeId), profilesDir });
     issues.push(...m.issues);
     files.push(...m.files);
+    if (m.mapping !== undefined) issues.push(...conditionElementWarnings(cfg.mappingFile));
   }
   const profiles = checkProfilesDir(profilesDir);
   issues.push(...profiles.issues);

@@ -13,7 +13,7 @@ import { compileConceptMap, ConceptMapError } from './conceptmap.ts';
 import type { CompiledConceptMap } from './conceptmap.ts';
 import { jsonPositions, positionOf, toPointer } from './json-position.ts';
 import type { JsonPositions } from './json-position.ts';
-import { isYamlFile, yamlPositions, yamlTypeHint } from './yaml-position.ts';
+import { isYamlFile, yamlCommentHint, yamlPositions, yamlTypeHint } from './yaml-position.ts';
 import { compileCondition, Router } from './routing.ts';
 import { compileRedactRule, RedactRuleError, redactResource } from './redact.ts';
 import type { CompiledRedactRule } from './redact.ts';
@@ -480,7 +480,7 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
           try {
             compileCondition(rule.where, types.filter((t) => isKnownResourceType(t)));
           } catch (err) {
-            issues.push({ severity: 'error', ...at(`${ptr}/where`), message: (err as Error).message, hint: "FHIRPath such as \"category.coding.where(code = 'laboratory').exists()\"; see https://hl7.org/fhir/R4/fhirpath.html" });
+            issues.push({ severity: 'error', ...at(`${ptr}/where`), message: (err as Error).message, hint: yamlCommentHint(read.positions, `${ptr}/where`) ?? "FHIRPath such as \"category.coding.where(code = 'laboratory').exists()\"; see https://hl7.org/fhir/R4/fhirpath.html" });
           }
         }
       });

@@ -22,6 +22,17 @@ import type { IdentifierChange } from './identifiers.ts';
 import { ConsentGate } from './consent.ts';
 import type { ConsentDecision } from './consent.ts';
 import { withRedactedLabel } from './redact.ts';
+import { isKnownResourceType, validateFhirResource } from '../fhir/validate.ts';
+
+/** One reason the node would refuse a file given to the preview (no values of the resource). */
+export interface PreviewInputIssue {
+  /** The file as given. */
+  file: string;
+  /** FHIRPath of the element, e.g. `Consent.status`, or the resource type. */
+  expression: string;
+  /** The validator's text, e.g. `Missing required property`, `Constraint ppc-1 not met: …`. */
+  message: string;
+}
 
 /** Result of {@link previewMapping}. */
 export interface MapPreview {
@@ -43,6 +54,8 @@ export interface MapPreview {
   output: FhirJsonObject | undefined;
   /** Unified diff of the input against the output (`''` when unchanged). */
   diff: string;
+  /** Why the node would refuse the resource or a Consent given (then nothing is previewed); `[]` when valid. */
+  invalid: PreviewInputIssue[];
 }
 
 /** Pretty JSON with decimals in their lexical form. */
@@ -93,7 +106,7 @@ export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer
     output = withRedactedLabel(output); // a projection always carries the label (src/mapping/projection.ts)
   }
   const diff = unifiedDiff(pretty(resource), pretty(output), { from: 'input', to: peer === undefined ? 'to this hospital' : `to ${peer}` });
-  return { peer, route, changes, identifiers, rejected, redacted, consent, output, diff };
+  return { peer, route, changes, identifiers, rejected, redacted, consent, output, diff, invalid: [] };
 }
 
 /**
@@ -102,7 +115,7 @@ export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer
  * @param opts.peer - peer id (must be a configured peer), or undefined for the own hospital.
  * @param opts.file - the resource JSON file.
  * @param opts.consent - files of Consent resources (a Consent, or a Bundle of them) the node would hold.
- * @returns The preview.
+ * @returns The preview; with `invalid` set (and nothing previewed) when the node would refuse the resource or a Consent on write.
  * @throws Error for an unreadable/invalid node config, a config without `mappingFile`, an unknown
  *   peer, a resource or Consent file that is not a FHIR resource (or Bundle of Consents); MappingConfigError for an invalid mapping file.
  */
@@ -118,7 +131,25 @@ export function previewMapping(opts: { config: string; peer?: string | undefined
     throw new Error(`Cannot read ${opts.file}: ${err instanceof FhirJsonError ? 'not JSON' : (err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   if (!isJsonObject(resource) || typeof resource['resourceType'] !== 'string') throw new Error(`${opts.file} is not a FHIR resource (no resourceType)`);
-  return previewResource(mapping, resource, opts.peer, (opts.consent ?? []).flatMap(readConsents));
+  const consents = (opts.consent ?? []).map((f) => ({ file: f, consents: readConsents(f) }));
+  // the node refuses these on write (src/fhir/service.ts): preview nothing, say why
+  const invalid = [...writeIssues(opts.file, resource), ...consents.flatMap((c) => c.consents.flatMap((r) => writeIssues(c.file, r)))];
+  if (invalid.length > 0) return { peer: opts.peer, route: undefined, changes: [], identifiers: [], rejected: undefined, redacted: [], consent: undefined, output: undefined, diff: '', invalid };
+  return previewResource(mapping, resource, opts.peer, consents.flatMap((c) => c.consents));
+}
+
+/**
+ * The blocking issues the node's write path finds in a resource: base R4 structure, cardinality,
+ * invariants (e.g. Consent `ppc-1`) and required bindings (src/fhir/validate.ts,
+ * https://hl7.org/fhir/R4/validation.html). Profiles claimed in `meta.profile` are not checked here.
+ * @param file - the file it came from (for the message).
+ * @param resource - the resource.
+ * @returns One issue per problem, `[]` when the node would accept it.
+ */
+function writeIssues(file: string, resource: FhirJsonObject): PreviewInputIssue[] {
+  const type = String(resource['resourceType']);
+  if (!isKnownResourceType(type)) return [{ file, expression: 'resourceType', message: `"${type}" is not an R4 resource type (names are case-sensitive, e.g. "Observation")` }];
+  return validateFhirResource(resource, { requiredBindings: true }).map((i) => ({ file, expression: i.expression?.[0] ?? type, message: i.details?.text ?? i.diagnostics ?? 'invalid' }));
 }
 
 /** The Consents of a file: one Consent, or the Consents of a Bundle's entries. @throws Error for anything else. */
@@ -143,6 +174,10 @@ function readConsents(file: string): FhirJsonObject[] {
  * @param p - from {@link previewMapping}.
  */
 export function formatPreview(p: MapPreview): string {
+  if (p.invalid.length > 0) {
+    const refused = p.invalid.map((i) => `${i.file}: error: ${i.expression}: ${i.message}`);
+    return `${[...refused, '# not previewed: the node refuses such a resource on write (fix it, then preview again)'].join('\n')}\n`;
+  }
   const lines: string[] = [];
   if (p.diff) lines.push(p.diff.trimEnd());
   for (const c of p.changes) lines.push(`# ${c.action} ${c.path}: ${c.from}${c.to ? ` -> ${c.to}` : ''}${c.equivalence ? ` (${c.equivalence})` : ''} by ${c.map}`);

@@ -21,6 +21,12 @@
  * lineages of the resource; the new one's writes carry later stamps and win element by element.
  * Limit: an element the old lineage holds that the new one never writes (removed from the resource
  * while the store was lost) stays visible at the peer.
+ *
+ * **Failures.** A projection store that cannot be opened (e.g. its key vault wrapped under a retired
+ * X-Wing key) is tried again every 30 s; meanwhile the peer gets no projection. The same holds while
+ * the last projection write to the store failed (until one succeeds). Tide's anti-entropy then leaves
+ * the projected types out for that peer (fail closed: never the shared document) and shows the error
+ * as the peer's `lastError` (`GET /admin/peers`). Warnings are rate-limited per peer.
  */
 import { randomBytes } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
@@ -91,6 +97,39 @@ interface Feed {
 
 const NO_TYPES: ReadonlySet<string> = new Set();
 
+/** After a projection store failed to open, how long before it is tried again, ms. */
+const OPEN_RETRY_MS = 30_000;
+/** At most one warning per peer and kind of failure in this many ms (the others are counted). */
+const WARN_EVERY_MS = 60_000;
+
+/**
+ * A peer's projection store cannot be opened (e.g. its key vault is wrapped under a retired X-Wing
+ * key: `ERR_VAULT_KEY_UNAVAILABLE`). Its message names the peer and the store's error (file path,
+ * key id, error code), never resource content.
+ */
+export class ProjectionStoreError extends Error {
+  override readonly name = 'ProjectionStoreError';
+  readonly code = 'ERR_PROJECTION_STORE';
+  /** The projection peer. */
+  readonly peerId: string;
+  /**
+   * @param peerId - the projection peer.
+   * @param detail - the store's error, as text (see {@link describeStoreError}).
+   * @param cause - the store's error.
+   */
+  constructor(peerId: string, detail: string, cause?: unknown) {
+    super(`projection store of peer ${peerId} unavailable: ${detail}`, cause === undefined ? undefined : { cause });
+    this.peerId = peerId;
+  }
+}
+
+/** `<code>: <message>` of a store error (codes and messages of src/store name files and key ids only). */
+function describeStoreError(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  const message = err instanceof Error ? err.message : String(err);
+  return (typeof code === 'string' ? `${code}: ${message}` : message).slice(0, 400);
+}
+
 /** What every projection writer id holds (`<node>~redacted~<peer>~<epoch>`); node ids never contain `~`. */
 const PROJECTION_WRITER_MARK = Buffer.from('~redacted~', 'utf8');
 
@@ -140,6 +179,40 @@ export function openProjectionSqlite(storeFile: string, peerId: string, opts: Sq
   return { store, epoch, path, close: () => store.close() };
 }
 
+/** One projection store file of a node's store file (see {@link projectionStoreFiles}). */
+export interface ProjectionStoreFile {
+  /** `<storeFile>.projection-<peerId>.<epoch>.sqlite` (its key vault: this path + `.keys`). */
+  path: string;
+  peerId: string;
+  epoch: string;
+}
+
+/**
+ * Every projection store file next to a node's SQLite store file, all peers and all epochs (a
+ * projection store lost and rebuilt leaves no file behind, but a copy restored by hand does): the
+ * files offline `tidegate shred` and `tidegate keys rewrap` must reach too, and whose key vaults
+ * `tidegate keys retire` checks.
+ * @param storeFile - the node's store file (absolute or relative to the working directory).
+ * @returns The files, sorted by path; empty when there are none or the folder does not exist.
+ */
+export function projectionStoreFiles(storeFile: string): ProjectionStoreFile[] {
+  const dir = dirname(storeFile);
+  const prefix = `${basename(storeFile)}.projection-`;
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const out: ProjectionStoreFile[] = [];
+  for (const n of names.sort()) {
+    if (!n.startsWith(prefix)) continue;
+    const m = /^(.+)\.([0-9a-f]{1,32})\.sqlite$/.exec(n.slice(prefix.length));
+    if (m) out.push({ path: join(dir, n), peerId: m[1]!, epoch: m[2]! });
+  }
+  return out;
+}
+
 /** The resource type of a key `Type/id`. */
 function typeOf(key: string): string {
   const i = key.indexOf('/');
@@ -155,6 +228,12 @@ export class ProjectionFeeds {
   #stopped = false;
   readonly #stats: ProjectionStats = { written: 0, published: 0, failures: 0 };
   readonly #batchSize: number;
+  /** Per peer whose projection store failed to open: the error, and when opening may be tried again. */
+  readonly #openFailures = new Map<string, { message: string; retryAt: number }>();
+  /** Per peer whose last projection write failed (cleared by the next one that succeeds): the error. */
+  readonly #writeFailures = new Map<string, string>();
+  /** Per peer and kind of failure: when it was last logged, and how many were not logged since. */
+  readonly #warned = new Map<string, { at: number; suppressed: number }>();
 
   /** @param opts - see {@link ProjectionFeedsOptions}. */
   constructor(opts: ProjectionFeedsOptions) {
@@ -167,11 +246,26 @@ export class ProjectionFeeds {
     return this.#opts.mapping()?.redactedTypes(peerId) ?? NO_TYPES;
   }
 
-  /** The peer's feed, opened on first use. */
+  /**
+   * The peer's feed, opened on first use. A store that fails to open is tried again after
+   * {@link OPEN_RETRY_MS} (until then the same error is thrown at once).
+   * @throws ProjectionStoreError when the projection store cannot be opened.
+   */
   #feed(peerId: string): Feed {
     let feed = this.#feeds.get(peerId);
     if (feed === undefined) {
-      const opened = this.#opts.openStore?.(peerId) ?? { store: new MemoryStore(), epoch: newEpoch() };
+      const failed = this.#openFailures.get(peerId);
+      if (failed !== undefined && Date.now() < failed.retryAt) throw new ProjectionStoreError(peerId, failed.message);
+      let opened: OpenedProjectionStore;
+      try {
+        opened = this.#opts.openStore?.(peerId) ?? { store: new MemoryStore(), epoch: newEpoch() };
+      } catch (err) {
+        const message = describeStoreError(err);
+        this.#openFailures.set(peerId, { message, retryAt: Date.now() + OPEN_RETRY_MS });
+        this.#warn(peerId, 'open', { peer: peerId, err: message }, 'projection: projection store cannot be opened; the peer gets no projection (tried again every 30 s)');
+        throw new ProjectionStoreError(peerId, message, err);
+      }
+      this.#openFailures.delete(peerId);
       const replica = new Replica({ nodeId: `${this.#opts.nodeId}~redacted~${peerId}~${opened.epoch}`, store: opened.store, policy: this.#opts.policy });
       feed = { replica, store: opened.store, epoch: opened.epoch };
       this.#feeds.set(peerId, feed);
@@ -181,13 +275,21 @@ export class ProjectionFeeds {
 
   /**
    * The peer's projection as Tide sees it (`PeerConfig.projection`). The projection store is opened
-   * only once the peer has redaction rules.
+   * only once the peer has redaction rules. `keys()` throws {@link ProjectionStoreError} while the
+   * store cannot be opened or its last projection write failed (Tide then leaves the projected types
+   * out for this peer and shows the error as its `lastError`).
    * @param peerId - a configured peer id.
    */
   source(peerId: string): ProjectionSource {
     return {
       types: () => this.typesFor(peerId),
-      keys: () => (this.typesFor(peerId).size === 0 ? [] : this.#feed(peerId).replica.keys()),
+      keys: () => {
+        if (this.typesFor(peerId).size === 0) return [];
+        // a store that stopped taking writes holds stale projections: Tide shows the error (lastError)
+        const failed = this.#writeFailures.get(peerId);
+        if (failed !== undefined) throw new ProjectionStoreError(peerId, `last write failed: ${failed}`);
+        return this.#feed(peerId).replica.keys();
+      },
       stateVector: (key) => (this.typesFor(peerId).size === 0 ? undefined : this.#feed(peerId).replica.stateVector(key)),
       diffFor: (key, sv) => (this.typesFor(peerId).size === 0 ? undefined : this.#feed(peerId).replica.diffFor(key, sv)),
     };
@@ -276,6 +378,22 @@ export class ProjectionFeeds {
     return m === undefined ? [] : m.peers.filter((p) => m.redactionFor(p) !== undefined);
   }
 
+  /**
+   * Logs a warning at most once per peer and `kind` every {@link WARN_EVERY_MS} ms; the next one
+   * carries `suppressed`, the count of those not logged in between.
+   */
+  #warn(peerId: string, kind: string, fields: Record<string, unknown>, msg: string): void {
+    const topic = `${kind}:${peerId}`;
+    const now = Date.now();
+    const w = this.#warned.get(topic);
+    if (w !== undefined && now - w.at < WARN_EVERY_MS) {
+      w.suppressed++;
+      return;
+    }
+    this.#warned.set(topic, { at: now, suppressed: 0 });
+    this.#opts.logger?.warn(w !== undefined && w.suppressed > 0 ? { ...fields, suppressed: w.suppressed } : fields, msg);
+  }
+
   #schedule(): void {
     if (this.#running || this.#dirty.size === 0) return;
     this.#running = this.#drain().finally(() => {
@@ -302,7 +420,9 @@ export class ProjectionFeeds {
             if (update) updates.push({ key, update });
           } catch (err) {
             this.#stats.failures++;
-            this.#opts.logger?.warn({ peer: peerId, type: typeOf(key), err: (err as { code?: string }).code ?? (err as Error).name }, 'projection: resource not projected');
+            if (err instanceof ProjectionStoreError) continue; // logged (rate-limited) by #feed
+            this.#writeFailures.set(peerId, describeStoreError(err));
+            this.#warn(peerId, 'project', { peer: peerId, type: typeOf(key), err: (err as { code?: string }).code ?? (err as Error).name }, 'projection: resource not projected');
           }
         }
         if (updates.length === 0) continue;
@@ -340,6 +460,7 @@ export class ProjectionFeeds {
       // labelled even when nothing was redacted: the peer must never forward a projection
       result = feed.replica.write(key, withRedactedLabel(resource));
     }
+    this.#writeFailures.delete(peerId);
     if (result.update === undefined) return undefined;
     this.#stats.written++;
     return result.update;

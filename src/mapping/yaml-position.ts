@@ -22,6 +22,8 @@ import type { JsonPositions, SourcePosition } from './json-position.ts';
 export interface PlainScalar {
   source: string;
   value: string | number | boolean | null;
+  /** The comment YAML cut after the scalar on its line (` #…` to the end of the line), when there is one. */
+  comment?: string;
 }
 
 /** {@link JsonPositions} of a YAML text, with fix hints and the plain scalars. */
@@ -118,7 +120,11 @@ export function yamlPositions(text: string): { value: unknown; positions: YamlPo
     if (isScalar(node)) {
       const v = node.value;
       if (v !== null && typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw new Refused('a value that is not a string, number, boolean or null', node.range?.[0] ?? at, ptr, 'quote it');
-      if (node.type === 'PLAIN' && node.tag === undefined) plain.set(ptr, { source: node.range ? text.slice(node.range[0], node.range[1]) : String(v), value: v });
+      if (node.type === 'PLAIN' && node.tag === undefined) {
+        // ` #` ends a plain scalar (YAML 1.2 §6.6): keep what was cut, for {@link yamlCommentHint}
+        const cut = node.range ? /^[ \t]+(#[^\r\n]*)/.exec(text.slice(node.range[1])) : null;
+        plain.set(ptr, { source: node.range ? text.slice(node.range[0], node.range[1]) : String(v), value: v, ...(cut ? { comment: cut[1]!.trimEnd() } : {}) });
+      }
       return v;
     }
     if (isSeq(node)) return node.items.map((item, i) => walk(item as YamlNode | null, `${ptr}/${i}`, (item as YamlNode | null)?.range?.[0] ?? at));
@@ -152,6 +158,19 @@ export function yamlPositions(text: string): { value: unknown; positions: YamlPo
     if (!(err instanceof Refused)) throw err;
     return { value: undefined, positions: { values, keys, plain, error: { message: err.message, position: pos(err.offset), pointer: err.pointer, hint: err.hint } } };
   }
+}
+
+/**
+ * A fix hint for a value YAML cut short: an unquoted scalar followed by ` #…` on its line, which
+ * YAML 1.2 reads as a comment (https://yaml.org/spec/1.2.2/#66-comments), e.g. a FHIRPath condition
+ * `code = 'A' #1` that then does not parse.
+ * @param positions - positions of the file (JSON or YAML; only YAML has cut comments).
+ * @param pointer - JSON Pointer of the value.
+ * @returns `YAML took ' #…' as a comment: quote the whole condition`, or undefined.
+ */
+export function yamlCommentHint(positions: JsonPositions, pointer: string): string | undefined {
+  const comment = (positions as Partial<YamlPositions>).plain?.get(pointer)?.comment;
+  return comment === undefined ? undefined : `YAML took ' ${comment}' as a comment: quote the whole condition`;
 }
 
 /**

@@ -9,13 +9,14 @@
  * | `GET /admin/peers` | `{ node, peers: [...] }`: per peer status, last contact, backlog, lag, last error, quarantined |
  * | `GET /admin/audit` | FHIR R4 `searchset` Bundle of the quarantine AuditEvents, newest first (`?_count=N`) |
  * | `GET /admin/quarantine` | `{ node, key, entries: [...] }`: newest quarantine records from Redis (no envelopes) (`?_count=N`) |
- * | `POST /admin/reload` | `{ node, reloaded: { keys: { changed, unchanged }, mapping: { file, reloaded, warnings } } }`: the mapping file and the peers' public key files re-read, all or nothing (`reload`, src/mapping/live.ts `nodeReloader`; a part the node does not have is absent); 422 OperationOutcome when a file is invalid, one issue per problem (`file:line:column: …` for the mapping), nothing changed; 404 when not configured |
+ * | `POST /admin/reload` | `{ node, reloaded: { keys: { changed, unchanged }, mapping: { file, reloaded, warnings } } }`: the mapping file and the peers' public key files re-read, all or nothing (`reload`, src/mapping/live.ts `nodeReloader`; a part the node does not have is absent); 422 OperationOutcome when a file is invalid, one issue per problem (`file:line:column: …` for the mapping), nothing changed; 404 when not configured; any other method 405 (`Allow: POST`) |
  *
  * Nothing here returns plaintext, envelopes or resource keys. With `auth` configured, fhirApp puts
  * `/metrics` and `/admin/*` behind a `tidegate/admin` token (src/auth/admin.ts).
  */
 import express from 'express';
 import type { Request, Response, Router } from 'express';
+import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Tide } from '../tide/index.ts';
 import { tideMetricsRegistry } from './metrics.ts';
@@ -40,6 +41,12 @@ export interface OpsRouterOptions {
    * Absent: the route answers 404.
    */
   reload?: () => Promise<unknown>;
+  /**
+   * The node log: a failed `POST /admin/reload` is logged at error as a failed SIGHUP is
+   * (src/cli/serve.ts): one line per mapping issue with file, line and column, or the key-file
+   * error; config text only, never resource content.
+   */
+  log?: Pick<Logger, 'error'>;
 }
 
 const MAX_COUNT = 1000;
@@ -48,6 +55,18 @@ function countParam(req: Request, dflt: number): number {
   const raw = req.query._count;
   const n = typeof raw === 'string' ? Number.parseInt(raw, 10) : Number.NaN;
   return Number.isSafeInteger(n) && n >= 0 ? Math.min(n, MAX_COUNT) : dflt;
+}
+
+/**
+ * Logs a failed reload as serve's SIGHUP handler does: one error line per mapping issue (file,
+ * line, column and the message), or the key-file error's message (file names, never key bytes).
+ * @param log - the node log, or undefined (nothing logged).
+ * @param err - what the reload threw.
+ */
+export function logReloadFailure(log: Pick<Logger, 'error'> | undefined, err: unknown): void {
+  if (log === undefined) return;
+  if (err instanceof MappingConfigError) for (const i of err.issues) log.error({ file: i.file, line: i.line, column: i.column }, `mapping NOT reloaded (nothing changed): ${formatIssue(i).split('\n')[0]}`);
+  else log.error({ err: (err as Error).message }, 'peer public keys NOT reloaded (nothing changed, mapping included)');
 }
 
 const iso = (ms: number | undefined): string | undefined => (ms === undefined ? undefined : new Date(ms).toISOString());
@@ -116,6 +135,7 @@ export function opsRouter(opts: OpsRouterOptions): Router {
     try {
       res.json({ node: nodeId, reloaded: await opts.reload() });
     } catch (err) {
+      logReloadFailure(opts.log, err);
       if (err instanceof MappingConfigError) {
         // one issue per problem, compiler style (file:line:column: severity: message, hint); config text only, no PHI
         const issue = err.issues.map((i) => ({ severity: i.severity, code: 'invalid', diagnostics: `mapping not reloaded (nothing changed): ${formatIssue(i).replace('\n  hint: ', ' — hint: ')}` }));
@@ -125,6 +145,11 @@ export function opsRouter(opts: OpsRouterOptions): Router {
       // key-file errors name the file and the problem, never key bytes; nothing was changed
       outcome(422, 'invalid', `peer keys not reloaded (nothing changed, mapping included): ${(err as Error).message}`);
     }
+  });
+  // Any other method: 405 with Allow, as /fhir/metadata answers (src/fhir/express.ts)
+  r.all('/admin/reload', (req: Request, res: Response) => {
+    res.status(405).setHeader('Allow', 'POST');
+    res.type('application/fhir+json').send(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'not-supported', diagnostics: `${req.method} is not allowed on /admin/reload: use POST /admin/reload to re-read the mapping file and the peers' public key files` }] }));
   });
 
   return r;
