@@ -15,11 +15,10 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import express from 'express';
 import pino from 'pino';
 import request from 'supertest';
@@ -33,8 +32,8 @@ import { AuditLog, quarantineAuditEvent } from '../src/tide/index.ts';
 import { AuditTrail, auditWiring, bridgeAuditLog, keyOperationFromStore, lifecycleEvent, mergeEvent, verifyTrail } from '../src/audit/index.ts';
 import { makeHarness, FHIR } from './fhir-harness.ts';
 import type { Harness } from './fhir-harness.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
 const ISS = 'https://auth.example.org';
 const AUD = 'https://node-a.example.org/fhir';
 const PATIENTS = 3;
@@ -47,10 +46,6 @@ interface SyntheaPatient {
   telecom?: Array<{ value?: string }>;
   address?: Array<{ line?: string[]; city?: string; postalCode?: string }>;
   extension?: Array<{ url: string; valueString?: string }>;
-}
-
-function ndjson(file: string): unknown[] {
-  return readFileSync(join(SYNTHEA, file), 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as unknown);
 }
 
 /** The PHI strings of a patient: names (each part), birth date (and its compact form), identifier values other than the id, telecom, address lines and postal code, mother's maiden name. */
@@ -71,7 +66,7 @@ function phiOf(p: SyntheaPatient): string[] {
   return [...out].filter((s) => s.length >= 4);
 }
 
-describe('no PHI or secrets in logs and the audit trail', { skip: existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped` }, () => {
+describe('no PHI or secrets in logs and the audit trail', { skip: SYNTHEA_SKIP }, () => {
   let h: Harness;
   let dir: string;
   let trail: AuditTrail;
@@ -83,9 +78,9 @@ describe('no PHI or secrets in logs and the audit trail', { skip: existsSync(SYN
   const seeds = { kem: new Uint8Array(32), sig: new Uint8Array(32) };
 
   before(async () => {
-    patients = (ndjson('Patient.000.ndjson') as SyntheaPatient[]).slice(0, PATIENTS);
+    patients = (readSynthea('Patient') as SyntheaPatient[]).slice(0, PATIENTS);
     const ids = new Set(patients.map((p) => `Patient/${p.id}`));
-    conditions = (ndjson('Condition.000.ndjson') as typeof conditions).filter((c) => ids.has(String(c.subject?.reference).replace('urn:uuid:', 'Patient/'))).slice(0, 8);
+    conditions = (readSynthea('Condition') as typeof conditions).filter((c) => ids.has(String(c.subject?.reference).replace('urn:uuid:', 'Patient/'))).slice(0, 8);
     dir = mkdtempSync(join(tmpdir(), 'tidegate-audit-phi-'));
     const kp = await generateKeyPair('ES256', { extractable: true });
     const jwksFile = join(dir, 'jwks.json');

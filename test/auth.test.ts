@@ -5,7 +5,6 @@
  */
 import { describe, test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT, base64url } from 'jose';
 import type { JWK } from 'jose';
@@ -32,6 +31,7 @@ import {
   wwwAuthenticate,
 } from '../src/auth/index.ts';
 import type { AccessContext, InteractionInfo, Permission } from '../src/auth/index.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const ISS = 'https://auth.example.org';
 const AUD = 'https://node-a.example.org/fhir';
@@ -304,14 +304,12 @@ describe('Patient compartment', () => {
     assert.equal(inPatientCompartment({ subject: { reference: 'Patient/p1' } }, 'p1'), false, 'no resourceType');
   });
 
-  const SYNTHEA = join(import.meta.dirname, '..', '..', 'shared', 'data', 'synthea-10');
-  test('every Synthea resource is in its own patient\'s compartment and in no other', { skip: existsSync(SYNTHEA) ? false : `Synthea sample absent at ${SYNTHEA}` }, () => {
-    const read = (t: string) => readFileSync(join(SYNTHEA, `${t}.000.ndjson`), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
-    const patients = read('Patient').map((p) => p.id as string);
+  test('every Synthea resource is in its own patient\'s compartment and in no other', { skip: SYNTHEA_SKIP }, () => {
+    const patients = readSynthea('Patient').map((p) => p.id as string);
     assert.ok(patients.length >= 2);
     let checked = 0;
     for (const type of ['Encounter', 'Condition', 'Procedure', 'AllergyIntolerance', 'MedicationRequest', 'Immunization', 'DocumentReference']) {
-      for (const r of read(type).slice(0, 60)) {
+      for (const r of readSynthea(type).slice(0, 60)) {
         const ref: string = (r.subject ?? r.patient).reference;
         const owner = ref.replace(/^Patient\//, '');
         const other = patients.find((p) => p !== owner)!;
@@ -320,10 +318,10 @@ describe('Patient compartment', () => {
         checked++;
       }
     }
-    for (const p of read('Patient')) assert.equal(inPatientCompartment(p, p.id), true);
+    for (const p of readSynthea('Patient')) assert.equal(inPatientCompartment(p, p.id), true);
     // R4 leaves Device out of the Patient compartment, although Synthea's Devices name a patient.
-    for (const d of read('Device').slice(0, 5)) assert.equal(inPatientCompartment(d, d.patient.reference.slice(8)), false);
-    for (const o of read('Organization').slice(0, 5)) assert.equal(inPatientCompartment(o, patients[0]!), false);
+    for (const d of readSynthea('Device').slice(0, 5)) assert.equal(inPatientCompartment(d, d.patient.reference.slice(8)), false);
+    for (const o of readSynthea('Organization').slice(0, 5)) assert.equal(inPatientCompartment(o, patients[0]!), false);
     assert.ok(checked > 100, `checked ${checked}`);
   });
 

@@ -6,7 +6,7 @@
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import request from 'supertest';
 import { makeHarness, FHIR } from './fhir-harness.ts';
 import type { Harness } from './fhir-harness.ts';
@@ -15,10 +15,7 @@ import { isBlocking, ProfileRegistry, validateWithProfiles } from '../src/fhir/p
 import { validateFhirResource } from '../src/fhir/validate.ts';
 import { parseFhirJson, toPlainJson } from '../src/fhir/json.ts';
 import type { FhirJsonObject } from '../src/fhir/json.ts';
-
-const SYNTHEA_DIR = new URL('../../shared/data/synthea-10', import.meta.url).pathname;
-const hasSynthea = existsSync(SYNTHEA_DIR);
-const SKIP_SYNTHEA = hasSynthea ? false : `Synthea sample not found at ${SYNTHEA_DIR}`;
+import { SYNTHEA_DIR, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const registry = new ProfileRegistry({ dir: '/nonexistent-tidegate-profiles' });
 const obj = (v: unknown) => parseFhirJson(JSON.stringify(v)) as FhirJsonObject;
@@ -173,7 +170,7 @@ describe('required bindings over HTTP', () => {
 function syntheaResources(): Array<{ file: string; resource: FhirJsonObject }> {
   const out: Array<{ file: string; resource: FhirJsonObject }> = [];
   for (const file of readdirSync(SYNTHEA_DIR).filter((f) => f.endsWith('.ndjson') && f !== 'log.ndjson').sort()) {
-    for (const line of readFileSync(`${SYNTHEA_DIR}/${file}`, 'utf8').split('\n')) {
+    for (const line of readFileSync(`${SYNTHEA_DIR}${file}`, 'utf8').split('\n')) {
       if (line.trim()) out.push({ file, resource: parseFhirJson(line) as FhirJsonObject });
     }
   }
@@ -181,7 +178,7 @@ function syntheaResources(): Array<{ file: string; resource: FhirJsonObject }> {
 }
 
 describe('required bindings on the Synthea sample', () => {
-  test('every resource still validates (base R4, bindings and claimed known profiles): no blocking issue', { skip: SKIP_SYNTHEA }, () => {
+  test('every resource still validates (base R4, bindings and claimed known profiles): no blocking issue', { skip: SYNTHEA_SKIP }, () => {
     const all = syntheaResources();
     assert.ok(all.length > 1000, `${all.length} resources`);
     const failures: string[] = [];
@@ -192,9 +189,9 @@ describe('required bindings on the Synthea sample', () => {
     assert.deepEqual(failures.slice(0, 5), [], `${failures.length} of ${all.length} resources have blocking issues`);
   });
 
-  test('per-write cost of the binding check on a Synthea Patient and Encounter is well under 1 ms', { skip: SKIP_SYNTHEA }, () => {
+  test('per-write cost of the binding check on a Synthea Patient and Encounter is well under 1 ms', { skip: SYNTHEA_SKIP }, () => {
     for (const type of ['Patient', 'Encounter']) {
-      const line = readFileSync(`${SYNTHEA_DIR}/${type}.000.ndjson`, 'utf8').split('\n')[0]!;
+      const line = readFileSync(`${SYNTHEA_DIR}${type}.000.ndjson`, 'utf8').split('\n')[0]!;
       const plain = toPlainJson(parseFhirJson(line));
       assert.deepEqual(requiredBindingIssues(plain), []);
       for (let i = 0; i < 500; i++) requiredBindingIssues(plain);

@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import request from 'supertest';
 import { makeHarness, FHIR } from './fhir-harness.ts';
 import type { Harness } from './fhir-harness.ts';
+import { SYNTHEA_DIR, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
-const SYNTHEA_DIR = new URL('../../shared/data/synthea-10', import.meta.url).pathname;
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 const post = (h: Harness, bundle: object | string, prefer?: string) => {
@@ -389,8 +389,7 @@ function syntheaPatientBundles(dir: string): { shared: object; patient: object; 
 }
 
 describe('a Synthea patient transaction through a running network', () => {
-  const present = existsSync(join(SYNTHEA_DIR, 'Patient.000.ndjson'));
-  test('imports whole, reaches both hospitals\' FHIR servers; a failing transaction changes nothing', { skip: present ? false : `Synthea sample absent at ${SYNTHEA_DIR}` }, async () => {
+  test('imports whole, reaches both hospitals\' FHIR servers; a failing transaction changes nothing', { skip: SYNTHEA_SKIP }, async () => {
     const { shared, patient, counts } = syntheaPatientBundles(SYNTHEA_DIR);
     const { startNetwork } = await import('../src/node/network.ts');
     const net = await startNetwork({ hospitals: 2, redisUrl: REDIS_URL, batchDelayMs: 5, hospitalPollIntervalMs: 0 });

@@ -25,7 +25,7 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,10 +41,7 @@ import { HospitalClient } from '../src/hospital/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { Replica } from '../src/merge/replica.ts';
 import { MemoryStore } from '../src/store/store.ts';
-
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
-const HAVE_SYNTHEA = existsSync(join(SYNTHEA, 'Patient.000.ndjson'));
-const SKIP_SYNTHEA = HAVE_SYNTHEA ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped`;
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'tidegate-adversarial-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -93,13 +90,11 @@ describe('no resource content in logs from FHIRPath errors', () => {
     }
   });
 
-  test('the same on every Synthea Patient', { skip: SKIP_SYNTHEA }, () => {
+  test('the same on every Synthea Patient', { skip: SYNTHEA_SKIP }, () => {
     const file = mappingFile('leak-synthea.mapping.json', { routes: { 'hospital-b': { send: [{ resourceType: 'Patient', where: "name.given + address.line > 'a'" }] } } });
     const log = capture();
     const mapping = loadMappingOrThrow(file, { peers: ['hospital-b'], logger: log });
-    const lines = readFileSync(join(SYNTHEA, 'Patient.000.ndjson'), 'utf8').split('\n').filter((l) => l.trim() !== '');
-    for (const l of lines) {
-      const p = JSON.parse(l) as Record<string, any>;
+    for (const p of readSynthea('Patient') as Array<Record<string, any>>) {
       mapping.routeAllows('hospital-b', p);
       const values = [...(p.name ?? []).flatMap((n: any) => [n.family, ...(n.given ?? [])]), ...(p.address ?? []).flatMap((a: any) => a.line ?? [])].filter((v) => typeof v === 'string' && v.length > 3);
       for (const line of log.lines) for (const v of values) assert.ok(!line.includes(v), `log line carries a name or address of ${String(p.id)}`);
@@ -314,10 +309,10 @@ describe('redaction rules whose output a FHIR server refuses are configuration e
     }
   });
 
-  test('every rule accepted on the elements of Synthea resources gives resources without missing required elements', { skip: SKIP_SYNTHEA }, () => {
+  test('every rule accepted on the elements of Synthea resources gives resources without missing required elements', { skip: SYNTHEA_SKIP }, () => {
     const missing: string[] = [];
     for (const type of ['Patient', 'Encounter', 'MedicationRequest', 'DocumentReference', 'AllergyIntolerance', 'Device', 'Immunization']) {
-      const list = readFileSync(join(SYNTHEA, `${type}.000.ndjson`), 'utf8').split('\n').filter((l) => l.trim() !== '').slice(0, 15).map((l) => JSON.parse(l) as FhirJsonObject);
+      const list = readSynthea(type).slice(0, 15) as FhirJsonObject[];
       const schema = tryGetDataType(type)!;
       const paths: string[] = [];
       for (const [name, el] of Object.entries(schema.elements)) {

@@ -8,7 +8,7 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -23,9 +23,9 @@ import { CONSENT_SCOPE_SYSTEM, ConsentEvaluationError, ConsentGate, consentDecis
 import type { ConsentPolicy } from '../src/mapping/index.ts';
 import { inboxQueueName } from '../src/tide/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const NOW = Date.parse('2026-11-29T12:00:00Z');
 const B = 'Organization/hospital-b';
@@ -272,15 +272,11 @@ describe('map preview with --consent', () => {
   });
 });
 
-function readNdjson(file: string): Array<Record<string, any>> {
-  return readFileSync(join(SYNTHEA, file), 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l));
-}
-
-describe('Consent on Synthea resources: a patient\u2019s whole compartment', { skip: existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped` }, () => {
+describe('Consent on Synthea resources: a patient\u2019s whole compartment', { skip: SYNTHEA_SKIP }, () => {
   test('a Consent denying Organization/hospital-b withholds every resource of that patient from B only', () => {
     const types = ['Patient', 'Encounter', 'Condition', 'Procedure', 'Immunization', 'MedicationRequest', 'AllergyIntolerance', 'DocumentReference', 'Device', 'Organization', 'Practitioner'];
-    const resources = types.flatMap((t) => readNdjson(`${t}.000.ndjson`));
-    const patient = readNdjson('Patient.000.ndjson')[0]!;
+    const resources = types.flatMap((t) => readSynthea(t));
+    const patient = readSynthea('Patient')[0]!;
     const pkey = `Patient/${patient.id}`;
     const c = consent('synthea-c1', { type: 'permit', provision: [{ type: 'deny', actor: [actor(B)] }] }, {}, pkey);
     const gate = new ConsentGate({ peers: ['hospital-b', 'hospital-c'], mapping: () => consentActors, replica: memoryReplica([c]), now: () => NOW });
@@ -318,7 +314,7 @@ async function put(base: string, resource: Record<string, any>): Promise<void> {
 
 /** Three patients: Synthea ones when the sample is there, else minimal ones. */
 function threePatients(): Array<Record<string, any>> {
-  if (existsSync(SYNTHEA)) return readNdjson('Patient.000.ndjson').slice(0, 3);
+  if (!SYNTHEA_SKIP) return readSynthea('Patient').slice(0, 3);
   return [1, 2, 3].map((i) => ({ resourceType: 'Patient', id: `consent-e2e-p${i}`, gender: 'unknown' }));
 }
 

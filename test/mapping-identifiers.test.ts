@@ -11,7 +11,7 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -25,11 +25,10 @@ import type { MedplumHospital } from '../src/hospital/index.ts';
 import { linkPatient, loadMapping, loadMappingOrThrow, MappingConfigError, matchPatient, MatchReviewList, parseCrosswalk, CrosswalkError, runConfigCheck } from '../src/mapping/index.ts';
 import type { Mapping } from '../src/mapping/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const EXAMPLES = join(ROOT, 'config/examples');
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
-const SKIP = existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped`;
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
 
@@ -40,13 +39,6 @@ const B_SHARED = 'https://mpi.example.org/sid/hospital-b-mrn';
 const EMPI = 'https://mpi.example.org/sid/enterprise-id';
 const SSN = 'http://hl7.org/fhir/sid/us-ssn';
 const SYNTHEA_MRN = 'http://hospital.smarthealthit.org';
-
-function syntheaPatients(): any[] {
-  return readFileSync(join(SYNTHEA, 'Patient.000.ndjson'), 'utf8')
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => JSON.parse(l));
-}
 
 /** A Synthea Patient as registered at a hospital: its MRN in `system` with `mrn`, other identifiers kept. */
 function registered(p: any, system: string, mrn: string, id = p.id): any {
@@ -61,12 +53,12 @@ function examplesCopy(): string {
   return dir;
 }
 
-describe('identifier translation (mapping)', { skip: SKIP }, () => {
+describe('identifier translation (mapping)', { skip: SYNTHEA_SKIP }, () => {
   const mA = loadMappingOrThrow(join(EXAMPLES, 'hospital-a.mapping.json'), { peers: ['hospital-b'] });
   const mB = loadMappingOrThrow(join(EXAMPLES, 'hospital-b.mapping.json'), { peers: ['hospital-a'] });
 
   test('inbound adds the shared identifiers after the originals; outbound adds the local one; both idempotent', () => {
-    const p = registered(syntheaPatients()[0], A_MRN, 'A00001');
+    const p = registered(readSynthea('Patient')[0], A_MRN, 'A00001');
     const before = structuredClone(p);
     const inbound = mA.translate(p, 'inbound') as { resource: any; identifiers: any[] };
     assert.deepEqual(p, before, 'input not modified');
@@ -90,7 +82,7 @@ describe('identifier translation (mapping)', { skip: SKIP }, () => {
   });
 
   test('round trip A → B → A keeps A\u2019s original MRN first and unchanged and carries the shared ones', () => {
-    const p = registered(syntheaPatients()[1], A_MRN, 'A00002');
+    const p = registered(readSynthea('Patient')[1], A_MRN, 'A00002');
     const shared = mA.translate(p, 'inbound').resource; // node A merges, gossips
     const hospitalB = mB.translate(shared, 'outbound').resource; // written to B's server
     const editedAtB = { ...hospitalB, active: false };
@@ -104,7 +96,7 @@ describe('identifier translation (mapping)', { skip: SKIP }, () => {
   });
 
   test('a local identifier the crosswalk does not know gets only the same-value shared one; other resource types are left alone', () => {
-    const p = registered(syntheaPatients()[2], A_MRN, 'A99999');
+    const p = registered(readSynthea('Patient')[2], A_MRN, 'A99999');
     assert.deepEqual(keysOf(mA.translate(p, 'inbound').resource).slice(p.identifier.length), [`${A_SHARED}|A99999`]);
     const practitioner = { resourceType: 'Practitioner', id: 'x', identifier: [{ system: A_MRN, value: 'A00001' }] };
     assert.equal(mA.translate(practitioner, 'inbound').resource, practitioner);
@@ -195,11 +187,11 @@ describe('crosswalk files and config check', () => {
   });
 });
 
-describe('patient matching rules', { skip: SKIP }, () => {
+describe('patient matching rules', { skip: SYNTHEA_SKIP }, () => {
   const rules = { sharedSystems: [EMPI], deterministic: { identifierSystems: [SSN] } };
 
   test('shared identifier: same; conflicting shared identifier: none; deterministic: same; demographics only: possible', () => {
-    const [p0, p1] = syntheaPatients() as [any, any];
+    const [p0, p1] = readSynthea('Patient') as [any, any];
     const existing = { ...p0, identifier: [...p0.identifier, { system: EMPI, value: 'E-1' }] };
     const other = { ...p1, id: 'someone-else' };
     const rename = (p: any, given: string): any => ({ ...p, name: [{ ...p.name[0], given: [given] }] });
@@ -221,7 +213,7 @@ describe('patient matching rules', { skip: SKIP }, () => {
   });
 
   test('linkPatient adds one seealso link per other id, idempotently', () => {
-    const p = syntheaPatients()[0];
+    const p = readSynthea('Patient')[0];
     const linked = linkPatient(p, ['x', 'y']);
     assert.deepEqual(linked.link, [{ other: { reference: 'Patient/x' }, type: 'seealso' }, { other: { reference: 'Patient/y' }, type: 'seealso' }]);
     assert.equal(linkPatient(linked, ['y', 'x']), linked);
@@ -249,7 +241,7 @@ describe('patient matching rules', { skip: SKIP }, () => {
   });
 });
 
-describe('end to end: two hospitals, two nodes', { skip: SKIP }, () => {
+describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
   const prefix = `mapids-${randomBytes(4).toString('hex')}`;
   const names = ['hospital-a', 'hospital-b'] as const;
   const hospitals: MedplumHospital[] = [];
@@ -317,7 +309,7 @@ describe('end to end: two hospitals, two nodes', { skip: SKIP }, () => {
   test('crosswalk round trip A → B → A over HTTP: A\u2019s MRN kept first and unchanged, shared ones added, B gets its own MRN', async () => {
     const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
     const [nA, nB] = nodes as [TidegateNode, TidegateNode];
-    const p = registered(syntheaPatients()[0], A_MRN, 'A00001');
+    const p = registered(readSynthea('Patient')[0], A_MRN, 'A00001');
     await put(hA, p);
     await settle();
     const shared = nodeBody(nA, `Patient/${p.id}`);
@@ -339,7 +331,7 @@ describe('end to end: two hospitals, two nodes', { skip: SKIP }, () => {
   test('a sure match by shared identifier is linked (seealso), not merged', async () => {
     const [, hB] = hospitals as [MedplumHospital, MedplumHospital];
     const [nA, nB] = nodes as [TidegateNode, TidegateNode];
-    const p = syntheaPatients()[0];
+    const p = readSynthea('Patient')[0];
     // hospital B registers the same person again under B00001 (enterprise id E-1001), with another given name and no SSN
     const dup = { resourceType: 'Patient', id: 'b-dup-1', name: [{ family: 'Someone', given: ['Else'] }], birthDate: '1950-01-01', identifier: [{ system: B_MRN, value: 'B00001' }] };
     await put(hB, dup);
@@ -356,7 +348,7 @@ describe('end to end: two hospitals, two nodes', { skip: SKIP }, () => {
   test('a possible match lands in GET /admin/matches (ids only), is not merged, and can be dismissed', async () => {
     const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
     const [, nB] = nodes as [TidegateNode, TidegateNode];
-    const p = syntheaPatients()[1];
+    const p = readSynthea('Patient')[1];
     await put(hA, registered(p, A_MRN, 'A00002'));
     await settle();
     // hospital B registers a Patient with the same name and birthDate, an MRN the crosswalk does not know, no SSN

@@ -15,11 +15,10 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import pino from 'pino';
 import { Redis } from 'ioredis';
@@ -35,21 +34,13 @@ import { loadMergePolicy } from '../src/merge/policy.ts';
 import { MemoryStore } from '../src/store/store.ts';
 import type { VersionRecord } from '../src/store/store.ts';
 import { TidegateNode } from '../src/node/node.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
-const SKIP = existsSync(join(SYNTHEA, 'Patient.000.ndjson')) ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped`;
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
 const EMPI = 'https://mpi.example.org/sid/enterprise-id';
 const OTHER_SHARED = 'https://mpi.example.org/sid/hospital-a-mrn';
 const SSN = 'http://hl7.org/fhir/sid/us-ssn';
-
-function syntheaPatients(): any[] {
-  return readFileSync(join(SYNTHEA, 'Patient.000.ndjson'), 'utf8')
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => JSON.parse(l));
-}
 
 const ssnOf = (p: any): string | undefined => p.identifier?.find((i: any) => i.system === SSN)?.value;
 const official = (p: any): any => p.name.find((n: any) => n.use === 'official') ?? p.name[0];
@@ -98,12 +89,12 @@ function allPatients(replica: Replica): any[] {
 
 const cfgOf = (rules: MatchRules): PatientMatchingConfig => ({ sharedSystems: [...rules.sharedSystems], ...(rules.deterministic ? { deterministic: { identifierSystems: [...rules.deterministic.identifierSystems] } } : {}), possible: rules.possible ?? true });
 
-describe('indexed matching decides exactly as the full comparison', { skip: SKIP }, () => {
+describe('indexed matching decides exactly as the full comparison', { skip: SYNTHEA_SKIP }, () => {
   const policy = loadMergePolicy();
   let matcher: PatientMatcher | undefined;
   const replica = new Replica({ nodeId: 'idx', store: new MemoryStore(), policy, onVersion: (key: string, v: VersionRecord) => matcher?.onVersion(key, v) });
   const rules: MatchRules = { sharedSystems: [EMPI, OTHER_SHARED], deterministic: { identifierSystems: [SSN] } };
-  const synthea = SKIP ? [] : syntheaPatients();
+  const synthea = SYNTHEA_SKIP ? [] : readSynthea('Patient');
 
   /** Compares the matcher with `matchPatient` over the replica for every candidate. */
   const compare = (candidates: any[], label: string): number => {
@@ -254,14 +245,14 @@ describe('time to match one new Patient', () => {
   }
 });
 
-describe('Patients created through the node FHIR API are matched', { skip: SKIP }, () => {
+describe('Patients created through the node FHIR API are matched', { skip: SYNTHEA_SKIP }, () => {
   const prefix = `matchidx-${randomBytes(4).toString('hex')}`;
   let dir = '';
   let hospital: MedplumHospital | undefined;
   let node: TidegateNode | undefined;
   let base = '';
   let mappingFile = '';
-  const synthea = SKIP ? [] : syntheaPatients();
+  const synthea = SYNTHEA_SKIP ? [] : readSynthea('Patient');
 
   const send = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> => {
     const res = await fetch(`${base}/fhir/${path}`, { method, headers: { ...FHIR, ...headers }, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });

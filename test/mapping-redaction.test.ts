@@ -10,11 +10,10 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import { Queue } from 'bullmq';
@@ -35,17 +34,11 @@ import { MemoryStore } from '../src/store/store.ts';
 import { decodeUpdates } from '../src/tide/codec.ts';
 import { REDACTED_LABEL_RULE } from '../src/tide/peer-authz.ts';
 import { inboxQueueName } from '../src/tide/index.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
-const HAVE_SYNTHEA = existsSync(join(SYNTHEA, 'Patient.000.ndjson'));
-const SKIP_SYNTHEA = HAVE_SYNTHEA ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped`;
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
 const MASKED = { extension: [{ url: DATA_ABSENT_REASON_URL, valueCode: 'masked' }] };
-
-function patients(): Array<Record<string, any>> {
-  return readFileSync(join(SYNTHEA, 'Patient.000.ndjson'), 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l));
-}
 
 function compile(rules: Array<Omit<RedactRule, 'action'> & { action?: RedactRule['action'] }>): CompiledRedactRule[] {
   return rules.map((r, i) => compileRedactRule({ ...r, action: r.action ?? 'remove' }, `routes.research.redact[${i}]`));
@@ -61,10 +54,10 @@ function roundTrip(resource: FhirJsonObject): unknown {
   return JSON.parse(canonicalStringify(body));
 }
 
-describe('redactResource on Synthea Patients', { skip: SKIP_SYNTHEA }, () => {
+describe('redactResource on Synthea Patients', { skip: SYNTHEA_SKIP }, () => {
   test('telecom removed, address masked, REDACTED label; input untouched; survives the merge round trip and R4 validation', () => {
     const rules = compile([{ path: 'Patient.telecom' }, { path: 'Patient.address', action: 'mask' }]);
-    const all = patients();
+    const all = readSynthea('Patient');
     assert.ok(all.length >= 5);
     for (const p of all) {
       const before = JSON.stringify(p);
@@ -364,7 +357,7 @@ function bytesText(b: Uint8Array): string {
   return Buffer.from(b).toString('utf8');
 }
 
-describe('redaction end to end: three nodes, three Medplum hospitals, real Redis', { skip: SKIP_SYNTHEA }, () => {
+describe('redaction end to end: three nodes, three Medplum hospitals, real Redis', { skip: SYNTHEA_SKIP }, () => {
   const prefix = `redact-${randomBytes(4).toString('hex')}`;
   const dir = mkdtempSync(join(tmpdir(), 'tidegate-redact-e2e-'));
   // A: the sender (its route redacts for "research"); R: the research node; C: a full peer
@@ -442,7 +435,7 @@ describe('redaction end to end: three nodes, three Medplum hospitals, real Redis
   test('research gets a read-only projection without telecom; the full peer gets everything; edits flow one way', async () => {
     const [nA, nR, nC] = nodes as [TidegateNode, TidegateNode, TidegateNode];
     const [, hR, hC] = hospitals as [MedplumHospital, MedplumHospital, MedplumHospital];
-    const [patient, other] = patients() as [Record<string, any>, Record<string, any>];
+    const [patient, other] = readSynthea('Patient') as [Record<string, any>, Record<string, any>];
     const key = `Patient/${patient.id}`;
     const phones: string[] = [...patient.telecom, ...other.telecom].map((t: any) => t.value);
     const lines: string[] = [...patient.address, ...other.address].flatMap((a: any) => a.line ?? []);

@@ -8,7 +8,6 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -20,17 +19,19 @@ import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
 import { loadMappingOrThrow } from '../src/mapping/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const LOCAL_LAB = 'http://hospital-a.example.org/fhir/CodeSystem/lab-codes';
 const LOINC = 'http://loinc.org';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
 
-function firstLine(file: string, pick: (r: any) => boolean): any {
-  for (const l of readFileSync(join(SYNTHEA, file), 'utf8').split('\n')) if (l.trim() !== '' && pick(JSON.parse(l))) return JSON.parse(l);
-  throw new Error(`no matching resource in ${file}`);
+/** The first resource of the sample's `<type>.000.ndjson` that `pick` accepts; throws when none does. */
+function firstLine(type: string, pick: (r: any) => boolean): any {
+  const found = readSynthea(type).find(pick);
+  if (found === undefined) throw new Error(`no matching resource in ${type}.000.ndjson`);
+  return found;
 }
 
 async function hospitalPut(h: MedplumHospital, resource: any): Promise<void> {
@@ -43,7 +44,7 @@ async function hospitalGet(h: MedplumHospital, path: string): Promise<{ status: 
   return { status: res.status, body: res.status === 200 ? await res.json() : undefined };
 }
 
-describe('round trip A → B → A through the hospital boundary', { skip: existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped` }, () => {
+describe('round trip A → B → A through the hospital boundary', { skip: SYNTHEA_SKIP }, () => {
   const prefix = `maprt-${randomBytes(4).toString('hex')}`;
   const names = ['hospital-a', 'hospital-b'] as const;
   const hospitals: MedplumHospital[] = [];
@@ -98,7 +99,7 @@ describe('round trip A → B → A through the hospital boundary', { skip: exist
   test('a local lab code written at hospital A is LOINC at hospital B with the original kept, and back at A unchanged', async () => {
     const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
     const [nA, nB] = nodes as [TidegateNode, TidegateNode];
-    const patient = firstLine('Patient.000.ndjson', () => true);
+    const patient = firstLine('Patient', () => true);
     const localCoding = { system: LOCAL_LAB, code: 'GLU', display: 'Glucose, serum' };
     await hospitalPut(hA, patient);
     await hospitalPut(hA, {
@@ -143,8 +144,8 @@ describe('round trip A → B → A through the hospital boundary', { skip: exist
   test('a sensitive Synthea Condition written at hospital A reaches neither node B nor hospital B', async () => {
     const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
     const [nA, nB] = nodes as [TidegateNode, TidegateNode];
-    const sensitive = firstLine('Condition.000.ndjson', (c) => c.code.coding[0].code === '706893006');
-    const ordinary = firstLine('Condition.000.ndjson', (c) => c.code.coding[0].code === '444814009');
+    const sensitive = firstLine('Condition', (c) => c.code.coding[0].code === '706893006');
+    const ordinary = firstLine('Condition', (c) => c.code.coding[0].code === '444814009');
     for (const c of [sensitive, ordinary]) await hospitalPut(hA, { ...c, subject: { reference: 'Patient/rt-someone' }, encounter: undefined });
     await settle();
     await nA.tide.runAntiEntropy();

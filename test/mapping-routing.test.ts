@@ -7,7 +7,6 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -21,14 +20,10 @@ import type { SecurityLabel } from '../src/tide/index.ts';
 import { outboundLabelsOf, routeLabelRule } from '../src/tide/peer-authz.ts';
 import { DocReplica, REDIS_BASE, captureLogger, keysOf, waitFor } from './fixtures/tide/harness.ts';
 import type { LogLine } from './fixtures/tide/harness.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
 const SENSITIVE = new Set(['706893006', '361055000', '10939881000119105']);
-
-function readNdjson(file: string): Array<Record<string, any>> {
-  return readFileSync(join(SYNTHEA, file), 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l));
-}
 
 /** Node-like replica: bodies are whole FHIR JSON; labels come from `outboundLabelsOf` with the mapping, as in src/node/node.ts. */
 class RoutedReplica extends DocReplica {
@@ -41,12 +36,12 @@ class RoutedReplica extends DocReplica {
   }
 }
 
-describe('routing on Synthea resources', { skip: existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped` }, () => {
+describe('routing on Synthea resources', { skip: SYNTHEA_SKIP }, () => {
   let mapping: Mapping;
   let conditions: Array<Record<string, any>>;
   before(() => {
     mapping = loadMappingOrThrow(join(ROOT, 'config/examples/hospital-a.mapping.json'), { peers: ['hospital-b'] });
-    conditions = readNdjson('Condition.000.ndjson');
+    conditions = readSynthea('Condition');
   });
 
   test('example routes: sensitive Conditions withheld, other sent types sent, unlisted types withheld, lab Observations only', () => {
@@ -61,8 +56,8 @@ describe('routing on Synthea resources', { skip: existsSync(SYNTHEA) ? false : `
       }
     }
     assert.equal(withheld, 26, 'the sample holds 22 + 1 + 3 such Conditions');
-    for (const p of readNdjson('Patient.000.ndjson')) assert.equal(mapping.routeAllows('hospital-b', p), true);
-    for (const m of readNdjson('MedicationRequest.000.ndjson').slice(0, 50)) assert.equal(mapping.explainRoute('hospital-b', m).reason, 'no send rule of routes.hospital-b matched');
+    for (const p of readSynthea('Patient')) assert.equal(mapping.routeAllows('hospital-b', p), true);
+    for (const m of readSynthea('MedicationRequest').slice(0, 50)) assert.equal(mapping.explainRoute('hospital-b', m).reason, 'no send rule of routes.hospital-b matched');
     const lab = { resourceType: 'Observation', status: 'final', category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'vital-signs' }] }, { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'laboratory' }] }] };
     assert.equal(mapping.routeAllows('hospital-b', lab), true, 'a second category coding counts');
     assert.equal(mapping.routeAllows('hospital-b', { ...lab, category: [lab.category[0]] }), false);
@@ -84,7 +79,7 @@ describe('routing on Synthea resources', { skip: existsSync(SYNTHEA) ? false : `
   });
 });
 
-describe('routing in Tide, real Redis: a routed-out resource never reaches the peer\u2019s queue', { skip: existsSync(SYNTHEA) ? false : 'Synthea sample not found: skipped' }, () => {
+describe('routing in Tide, real Redis: a routed-out resource never reaches the peer\u2019s queue', { skip: SYNTHEA_SKIP }, () => {
   const prefix = `maproute-${randomUUID().slice(0, 8)}`;
   const urlA = `${REDIS_BASE}/11`;
   const urlB = `${REDIS_BASE}/12`;
@@ -127,9 +122,9 @@ describe('routing in Tide, real Redis: a routed-out resource never reaches the p
     };
     // as src/node/node.ts does for a peer with a route
     const tideA = await start('hospital-a', a, [routeLabelRule('hospital-b')]);
-    const conditions = readNdjson('Condition.000.ndjson');
+    const conditions = readSynthea('Condition');
     const sensitiveKeys = conditions.filter((c) => SENSITIVE.has(c.code.coding[0].code)).map((c) => `Condition/${c.id}`);
-    const meds = readNdjson('MedicationRequest.000.ndjson').slice(0, 20);
+    const meds = readSynthea('MedicationRequest').slice(0, 20);
     const late = conditions.find((c) => c.code.coding[0].code === '160903007')!;
     const updates = [...conditions.filter((c) => c !== late).map((c) => a.write(`Condition/${c.id}`, c)), ...meds.map((m) => a.write(`MedicationRequest/${m.id}`, m))];
     tideA.publish(updates);

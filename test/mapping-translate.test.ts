@@ -6,7 +6,7 @@
  */
 import { describe, test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,9 +16,9 @@ import { canonicalStringify, parseFhirJson } from '../src/fhir/json.ts';
 import type { FhirJsonObject } from '../src/fhir/json.ts';
 import { loadMappingOrThrow, MappingError, previewResource, translateRouter } from '../src/mapping/index.ts';
 import type { Mapping } from '../src/mapping/index.ts';
+import { SYNTHEA_DIR, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
 const SNOMED = 'http://snomed.info/sct';
 const ICD10 = 'http://hl7.org/fhir/sid/icd-10-cm';
 const LOCAL_LAB = 'http://hospital-a.example.org/fhir/CodeSystem/lab-codes';
@@ -36,7 +36,7 @@ const SNOMED_TO_ICD10: Array<[string, string, string]> = [
 ];
 
 function readNdjson(file: string): FhirJsonObject[] {
-  return readFileSync(join(SYNTHEA, file), 'utf8')
+  return readFileSync(join(SYNTHEA_DIR, file), 'utf8')
     .split('\n')
     .filter((l) => l.trim() !== '')
     .map((l) => parseFhirJson(l) as FhirJsonObject);
@@ -74,7 +74,7 @@ function labObservation(id: string, code: string, subject: string): FhirJsonObje
   ) as FhirJsonObject;
 }
 
-describe('code translation on Synthea resources', { skip: existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA} (../shared/data/synthea-10): skipped` }, () => {
+describe('code translation on Synthea resources', { skip: SYNTHEA_SKIP }, () => {
   let conditions: FhirJsonObject[];
   let patients: FhirJsonObject[];
   before(() => {

@@ -10,7 +10,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,12 +19,12 @@ import { formatPreview, loadMapping, loadMappingOrThrow, MappingConfigError, pos
 import type { ConfigIssue, Mapping } from '../src/mapping/index.ts';
 import type { FhirJsonObject } from '../src/fhir/json.ts';
 import { generateNodeKeys, writeKeyFiles } from '../src/envelope/index.ts';
+import { SYNTHEA_DIR, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const EXAMPLES = join(ROOT, 'config/examples');
 const FIXTURE = join(ROOT, 'test/fixtures/mapping-yaml/hospital-a.mapping.yaml');
 const FIXTURE_TEXT = readFileSync(FIXTURE, 'utf8');
-const SYNTHEA = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
 const run = promisify(execFile);
 
 /** Key files of both example hospitals (`config check` requires the files the configs name). */
@@ -157,14 +157,14 @@ describe('mapping files in YAML', () => {
     assert.equal(yaml.explainRoute('hospital-b', t.resource).reason, 'sent by routes.hospital-b.send[1]');
   });
 
-  test('the YAML mapping behaves like the JSON one on every Synthea resource', { skip: existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA}: skipped` }, () => {
+  test('the YAML mapping behaves like the JSON one on every Synthea resource', { skip: SYNTHEA_SKIP }, () => {
     const json = loadMappingOrThrow(join(EXAMPLES, 'hospital-a.mapping.json'), { peers: ['hospital-b'] });
     const yaml = loadMappingOrThrow(FIXTURE, { peers: ['hospital-b'] });
     let count = 0;
     let mrns = 0;
     const verdicts = new Set<boolean>();
-    for (const name of readdirSync(SYNTHEA).filter((f) => f.endsWith('.ndjson') && f !== 'log.ndjson').sort()) {
-      for (const line of readFileSync(join(SYNTHEA, name), 'utf8').split('\n')) {
+    for (const name of readdirSync(SYNTHEA_DIR).filter((f) => f.endsWith('.ndjson') && f !== 'log.ndjson').sort()) {
+      for (const line of readFileSync(join(SYNTHEA_DIR, name), 'utf8').split('\n')) {
         if (!line.trim()) continue;
         const r = JSON.parse(line) as FhirJsonObject & { identifier?: { system?: string; value?: string }[] };
         // give the first patients hospital A's MRN system (values from the example crosswalk) so identifiers are translated too

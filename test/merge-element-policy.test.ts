@@ -25,8 +25,9 @@ import type { MergePolicy } from '../src/merge/policy.ts';
 import { runConfigCheck } from '../src/mapping/check.ts';
 import { assertConverged, copy, deliver, fhir, liveBody, makeNode, POLICY, summarize, T0, withoutServerMeta, write } from './fixtures/merge/harness.ts';
 import type { TestNode } from './fixtures/merge/harness.ts';
+import { SYNTHEA_DIR } from './fixtures/synthea.ts';
 
-const DATA_DIR = process.env.TIDEGATE_SYNTHEA_DIR ?? fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
+const DATA_DIR = process.env.TIDEGATE_SYNTHEA_DIR ?? SYNTHEA_DIR;
 const DEFAULT_FILE = fileURLToPath(new URL('../profiles/merge-policy.json', import.meta.url));
 
 let dir: string;

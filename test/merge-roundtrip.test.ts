@@ -8,16 +8,15 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { canonicalStringify, isJsonObject, parseFhirJson } from '../src/fhir/json.ts';
 import type { FhirJsonObject } from '../src/fhir/json.ts';
 import { Replica } from '../src/merge/replica.ts';
 import { HybridLogicalClock } from '../src/merge/hlc.ts';
 import { loadMergePolicy } from '../src/merge/policy.ts';
 import { MemoryStore } from '../src/store/store.ts';
+import { SYNTHEA_DIR } from './fixtures/synthea.ts';
 
-const REPO_ROOT = new URL('..', import.meta.url);
-const DATA_DIR = process.env.TIDEGATE_SYNTHEA_DIR ?? fileURLToPath(new URL('../shared/data/synthea-10/', REPO_ROOT));
+const DATA_DIR = process.env.TIDEGATE_SYNTHEA_DIR ?? SYNTHEA_DIR;
 const EXPECTED_TOTAL = 7160;
 
 /** Canonical text without meta.versionId / meta.lastUpdated (and without meta if that empties it). */

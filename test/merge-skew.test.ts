@@ -8,7 +8,6 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as Y from 'yjs';
 import pino from 'pino';
@@ -21,8 +20,8 @@ import { checkUpdate, DEFAULT_MAX_CLOCK_SKEW_MS, RefusedUpdateError } from '../s
 import { MemoryStore } from '../src/store/store.ts';
 import { generateNodeKeys } from '../src/envelope/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
+import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
-const SYNTHEA = new URL('../../shared/data/synthea-10/', import.meta.url);
 const HOUR = 3_600_000;
 const MINUTE = 60_000;
 const policy = loadMergePolicy();
@@ -142,8 +141,8 @@ describe('skew check on crafted updates', () => {
     assert.equal(uncapped.observe(formatStamp(wall + HOUR, 0)), true, 'no cap by default');
   });
 
-  test('cost: checking a Synthea Patient\u2019s create update', { skip: existsSync(SYNTHEA) ? false : `Synthea sample not found at ${SYNTHEA}: skipped` }, () => {
-    const patients = readFileSync(new URL('Patient.000.ndjson', SYNTHEA), 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l));
+  test('cost: checking a Synthea Patient\u2019s create update', { skip: SYNTHEA_SKIP }, () => {
+    const patients = readSynthea('Patient');
     const b = replica('B');
     const updates = patients.map((p) => ({ key: `Patient/${p.id}`, update: b.r.write(`Patient/${p.id}`, p).update! }));
     const a = replica('A');

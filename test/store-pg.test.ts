@@ -13,7 +13,6 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import net from 'node:net';
 import pg from 'pg';
 import pino from 'pino';
@@ -40,13 +39,13 @@ import { KeyVault, KeyVaultError } from '../src/store/vault.ts';
 import { shredPatient } from '../src/store/shred.ts';
 import { runRewrap, runShred } from '../src/cli/shred.ts';
 import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
+import { SYNTHEA_DIR } from './fixtures/synthea.ts';
 
 const PG_URL = process.env.TIDEGATE_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379/0';
 const POLICY = loadMergePolicy();
 const PATIENT = readFileSync(new URL('./fixtures/merge/patient-base.json', import.meta.url), 'utf8');
 const KEY = 'Patient/pat-merge-1';
-const SYNTHEA_DIR = fileURLToPath(new URL('../../shared/data/synthea-10/', import.meta.url));
 const PREFIX = `tg_test_${process.pid}_${Date.now().toString(36)}`;
 
 async function pgReachable(): Promise<string | undefined> {

@@ -30,10 +30,10 @@ import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
 import { publicKeysFromJson } from '../src/envelope/keys.ts';
 import { deleteKeysMatching } from '../src/tide/redis-keys.ts';
+import { SYNTHEA_DIR } from './fixtures/synthea.ts';
 
 const POLICY = loadMergePolicy();
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const SYNTHEA = new URL('../../shared/data/synthea-10/', import.meta.url);
 
 /** Distinctive strings of the fixture patient: none may appear in a sealed file. */
 const FAMILY = 'Quaxelbrandt';
@@ -203,7 +203,7 @@ describe('SqliteStore sealed: raw files', () => {
   });
 
   it('Synthea sample: no family name, given name, city or id of the imported resources in the raw files', (t) => {
-    if (!existsSync(SYNTHEA)) {
+    if (!existsSync(SYNTHEA_DIR)) {
       t.skip('Synthea sample ../shared/data/synthea-10 is absent');
       return;
     }
@@ -212,8 +212,8 @@ describe('SqliteStore sealed: raw files', () => {
     const replica = new Replica({ nodeId: 'a', store, policy: POLICY });
     const needles = new Set<string>();
     let written = 0;
-    for (const name of readdirSync(SYNTHEA).filter((f) => f.endsWith('.ndjson') && !f.startsWith('log'))) {
-      const lines = readFileSync(new URL(name, SYNTHEA), 'utf8').split('\n').filter(Boolean).slice(0, 60);
+    for (const name of readdirSync(SYNTHEA_DIR).filter((f) => f.endsWith('.ndjson') && !f.startsWith('log'))) {
+      const lines = readFileSync(join(SYNTHEA_DIR, name), 'utf8').split('\n').filter(Boolean).slice(0, 60);
       for (const line of lines) {
         const r = parseFhirJson(line) as FhirJsonObject & { id: string; resourceType: string; name?: Array<{ family?: string; given?: string[] }>; address?: Array<{ city?: string; line?: string[] }> };
         replica.write(`${r.resourceType}/${r.id}`, r);
