@@ -11,12 +11,16 @@
  * Precision: bodies are sent as text produced by `canonicalStringify`, so decimals leave the node
  * in their lexical form (`1.50`). fhir-kit-client parses responses with `JSON.parse`, so what comes
  * back carries the shortest round-trip form (`1.5`); results are converted to {@link FhirJson}
- * (LosslessNumber) with `toFhirJson`.
+ * (LosslessNumber) with `toFhirJson`. Searches ({@link HospitalClient.search}, the forwarded hot
+ * path) skip fhir-kit-client: one GET over node:http(s) with a keep-alive agent, the body parsed
+ * once with `parseFhirJson`, so their numbers keep the hospital's lexical form.
  */
 import { Client } from 'fhir-kit-client';
 import type { FhirResource, RequestOptions } from 'fhir-kit-client';
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
 import { canonicalStringify, isJsonObject, parseFhirJson, toFhirJson, toPlainJson } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject } from '../fhir/json.ts';
 import type { Mapping } from '../mapping/index.ts';
@@ -302,6 +306,8 @@ export class HospitalClient {
   readonly nodeBaseUrl: string | undefined;
   readonly #fhir: Client;
   readonly #origin: URL;
+  /** Keep-alive agent of the search GETs ({@link httpGet}); default CAs (and `NODE_EXTRA_CA_CERTS`) for https. */
+  readonly #agent: http.Agent;
   /** Set once a PUT with a client id failed and a POST then succeeded: the server assigns ids. */
   #assignsOwnIds = false;
   /** Set once a PUT with a new node id was accepted under that id: the server takes client ids. */
@@ -338,6 +344,7 @@ export class HospitalClient {
     this.idMap = options.idMap ?? new MemoryHospitalIdMap();
     this.nodeBaseUrl = options.nodeBaseUrl?.replace(/\/+$/, '');
     this.#fhir = new Client({ baseUrl: this.baseUrl });
+    this.#agent = url.protocol === 'https:' ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
     this.#mapping = options.mapping;
   }
 
@@ -479,30 +486,18 @@ export class HospitalClient {
       }
     }
     const qs = query.toString();
-    const raw = await this.#request('search', type, qs ? `${type}?${qs}` : type, 'GET');
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw) || raw.resourceType !== 'Bundle') throw notABundle(raw);
-    // Convert the Bundle shell and each entry without its resource; then only the resources that
-    // are not held (deep conversion and reference rewriting are the costly part).
-    const { entry: rawEntries, ...shell } = raw as FhirResource & { entry?: unknown };
-    const bundle = toFhirJson(shell) as FhirJsonObject;
-    if (rawEntries === undefined) return bundle;
-    if (!Array.isArray(rawEntries)) {
-      bundle['entry'] = toFhirJson(rawEntries);
-      return bundle;
-    }
-    const entries: FhirJson[] = [];
+    const { status, data: bundle } = await this.#getJson('search', type, qs ? `${type}?${qs}` : type);
+    if (!isJsonObject(bundle) || bundle['resourceType'] !== 'Bundle') throw notABundle(status);
+    // The body was parsed losslessly into a fresh copy owned here: held entries become stubs, the
+    // other resources are only walked for references (the costly part is converting them).
+    const entries = bundle['entry'];
+    if (!Array.isArray(entries)) return bundle;
     const pending: Array<{ entry: FhirJsonObject; resource: FhirJsonObject }> = [];
-    for (const e of rawEntries as unknown[]) {
-      if (typeof e !== 'object' || e === null || Array.isArray(e)) {
-        entries.push(toFhirJson(e));
-        continue;
-      }
-      const { resource, ...rest } = e as Record<string, unknown>;
-      const entry = toFhirJson(rest) as FhirJsonObject;
-      entries.push(entry);
-      if (resource === undefined) continue;
-      const r = resource as Record<string, unknown> | null;
-      if (options.held !== undefined && typeof r === 'object' && r !== null && typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') {
+    for (const entry of entries) {
+      if (!isJsonObject(entry)) continue;
+      const r = entry['resource'];
+      if (!isJsonObject(r)) continue;
+      if (options.held !== undefined && typeof r['resourceType'] === 'string' && typeof r['id'] === 'string') {
         const hospitalRef = `${r['resourceType']}/${r['id']}`;
         const pendingRef = this.idMap.toNode(hospitalRef);
         const nodeRef = (pendingRef instanceof Promise ? await pendingRef : pendingRef) ?? this.#removed.get(hospitalRef) ?? hospitalRef;
@@ -511,15 +506,12 @@ export class HospitalClient {
           continue;
         }
       }
-      const converted = toFhirJson(resource);
-      entry['resource'] = converted;
-      if (isJsonObject(converted)) pending.push({ entry, resource: converted });
+      pending.push({ entry, resource: r });
     }
     const converted = await this.#toNodeForms(pending.map((p) => p.resource));
     pending.forEach((p, i) => {
       p.entry['resource'] = converted[i]!;
     });
-    bundle['entry'] = entries;
     return bundle;
   }
 
@@ -858,6 +850,33 @@ export class HospitalClient {
     return { bundle: data, date: Number.isNaN(ms) ? undefined : new Date(ms).toISOString() };
   }
 
+  /**
+   * GET of `path` under the base URL over node:http(s) with this client's keep-alive agent (the
+   * search hot path; fetch costs about twice as much per request), body parsed losslessly.
+   * @returns The HTTP status (2xx) and the parsed body (`{}` when empty).
+   * @throws HospitalError as {@link toHospitalError}: non-2xx status, unparseable body, network
+   *   failure or no full answer within `timeoutMs`.
+   */
+  async #getJson(operation: HospitalOperation, resourceType: string, path: string): Promise<{ status: number; data: FhirJson }> {
+    let status: number;
+    let text: string;
+    try {
+      ({ status, text } = await httpGet(new URL(`${this.baseUrl}/${path}`), this.#agent, this.timeoutMs));
+    } catch (err) {
+      throw toHospitalError(err, operation, resourceType, this.timeoutMs);
+    }
+    let data: FhirJson = {};
+    if (text !== '') {
+      try {
+        data = parseFhirJson(text);
+      } catch {
+        throw toHospitalError({ response: { status } }, operation, resourceType, this.timeoutMs);
+      }
+    }
+    if (status < 200 || status > 299) throw toHospitalError({ response: { status, data: toPlainJson(data) } }, operation, resourceType, this.timeoutMs);
+    return { status, data };
+  }
+
   async #request(
     operation: HospitalOperation,
     resourceType: string,
@@ -1103,10 +1122,55 @@ function expectBundle(raw: FhirResource): FhirJsonObject {
   return value;
 }
 
-function notABundle(raw: FhirResource): HospitalError {
+function notABundle(raw: FhirResource | number): HospitalError {
   return new HospitalError('ERR_HOSPITAL_REJECTED', 'Hospital search returned something other than a Bundle', {
     operation: 'search',
-    status: typeof raw === 'object' && raw !== null ? Client.httpFor(raw).response?.status : undefined,
+    status: typeof raw === 'number' ? raw : typeof raw === 'object' && raw !== null ? Client.httpFor(raw).response?.status : undefined,
+  });
+}
+
+/**
+ * One HTTP GET (RFC 9110 §9.3.1) of `url` with `accept: application/fhir+json` through `agent`.
+ * A request on a reused keep-alive connection that the server had closed (ECONNRESET before any
+ * answer) is sent once more on a new connection, as the GET is idempotent.
+ * @param timeoutMs - for the whole exchange, ms; then it fails with a `TimeoutError`.
+ * @returns The status and the body as UTF-8 text.
+ * @throws Error the socket error (`code` e.g. `ECONNREFUSED`), or a `TimeoutError`.
+ */
+function httpGet(url: URL, agent: http.Agent, timeoutMs: number, retried = false): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    let answered = false;
+    const send = url.protocol === 'https:' ? https.request : http.request;
+    const req = send(url, { method: 'GET', agent, headers: { accept: 'application/fhir+json' } }, (res) => {
+      answered = true;
+      res.setEncoding('utf8');
+      let text = '';
+      res.on('data', (chunk: string) => {
+        text += chunk;
+      });
+      res.on('end', () => {
+        clearTimeout(timer);
+        resolve({ status: res.statusCode ?? 0, text });
+      });
+      res.on('error', fail);
+    });
+    function fail(err: Error): void {
+      clearTimeout(timer);
+      if (!retried && !answered && req.reusedSocket && (err as { code?: unknown }).code === 'ECONNRESET') {
+        resolve(httpGet(url, agent, timeoutMs, true));
+      } else {
+        reject(err);
+      }
+    }
+    const timer = setTimeout(() => {
+      answered = true;
+      const err = new Error(`no response within ${timeoutMs} ms`);
+      err.name = 'TimeoutError';
+      reject(err);
+      req.destroy();
+    }, timeoutMs);
+    req.on('error', fail);
+    req.end();
   });
 }
 
@@ -1156,6 +1220,8 @@ function networkReason(err: unknown, timeoutMs: number): string {
   if (e.name === 'AbortError') return 'request aborted';
   const cause = e.cause as { code?: unknown; message?: unknown } | undefined;
   if (cause && typeof cause.code === 'string') return cause.code;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string') return code;
   const base = typeof e.message === 'string' ? e.message : 'network error';
   return cause && typeof cause.message === 'string' ? `${base}: ${cause.message}` : base;
 }
