@@ -249,7 +249,6 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   r.post('/:type/_search', ha((req) => service.search(p(req, 'type'), formSearchParams(req), baseUrlOf(req), header(req, 'prefer'))));
   r.post('/:type/:op', h((req) => {
     if (p(req, 'op') === '$validate') return service.validate(p(req, 'type'), typeof req.body === 'string' ? req.body : '', header(req, 'content-type'));
-    if (p(req, 'op').startsWith('$')) throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
     throw notFound(`No FHIR interaction at ${req.path}`);
   }));
   r.post('/:type', h((req) => {
@@ -278,13 +277,11 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
     if (p(req, 'op') === '$resolve-conflict') {
       return service.resolveConflict(p(req, 'type'), p(req, 'id'), { text: typeof req.body === 'string' ? req.body : '', contentType: header(req, 'content-type'), author: header(req, 'x-tidegate-author'), prefer: header(req, 'prefer') });
     }
-    if (p(req, 'op').startsWith('$')) throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
     throw notFound(`No FHIR interaction at ${req.path}`);
   }));
   r.get('/:type/:id/:op', h((req) => {
     if (p(req, 'op') === '$conflicts') return service.conflicts(p(req, 'type'), p(req, 'id'));
-    // Only `$name` is an operation (https://hl7.org/fhir/R4/operations.html); anything else is no interaction.
-    if (p(req, 'op').startsWith('$')) throw notImplemented(`Operation ${p(req, 'op')} is not supported`);
+    // Unserved `$name` operations are answered by operationGate; anything else is no interaction.
     throw notFound(`No FHIR interaction at ${req.path}`);
   }));
   r.all('/{*rest}', h((req) => {
