@@ -24,6 +24,7 @@ import type { ConsentPolicy } from '../src/mapping/index.ts';
 import { inboxQueueName } from '../src/tide/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
+import { clearRedisPrefix } from './fixtures/redis.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -373,10 +374,7 @@ describe('Consent end to end: three nodes over Redis', () => {
 
   after(async () => {
     for (const n of started.reverse()) await n.stop();
-    const r = new Redis(REDIS_URL);
-    const keys = await r.keys(`${prefix}:*`);
-    if (keys.length > 0) await r.del(...keys);
-    await r.quit();
+    await clearRedisPrefix(REDIS_URL, prefix);
     rmSync(dir, { recursive: true, force: true });
   });
 

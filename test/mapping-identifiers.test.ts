@@ -18,7 +18,6 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
-import { Redis } from 'ioredis';
 import { generateNodeKeys } from '../src/envelope/index.ts';
 import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
@@ -26,6 +25,7 @@ import { linkPatient, loadMapping, loadMappingOrThrow, MappingConfigError, match
 import type { Mapping } from '../src/mapping/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
+import { clearRedisPrefix } from './fixtures/redis.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const EXAMPLES = join(ROOT, 'config/examples');
@@ -300,10 +300,7 @@ describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
   after(async () => {
     for (const n of nodes.reverse()) await n.stop();
     for (const h of hospitals) await h.close();
-    const r = new Redis(REDIS_URL);
-    const keys = await r.keys(`${prefix}:*`);
-    if (keys.length > 0) await r.del(...keys);
-    await r.quit();
+    await clearRedisPrefix(REDIS_URL, prefix);
   });
 
   test('crosswalk round trip A → B → A over HTTP: A\u2019s MRN kept first and unchanged, shared ones added, B gets its own MRN', async () => {

@@ -21,7 +21,6 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pino from 'pino';
-import { Redis } from 'ioredis';
 import { generateNodeKeys } from '../src/envelope/index.ts';
 import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
@@ -35,6 +34,7 @@ import { MemoryStore } from '../src/store/store.ts';
 import type { VersionRecord } from '../src/store/store.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
+import { clearRedisPrefix } from './fixtures/redis.ts';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
@@ -292,10 +292,7 @@ describe('Patients created through the node FHIR API are matched', { skip: SYNTH
   after(async () => {
     await node?.stop();
     await hospital?.close();
-    const r = new Redis(REDIS_URL);
-    const keys = await r.keys(`${prefix}:*`);
-    if (keys.length > 0) await r.del(...keys);
-    await r.quit();
+    await clearRedisPrefix(REDIS_URL, prefix);
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -42,6 +42,7 @@ import { inboxQueueName } from '../src/tide/index.ts';
 import { createAuth } from '../src/auth/setup.ts';
 import { AuthConfigSchema } from '../src/auth/config.ts';
 import { freePort, REDIS_BASE } from './fixtures/tide/harness.ts';
+import { clearRedisPrefix } from './fixtures/redis.ts';
 
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
 const CATEGORY = 'http://terminology.hl7.org/CodeSystem/observation-category';
@@ -82,16 +83,6 @@ function observation(id: string, kind: Kind, n: number): Record<string, unknown>
   };
 }
 
-async function clearPrefix(url: string, prefix: string): Promise<void> {
-  const r = new Redis(url);
-  try {
-    const keys = await r.keys(`${prefix}:*`);
-    if (keys.length > 0) await r.del(...keys);
-  } finally {
-    await r.quit();
-  }
-}
-
 describe('reload under load: routes change while A writes; nothing withheld reaches B, nothing is lost', { timeout: 300_000 }, () => {
   const prefix = `mapreload-${randomBytes(4).toString('hex')}`;
   const urlA = `${REDIS_BASE}/13`;
@@ -104,8 +95,8 @@ describe('reload under load: routes change while A writes; nothing withheld reac
   after(async () => {
     for (const n of nodes.reverse()) await n.stop();
     for (const h of hospitals) await h.close();
-    await clearPrefix(urlA, prefix);
-    await clearPrefix(urlB, prefix);
+    await clearRedisPrefix(urlA, prefix);
+    await clearRedisPrefix(urlB, prefix);
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -360,7 +351,7 @@ describe('POST /admin/reload with SMART auth; a changed ConceptMap and review fi
   after(async () => {
     await node?.stop();
     await hospital?.close();
-    await clearPrefix(`${REDIS_BASE}/13`, prefix);
+    await clearRedisPrefix(`${REDIS_BASE}/13`, prefix);
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -495,7 +486,7 @@ describe('tidegate serve: SIGHUP reloads the mapping; a taken port stops the sta
     }
     await new Promise<void>((r) => (blocker ? blocker.close(() => r()) : r()));
     await hospital?.close();
-    await clearPrefix(redisUrl, prefix);
+    await clearRedisPrefix(redisUrl, prefix);
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -560,7 +551,7 @@ describe('tidegate serve: SIGHUP reloads the mapping; a taken port stops the sta
     blocker = createServer();
     await new Promise<void>((r) => blocker!.listen(0, '127.0.0.1', () => r()));
     const port = (blocker.address() as { port: number }).port;
-    await clearPrefix(redisUrl, prefix);
+    await clearRedisPrefix(redisUrl, prefix);
     writeJson(mappingFile, { conceptMaps: [{ file: 'lab.conceptmap.json' }] });
     const { logs, exited } = await serve('srv-c-taken', port);
     const code = await exited;

@@ -13,13 +13,13 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
-import { Redis } from 'ioredis';
 import { generateNodeKeys } from '../src/envelope/index.ts';
 import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
 import { loadMappingOrThrow } from '../src/mapping/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
+import { clearRedisPrefix } from './fixtures/redis.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -90,10 +90,7 @@ describe('round trip A → B → A through the hospital boundary', { skip: SYNTH
   after(async () => {
     for (const n of nodes.reverse()) await n.stop();
     for (const h of hospitals) await h.close();
-    const r = new Redis(REDIS_URL);
-    const keys = await r.keys(`${prefix}:*`);
-    if (keys.length > 0) await r.del(...keys);
-    await r.quit();
+    await clearRedisPrefix(REDIS_URL, prefix);
   });
 
   test('a local lab code written at hospital A is LOINC at hospital B with the original kept, and back at A unchanged', async () => {

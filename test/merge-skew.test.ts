@@ -11,7 +11,6 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as Y from 'yjs';
 import pino from 'pino';
-import { Redis } from 'ioredis';
 import { HybridLogicalClock, formatStamp, parseStamp } from '../src/merge/hlc.ts';
 import { clientIdFor, logName } from '../src/merge/doc.ts';
 import { loadMergePolicy } from '../src/merge/policy.ts';
@@ -21,6 +20,7 @@ import { MemoryStore } from '../src/store/store.ts';
 import { generateNodeKeys } from '../src/envelope/index.ts';
 import { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
+import { clearRedisPrefix } from './fixtures/redis.ts';
 
 const HOUR = 3_600_000;
 const MINUTE = 60_000;
@@ -168,10 +168,7 @@ describe('two nodes over Redis: B\u2019s clock ahead', () => {
   const started: TidegateNode[] = [];
   after(async () => {
     for (const n of started.reverse()) await n.stop();
-    const r = new Redis(REDIS_URL);
-    const keys = await r.keys(`${prefix}:*`);
-    if (keys.length > 0) await r.del(...keys);
-    await r.quit();
+    await clearRedisPrefix(REDIS_URL, prefix);
   });
 
   const put = async (base: string, resource: Record<string, unknown>): Promise<void> => {
