@@ -250,6 +250,19 @@ describe('CLI: tidegate keys …', () => {
     await cliFails(['retire', (await readSecretKeys(secretPath)).kemKeyId, '--node', 'hospital-x', '--dir', 'keys'], /rotate/);
   });
 
+  it('retire takes a key id that begins with "-" (1 in 64 base64url ids do) as the key id, not as an option', async () => {
+    let n = 0;
+    let keys = generateNodeKeys('hospital-dash', seed(n));
+    while (!keys.secretKeys.kemKeyId.startsWith('-')) keys = generateNodeKeys('hospital-dash', seed(++n));
+    await writeKeyFiles(join(dir, 'keys'), keys);
+    await cli('rotate', '--node', 'hospital-dash', '--dir', 'keys');
+    const kid = keys.secretKeys.kemKeyId;
+    const out = JSON.parse((await cli('retire', kid, '--node', 'hospital-dash', '--dir', 'keys')).stdout) as { keys: { kid: string; status: string }[] };
+    assert.equal(out.keys.find((k) => k.kid === kid)?.status, 'retired');
+    await cliFails(['retire', kid, '--node', 'hospital-dash', '--dir', 'keys'], /already retired/);
+    await cliFails(['retire', '--node', 'hospital-dash', '--dir', 'keys', '-x'], /unknown option '-x'/);
+  });
+
   it('rotate works on a version-1 file written by the previous generate', async () => {
     const v1 = generateNodeKeys('hospital-v1', seed(6));
     await writeKeyFiles(join(dir, 'keys'), v1);

@@ -266,7 +266,25 @@ program
     await runBench({ json: o.json, data: o.data, quick: o.quick, only: o.only ? o.only.split(',').map((s) => s.trim()).filter(Boolean) : [] });
   });
 
-program.parseAsync(process.argv).then(
+/**
+ * Key ids are 22 base64url characters, and 1 in 64 begin with "-", which commander would read as an
+ * option ("unknown option '-SFJ…'"). For `keys retire`, a token that is exactly such a key id, and
+ * is not the value of the option before it, is moved behind "--" so commander reads it as the
+ * `<kid>` argument. Other commands take no key id argument.
+ *
+ * @param argv - process.argv (node, script, ...args); not modified.
+ * @returns The argument vector to parse.
+ */
+function keyIdArgv(argv: readonly string[]): string[] {
+  const args = argv.slice(2);
+  if (args[0] !== 'keys' || args[1] !== 'retire' || args.includes('--')) return [...argv];
+  const valued = new Set(['--node', '--dir', '--config']);
+  const kid = args.findIndex((a, i) => /^-[A-Za-z0-9_-]{21}$/.test(a) && !valued.has(args[i - 1] ?? ''));
+  if (kid < 0) return [...argv];
+  return [...argv.slice(0, 2), ...args.filter((_, i) => i !== kid), '--', args[kid]!];
+}
+
+program.parseAsync(keyIdArgv(process.argv)).then(
   () => {
     // BullMQ and ioredis may keep timers; everything is stopped by now.
     setTimeout(() => process.exit(), 100).unref();
