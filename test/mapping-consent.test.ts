@@ -11,20 +11,16 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
-import pino from 'pino';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { peekHeader } from '../src/envelope/index.ts';
-import { generateNodeKeys } from '../src/envelope/index.ts';
 import { CONSENT_SCOPE_SYSTEM, ConsentEvaluationError, ConsentGate, consentDecision, DEFAULT_CONSENT_POLICY, formatPreview, loadMapping, loadMappingOrThrow, patientsOf, previewMapping, RESOURCE_TYPES_SYSTEM } from '../src/mapping/index.ts';
 import type { ConsentPolicy } from '../src/mapping/index.ts';
 import { inboxQueueName } from '../src/tide/index.ts';
-import { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
-import { clearRedisPrefix } from './fixtures/redis.ts';
+import { startMappedNodes } from './fixtures/mapped-nodes.ts';
+import type { MappedNodes } from './fixtures/mapped-nodes.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -329,63 +325,32 @@ const glucose = (id: string, patient: string, value: number) => ({
 });
 
 describe('Consent end to end: three nodes over Redis', () => {
-  const prefix = `consent-${randomBytes(4).toString('hex')}`;
   const names = ['hospital-a', 'hospital-b', 'hospital-c'] as const;
-  const nodes = new Map<string, TidegateNode>();
-  const started: TidegateNode[] = [];
-  const dir = mkdtempSync(join(tmpdir(), 'consent-e2e-'));
-  const noHospital = { upsert: async () => undefined, remove: async () => undefined };
+  let fx: MappedNodes;
+  let prefix = '';
 
   /** Anti-entropy on every running node, until all are quiet twice in a row. */
-  const settle = async (rounds = 1): Promise<void> => {
-    for (let i = 0; i < rounds; i++) for (const n of started) await n.tide.runAntiEntropy();
-    const deadline = Date.now() + 60_000;
-    let quietRuns = 0;
-    while (quietRuns < 2) {
-      if (Date.now() > deadline) throw new Error('nodes did not settle');
-      const q = await Promise.all(started.map((n) => n.quiet()));
-      quietRuns = q.every(Boolean) ? quietRuns + 1 : 0;
-      await sleep(50);
-    }
-  };
+  const settle = (rounds = 1): Promise<void> => fx.settle({ antiEntropyRounds: rounds });
 
   before(async () => {
-    const keys = new Map(names.map((n) => [n, generateNodeKeys(n)] as const));
-    for (const name of names) {
-      const others = names.filter((n) => n !== name);
+    fx = await startMappedNodes({
+      prefix: 'consent',
+      names,
+      hospitals: false,
+      start: [],
       // every node maps each peer to the Organization that stands for it in Consents
-      const file = join(dir, `${name}.mapping.json`);
-      writeFileSync(file, JSON.stringify({ routes: Object.fromEntries(others.map((o) => [o, { consentActors: [`Organization/${o}`] }])) }));
-      const node = new TidegateNode({
-        secretKeys: keys.get(name)!.secretKeys,
-        peers: others.map((o) => ({ nodeId: o, redisUrl: REDIS_URL, publicKeys: keys.get(o)!.publicKeys })),
-        redisUrl: REDIS_URL,
-        queuePrefix: prefix,
-        hospital: noHospital,
-        mapping: loadMappingOrThrow(file, { peers: others }),
-        logger: pino({ level: 'silent' }),
-        antiEntropyIntervalMs: 0,
-        batchDelayMs: 5,
-        hospitalPollIntervalMs: 0,
-      });
-      nodes.set(name, node);
-    }
+      mappings: Object.fromEntries(names.map((name) => [name, { routes: Object.fromEntries(names.filter((n) => n !== name).map((o) => [o, { consentActors: [`Organization/${o}`] }])) }])),
+    });
+    ({ prefix } = fx);
   });
 
-  after(async () => {
-    for (const n of started.reverse()) await n.stop();
-    await clearRedisPrefix(REDIS_URL, prefix);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => fx?.stop());
 
   test('denied to B: never in B\u2019s queue or store, C gets it; inactive lets B catch up; a later Consent from C stops updates', async () => {
-    const a = nodes.get('hospital-a')!;
-    const b = nodes.get('hospital-b')!;
-    const c = nodes.get('hospital-c')!;
-    for (const n of [a, c]) {
-      await n.start();
-      started.push(n);
-    }
+    const a = fx.node('hospital-a');
+    const b = fx.node('hospital-b');
+    const c = fx.node('hospital-c');
+    for (const n of ['hospital-a', 'hospital-c']) await fx.start(n);
     const [p1, p2, p3] = threePatients() as [Record<string, any>, Record<string, any>, Record<string, any>];
     const [k1, k2, k3] = [p1, p2, p3].map((p) => `Patient/${p.id}`) as [string, string, string];
     const noB = consent('no-b', { type: 'permit', provision: [{ type: 'deny', actor: [actor(B)] }] }, {}, k1);
@@ -426,8 +391,7 @@ describe('Consent end to end: three nodes over Redis', () => {
     assert.ok(raw.length > 0 && !raw.includes('obs-p1') && !raw.includes(p1.id), 'no trace of them in the raw bytes either');
 
     // 2. B starts; anti-entropy from A and C (both honour the Consent) repairs everything else
-    await b.start();
-    started.push(b);
+    await fx.start('hospital-b');
     await settle(2);
     assert.ok(b.replica.current('Observation/obs-p2'), 'another patient\u2019s resources reach B');
     assert.ok(b.replica.current('Consent/no-b'));

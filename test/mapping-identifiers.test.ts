@@ -14,22 +14,16 @@ import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
-import pino from 'pino';
-import { generateNodeKeys } from '../src/envelope/index.ts';
-import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
 import { linkPatient, loadMapping, loadMappingOrThrow, MappingConfigError, matchPatient, MatchReviewList, parseCrosswalk, CrosswalkError, runConfigCheck } from '../src/mapping/index.ts';
-import type { Mapping } from '../src/mapping/index.ts';
-import { TidegateNode } from '../src/node/node.ts';
+import type { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
-import { clearRedisPrefix } from './fixtures/redis.ts';
+import { exampleMappings, hospitalPut, startMappedNodes } from './fixtures/mapped-nodes.ts';
+import type { MappedNodes } from './fixtures/mapped-nodes.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const EXAMPLES = join(ROOT, 'config/examples');
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
 
 const A_MRN = 'urn:oid:1.2.3.4.5';
@@ -112,6 +106,8 @@ describe('crosswalk files and config check', () => {
       () => parseCrosswalk('local,shared\nA1,E1\nA1,E9\nA3,E1\nA4\n"A5",E5\n', 'x.csv'),
       (err: unknown) => {
         assert.ok(err instanceof CrosswalkError);
+        assert.equal(err.code, 'ERR_MAPPING_CROSSWALK');
+        assert.equal(err.message, 'invalid crosswalk: line 3: local value already listed on line 2; line 4: shared value already listed on line 2; line 5: expected two values "localValue,sharedValue"; line 6: expected two values "localValue,sharedValue"');
         assert.deepEqual(
           err.issues.map((i) => i.line),
           [3, 4, 5, 6],
@@ -242,27 +238,9 @@ describe('patient matching rules', { skip: SYNTHEA_SKIP }, () => {
 });
 
 describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
-  const prefix = `mapids-${randomBytes(4).toString('hex')}`;
-  const names = ['hospital-a', 'hospital-b'] as const;
-  const hospitals: MedplumHospital[] = [];
-  const nodes: TidegateNode[] = [];
-  const bases: string[] = [];
-
-  const settle = async (): Promise<void> => {
-    const deadline = Date.now() + 120_000;
-    let quietRuns = 0;
-    while (quietRuns < 2) {
-      if (Date.now() > deadline) throw new Error('nodes did not settle');
-      for (const n of nodes) await n.hospitalPoller!.pollNow();
-      const q = await Promise.all(nodes.map((n) => n.quiet()));
-      quietRuns = q.every(Boolean) ? quietRuns + 1 : 0;
-      await sleep(50);
-    }
-  };
-  const put = async (h: MedplumHospital, r: any): Promise<void> => {
-    const res = await fetch(`${h.url}/${r.resourceType}/${r.id}`, { method: 'PUT', headers: FHIR, body: JSON.stringify(r) });
-    assert.ok(res.ok, `PUT at the hospital: ${res.status} ${await res.text()}`);
-  };
+  let fx: MappedNodes;
+  const settle = (): Promise<void> => fx.settle({ timeoutMs: 120_000 });
+  const put = hospitalPut;
   const get = async (h: MedplumHospital, path: string): Promise<any> => {
     const res = await fetch(`${h.url}/${path}`, { headers: FHIR });
     assert.equal(res.status, 200, path);
@@ -274,38 +252,13 @@ describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
   };
 
   before(async () => {
-    const keys = names.map((n) => generateNodeKeys(n));
-    for (const [i, name] of names.entries()) {
-      const hospital = await startMedplumHospital({ name: `${name}-fhir` });
-      hospitals.push(hospital);
-      const other = names[1 - i]!;
-      const mapping: Mapping = loadMappingOrThrow(join(EXAMPLES, `${name}.mapping.json`), { peers: [other] });
-      const node = new TidegateNode({
-        secretKeys: keys[i]!.secretKeys,
-        peers: [{ nodeId: other, redisUrl: REDIS_URL, publicKeys: keys[1 - i]!.publicKeys }],
-        redisUrl: REDIS_URL,
-        queuePrefix: prefix,
-        hospital: new HospitalClient({ baseUrl: hospital.url, mapping }),
-        mapping,
-        logger: pino({ level: 'silent' }),
-        antiEntropyIntervalMs: 0,
-        batchDelayMs: 5,
-        hospitalPollIntervalMs: 3_600_000, // polled by hand (pollNow)
-      });
-      bases.push((await node.start()).replace(/\/fhir$/, ''));
-      nodes.push(node);
-    }
+    fx = await startMappedNodes({ prefix: 'mapids', names: ['hospital-a', 'hospital-b'], mappings: exampleMappings('hospital-a', 'hospital-b') });
   });
-
-  after(async () => {
-    for (const n of nodes.reverse()) await n.stop();
-    for (const h of hospitals) await h.close();
-    await clearRedisPrefix(REDIS_URL, prefix);
-  });
+  after(() => fx?.stop());
 
   test('crosswalk round trip A → B → A over HTTP: A\u2019s MRN kept first and unchanged, shared ones added, B gets its own MRN', async () => {
-    const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
-    const [nA, nB] = nodes as [TidegateNode, TidegateNode];
+    const [hA, hB] = fx.hospitals as [MedplumHospital, MedplumHospital];
+    const [nA, nB] = fx.nodes as [TidegateNode, TidegateNode];
     const p = registered(readSynthea('Patient')[0], A_MRN, 'A00001');
     await put(hA, p);
     await settle();
@@ -326,8 +279,8 @@ describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
   });
 
   test('a sure match by shared identifier is linked (seealso), not merged', async () => {
-    const [, hB] = hospitals as [MedplumHospital, MedplumHospital];
-    const [nA, nB] = nodes as [TidegateNode, TidegateNode];
+    const [, hB] = fx.hospitals as [MedplumHospital, MedplumHospital];
+    const [nA, nB] = fx.nodes as [TidegateNode, TidegateNode];
     const p = readSynthea('Patient')[0];
     // hospital B registers the same person again under B00001 (enterprise id E-1001), with another given name and no SSN
     const dup = { resourceType: 'Patient', id: 'b-dup-1', name: [{ family: 'Someone', given: ['Else'] }], birthDate: '1950-01-01', identifier: [{ system: B_MRN, value: 'B00001' }] };
@@ -338,13 +291,13 @@ describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
     assert.ok(keysOf(linked).includes(`${EMPI}|E-1001`));
     assert.equal(nodeBody(nB, `Patient/${p.id}`).link, undefined, 'the other record is unchanged');
     assert.ok(nodeBody(nA, 'Patient/b-dup-1'), 'both records travel as two resources');
-    const res = await fetch(`${bases[1]}/admin/matches`);
+    const res = await fetch(`${fx.urls[1]}/admin/matches`);
     assert.deepEqual(((await res.json()) as any).matches.filter((m: any) => m.candidate === 'Patient/b-dup-1'), [], 'a sure match is not a review item');
   });
 
   test('a possible match lands in GET /admin/matches (ids only), is not merged, and can be dismissed', async () => {
-    const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
-    const [, nB] = nodes as [TidegateNode, TidegateNode];
+    const [hA, hB] = fx.hospitals as [MedplumHospital, MedplumHospital];
+    const [, nB] = fx.nodes as [TidegateNode, TidegateNode];
     const p = readSynthea('Patient')[1];
     await put(hA, registered(p, A_MRN, 'A00002'));
     await settle();
@@ -352,7 +305,7 @@ describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
     const maybe = { ...registered(p, B_MRN, 'B77777', 'b-maybe-1'), identifier: [{ system: B_MRN, value: 'B77777' }] };
     await put(hB, maybe);
     await settle();
-    const res = await fetch(`${bases[1]}/admin/matches`);
+    const res = await fetch(`${fx.urls[1]}/admin/matches`);
     assert.equal(res.status, 200);
     const text = await res.text();
     const body = JSON.parse(text);
@@ -367,14 +320,14 @@ describe('end to end: two hospitals, two nodes', { skip: SYNTHEA_SKIP }, () => {
     assert.equal(nodeBody(nB, `Patient/${p.id}`).link, undefined, 'not merged into the other record');
     assert.ok(nodeBody(nB, `Patient/${p.id}`).identifier.some((i: any) => i.system === A_MRN), 'the existing record is unchanged');
 
-    const dismissed = await fetch(`${bases[1]}/admin/matches/${mine[0].id}/dismiss`, { method: 'POST' });
+    const dismissed = await fetch(`${fx.urls[1]}/admin/matches/${mine[0].id}/dismiss`, { method: 'POST' });
     assert.equal(dismissed.status, 200);
     assert.equal(((await dismissed.json()) as any).dismissed.id, mine[0].id);
-    const after: any = await (await fetch(`${bases[1]}/admin/matches`)).json();
+    const after: any = await (await fetch(`${fx.urls[1]}/admin/matches`)).json();
     assert.equal(after.matches.filter((m: any) => m.id === mine[0].id).length, 0);
-    const again = await fetch(`${bases[1]}/admin/matches/${mine[0].id}/dismiss`, { method: 'POST' });
+    const again = await fetch(`${fx.urls[1]}/admin/matches/${mine[0].id}/dismiss`, { method: 'POST' });
     assert.equal(again.status, 404);
     assert.equal(((await again.json()) as any).resourceType, 'OperationOutcome');
-    assert.equal((await fetch(`${bases[1]}/admin/matches/not-an-id/dismiss`, { method: 'POST' })).status, 404);
+    assert.equal((await fetch(`${fx.urls[1]}/admin/matches/not-an-id/dismiss`, { method: 'POST' })).status, 404);
   });
 });

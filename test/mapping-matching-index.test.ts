@@ -15,16 +15,9 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import pino from 'pino';
-import { generateNodeKeys } from '../src/envelope/index.ts';
-import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
-import type { MedplumHospital } from '../src/hospital/index.ts';
-import { loadMappingOrThrow } from '../src/mapping/index.ts';
 import { matchPatient, PatientMatcher } from '../src/mapping/matching.ts';
 import type { MatcherReplica, MatchRules } from '../src/mapping/matching.ts';
 import type { PatientMatchingConfig } from '../src/mapping/schema.ts';
@@ -32,11 +25,11 @@ import { Replica } from '../src/merge/replica.ts';
 import { loadMergePolicy } from '../src/merge/policy.ts';
 import { MemoryStore } from '../src/store/store.ts';
 import type { VersionRecord } from '../src/store/store.ts';
-import { TidegateNode } from '../src/node/node.ts';
+import type { TidegateNode } from '../src/node/node.ts';
+import { startMappedNodes } from './fixtures/mapped-nodes.ts';
+import type { MappedNodes } from './fixtures/mapped-nodes.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
-import { clearRedisPrefix } from './fixtures/redis.ts';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
 const EMPI = 'https://mpi.example.org/sid/enterprise-id';
 const OTHER_SHARED = 'https://mpi.example.org/sid/hospital-a-mrn';
@@ -182,7 +175,9 @@ describe('indexed matching decides exactly as the full comparison', { skip: SYNT
     const fresh = new PatientMatcher(rules, replica);
     const c = variants(synthea[0], 'early')[0];
     assert.equal(fresh.indexed, false);
-    assert.deepEqual(fresh.apply(c).outcome, matchPatient(c, allPatients(replica), rules));
+    const outcome = fresh.apply(c).outcome;
+    assert.deepEqual(outcome, matchPatient(c, allPatients(replica), rules));
+    assert.ok(outcome.matches.some((m) => m.otherId === synthea[0].id), 'the variant is found among every Patient (not two empty outcomes)');
   });
 });
 
@@ -246,9 +241,7 @@ describe('time to match one new Patient', () => {
 });
 
 describe('Patients created through the node FHIR API are matched', { skip: SYNTHEA_SKIP }, () => {
-  const prefix = `matchidx-${randomBytes(4).toString('hex')}`;
-  let dir = '';
-  let hospital: MedplumHospital | undefined;
+  let fx: MappedNodes | undefined;
   let node: TidegateNode | undefined;
   let base = '';
   let mappingFile = '';
@@ -264,23 +257,10 @@ describe('Patients created through the node FHIR API are matched', { skip: SYNTH
   const reviewFor = async (id: string): Promise<any[]> => ((await (await fetch(`${base}/admin/matches`)).json()) as any).matches.filter((m: any) => m.candidate === `Patient/${id}`);
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'tidegate-matchidx-'));
-    mappingFile = join(dir, 'node.mapping.json');
-    writeFileSync(mappingFile, JSON.stringify({ patientMatching: { sharedSystems: [EMPI], deterministic: { identifierSystems: [SSN] } } }));
-    hospital = await startMedplumHospital({ name: 'matchidx-h' });
-    const mapping = loadMappingOrThrow(mappingFile, { peers: [] });
-    node = new TidegateNode({
-      secretKeys: generateNodeKeys('matchidx').secretKeys,
-      peers: [],
-      redisUrl: REDIS_URL,
-      queuePrefix: prefix,
-      hospital: new HospitalClient({ baseUrl: hospital.url, mapping }),
-      mapping,
-      logger: pino({ level: 'silent' }),
-      antiEntropyIntervalMs: 0,
-      hospitalPollIntervalMs: 3_600_000,
-    });
-    base = (await node.start()).replace(/\/fhir$/, '');
+    fx = await startMappedNodes({ prefix: 'matchidx', names: ['matchidx'], mappings: { matchidx: { patientMatching: { sharedSystems: [EMPI], deterministic: { identifierSystems: [SSN] } } } } });
+    [node] = fx.nodes as [TidegateNode];
+    [base] = fx.urls as [string];
+    mappingFile = join(fx.dir, 'matchidx.mapping.json');
     for (const p of synthea.slice(0, 6)) {
       const res = await send('PUT', `Patient/held-${p.id}`, { ...p, id: `held-${p.id}`, identifier: [...p.identifier, { system: EMPI, value: `E-${p.id}` }] });
       assert.equal(res.status, 201);
@@ -289,12 +269,7 @@ describe('Patients created through the node FHIR API are matched', { skip: SYNTH
     assert.ok(node.patientMatcher!.indexed);
   });
 
-  after(async () => {
-    await node?.stop();
-    await hospital?.close();
-    await clearRedisPrefix(REDIS_URL, prefix);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => fx?.stop());
 
   test('create (POST): a sure match gets a seealso link in a separate version by the matcher', async () => {
     const [p0] = synthea;
@@ -375,6 +350,10 @@ describe('Patients created through the node FHIR API are matched', { skip: SYNTH
     // but it is indexed: a later API create matching it gets a link to it
     const res = await send('POST', 'Patient', { resourceType: 'Patient', identifier: [{ system: EMPI, value: `E-${p3.id}` }] });
     assert.deepEqual(links(res.body.id).map((l: any) => l.other.reference).sort(), [`Patient/from-peer`, `Patient/held-${p3.id}`]);
+    // the matcher has run since (it linked the create): the peer's version still has no link and no review item
+    assert.deepEqual(links('from-peer'), []);
+    assert.deepEqual(await reviewFor('from-peer'), []);
+    assert.equal(node!.replica.history('Patient/from-peer').length, 1, 'no version written by the matcher');
   });
 
   test('a mapping reload making SSN a shared system: the node\u2019s index is rebuilt and API creates match by SSN', async () => {

@@ -13,28 +13,25 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import pino from 'pino';
 import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
 import { canonicalStringify, parseFhirJson } from '../src/fhir/json.ts';
 import type { FhirJsonObject } from '../src/fhir/json.ts';
 import { validateFhirResource } from '../src/fhir/validate.ts';
 import { generateNodeKeys, open as openEnvelope } from '../src/envelope/index.ts';
 import type { NodePublicKeys } from '../src/envelope/index.ts';
-import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
 import { compileRedactRule, DATA_ABSENT_REASON_URL, openProjectionSqlite, ProjectionFeeds, formatPreview, loadMapping, loadMappingOrThrow, previewResource, REDACTED_SYSTEM, REDACTED_TOKEN, redactResource } from '../src/mapping/index.ts';
 import type { CompiledRedactRule, RedactRule } from '../src/mapping/index.ts';
 import { loadMergePolicy } from '../src/merge/policy.ts';
 import { Replica } from '../src/merge/replica.ts';
-import { TidegateNode } from '../src/node/node.ts';
+import type { TidegateNode } from '../src/node/node.ts';
 import { MemoryStore } from '../src/store/store.ts';
 import { decodeUpdates } from '../src/tide/codec.ts';
 import { REDACTED_LABEL_RULE } from '../src/tide/peer-authz.ts';
 import { inboxQueueName } from '../src/tide/index.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
+import { startMappedNodes } from './fixtures/mapped-nodes.ts';
+import type { MappedNodes } from './fixtures/mapped-nodes.ts';
 
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
@@ -358,79 +355,38 @@ function bytesText(b: Uint8Array): string {
 }
 
 describe('redaction end to end: three nodes, three Medplum hospitals, real Redis', { skip: SYNTHEA_SKIP }, () => {
-  const prefix = `redact-${randomBytes(4).toString('hex')}`;
-  const dir = mkdtempSync(join(tmpdir(), 'tidegate-redact-e2e-'));
   // A: the sender (its route redacts for "research"); R: the research node; C: a full peer
   const names = ['hospital-a', 'research', 'hospital-c'] as const;
   const keys = names.map((n) => generateNodeKeys(n));
-  const hospitals: MedplumHospital[] = [];
-  const nodes: TidegateNode[] = [];
-  let started: boolean[] = [];
+  let fx: MappedNodes;
+  let prefix = '';
+  let hospitals: MedplumHospital[] = [];
+  let nodes: TidegateNode[] = [];
+  const running = (): TidegateNode[] => nodes.filter((n) => fx.started().includes(n));
 
-  const settle = async (which: TidegateNode[] = nodes.filter((_n, i) => started[i])): Promise<void> => {
-    const deadline = Date.now() + 60_000;
-    let quietRuns = 0;
-    while (quietRuns < 2) {
-      if (Date.now() > deadline) throw new Error('nodes did not settle');
-      for (const n of which) await n.hospitalPoller?.pollNow();
-      const q = await Promise.all(which.map((n) => n.quiet()));
-      quietRuns = q.every(Boolean) ? quietRuns + 1 : 0;
-      await sleep(50);
-    }
-  };
+  const settle = (which: TidegateNode[] = running()): Promise<void> => fx.settle({ which });
   const antiEntropy = async (): Promise<void> => {
-    for (const [i, n] of nodes.entries()) if (started[i]) await n.tide.runAntiEntropy();
+    for (const n of running()) await n.tide.runAntiEntropy();
     await settle();
   };
 
   before(async () => {
-    const mappings: Record<string, object> = {
-      'hospital-a': { routes: { research: { redact: [{ path: 'Patient.telecom' }, { path: 'Patient.address', action: 'mask' }] } } },
-      // C holds the shared resource too: it must not give research the unredacted one
-      'hospital-c': { routes: { research: { withhold: [{ resourceType: 'Patient' }] } } },
-    };
-    for (const [i, name] of names.entries()) {
-      const hospital = await startMedplumHospital({ name: `${name}-fhir` });
-      hospitals.push(hospital);
-      const peers = names.filter((n) => n !== name);
-      let mapping;
-      if (mappings[name]) {
-        const file = join(dir, `${name}.mapping.json`);
-        writeFileSync(file, JSON.stringify(mappings[name]));
-        mapping = loadMappingOrThrow(file, { peers });
-      }
-      nodes.push(
-        new TidegateNode({
-          secretKeys: keys[i]!.secretKeys,
-          peers: peers.map((p) => ({ nodeId: p, redisUrl: REDIS_URL, publicKeys: keys[names.indexOf(p)]!.publicKeys })),
-          redisUrl: REDIS_URL,
-          queuePrefix: prefix,
-          hospital: new HospitalClient({ baseUrl: hospital.url, ...(mapping ? { mapping } : {}) }),
-          ...(mapping ? { mapping } : {}),
-          logger: pino({ level: 'silent' }),
-          antiEntropyIntervalMs: 0,
-          batchDelayMs: 5,
-          hospitalPollIntervalMs: 3_600_000, // polled by hand
-        }),
-      );
-    }
-    started = names.map(() => false);
-    // research starts later: its inbox is read raw first
-    for (const i of [0, 2]) {
-      await nodes[i]!.start();
-      started[i] = true;
-    }
+    fx = await startMappedNodes({
+      prefix: 'redact',
+      names,
+      keys: Object.fromEntries(names.map((n, i) => [n, keys[i]!])),
+      mappings: {
+        'hospital-a': { routes: { research: { redact: [{ path: 'Patient.telecom' }, { path: 'Patient.address', action: 'mask' }] } } },
+        // C holds the shared resource too: it must not give research the unredacted one
+        'hospital-c': { routes: { research: { withhold: [{ resourceType: 'Patient' }] } } },
+      },
+      // research starts later: its inbox is read raw first
+      start: ['hospital-a', 'hospital-c'],
+    });
+    ({ prefix, hospitals, nodes } = fx);
   });
 
-  after(async () => {
-    for (const [i, n] of [...nodes.entries()].reverse()) if (started[i]) await n.stop();
-    for (const h of hospitals) await h.close();
-    const r = new Redis(REDIS_URL);
-    const k = await r.keys(`${prefix}:*`);
-    if (k.length > 0) await r.del(...k);
-    await r.quit();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  after(() => fx?.stop());
 
   test('research gets a read-only projection without telecom; the full peer gets everything; edits flow one way', async () => {
     const [nA, nR, nC] = nodes as [TidegateNode, TidegateNode, TidegateNode];
@@ -475,8 +431,7 @@ describe('redaction end to end: three nodes, three Medplum hospitals, real Redis
     }
 
     // 2. research runs: its store and its hospital hold the projection
-    await nR.start();
-    started[1] = true;
+    await fx.start('research');
     await settle();
     await antiEntropy();
     const atR = JSON.parse(nR.replica.current(key)!.body!);

@@ -8,21 +8,12 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
-import pino from 'pino';
-import { generateNodeKeys } from '../src/envelope/index.ts';
-import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
 import type { MedplumHospital } from '../src/hospital/index.ts';
-import { loadMappingOrThrow } from '../src/mapping/index.ts';
-import { TidegateNode } from '../src/node/node.ts';
+import type { TidegateNode } from '../src/node/node.ts';
 import { readSynthea, SYNTHEA_SKIP } from './fixtures/synthea.ts';
-import { clearRedisPrefix } from './fixtures/redis.ts';
+import { exampleMappings, hospitalPut, startMappedNodes } from './fixtures/mapped-nodes.ts';
+import type { MappedNodes } from './fixtures/mapped-nodes.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const LOCAL_LAB = 'http://hospital-a.example.org/fhir/CodeSystem/lab-codes';
 const LOINC = 'http://loinc.org';
 const FHIR = { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' };
@@ -34,68 +25,21 @@ function firstLine(type: string, pick: (r: any) => boolean): any {
   return found;
 }
 
-async function hospitalPut(h: MedplumHospital, resource: any): Promise<void> {
-  const res = await fetch(`${h.url}/${resource.resourceType}/${resource.id}`, { method: 'PUT', headers: FHIR, body: JSON.stringify(resource) });
-  assert.ok(res.ok, `PUT at the hospital: ${res.status} ${await res.text()}`);
-}
-
 async function hospitalGet(h: MedplumHospital, path: string): Promise<{ status: number; body: any }> {
   const res = await fetch(`${h.url}/${path}`, { headers: FHIR });
   return { status: res.status, body: res.status === 200 ? await res.json() : undefined };
 }
 
 describe('round trip A → B → A through the hospital boundary', { skip: SYNTHEA_SKIP }, () => {
-  const prefix = `maprt-${randomBytes(4).toString('hex')}`;
-  const names = ['hospital-a', 'hospital-b'] as const;
-  const hospitals: MedplumHospital[] = [];
-  const nodes: TidegateNode[] = [];
-
-  /** Polls both hospitals and waits until both nodes are quiet twice in a row. */
-  const settle = async (): Promise<void> => {
-    const deadline = Date.now() + 60_000;
-    let quietRuns = 0;
-    while (quietRuns < 2) {
-      if (Date.now() > deadline) throw new Error('nodes did not settle');
-      for (const n of nodes) await n.hospitalPoller!.pollNow();
-      const q = await Promise.all(nodes.map((n) => n.quiet()));
-      quietRuns = q.every(Boolean) ? quietRuns + 1 : 0;
-      await sleep(50);
-    }
-  };
-
+  let fx: MappedNodes;
   before(async () => {
-    const keys = names.map((n) => generateNodeKeys(n));
-    for (const [i, name] of names.entries()) {
-      const hospital = await startMedplumHospital({ name: `${name}-fhir` });
-      hospitals.push(hospital);
-      const other = names[1 - i]!;
-      const mapping = loadMappingOrThrow(join(ROOT, `config/examples/${name}.mapping.json`), { peers: [other] });
-      const node = new TidegateNode({
-        secretKeys: keys[i]!.secretKeys,
-        peers: [{ nodeId: other, redisUrl: REDIS_URL, publicKeys: keys[1 - i]!.publicKeys }],
-        redisUrl: REDIS_URL,
-        queuePrefix: prefix,
-        hospital: new HospitalClient({ baseUrl: hospital.url, mapping }),
-        mapping,
-        logger: pino({ level: 'silent' }),
-        antiEntropyIntervalMs: 0,
-        batchDelayMs: 5,
-        hospitalPollIntervalMs: 3_600_000, // polled by hand (pollNow)
-      });
-      await node.start();
-      nodes.push(node);
-    }
+    fx = await startMappedNodes({ prefix: 'maprt', names: ['hospital-a', 'hospital-b'], mappings: exampleMappings('hospital-a', 'hospital-b') });
   });
-
-  after(async () => {
-    for (const n of nodes.reverse()) await n.stop();
-    for (const h of hospitals) await h.close();
-    await clearRedisPrefix(REDIS_URL, prefix);
-  });
+  after(() => fx?.stop());
 
   test('a local lab code written at hospital A is LOINC at hospital B with the original kept, and back at A unchanged', async () => {
-    const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
-    const [nA, nB] = nodes as [TidegateNode, TidegateNode];
+    const [hA, hB] = fx.hospitals as [MedplumHospital, MedplumHospital];
+    const [nA, nB] = fx.nodes as [TidegateNode, TidegateNode];
     const patient = firstLine('Patient', () => true);
     const localCoding = { system: LOCAL_LAB, code: 'GLU', display: 'Glucose, serum' };
     await hospitalPut(hA, patient);
@@ -108,7 +52,7 @@ describe('round trip A → B → A through the hospital boundary', { skip: SYNTH
       subject: { reference: `Patient/${patient.id}` },
       valueQuantity: { value: 5.4, unit: 'mmol/L', system: 'http://unitsofmeasure.org', code: 'mmol/L' },
     });
-    await settle();
+    await fx.settle();
 
     // every replica holds the same translated version
     const atA = nA.replica.current('Observation/rt-glucose');
@@ -127,7 +71,7 @@ describe('round trip A → B → A through the hospital boundary', { skip: SYNTH
 
     // a clinician at hospital B finalizes the result on B's own server
     await hospitalPut(hB, { ...b1.body, status: 'final', note: [{ text: 'checked at B' }] });
-    await settle();
+    await fx.settle();
 
     const a2 = await hospitalGet(hA, 'Observation/rt-glucose');
     assert.equal(a2.body.status, 'final', 'the edit made at B reached A');
@@ -139,14 +83,14 @@ describe('round trip A → B → A through the hospital boundary', { skip: SYNTH
   });
 
   test('a sensitive Synthea Condition written at hospital A reaches neither node B nor hospital B', async () => {
-    const [hA, hB] = hospitals as [MedplumHospital, MedplumHospital];
-    const [nA, nB] = nodes as [TidegateNode, TidegateNode];
+    const [hA, hB] = fx.hospitals as [MedplumHospital, MedplumHospital];
+    const [nA, nB] = fx.nodes as [TidegateNode, TidegateNode];
     const sensitive = firstLine('Condition', (c) => c.code.coding[0].code === '706893006');
     const ordinary = firstLine('Condition', (c) => c.code.coding[0].code === '444814009');
     for (const c of [sensitive, ordinary]) await hospitalPut(hA, { ...c, subject: { reference: 'Patient/rt-someone' }, encounter: undefined });
-    await settle();
+    await fx.settle();
     await nA.tide.runAntiEntropy();
-    await settle();
+    await fx.settle();
     assert.ok(nA.replica.current(`Condition/${sensitive.id}`), 'A holds it');
     assert.ok(nB.replica.current(`Condition/${ordinary.id}`), 'the ordinary Condition reached B');
     assert.equal(nB.replica.current(`Condition/${sensitive.id}`), undefined, 'node B never got it');

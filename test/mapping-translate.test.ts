@@ -14,7 +14,7 @@ import express from 'express';
 import request from 'supertest';
 import { canonicalStringify, parseFhirJson } from '../src/fhir/json.ts';
 import type { FhirJsonObject } from '../src/fhir/json.ts';
-import { loadMappingOrThrow, MappingError, previewResource, translateRouter } from '../src/mapping/index.ts';
+import { compileConceptMap, loadMappingOrThrow, MappingError, previewResource, translateRouter } from '../src/mapping/index.ts';
 import type { Mapping } from '../src/mapping/index.ts';
 import { SYNTHEA_DIR, SYNTHEA_SKIP } from './fixtures/synthea.ts';
 
@@ -224,6 +224,8 @@ describe('$translate over HTTP', () => {
     assert.equal(res.status, 400);
     assert.equal(res.body.resourceType, 'OperationOutcome');
     assert.match(res.body.issue[0].expression[0], /group\[0\]\.element\[0\]\.target\[0\]\.equivalence$/);
+    assert.equal(res.body.issue[0].diagnostics, 'conceptMap: "same" is not a ConceptMap equivalence');
+    assert.throws(() => compileConceptMap(cm), { name: 'ConceptMapError', code: 'ERR_CONCEPTMAP_INVALID', message: 'invalid ConceptMap: /group/0/element/0/target/0/equivalence: "same" is not a ConceptMap equivalence' });
   });
 
   test('bad requests are OperationOutcomes: 400, 404, 405, 415', async () => {

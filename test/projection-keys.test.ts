@@ -22,7 +22,6 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import pino from 'pino';
-import { Redis } from 'ioredis';
 import { Replica } from '../src/merge/replica.ts';
 import { loadMergePolicy } from '../src/merge/policy.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
@@ -33,14 +32,13 @@ import { createKeyStore, keyStoreToSecretKeys, retireKey, rotateKeyStore, writeK
 import type { KeyStore } from '../src/envelope/keys.ts';
 import { generateNodeKeys } from '../src/envelope/index.ts';
 import { loadMappingOrThrow, openProjectionSqlite, ProjectionFeeds } from '../src/mapping/index.ts';
-import { TidegateNode } from '../src/node/node.ts';
-import { HospitalClient, startMedplumHospital } from '../src/hospital/index.ts';
-import type { MedplumHospital } from '../src/hospital/index.ts';
-import { deleteKeysMatching } from '../src/tide/redis-keys.ts';
+import type { TidegateNode } from '../src/node/node.ts';
 import { Queue } from 'bullmq';
 import { open as openEnvelope } from '../src/envelope/index.ts';
 import { decodeUpdates } from '../src/tide/codec.ts';
 import { inboxQueueName } from '../src/tide/index.ts';
+import { startMappedNodes } from './fixtures/mapped-nodes.ts';
+import type { MappedNodes } from './fixtures/mapped-nodes.ts';
 
 const POLICY = loadMergePolicy();
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -221,10 +219,10 @@ describe('key rotation with a projection peer', () => {
 });
 
 describe('a projection store that cannot be opened is visible', () => {
-  const prefix = `tg-pkn-${randomBytes(4).toString('hex')}`;
-  let hospital: MedplumHospital;
+  let fx: MappedNodes | undefined;
   let node: TidegateNode;
   let url = '';
+  let prefix = '';
   const lines: string[] = [];
   let dir = '';
   const keysA = generateNodeKeys('pk-a');
@@ -235,38 +233,29 @@ describe('a projection store that cannot be opened is visible', () => {
     // a projection store sealed under another node's key: this node's keys do not open its vault
     const storeFile = join(dir, 'a.sqlite');
     openProjectionSqlite(storeFile, 'pk-research', { secretKeys: keysR.secretKeys }).close();
-    writeFileSync(join(dir, 'mapping.json'), JSON.stringify({ routes: { 'pk-research': { redact: [{ path: 'Patient.telecom' }] } } }));
-    const mapping = loadMappingOrThrow(join(dir, 'mapping.json'), { peers: ['pk-research'] });
-    hospital = await startMedplumHospital({ name: 'pk-a-fhir' });
     const sink = new Writable({
       write(chunk: Buffer, _enc, cb) {
         lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
         cb();
       },
     });
-    node = new TidegateNode({
-      secretKeys: keysA.secretKeys,
-      peers: [{ nodeId: 'pk-research', redisUrl: REDIS_URL, publicKeys: keysR.publicKeys }],
-      redisUrl: REDIS_URL,
-      queuePrefix: prefix,
-      hospital: new HospitalClient({ baseUrl: hospital.url, mapping }),
-      mapping,
-      logger: pino({ level: 'info' }, sink),
-      antiEntropyIntervalMs: 0,
-      batchDelayMs: 5,
-      hospitalPollIntervalMs: 3_600_000,
-      projectionStore: (peerId) => openProjectionSqlite(storeFile, peerId, { secretKeys: keysA.secretKeys }),
+    fx = await startMappedNodes({
+      prefix: 'tg-pkn',
+      names: ['pk-a'],
+      remotePeers: ['pk-research'],
+      keys: { 'pk-a': keysA, 'pk-research': keysR },
+      mappings: { 'pk-a': { routes: { 'pk-research': { redact: [{ path: 'Patient.telecom' }] } } } },
+      node: () => ({
+        logger: pino({ level: 'info' }, sink),
+        projectionStore: (peerId) => openProjectionSqlite(storeFile, peerId, { secretKeys: keysA.secretKeys }),
+      }),
     });
-    url = (await node.start()).replace(/\/fhir$/, '');
+    [node] = fx.nodes as [TidegateNode];
+    [url] = fx.urls as [string];
+    prefix = fx.prefix;
   });
 
-  after(async () => {
-    await node?.stop();
-    await hospital?.close();
-    const r = new Redis(REDIS_URL);
-    await deleteKeysMatching(r, `${prefix}:*`);
-    r.disconnect();
-  });
+  after(() => fx?.stop());
 
   it('GET /admin/peers shows lastError for the peer, anti-entropy keeps running, the warning is rate-limited', async () => {
     for (let i = 0; i < 30; i++) {
@@ -308,46 +297,31 @@ describe('a projection store that cannot be opened is visible', () => {
 });
 
 describe('a projection store that stops taking writes is visible', () => {
-  const prefix = `tg-pkw-${randomBytes(4).toString('hex')}`;
-  let hospital: MedplumHospital;
+  let fx: MappedNodes | undefined;
   let node: TidegateNode;
   let url = '';
   let projectionPath = '';
-  const keysA = generateNodeKeys('pkw-a');
-  const keysR = generateNodeKeys('pkw-research');
 
   before(async () => {
     const dir = mkdtempSync(join(root, 'wnode-'));
-    writeFileSync(join(dir, 'mapping.json'), JSON.stringify({ routes: { 'pkw-research': { redact: [{ path: 'Patient.telecom' }] } } }));
-    const mapping = loadMappingOrThrow(join(dir, 'mapping.json'), { peers: ['pkw-research'] });
-    hospital = await startMedplumHospital({ name: 'pkw-a-fhir' });
-    node = new TidegateNode({
-      secretKeys: keysA.secretKeys,
-      peers: [{ nodeId: 'pkw-research', redisUrl: REDIS_URL, publicKeys: keysR.publicKeys }],
-      redisUrl: REDIS_URL,
-      queuePrefix: prefix,
-      hospital: new HospitalClient({ baseUrl: hospital.url, mapping }),
-      mapping,
-      logger: pino({ level: 'silent' }),
-      antiEntropyIntervalMs: 0,
-      batchDelayMs: 5,
-      hospitalPollIntervalMs: 3_600_000,
-      projectionStore: (peerId) => {
-        const p = openProjectionSqlite(join(dir, 'a.sqlite'), peerId, { secretKeys: keysA.secretKeys, busyTimeoutMs: 50 });
-        projectionPath = p.path;
-        return p;
-      },
+    fx = await startMappedNodes({
+      prefix: 'tg-pkw',
+      names: ['pkw-a'],
+      remotePeers: ['pkw-research'],
+      mappings: { 'pkw-a': { routes: { 'pkw-research': { redact: [{ path: 'Patient.telecom' }] } } } },
+      node: (_name, { keys }) => ({
+        projectionStore: (peerId) => {
+          const p = openProjectionSqlite(join(dir, 'a.sqlite'), peerId, { secretKeys: keys['pkw-a']!.secretKeys, busyTimeoutMs: 50 });
+          projectionPath = p.path;
+          return p;
+        },
+      }),
     });
-    url = (await node.start()).replace(/\/fhir$/, '');
+    [node] = fx.nodes as [TidegateNode];
+    [url] = fx.urls as [string];
   });
 
-  after(async () => {
-    await node?.stop();
-    await hospital?.close();
-    const r = new Redis(REDIS_URL);
-    await deleteKeysMatching(r, `${prefix}:*`);
-    r.disconnect();
-  });
+  after(() => fx?.stop());
 
   const put = async (telecom: string): Promise<void> => {
     const res = await fetch(`${url}/fhir/Patient/pkw-1`, { method: 'PUT', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', id: 'pkw-1', gender: telecom.endsWith('1') ? 'female' : 'male', telecom: [{ system: 'phone', value: telecom }] }) });

@@ -12,6 +12,8 @@
 import { validateFhirResource } from '../fhir/validate.ts';
 import { toFhirJson } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
+import { IssueListError } from './issue-list.ts';
+import type { HintedIssue } from './issue-list.ts';
 
 /** A Coding (https://hl7.org/fhir/R4/datatypes.html#Coding), the members read and written here. */
 export interface CodingValue {
@@ -44,21 +46,17 @@ interface CompiledGroup {
 }
 
 /** A problem found in a ConceptMap: JSON Pointer into the map, message, hint. */
-export interface ConceptMapIssue {
+export interface ConceptMapIssue extends HintedIssue {
   pointer: string;
-  message: string;
-  hint: string;
 }
 
 /** Thrown by {@link compileConceptMap}; `issues` point into the map's JSON. */
-export class ConceptMapError extends Error {
+export class ConceptMapError extends IssueListError<ConceptMapIssue> {
   override readonly name = 'ConceptMapError';
   readonly code = 'ERR_CONCEPTMAP_INVALID';
-  readonly issues: readonly ConceptMapIssue[];
   /** @param issues - what is wrong, with JSON Pointers. */
   constructor(issues: readonly ConceptMapIssue[]) {
-    super(`invalid ConceptMap: ${issues.map((i) => `${i.pointer || '(root)'}: ${i.message}`).join('; ')}`);
-    this.issues = issues;
+    super('ConceptMap', issues, (i) => i.pointer || '(root)');
   }
 }
 

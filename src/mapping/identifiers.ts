@@ -22,6 +22,8 @@ import { readFileSync } from 'node:fs';
 import { isJsonObject } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import type { MappingDirection } from './translate.ts';
+import { IssueListError } from './issue-list.ts';
+import type { HintedIssue } from './issue-list.ts';
 
 /** A crosswalk table: local value ↔ shared value, one to one. */
 export interface Crosswalk {
@@ -55,21 +57,17 @@ export interface IdentifierChange {
 }
 
 /** One problem in a crosswalk file (1-based line). */
-export interface CrosswalkIssue {
+export interface CrosswalkIssue extends HintedIssue {
   line: number;
-  message: string;
-  hint: string;
 }
 
 /** Thrown by {@link readCrosswalk}: `issues` lists every problem with its line. */
-export class CrosswalkError extends Error {
+export class CrosswalkError extends IssueListError<CrosswalkIssue> {
   override readonly name = 'CrosswalkError';
   readonly code = 'ERR_MAPPING_CROSSWALK';
-  readonly issues: readonly CrosswalkIssue[];
   /** @param issues - at least one issue. */
   constructor(issues: readonly CrosswalkIssue[]) {
-    super(`invalid crosswalk: ${issues.map((i) => `line ${i.line}: ${i.message}`).join('; ')}`);
-    this.issues = issues;
+    super('crosswalk', issues, (i) => `line ${i.line}`);
   }
 }
 
