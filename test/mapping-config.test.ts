@@ -61,7 +61,7 @@ describe('mapping configuration', () => {
     const published = JSON.parse(readFileSync(join(ROOT, 'docs/mappings.schema.json'), 'utf8'));
     assert.deepEqual(published, mappingJsonSchema(), 'regenerate docs/mappings.schema.json (see docs/mappings.md "The file")');
     assert.equal(published.additionalProperties, false);
-    assert.deepEqual(Object.keys(published.properties as object).sort(), ['$schema', 'conceptMaps', 'consent', 'description', 'identifierSystems', 'patientMatching', 'profilesDir', 'routes']);
+    assert.deepEqual(Object.keys(published.properties as object).sort(), ['$schema', 'conceptMaps', 'consent', 'description', 'identifierSystems', 'patientMatching', 'policyAgreement', 'profilesDir', 'routes']);
   });
 
   test('JSON positions: every value and key is located by JSON Pointer; a syntax error has its place', () => {

@@ -151,6 +151,7 @@ export const MappingFileSchema = z.strictObject({
   identifierSystems: z.array(IdentifierSystemSchema).default([]).describe('local identifier systems and their shared counterparts, applied at the hospital boundary'),
   patientMatching: PatientMatchingSchema.optional().describe('rules deciding when a Patient read from this hospital is the same person as one the node holds'),
   consent: ConsentPolicySchema.default({ honour: true, scopes: ['patient-privacy'], noConsent: 'permit' }).describe('how Consent resources decide what each peer receives; honoured by default'),
+  policyAgreement: z.enum(['warn', 'enforce']).default('warn').describe('when another node advertises other rules for a peer both serve (docs/tide.md "Policy agreement"): warn only, or also withhold from that node the resource types those rules protect until it agrees'),
 });
 
 /** A parsed mapping file (defaults applied). */

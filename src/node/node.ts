@@ -44,6 +44,7 @@ import type { OpenedProjectionStore } from '../mapping/projection.ts';
 import type { Mapping } from '../mapping/index.ts';
 import { translateRouter } from '../mapping/index.ts';
 import { LiveMapping, nodeReloader } from '../mapping/live.ts';
+import { policyDigestSource, sensitiveTypesSource } from '../mapping/policy-digest.ts';
 import type { NodeReloadReport } from '../mapping/live.ts';
 import { livePatientMatcher } from '../mapping/matching.ts';
 import type { PatientMatcher } from '../mapping/matching.ts';
@@ -249,6 +250,9 @@ export class TidegateNode {
       // Consent decisions travel as the same label, so every peer carries it even without a mapping.
       peers: opts.peers.map((p) => withRedaction({ ...p, withheldLabels: [...(p.withheldLabels ?? []), routeLabelRule(p.nodeId)] })),
       logger: log,
+      // per-peer policy digests, advertised in anti-entropy and compared (docs/tide.md "Policy agreement"); recomputed on reload
+      policyDigests: policyDigestSource(opts.peers, live),
+      policyEnforcement: sensitiveTypesSource(opts.peers, live, (m) => m?.policyAgreement === 'enforce'),
       antiEntropyIntervalMs: opts.antiEntropyIntervalMs ?? 30000,
       ...(opts.batchDelayMs !== undefined ? { batchDelayMs: opts.batchDelayMs } : {}),
       onRejection: (event) => this.detector.tideRejection(event),

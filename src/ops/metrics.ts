@@ -124,6 +124,7 @@ export function tideMetricsRegistry(tide: MetricsSource, nodeId: string, securit
   );
   perPeer('tidegate_tide_peer_lagging', '1 when the peer\u2019s last digests showed it behind (relay target).', (p) => (p.lagging ? 1 : 0));
   perPeer('tidegate_tide_peer_quarantined_total', 'Messages quarantined whose (claimed) sender is the peer.', (p) => p.quarantined);
+  perPeer('tidegate_tide_peer_policy_disagreements', 'Other nodes whose advertised policy digest for the peer differs from this node\u2019s (docs/tide.md "Policy agreement"); 0 = none known.', (p) => p.policy.with.length);
 
   if (security) {
     new Counter({

@@ -245,6 +245,59 @@ export function decodeTree(bytes: Uint8Array): TreeMessage {
   });
 }
 
+/** One entry of an `ae-policy` message: a peer id and the sender's policy digest for it (32 bytes, SHA-256). */
+export interface PolicyDigestEntry {
+  peer: string;
+  digest: Uint8Array;
+}
+
+/** Plaintext format version of `ae-policy`. */
+export const POLICY_VERSION = 1;
+/** Length of one policy digest, bytes (SHA-256, FIPS 180-4). */
+export const POLICY_DIGEST_BYTES = 32;
+/** Node ids as in the node configuration (src/config/config.ts). */
+const PEER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/**
+ * Encode an `ae-policy` message (docs/tide.md "Policy agreement"): `varUint 1`, `varUint n`, then
+ * n × (`varString peerId`, `varUint8Array digest`), sorted by peer id (UTF-16 code units).
+ * @param entries - at most {@link MAX_TREE_ITEMS}, distinct peer ids, 32-byte digests (not re-validated here).
+ * @returns The plaintext bytes.
+ */
+export function encodePolicy(entries: readonly PolicyDigestEntry[]): Uint8Array {
+  const enc = encoding.createEncoder();
+  encoding.writeVarUint(enc, POLICY_VERSION);
+  const sorted = [...entries].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0));
+  encoding.writeVarUint(enc, sorted.length);
+  for (const e of sorted) {
+    encoding.writeVarString(enc, e.peer);
+    encoding.writeVarUint8Array(enc, e.digest);
+  }
+  return encoding.toUint8Array(enc);
+}
+
+/**
+ * Decode an `ae-policy` message (see {@link encodePolicy}). Returned digests are copies.
+ * @throws TidePlaintextError on any malformation: bad version, more than {@link MAX_TREE_ITEMS}
+ *   entries, a bad peer id, ids not strictly ascending, a digest that is not 32 bytes, trailing bytes.
+ */
+export function decodePolicy(bytes: Uint8Array): PolicyDigestEntry[] {
+  return strict(bytes, POLICY_VERSION, (dec) => {
+    const n = readCount(dec);
+    if (n > MAX_TREE_ITEMS) throw new TidePlaintextError('bad number of policy digests');
+    const out: PolicyDigestEntry[] = [];
+    for (let i = 0; i < n; i++) {
+      const peer = decoding.readVarString(dec);
+      if (!PEER_ID_RE.test(peer)) throw new TidePlaintextError('bad peer id');
+      if (out.length > 0 && !((out[out.length - 1] as PolicyDigestEntry).peer < peer)) throw new TidePlaintextError('policy peers not sorted and distinct');
+      const digest = decoding.readVarUint8Array(dec).slice();
+      if (digest.length !== POLICY_DIGEST_BYTES) throw new TidePlaintextError('bad policy digest');
+      out.push({ peer, digest });
+    }
+    return out;
+  });
+}
+
 /**
  * True when `theirs` has seen some Yjs operation that `mine` has not, i.e. some client's clock in
  * `theirs` is greater than in `mine`. (State vectors do not describe deletions.)

@@ -44,6 +44,7 @@ export type {
   NodePublicKeys,
   NodeSecretKeys,
   PeerConfig,
+  PeerPolicyStatus,
   PeerQuarantine,
   PeerStatus,
   ProjectionSource,

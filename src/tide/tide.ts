@@ -24,9 +24,11 @@ import type { NodePublicKeys, NodeSecretKeys, OpenResult } from '../envelope/ind
 import {
   MAX_TREE_ITEMS,
   decodeDigest,
+  decodePolicy,
   decodeTree,
   decodeUpdates,
   encodeDigest,
+  encodePolicy,
   encodeTree,
   encodeUpdates,
   intersectTypes,
@@ -35,10 +37,11 @@ import {
   TidePlaintextError,
   typeAllowed,
 } from './codec.ts';
-import type { Digest, DigestEntry, TreeMessage, TypeFilter } from './codec.ts';
+import type { Digest, DigestEntry, PolicyDigestEntry, TreeMessage, TypeFilter } from './codec.ts';
 import { DigestTree, PathSet, ROOT_PATH, TREE_MAX_DEPTH, childrenOf, keyHashOf, makeLeaf, pathsOverlap, pathId, sameNode } from './tree.ts';
 import type { TreeLeaf, TreeNode, TreePath } from './tree.ts';
 import { AuditLog, quarantineAuditEvent } from './audit.ts';
+import { PolicyAgreement } from './policy.ts';
 import type { QuarantineRecord } from './audit.ts';
 import { labelsWithheld, parseLabelRule, REDACTED_LABEL_RULE, ruleText } from './peer-authz.ts';
 import type { LabelRule, SecurityLabel } from './peer-authz.ts';
@@ -231,6 +234,8 @@ export class Tide {
   readonly #prefix: string;
   readonly #replica: Replica;
   readonly #log: TideLogger;
+  /** Policy agreement with the peers (./policy.ts, docs/tide.md "Policy agreement"). */
+  readonly #policy: PolicyAgreement;
   readonly #batchMaxUpdates: number;
   readonly #batchMaxBytes: number;
   readonly #batchDelayMs: number;
@@ -319,6 +324,7 @@ export class Tide {
     this.#prefix = opts.prefix ?? 'tidegate';
     this.#replica = opts.replica;
     this.#log = opts.logger ?? defaultLogger;
+    this.#policy = new PolicyAgreement(opts.policyDigests, opts.policyEnforcement);
     this.#batchMaxUpdates = positiveInt('batchMaxUpdates', opts.batchMaxUpdates ?? 200, MAX_HEADER_RESOURCES);
     this.#batchMaxBytes = positiveInt('batchMaxBytes', opts.batchMaxBytes ?? 1_048_576);
     this.#batchDelayMs = nonNegativeInt('batchDelayMs', opts.batchDelayMs ?? 20);
@@ -769,18 +775,22 @@ export class Tide {
     if (this.#state !== 'running') throw new Error(`Tide ${this.nodeId}: runAntiEntropy() when ${this.#state}`);
     const roots = new Map<string, TreeNode>();
     const sends: Promise<void>[] = [];
+    const enforcing = this.#policy.enforcing; // fail-closed policy agreement: each peer's tree is its own
     for (const [peerId, link] of this.#links) {
       if (link.quarantine) continue; // nothing is exchanged with a quarantined peer
       const types = link.knowledge.types ?? link.aeTypes;
       // peers with withheld labels get a tree without the resources withheld from them
       // a projection peer's tree is its own (projected types come from its projection source)
-      const fid = `${types === undefined ? '*' : types.join(',')}#${link.treeWithheld.map(ruleText).join(',')}${link.config.projection && link.config.projection.types().size > 0 ? `#projection:${peerId}` : ''}`;
+      const fid = `${types === undefined ? '*' : types.join(',')}#${link.treeWithheld.map(ruleText).join(',')}${link.config.projection && link.config.projection.types().size > 0 ? `#projection:${peerId}` : ''}${enforcing ? `#policy:${peerId}` : ''}`;
       let root = roots.get(fid);
       if (!root) {
         root = this.#tree(types, undefined, this.#excluder(link), this.#viewOf(link)).node(ROOT_PATH);
         roots.set(fid, root);
       }
       sends.push(this.#sendTree(peerId, types, [root]));
+      // policy digests (./policy.ts): to capable peers every round, to the others once per start
+      const policy = this.#policy.outgoing(peerId);
+      if (policy !== undefined) sends.push(this.#send(peerId, 'ae-policy', [], encodePolicy(policy), 0));
     }
     await Promise.all(sends);
     this.#stats.antiEntropyRuns++;
@@ -845,6 +855,7 @@ export class Tide {
         withheldLabels: l.withheld.map(ruleText),
         projectedTypes: [...(l.config.projection?.types() ?? [])].sort(),
         quarantine: l.quarantine ? { ...l.quarantine } : undefined,
+        policy: this.#policy.status(nodeId),
       });
     }
     return out;
@@ -1032,6 +1043,8 @@ export class Tide {
 
   /** True when `key` must not be sent to the link's peer: its labels match a withheld rule, or cannot be read (fail closed). */
   #withheldFrom(link: PeerLink, key: string, rules: readonly LabelRule[] = link.withheld): boolean {
+    // fail-closed policy agreement (./policy.ts): kept from a peer that may apply other rules to a third
+    if (this.#policy.enforcing && this.#policy.blocks(link.config.nodeId, typeOfKey(key))) return true;
     if (rules.length === 0) return false;
     const labels = this.#labelsOf(key);
     return labels === null || labelsWithheld(labels, rules);
@@ -1039,7 +1052,7 @@ export class Tide {
 
   /** Tree exclusion for a peer with withheld labels (undefined when it has none): its `treeWithheld` rules. */
   #excluder(link: PeerLink): ((key: string) => boolean) | undefined {
-    return link.treeWithheld.length === 0 ? undefined : (key) => this.#withheldFrom(link, key, link.treeWithheld);
+    return link.treeWithheld.length === 0 && !this.#policy.enforcing ? undefined : (key) => this.#withheldFrom(link, key, link.treeWithheld);
   }
 
   // ---------------------------------------------------------------- sending
@@ -1171,7 +1184,7 @@ export class Tide {
         plaintext = () => encodeUpdates(kept);
         updateCount = kept.length;
       }
-      if (sentUpdates && kind === 'updates' && link.withheld.length > 0) {
+      if (sentUpdates && kind === 'updates' && (link.withheld.length > 0 || this.#policy.enforcing)) {
         // Judged again at seal time: a label (or route, or Consent decision, or mapping reload)
         // that changed while this batch waited in the peer's chain withholds it too.
         const kept = sentUpdates.filter((u) => !this.#withheldFrom(link, u.key));
@@ -1431,6 +1444,11 @@ export class Tide {
         this.#stats.digestsReceived++;
         break;
       }
+      case 'ae-policy': {
+        const entries = this.#decode(job, sender, header.kind, () => decodePolicy(plaintext));
+        if (link) this.#receivePolicy(sender, entries);
+        break;
+      }
       default:
         this.#reject(job, 'ERR_UNKNOWN_KIND', sender, true, header.kind);
     }
@@ -1582,6 +1600,21 @@ export class Tide {
   }
 
   // ---------------------------------------------------------------- anti-entropy
+
+  /**
+   * Records a peer's advertised policy digests (./policy.ts) and warns, rate-limited per sender and
+   * set of peers, when they differ from this node's: node ids and digest prefixes only, no PHI.
+   */
+  #receivePolicy(sender: string, entries: readonly PolicyDigestEntry[]): void {
+    const differ = this.#policy.receive(sender, entries, Date.now());
+    if (differ.length === 0) return;
+    const mine = this.#policy.mine();
+    this.#warnRateLimited(
+      `policy:${sender}:${differ.join(',')}`,
+      { node: this.nodeId, peer: sender, disagreesOn: differ, mine: differ.map((p) => mine.get(p)?.slice(0, 12)), theirs: differ.map((p) => this.#policy.advertisedPrefix(sender, p)) },
+      'tide: peer applies other rules to a third peer (policy digests differ); see GET /admin/peers',
+    );
+  }
 
   /** The tree key hash of `key` (cached). */
   #keyHash(key: string): number {

@@ -8,6 +8,8 @@
 import type { RedisTls } from '../transport/tls.ts';
 import type { EnvelopeCryptoPool, NodePublicKeys, NodeSecretKeys } from '../envelope/index.ts';
 import type { SecurityLabel } from './peer-authz.ts';
+import type { PeerPolicyStatus } from './policy.ts';
+export type { PeerPolicyStatus } from './policy.ts';
 
 /** One Yjs update for one FHIR resource. */
 export interface ResourceUpdate {
@@ -170,6 +172,21 @@ export interface TideOptions {
   /** Max (key, state vector) entries per anti-entropy digest message. Default 5000. */
   digestMaxKeys?: number;
   /**
+   * This node's policy digest per peer (peer id → 64 hex characters, SHA-256 over the rules
+   * deciding what the peer receives: src/mapping/policy-digest.ts `policyDigestSource`), read at
+   * each anti-entropy round and status call. Advertised to peers in `ae-policy` messages and
+   * compared with theirs (docs/tide.md "Policy agreement"). Absent: nothing advertised.
+   */
+  policyDigests?: () => ReadonlyMap<string, string>;
+  /**
+   * Fail-closed policy agreement (docs/tide.md "Policy agreement"): per peer R, the resource types
+   * R's rules redact or withhold here (`'*'` = all; src/mapping/policy-digest.ts
+   * `sensitiveTypesSource`). A resource of such a type is not sent (fanout, relay, anti-entropy)
+   * to another peer that has not advertised its digests yet or advertised another digest for R.
+   * Absent: warn only.
+   */
+  policyEnforcement?: () => ReadonlyMap<string, '*' | ReadonlySet<string>>;
+  /**
    * Anti-entropy stops descending the digest tree at a node where this node holds at most this
    * many keys, and exchanges their (key, state vector) entries instead. Default 16.
    */
@@ -272,6 +289,8 @@ export interface PeerStatus {
   projectedTypes: string[];
   /** Set while the peer is quarantined (breach response): messages refused, nothing sent. */
   quarantine: PeerQuarantine | undefined;
+  /** Whether the other nodes serving this peer apply the same rules to it (./policy.ts, docs/tide.md "Policy agreement"). */
+  policy: PeerPolicyStatus;
 }
 
 /** Result of {@link Tide.health}. */
@@ -340,7 +359,7 @@ export interface TideStats {
 }
 
 /** Envelope `kind` values Tide sends and accepts. */
-export type TideMessageKind = 'updates' | 'ae-tree' | 'ae-digest' | 'ae-reply';
+export type TideMessageKind = 'updates' | 'ae-tree' | 'ae-digest' | 'ae-reply' | 'ae-policy';
 
 /** Re-exported so callers can type `TideOptions.self` without importing the envelope module. */
 export type { NodePublicKeys, NodeSecretKeys };
