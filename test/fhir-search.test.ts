@@ -70,9 +70,12 @@ describe('FHIR search, forwarded to a Medplum hospital that assigns its own ids'
     assert.equal(self.searchParams.get('_id'), 'sp3');
   });
 
-  test('_elements keeps the hospital subset but the node versionId', async () => {
+  test('_elements: the subset of the node’s version, with its versionId', async () => {
     const res = await request(h.app).get('/fhir/Patient?_id=sp2&_elements=gender').expect(200);
-    assert.equal(res.body.entry[0].resource.meta.versionId, h.replica.current('Patient/sp2')!.versionId);
+    const r = res.body.entry[0].resource;
+    assert.equal(r.meta.versionId, h.replica.current('Patient/sp2')!.versionId);
+    assert.equal(r.name, undefined, 'name is not in the subset');
+    assert.ok(r.gender);
   });
 
   test('_sort, _count and _include pass through', async () => {

@@ -67,7 +67,7 @@ import { applyPrefer, parsePrefer } from './prefer.ts';
 import type { Preferences } from './prefer.ts';
 import { parseSearchQuery } from './search.ts';
 import { parseHttpDate } from './preconditions.ts';
-import type { FhirResult, FhirService } from './service.ts';
+import type { FhirResult, FhirService, ReadQuery } from './service.ts';
 import { Replica } from '../merge/replica.ts';
 import type { LocalWriteResult, ReplicaOptions } from '../merge/replica.ts';
 import type { ResourceRecord, ResourceStore } from '../store/store.ts';
@@ -226,9 +226,9 @@ type Action =
   | { do: 'delete'; type: string; id: string }
   | { do: 'cond-delete'; type: string; query: string }
   | { do: 'nothing' }
-  | { do: 'read'; type: string; id: string }
-  | { do: 'vread'; type: string; id: string; vid: string }
-  | { do: 'history'; type: string; id: string }
+  | { do: 'read'; type: string; id: string; query: string }
+  | { do: 'vread'; type: string; id: string; vid: string; query: string }
+  | { do: 'history'; type: string; id: string; query: string }
   | { do: 'search'; type: string; query: string };
 
 interface Planned {
@@ -389,9 +389,9 @@ function planEntry(e: RawEntry, baseUrl: string): Action {
       needs(t.kind === 'instance' || (t.kind === 'type' && t.query !== ''));
       return t.kind === 'instance' ? { do: 'delete', type: t.type, id: t.id } : { do: 'cond-delete', type: t.type, query: t.query };
     default:
-      if (t.kind === 'instance') return { do: 'read', type: t.type, id: t.id };
-      if (t.kind === 'vread') return { do: 'vread', type: t.type, id: t.id, vid: t.vid };
-      if (t.kind === 'history') return { do: 'history', type: t.type, id: t.id };
+      if (t.kind === 'instance') return { do: 'read', type: t.type, id: t.id, query: t.query };
+      if (t.kind === 'vread') return { do: 'vread', type: t.type, id: t.id, vid: t.vid, query: t.query };
+      if (t.kind === 'history') return { do: 'history', type: t.type, id: t.id, query: t.query };
       return { do: 'search', type: t.type, query: t.query };
   }
 }
@@ -430,6 +430,11 @@ function rewrite(value: FhirJson, path: string, fullUrls: ReadonlyMap<string, st
   }
 }
 
+/** The `_summary`/`_elements` of a read entry's URL query (subset.ts), under the Bundle's `Prefer`. */
+function shapeOf(query: string, prefer: string | undefined): ReadQuery {
+  return { query: parseSearchQuery(query), prefer };
+}
+
 /** Runs one planned entry on `service` (the live one for a batch, the staging one for a transaction). */
 function execute(service: FhirService, a: Exclude<Action, { do: 'search' }>, e: RawEntry, req: BundleRequest, prefs: Preferences): FhirResult {
   const common = { contentType: FHIR_JSON, prefer: req.prefer, author: req.author };
@@ -454,12 +459,12 @@ function execute(service: FhirService, a: Exclude<Action, { do: 'search' }>, e: 
       return { status: 204, headers: {} };
     case 'read': {
       const since = e.ifModifiedSince === undefined ? undefined : parseHttpDate(e.ifModifiedSince, 'ifModifiedSince', true);
-      return service.read(a.type, a.id, e.ifNoneMatch, since);
+      return service.read(a.type, a.id, e.ifNoneMatch, since, shapeOf(a.query, req.prefer));
     }
     case 'vread':
-      return service.vread(a.type, a.id, a.vid);
+      return service.vread(a.type, a.id, a.vid, shapeOf(a.query, req.prefer));
     case 'history':
-      return service.history(a.type, a.id, req.baseUrl);
+      return service.history(a.type, a.id, req.baseUrl, shapeOf(a.query, req.prefer));
   }
 }
 

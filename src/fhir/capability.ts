@@ -68,6 +68,7 @@ export function capabilityStatement(baseUrl: string, nodeId: string, features: C
           'Writes merge (Yjs CRDT) instead of failing on concurrent edits; If-Match with Prefer: handling=strict answers 412 on a version mismatch. ' +
           'GET [type]/[id]/$conflicts lists values that lost a same-field merge; POST [type]/[id]/$resolve-conflict (Parameters: path, choice winner|loser) resolves them. Conditional interactions match in the node\'s own store. ' +
           (features.search ? 'Search is answered by the hospital FHIR server (eventually consistent with the node); system-level search needs _type. ' : '') +
+          `_summary (true|text|data|false${features.search ? '; count on search and history' : '; count on history'}) and _elements are enforced by the node on read, vread, history${features.search ? ' and search' : ''}; subsetted resources carry the SUBSETTED tag and are refused (422) as a write body. ` +
           'Transactions are all-or-nothing in the node\'s store; urn:uuid fullUrls and conditional references (Type?criteria) are resolved; search entries are refused in a transaction (use a batch).',
         interaction: [{ code: 'batch' }, { code: 'transaction' }, ...(features.search ? [{ code: 'search-system' as const }] : [])],
         resource: types.map((type) => ({

@@ -10,8 +10,13 @@
  *   own base URL, with id parameters mapped back to node ids, so a client pages through the node;
  * - an entry whose resource the node holds is answered with the node's current version (its
  *   `versionId`, which a later `If-Match`/`meta.versionId` names, and decimals in their lexical
- *   form); with `_elements`/`_summary` the hospital's subset is kept and only `meta.versionId` and
- *   `meta.lastUpdated` are the node's; an entry the node holds as deleted is left out;
+ *   form); an entry the node holds as deleted is left out;
+ * - `_summary` and `_elements` (subset.ts) are sent on to the hospital but enforced by the node on
+ *   what comes back, whether or not the hospital applied them: each resource is the subset of the
+ *   node's version (or of the hospital copy when the node does not hold it), tagged SUBSETTED;
+ *   `_summary=count` answers `total` and no entries (the node adds `_total=accurate` to the
+ *   hospital query when the client gave no `_total`), and no paging links but `self`. Invalid
+ *   values are 400 under `Prefer: handling=strict`, otherwise dropped like unknown parameters;
  * - an entry (match, `_include` or `_revinclude`) whose key the node's store reports as
  *   crypto-shredded (src/store/shred.ts) is left out, and `total` drops by the matches left out:
  *   the hospital may still hold the resource, but this node no longer discloses it;
@@ -27,6 +32,8 @@ import type { FhirJson, FhirJsonObject } from './json.ts';
 import { badRequest, FhirError, outcome } from './outcomes.ts';
 import { isKnownSearchParameter } from './conditional.ts';
 import { isKnownResourceType } from './validate.ts';
+import { parseSubset, subsetResource } from './subset.ts';
+import type { Subset } from './subset.ts';
 import type { Replica } from '../merge/replica.ts';
 import type { VersionRecord } from '../store/store.ts';
 import type { OperationOutcomeIssue } from '@medplum/fhirtypes';
@@ -57,8 +64,6 @@ export function isHospitalSearcher(x: unknown): x is HospitalSearcher {
   return typeof o?.search === 'function' && typeof o.baseUrl === 'string' && typeof o.idMap?.toNode === 'function';
 }
 
-/** Parameters that only shape the answer; with them the hospital's (partial) resource is kept. */
-const SUBSET_PARAMS = new Set(['_elements', '_summary']);
 /** Link relations rewritten to the node's base (https://hl7.org/fhir/R4/http.html#paging). */
 const PAGING_RELATIONS = new Set(['self', 'next', 'previous', 'prev', 'first', 'last']);
 const REF_RE = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})$/;
@@ -115,20 +120,21 @@ function appliedParams(types: readonly string[], pairs: ReadonlyArray<[string, s
  * @param ctx - hospital client and the node's replica.
  * @param type - resource type (404 when not an R4 type).
  * @param pairs - search parameters, passed through verbatim (`_count`, `_sort`, `_include`,
- *   `_revinclude`, `_summary`, `_elements`, …); `Type/id` values and `_id` are node ids.
+ *   `_revinclude`, …; `_summary` and `_elements` are also enforced by the node, subset.ts);
+ *   `Type/id` values and `_id` are node ids.
  * @param nodeBase - the node's FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
  * @param strict - `Prefer: handling=strict`: unknown parameters are 400 instead of ignored.
  * @returns A `searchset` Bundle in the node's view (see module doc) as canonical JSON text.
- * @throws {@link FhirError} 404 unknown type; 400 unknown parameter when `strict`; the hospital's
+ * @throws {@link FhirError} 404 unknown type; 400 unknown parameter or invalid `_summary`/`_elements`
+ *   when `strict`; the hospital's
  *   4xx with its issues; 502 when the hospital fails or answers nonsense; 503 when it is unreachable.
  */
 export async function searchType(ctx: SearchContext, type: string, given: ReadonlyArray<[string, string]>, nodeBase: string, strict = false): Promise<string> {
   if (!isKnownResourceType(type)) throw new FhirError(404, outcome('error', 'not-found', `Unknown resource type ${type}`));
-  const pairs = appliedParams([type], given, strict);
-  const subset = pairs.some(([n]) => SUBSET_PARAMS.has(n));
+  const { subset, pairs } = parseSubset([type], appliedParams([type], given, strict), strict, 'search');
   const held = new Map<string, VersionRecord>();
-  const bundle = await forward(ctx, type, pairs, subset ? undefined : held);
-  await toNodeView(ctx, bundle, nodeBase, subset, held, (url) => nodeLink(ctx, url, nodeBase, type));
+  const bundle = await forward(ctx, type, hospitalQuery(pairs, subset), held);
+  await toNodeView(ctx, bundle, nodeBase, subset, held, (url) => nodeLink(ctx, url, nodeBase, type), subset?.kind === 'count' ? SELF_ONLY : PAGING_RELATIONS);
   return canonicalStringify(bundle);
 }
 
@@ -160,23 +166,26 @@ export async function searchSystem(ctx: SearchContext, given: ReadonlyArray<[str
     if (typeValues.length === 0) throw badRequest('System-level search needs _type (e.g. ?_type=Patient,Observation)', ['_type']);
     for (const t of typeValues) if (!TYPE_RE.test(t) || !isKnownResourceType(t)) throw badRequest(`Unknown resource type in _type: ${t}`, ['_type']);
     const types = [...new Set(typeValues)];
-    const rest = appliedParams(types, pairs.filter(([n]) => n !== '_type'), strict);
+    const rest = parseSubset(types, appliedParams(types, pairs.filter(([n]) => n !== '_type'), strict), strict, 'search').pairs;
     pairs = [...pairs.filter(([n]) => n === '_type'), ...rest];
     plan = types.map((t) => [t, rest]);
   }
   const entries: FhirJson[] = [];
   let total: number | undefined = 0;
   const nextPlan: Array<[string, Array<[string, string]>]> = [];
-  const subset = plan.some(([, p]) => p.some(([n]) => SUBSET_PARAMS.has(n)));
-  for (const [type, params] of plan) {
+  let count = false;
+  for (const [type, given] of plan) {
+    // Already cleaned (above, or when the cursor was made): parsed again only to know the subset.
+    const { subset, pairs: params } = parseSubset([type], given, false, 'search');
+    count ||= subset?.kind === 'count';
     const held = new Map<string, VersionRecord>();
-    const bundle = await forward(ctx, type, params, subset ? undefined : held);
+    const bundle = await forward(ctx, type, hospitalQuery(params, subset), held);
     const found: { next?: Array<[string, string]> } = {};
     await toNodeView(ctx, bundle, nodeBase, subset, held, async (url) => {
       const mapped = await nodeLink(ctx, url, nodeBase, type);
       if (mapped !== undefined) found.next = [...new URL(mapped).searchParams];
       return undefined;
-    }, new Set(['next']));
+    }, subset?.kind === 'count' ? new Set() : new Set(['next']));
     if (found.next) nextPlan.push([type, found.next]);
     const t = bundle.total;
     total = total !== undefined && isLosslessNumber(t) ? total + Number(t.value) : undefined;
@@ -187,7 +196,7 @@ export async function searchSystem(ctx: SearchContext, given: ReadonlyArray<[str
   if (nextPlan.length > 0) link.push({ relation: 'next', url: `${nodeBase}?${new URLSearchParams([[CURSOR, encodeCursor(nextPlan)]])}` });
   const out: FhirJsonObject = { resourceType: 'Bundle', type: 'searchset', link };
   if (total !== undefined) out.total = parseFhirJson(String(total));
-  if (entries.length > 0) out.entry = entries;
+  if (entries.length > 0 && !count) out.entry = entries;
   return canonicalStringify(out);
 }
 
@@ -210,6 +219,18 @@ function decodeCursor(cursor: string): Array<[string, Array<[string, string]>]> 
     if (!Array.isArray(step[1]) || !step[1].every(isPair)) throw bad();
   }
   return plan as Array<[string, Array<[string, string]>]>;
+}
+
+/** Only the `self` link, for `_summary=count` (nothing to page through). */
+const SELF_ONLY: ReadonlySet<string> = new Set(['self']);
+
+/**
+ * The parameters sent to the hospital: the applied ones, plus `_total=accurate` for
+ * `_summary=count` when the client gave no `_total`, so a hospital that ignores `_summary` still
+ * reports the total (https://hl7.org/fhir/R4/search.html#total).
+ */
+function hospitalQuery(pairs: Array<[string, string]>, subset: Subset | undefined): Array<[string, string]> {
+  return subset?.kind === 'count' && !pairs.some(([n]) => n === '_total') ? [...pairs, ['_total', 'accurate']] : pairs;
 }
 
 /**
@@ -269,14 +290,16 @@ export function hospitalFailure(err: unknown, what: string): unknown {
 
 /**
  * Rewrites a hospital searchset in place into the node's view (module doc). An entry the node
- * holds gets the stored body (canonical text) spliced in as {@link RawJson}, not parsed; `held`
- * gives the versions already read by {@link forward}.
+ * holds gets the stored body (canonical text) spliced in as {@link RawJson}, not parsed, or, with
+ * a `subset` (subset.ts), that body's subset; an entry it does not hold is subsetted as the
+ * hospital sent it. `_summary=count` leaves no entries. `held` gives the versions already read by
+ * {@link forward}.
  */
 async function toNodeView(
   ctx: SearchContext,
   bundle: FhirJsonObject,
   nodeBase: string,
-  subset: boolean,
+  subset: Subset | undefined,
   held: ReadonlyMap<string, VersionRecord>,
   link: (url: string) => Promise<string | undefined>,
   relations: ReadonlySet<string> = PAGING_RELATIONS,
@@ -295,10 +318,13 @@ async function toNodeView(
         }
         const cur = held.get(ref) ?? ctx.replica.current(ref);
         if (cur?.deleted) continue;
+        const isOutcome = isJsonObject(entry.search) && entry.search.mode === 'outcome';
         if (cur?.body) {
           // Stored bodies are canonical (VersionRecord.body), so the splice is byte-identical to parsing and re-serializing.
-          if (!subset) entry.resource = new RawJson(cur.body) as unknown as FhirJson;
-          else if (isJsonObject(r.meta)) r.meta = { ...r.meta, versionId: cur.versionId, lastUpdated: cur.lastUpdated };
+          if (subset === undefined || subset.kind === 'count' || isOutcome) entry.resource = new RawJson(cur.body) as unknown as FhirJson;
+          else entry.resource = subsetResource(parseFhirJson(cur.body) as FhirJsonObject, subset);
+        } else if (subset !== undefined && subset.kind !== 'count' && !isOutcome) {
+          entry.resource = subsetResource(r, subset);
         }
         entry.fullUrl = `${nodeBase}/${r.resourceType}/${r.id}`;
       } else {
@@ -309,6 +335,13 @@ async function toNodeView(
     if (kept.length > 0) bundle.entry = kept;
     else delete bundle.entry;
     if (shreddedMatches > 0 && isLosslessNumber(bundle.total)) bundle.total = parseFhirJson(String(Math.max(0, Number(bundle.total.value) - shreddedMatches)));
+  }
+  if (subset?.kind === 'count') {
+    // A hospital that ignored both _summary=count and _total: on a single page, the matches are the total.
+    const pagesOn = Array.isArray(bundle.link) && bundle.link.some((l) => isJsonObject(l) && l.relation === 'next');
+    const matches = (Array.isArray(bundle.entry) ? bundle.entry : []).filter((e) => !(isJsonObject(e) && isJsonObject(e.search) && e.search.mode !== 'match'));
+    if (bundle.total === undefined && !pagesOn) bundle.total = parseFhirJson(String(matches.length));
+    delete bundle.entry;
   }
   if (Array.isArray(bundle.link)) {
     const links: FhirJson[] = [];

@@ -11,6 +11,8 @@ import { FHIR_ID, isKnownResourceType } from './validate.ts';
 import { capabilityStatement } from './capability.ts';
 import { isBlocking, ProfileRegistry, validateWithProfiles } from './profiles.ts';
 import { searchSystem, searchType } from './search.ts';
+import { isSubsetted, parseSubset, subsetResource } from './subset.ts';
+import type { Subset } from './subset.ts';
 import type { HospitalSearcher, SearchContext } from './search.ts';
 import { applyPrefer, parsePrefer } from './prefer.ts';
 import { criteriaQuery, findMatches } from './conditional.ts';
@@ -80,6 +82,17 @@ export interface FhirServiceOptions {
   isShredded?: ((key: string) => boolean) | undefined;
 }
 
+/**
+ * The query of a read, vread or history that may shape the answer: `_summary` and `_elements`
+ * (subset.ts, https://hl7.org/fhir/R4/search.html#summary); other parameters are ignored.
+ */
+export interface ReadQuery {
+  /** The request's `[name, value]` parameters (search.ts `parseSearchQuery`). */
+  query: ReadonlyArray<[string, string]>;
+  /** The `Prefer` header: `handling=strict` makes an invalid `_summary`/`_elements` 400. */
+  prefer?: string | undefined;
+}
+
 /** Called with every local Yjs update, to gossip it (src/tide). */
 export type UpdateSink = (key: string, update: Uint8Array) => void;
 
@@ -91,6 +104,13 @@ const FHIR_MEDIA = /^application\/(fhir\+)?json\b/i;
  */
 function strictHandling(prefer: string | undefined): boolean {
   return prefer !== undefined && /(?:^|[,;])\s*handling\s*=\s*"?strict"?\s*(?:[,;]|$)/i.test(prefer);
+}
+
+/** The subset a read, vread or history asks for (subset.ts `parseSubset`); undefined: the whole resource. */
+function subsetOf(type: string, shape: ReadQuery | undefined, interaction: 'read' | 'history'): Subset | undefined {
+  if (shape === undefined) return undefined;
+  const params = shape.query.filter(([n]) => n.startsWith('_summary') || n.startsWith('_elements'));
+  return params.length === 0 ? undefined : parseSubset([type], params, strictHandling(shape.prefer), interaction).subset;
 }
 
 /** The REST interactions of one node. */
@@ -183,10 +203,14 @@ export class FhirService {
    * `Last-Modified` is sent).
    * @param ifNoneMatch - the `If-None-Match` value (or a Bundle entry's `request.ifNoneMatch`).
    * @param modifiedSince - `If-Modified-Since`, ms since the epoch (preconditions.ts `parseHttpDate`).
-   * @throws {@link FhirError} 400 for an empty or malformed `If-None-Match`, 404, 410.
+   * @param shape - `_summary` (`true|text|data|false`) and `_elements`: the answer is the
+   *   resource's subset, tagged SUBSETTED (subset.ts); ETag and Last-Modified stay the version's.
+   * @throws {@link FhirError} 400 for an empty or malformed `If-None-Match`, or an invalid
+   *   `_summary`/`_elements` under `Prefer: handling=strict`; 404, 410.
    */
-  read(type: string, id: string, ifNoneMatch?: string, modifiedSince?: number): FhirResult {
+  read(type: string, id: string, ifNoneMatch?: string, modifiedSince?: number, shape?: ReadQuery): FhirResult {
     const v = this.currentOr404(type, id);
+    const subset = subsetOf(type, shape, 'read');
     if (v.deleted) throw gone(`${type}/${id} was deleted (version ${v.versionId})`);
     const notModified = { status: 304, headers: { ETag: `W/"${v.versionId}"`, 'Last-Modified': new Date(v.lastUpdated).toUTCString() } };
     if (ifNoneMatch !== undefined) {
@@ -195,7 +219,7 @@ export class FhirService {
     } else if (modifiedSince !== undefined && Math.floor(Date.parse(v.lastUpdated) / 1000) * 1000 <= modifiedSince) {
       return notModified;
     }
-    return this.versionResult(200, v);
+    return this.versionResult(200, v, {}, subset);
   }
 
   /**
@@ -224,31 +248,43 @@ export class FhirService {
     return { status: 200, headers: {}, body: validateOperation(type, text, this.profiles) };
   }
 
-  /** GET [type]/[id]/_history/[vid] */
-  vread(type: string, id: string, vid: string): FhirResult {
+  /**
+   * GET [type]/[id]/_history/[vid] (https://hl7.org/fhir/R4/http.html#vread).
+   * @param shape - `_summary`/`_elements` as {@link read}.
+   * @throws {@link FhirError} 400 (bad id; invalid `_summary`/`_elements` when strict), 404, 410.
+   */
+  vread(type: string, id: string, vid: string, shape?: ReadQuery): FhirResult {
     this.checkTypeAndId(type, id);
+    const subset = subsetOf(type, shape, 'read');
     const v = this.replica.version(`${type}/${id}`, vid);
     if (!v) throw notFound(`Version ${vid} of ${type}/${id} not found`);
     if (v.deleted) throw gone(`Version ${vid} of ${type}/${id} is a deletion`);
-    return this.versionResult(200, v);
+    return this.versionResult(200, v, {}, subset);
   }
 
-  /** GET [type]/[id]/_history — a history Bundle, newest first (https://hl7.org/fhir/R4/http.html#history). */
-  history(type: string, id: string, baseUrl: string): FhirResult {
+  /**
+   * GET [type]/[id]/_history — a history Bundle, newest first (https://hl7.org/fhir/R4/http.html#history).
+   * @param shape - `_summary`/`_elements` as {@link read}, applied to each version's resource;
+   *   `_summary=count` answers `total` and no entries.
+   * @throws {@link FhirError} 400 (bad id; invalid `_summary`/`_elements` when strict), 404.
+   */
+  history(type: string, id: string, baseUrl: string, shape?: ReadQuery): FhirResult {
     this.currentOr404(type, id);
+    const subset = subsetOf(type, shape, 'history');
     const versions = this.replica.history(`${type}/${id}`);
-    // Bodies are parsed losslessly and re-serialized canonically, so decimals keep their lexical form.
-    const bundle = {
-      resourceType: 'Bundle',
-      type: 'history',
-      total: versions.length,
-      entry: versions.map((v) => ({
-        fullUrl: `${baseUrl}/${type}/${id}`,
-        ...(v.body ? { resource: parseFhirJson(v.body) } : {}),
-        request: { method: v.deleted ? 'DELETE' : 'PUT', url: `${type}/${id}` },
-        response: { status: v.deleted ? '204' : '200', etag: `W/"${v.versionId}"`, lastModified: v.lastUpdated },
-      })),
+    const resourceOf = (body: string) => {
+      const parsed = parseFhirJson(body);
+      return subset === undefined || subset.kind === 'count' || !isJsonObject(parsed) ? parsed : subsetResource(parsed, subset);
     };
+    const entry = versions.map((v) => ({
+      fullUrl: `${baseUrl}/${type}/${id}`,
+      ...(v.body ? { resource: resourceOf(v.body) } : {}),
+      request: { method: v.deleted ? 'DELETE' : 'PUT', url: `${type}/${id}` },
+      response: { status: v.deleted ? '204' : '200', etag: `W/"${v.versionId}"`, lastModified: v.lastUpdated },
+    }));
+    // Bodies are parsed losslessly and re-serialized canonically, so decimals keep their lexical form.
+    // _summary=count: no entry element at all (FHIR forbids empty arrays).
+    const bundle = { resourceType: 'Bundle', type: 'history', total: versions.length, ...(subset?.kind === 'count' ? {} : { entry }) };
     const body = canonicalStringify(bundle);
     return { status: 200, headers: {}, body };
   }
@@ -447,6 +483,10 @@ export class FhirService {
 
   private write(type: string, id: string, body: FhirJsonObject, req: WriteRequest, isCreate: boolean, strictIfMatch = true): FhirResult {
     const prefs = parsePrefer(req.prefer);
+    // https://hl7.org/fhir/R4/search.html#summary: a SUBSETTED resource must not overwrite a whole one (HAPI FHIR answers 422 too).
+    if (isSubsetted(body)) {
+      throw new FhirError(422, outcome('error', 'business-rule', 'The resource carries the SUBSETTED tag (it came from _summary or _elements): an incomplete resource cannot be stored; read it whole and write that', ['meta.tag']));
+    }
     const all = validateWithProfiles(body, this.profiles);
     const issues = all.filter(isBlocking);
     if (issues.length > 0) throw unprocessable(issues);
@@ -475,11 +515,13 @@ export class FhirService {
     return applyPrefer(this.versionResult(status, res.version, status === 201 ? { Location: `${type}/${id}/_history/${res.version.versionId}` } : {}), prefs, all.filter((i) => !isBlocking(i)));
   }
 
-  private versionResult(status: number, v: VersionRecord, extra: Record<string, string> = {}): FhirResult {
+  private versionResult(status: number, v: VersionRecord, extra: Record<string, string> = {}, subset?: Subset): FhirResult {
+    let body = v.body;
+    if (body && subset !== undefined && subset.kind !== 'count') body = canonicalStringify(subsetResource(parseFhirJson(body) as FhirJsonObject, subset));
     return {
       status,
       headers: { ETag: `W/"${v.versionId}"`, 'Last-Modified': new Date(v.lastUpdated).toUTCString(), ...extra },
-      ...(v.body ? { body: v.body } : {}),
+      ...(body ? { body } : {}),
     };
   }
 

@@ -17,6 +17,26 @@ export const FHIR_STRUCTURE_DEFINITION_FILES: readonly string[] = Object.freeze(
 ]);
 
 let loaded = false;
+/** Top-level `isModifier` elements per resource type, noted while the resource bundle is indexed. */
+const modifiers = new Map<string, ReadonlySet<string>>();
+
+interface StructureDefinitionBundle {
+  entry?: Array<{ resource?: { resourceType?: string; kind?: string; type?: string; snapshot?: { element?: Array<{ path?: string; isModifier?: boolean }> } } }>;
+}
+
+/** Notes the top-level modifier elements of every resource StructureDefinition of a bundle. */
+function noteModifiers(bundle: StructureDefinitionBundle): void {
+  for (const e of bundle.entry ?? []) {
+    const sd = e.resource;
+    if (sd?.resourceType !== 'StructureDefinition' || sd.kind !== 'resource' || !sd.type) continue;
+    const set = new Set<string>();
+    for (const el of sd.snapshot?.element ?? []) {
+      const parts = el.path?.split('.');
+      if (el.isModifier && parts?.length === 2) set.add(parts[1]!.replace('[x]', ''));
+    }
+    modifiers.set(sd.type, set);
+  }
+}
 
 /**
  * Indexes the FHIR R4 base structure definitions (data types and resources,
@@ -35,7 +55,9 @@ let loaded = false;
 export function ensureFhirDefinitionsLoaded(): void {
   if (loaded) return;
   for (const file of FHIR_STRUCTURE_DEFINITION_FILES) {
-    indexStructureDefinitionBundle(readJson(file) as Bundle);
+    const bundle = readJson(file) as Bundle;
+    indexStructureDefinitionBundle(bundle);
+    noteModifiers(bundle as StructureDefinitionBundle);
   }
   for (const file of SEARCH_PARAMETER_BUNDLE_FILES) {
     indexSearchParameterBundle(readJson(file) as Bundle<SearchParameter>);
@@ -46,4 +68,19 @@ export function ensureFhirDefinitionsLoaded(): void {
 /** True once {@link ensureFhirDefinitionsLoaded} has completed in this process. */
 export function fhirDefinitionsLoaded(): boolean {
   return loaded;
+}
+
+/**
+ * The top-level modifier elements (`ElementDefinition.isModifier`,
+ * https://hl7.org/fhir/R4/elementdefinition-definitions.html#ElementDefinition.isModifier) of an R4
+ * resource type, by element name (`value` for `value[x]`), read from the base StructureDefinitions
+ * when {@link ensureFhirDefinitionsLoaded} indexed them (`@medplum/core`'s type schema does not
+ * keep the flag). Loads the definitions on first use.
+ *
+ * @param type - Resource type name, e.g. `Observation`.
+ * @returns The element names; empty for an unknown type.
+ */
+export function resourceModifierElements(type: string): ReadonlySet<string> {
+  ensureFhirDefinitionsLoaded();
+  return modifiers.get(type) ?? new Set();
 }
