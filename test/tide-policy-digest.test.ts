@@ -369,6 +369,36 @@ describe('fail-closed policy agreement (policyEnforcement, real Redis)', () => {
   });
 });
 
+describe('policyAgreement: enforce in the mapping file (tidegate nodes)', () => {
+  let fx: MappedNodes | undefined;
+  const redact = { routes: { [R]: { redact: [{ path: 'Patient.telecom' }] } } };
+
+  before(async () => {
+    // A enforces; B has no rules for R, so it disagrees with A about R
+    fx = await startMappedNodes({ prefix: 'tg-policy-enf', names: [A, B], remotePeers: [R], hospitals: false, mappings: { [A]: { ...redact, policyAgreement: 'enforce' }, [B]: {} } });
+  });
+  after(() => fx?.stop());
+
+  test('an unknown policyAgreement value is refused with its place', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tidegate-policy-bad-'));
+    try {
+      writeFileSync(join(dir, 'm.json'), JSON.stringify({ policyAgreement: 'sometimes' }));
+      assert.throws(() => loadMappingOrThrow(join(dir, 'm.json'), { peers: [R] }), /policyAgreement/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the enforcing node holds back what it writes from a node that disagrees; a warn-only node would send it', async () => {
+    const res = await fetch(`${fx!.urls[0]}/fhir/Observation/enf-o1`, { method: 'PUT', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Observation', id: 'enf-o1', status: 'final', code: { text: 'x' } }) });
+    assert.equal(res.status, 201);
+    await fx!.settle({ antiEntropyRounds: 2 });
+    assert.equal(fx!.node(B).replica.current('Observation/enf-o1'), undefined, 'B advertised another digest for R: nothing of it reaches B');
+    assert.ok(fx!.node(A).tide.stats().updatesWithheld > 0);
+    assert.equal((await (await fetch(`${fx!.urls[0]}/admin/peers`)).json() as { peers: { nodeId: string; policy: { with: string[] } }[] }).peers.find((p) => p.nodeId === R)?.policy.with.join(), B);
+  });
+});
+
 describe('policy agreement between tidegate nodes (GET /admin/peers, POST /admin/reload)', () => {
   let fx: MappedNodes | undefined;
   const redactFor = (withAddressRule: boolean): object => ({ routes: { [R]: { redact: [{ path: 'Patient.telecom' }, ...(withAddressRule ? [{ path: 'Patient.address', action: 'mask' }] : [])] } } });
