@@ -23,6 +23,12 @@
  * receiving node's cost; and, for the resource types the research peer's rules name, writing the
  * redacted copy into that peer's projection document (src/mapping/projection.ts: `Replica.write`
  * on a projection replica, a create, as for a new resource), the step that delivers redaction.
+ * Then a new version of that resource, side by side (alternating order), as the projection feed
+ * handled it before and handles it now (src/mapping/projection.ts "Unchanged renders are not
+ * written"): one where only a removed element changed (Patient telecom, Observation/Condition note:
+ * **rewrite** = redact + label + `Replica.write`, which finds nothing to change; **skip** = redact +
+ * label + `renderDigest`, equal to the remembered one: no write), and one where a kept element
+ * changed (`language`: **write** vs **digest + write**).
  *
  * Resources: the Synthea sample "localized" as hospital A would hold it (lab Observations whose
  * LOINC code is a target of A's ConceptMap carry A's local code instead; every Patient carries an A
@@ -37,6 +43,8 @@ import { fileURLToPath } from 'node:url';
 import { canonicalStringify, parseFhirJson } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import { loadMappingOrThrow } from '../mapping/load.ts';
+import { renderDigest } from '../mapping/projection.ts';
+import { withRedactedLabel } from '../mapping/redact.ts';
 import type { Mapping } from '../mapping/load.ts';
 import { ConsentGate } from '../mapping/consent.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
@@ -119,6 +127,11 @@ export interface MappingBenchFigures {
   redaction: boolean;
   /** Resource types the research peer's redaction rules name (projected). */
   projectedTypes: string[];
+  /**
+   * New versions where only a removed element changed: how many, how many `Replica.write` found
+   * nothing to change in (should be all), how many the digest skipped (should be all).
+   */
+  redactedOnlyChanges: { versions: number; writeNoUpdate: number; digestSkipped: number };
   /** Resources that inbound translation changed (a LOINC coding or a shared identifier added). */
   translated: number;
   none: Summary;
@@ -233,7 +246,20 @@ export async function runMappingBench(ctx: BenchContext): Promise<{ figures: Map
     const none: number[] = [];
     const mapped: number[] = [];
     const mappedConsent: number[] = [];
-    const steps: Record<string, number[]> = { parse: [], translateInbound: [], routingLabels: [], redaction: [], consent: [], projectionWrite: [], outboundAtB: [] };
+    const steps: Record<string, number[]> = {
+      parse: [],
+      translateInbound: [],
+      routingLabels: [],
+      redaction: [],
+      consent: [],
+      projectionWrite: [],
+      projectionRedactedChangeRewrite: [],
+      projectionRedactedChangeSkip: [],
+      projectionKeptChangeWrite: [],
+      projectionKeptChangeDigestWrite: [],
+      outboundAtB: [],
+    };
+    const redactedOnly = { versions: 0, writeNoUpdate: 0, digestSkipped: 0 };
     const byType = new Map<string, { none: number[]; mapped: number[]; consent: number[] }>();
     const runNone = (x: Input): number => {
       const t0 = performance.now();
@@ -267,10 +293,57 @@ export async function runMappingBench(ctx: BenchContext): Promise<{ figures: Map
     /** The projection write of a redacted type's copy (a create in this round's projection replica); undefined for other types. */
     const runProjection = (x: Input): number | undefined => {
       if (!projected.has(x.type)) return undefined;
-      const redacted = mappingA.redact('research', x.translated).resource;
+      // as the projection feed writes it: redacted and labelled
+      const redacted = withRedactedLabel(mappingA.redact('research', x.translated).resource);
       const t0 = performance.now();
       projection.write(x.key, redacted);
       return performance.now() - t0;
+    };
+    /**
+     * A new version of a projected resource, before (write) and after (digest, skip or write), side
+     * by side: `projection` holds the created render (runProjection), `after` a copy of it.
+     */
+    const runProjectionUpdates = (x: Input, i: number, after: Replica): void => {
+      const original = withRedactedLabel(mappingA.redact('research', x.translated).resource);
+      after.write(x.key, original);
+      const remembered = renderDigest(original);
+      const redactedChange = redactedOnlyChange(x.translated, i);
+      const keptChange = { ...x.translated, language: x.translated['language'] === 'en' ? 'de' : 'en' };
+      const rewrite = (): void => {
+        const t0 = performance.now();
+        const w = projection.write(x.key, withRedactedLabel(mappingA.redact('research', redactedChange).resource));
+        steps['projectionRedactedChangeRewrite']!.push(performance.now() - t0);
+        if (w.update === undefined) redactedOnly.writeNoUpdate++;
+      };
+      const skip = (): void => {
+        const t0 = performance.now();
+        const same = renderDigest(withRedactedLabel(mappingA.redact('research', redactedChange).resource)) === remembered;
+        steps['projectionRedactedChangeSkip']!.push(performance.now() - t0);
+        if (same) redactedOnly.digestSkipped++;
+      };
+      const write = (): void => {
+        const t0 = performance.now();
+        projection.write(x.key, withRedactedLabel(mappingA.redact('research', keptChange).resource));
+        steps['projectionKeptChangeWrite']!.push(performance.now() - t0);
+      };
+      const digestWrite = (): void => {
+        const t0 = performance.now();
+        const next = withRedactedLabel(mappingA.redact('research', keptChange).resource);
+        if (renderDigest(next) !== remembered) after.write(x.key, next);
+        steps['projectionKeptChangeDigestWrite']!.push(performance.now() - t0);
+      };
+      redactedOnly.versions++;
+      if (i % 2 === 0) {
+        rewrite();
+        skip();
+        write();
+        digestWrite();
+      } else {
+        skip();
+        rewrite();
+        digestWrite();
+        write();
+      }
     };
     const runOutboundB = (x: Input): number => {
       const t0 = performance.now();
@@ -293,6 +366,7 @@ export async function runMappingBench(ctx: BenchContext): Promise<{ figures: Map
     let rounds = 0;
     while (rounds < minRounds || (rounds < maxRounds && performance.now() - started < timeBox)) {
       projection = projectionReplica();
+      const after = projectionReplica();
       inputs.forEach((x, i) => {
         let a: number;
         let b: [number, number];
@@ -308,7 +382,10 @@ export async function runMappingBench(ctx: BenchContext): Promise<{ figures: Map
         mappedConsent.push(b[1]);
         steps['outboundAtB']!.push(runOutboundB(x));
         const pw = runProjection(x);
-        if (pw !== undefined) steps['projectionWrite']!.push(pw);
+        if (pw !== undefined) {
+          steps['projectionWrite']!.push(pw);
+          if (redaction) runProjectionUpdates(x, i + rounds, after);
+        }
         let t = byType.get(x.type);
         if (!t) byType.set(x.type, (t = { none: [], mapped: [], consent: [] }));
         t.none.push(a);
@@ -331,6 +408,7 @@ export async function runMappingBench(ctx: BenchContext): Promise<{ figures: Map
       peers: mappingA.peers,
       redaction,
       projectedTypes: [...projected].sort(),
+      redactedOnlyChanges: redactedOnly,
       translated: inputs.filter((x) => x.changed).length,
       none: sNone,
       mapped: sMapped,
@@ -365,8 +443,43 @@ const STEP_LABELS: Readonly<Record<string, string>> = {
   redaction: '`Mapping.redact("research", …)` (src/mapping/redact.ts)',
   consent: '`ConsentGate.labels`: Consent decision for every peer (only in "mapped + consent")',
   projectionWrite: 'research projection document write, redacted types only (`Replica.write`, create; in no variant)',
+  projectionRedactedChangeRewrite: 'new version, only a removed element changed: redact + label + `Replica.write` (before; finds nothing to change)',
+  projectionRedactedChangeSkip: 'new version, only a removed element changed: redact + label + `renderDigest` (now; equal: no write)',
+  projectionKeptChangeWrite: 'new version, a kept element (`language`) changed: redact + label + `Replica.write` (before)',
+  projectionKeptChangeDigestWrite: 'new version, a kept element (`language`) changed: redact + label + `renderDigest` + `Replica.write` (now)',
   outboundAtB: 'receiving node: hospital B `Mapping.translate(…, "outbound")` (in no variant)',
 };
+
+/**
+ * A new version of `r` (a projected type) in which only an element the research rules remove
+ * changed: Patient telecom, Observation or Condition note ({@link RESEARCH_ROUTE}).
+ * @param r - the resource as the node holds it.
+ * @param i - varies the new value.
+ */
+function redactedOnlyChange(r: FhirJsonObject, i: number): FhirJsonObject {
+  if (r.resourceType === 'Patient') return { ...r, telecom: [{ system: 'phone', value: `555-01${String(i % 100).padStart(2, '0')}`, use: 'mobile' }] };
+  return { ...r, note: [{ text: `bench note ${i}` }] };
+}
+
+/** The before/after lines of a new version of a projected resource (see module doc). */
+function projectionUpdateLines(f: MappingBenchFigures): string[] {
+  const s = f.steps;
+  const rw = s['projectionRedactedChangeRewrite'];
+  const sk = s['projectionRedactedChangeSkip'];
+  const kw = s['projectionKeptChangeWrite'];
+  const kd = s['projectionKeptChangeDigestWrite'];
+  if (!rw || !sk || !kw || !kd) return [];
+  const c = f.redactedOnlyChanges;
+  return [
+    '',
+    'A new version of a projected resource, as the projection feed handled it before and handles it now (side by side, p50):',
+    '',
+    '| new version | before | now | now / before |',
+    '|---|---:|---:|---:|',
+    `| only a removed element changed (${c.versions}: \`Replica.write\` found nothing to change in ${c.writeNoUpdate}, the digest skipped ${c.digestSkipped}) | ${fmtMs(rw.p50)} | ${fmtMs(sk.p50)} | ${ratio(sk.p50, rw.p50) ?? 'n/a'}× |`,
+    `| a kept element changed | ${fmtMs(kw.p50)} | ${fmtMs(kd.p50)} | ${ratio(kd.p50, kw.p50) ?? 'n/a'}× |`,
+  ];
+}
 
 /** Renders the figures as the section's Markdown body and terminal text. */
 function render(f: MappingBenchFigures): { markdown: string; text: string } {
@@ -392,6 +505,7 @@ function render(f: MappingBenchFigures): { markdown: string; text: string } {
     '|---|---:|---:|---:|',
     ...Object.entries(f.steps).map(([k, s]) => `| ${STEP_LABELS[k] ?? k} | ${s.n} | ${fmtMs(s.p50)} | ${fmtMs(s.p99)} |`),
     ...(f.redaction ? [] : ['| redaction | | not measured | |']),
+    ...projectionUpdateLines(f),
     ...(pw ? ['', `Redaction reaches the research peer as its own projection document (src/mapping/projection.ts): for a resource of the redacted types (${f.projectedTypes.join(', ')}), writing the redacted copy into it costs ${fmtMs(pw.p50)} at the median (${fmtMs(pw.p99)} p99), ${pw.p50 < f.targetMs ? 'below' : '**above**'} the ${fmtMs(f.targetMs)} target on its own. It is a merge write (\`Replica.write\`, see figure 1), not counted in "mapped".`] : []),
     '',
     'By resource type (p50):',

@@ -19,7 +19,7 @@ import { auditRotationOf } from '../audit/cli.ts';
 import { hardeningFromConfig } from '../fhir/hardening.ts';
 import { displayPath, loadMappingOrThrow } from '../mapping/load.ts';
 import { LiveMapping } from '../mapping/live.ts';
-import { openProjectionSqlite } from '../mapping/projection.ts';
+import { logProjectionResend, openProjectionSqlite } from '../mapping/projection.ts';
 import { createServer } from 'node:net';
 import { readRedisTls, readServerTls } from '../transport/tls.ts';
 
@@ -107,7 +107,8 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
   );
   log.info({ store: opened.kind, location: opened.location }, 'resource store opened');
   // Redaction: each redacted peer's projection store, a sealed SQLite file next to a SQLite store
-  // (`<storeFile>.projection-<peer>.<epoch>.sqlite`); in memory for a memory or PostgreSQL store.
+  // (`<storeFile>.projection-<peer>.<epoch>.sqlite`); in memory for a memory or PostgreSQL store,
+  // so each start is a new epoch and those peers get every projected resource again: said once here.
   const projectionClosers: (() => void)[] = [];
   const projectionStore =
     opened.kind === 'sqlite'
@@ -118,6 +119,7 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
           return p;
         }
       : undefined;
+  if (!projectionStore) logProjectionResend(log, opened.kind, mapping?.current);
   // The hash-chained audit trail (docs/security.md "Audit trail"); it continues the chain on disk.
   const audit = await AuditTrail.open(cfg.auditFile!, { nodeId: cfg.nodeId, log, ...auditRotationOf(cfg.audit) });
   log.info({ audit: cfg.auditFile, head: audit.head.seq }, 'audit trail opened');

@@ -22,17 +22,28 @@
  * Limit: an element the old lineage holds that the new one never writes (removed from the resource
  * while the store was lost) stays visible at the peer.
  *
+ * **Unchanged renders are not written.** Each feed remembers, per key, a SHA-256 digest of the
+ * canonical JSON of the last render it wrote (server-managed `meta.versionId`/`meta.lastUpdated`
+ * left out, as the merge engine leaves them out: src/merge/flatten.ts), or that it deleted the key.
+ * A new version whose redacted render has the same digest (e.g. only a removed telecom changed) is
+ * skipped: no merge write, nothing published. Only this feed writes its projection document (updates
+ * of projected types from the peer are dropped by Tide), so the digest describes what the document
+ * holds. The memory is per feed (a new store, a new epoch, a restart: empty, every key written once
+ * more, which the merge engine turns into no update when nothing changed), bounded per peer (LRU:
+ * a forgotten key is simply written), and a key is forgotten before each write and when it is
+ * shredded: a failed write or a shred never leaves a digest that could skip a needed write.
+ *
  * **Failures.** A projection store that cannot be opened (e.g. its key vault wrapped under a retired
  * X-Wing key) is tried again every 30 s; meanwhile the peer gets no projection. The same holds while
  * the last projection write to the store failed (until one succeeds). Tide's anti-entropy then leaves
  * the projected types out for that peer (fail closed: never the shared document) and shows the error
  * as the peer's `lastError` (`GET /admin/peers`). Warnings are rate-limited per peer.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
-import { parseFhirJson, isJsonObject } from '../fhir/json.ts';
+import { canonicalStringify, parseFhirJson, isJsonObject } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import { Replica } from '../merge/replica.ts';
 import type { MergePolicy } from '../merge/policy.ts';
@@ -42,7 +53,7 @@ import type { SqliteStoreOptions } from '../store/sqlite-store.ts';
 import type { ResourceStore } from '../store/store.ts';
 import type { ProjectionSource, ResourceUpdate } from '../tide/types.ts';
 import type { Mapping } from './load.ts';
-import { withRedactedLabel } from './redact.ts';
+import { projectedTypesFor, withRedactedLabel } from './redact.ts';
 
 /** An opened projection store: the store and its epoch (see module doc). */
 export interface OpenedProjectionStore {
@@ -76,6 +87,11 @@ export interface ProjectionFeedsOptions {
   logger?: ProjectionLogger;
   /** Keys projected per event-loop turn. Default 100. */
   batchSize?: number;
+  /**
+   * Digests of written renders remembered per peer (see module doc "Unchanged renders"), LRU.
+   * Default 100 000 (about 150 bytes each); 0 turns the skip off (every version is written).
+   */
+  renderCacheSize?: number;
 }
 
 /** Counters of {@link ProjectionFeeds.stats}. */
@@ -84,6 +100,8 @@ export interface ProjectionStats {
   written: number;
   /** Updates handed to `publishTo`. */
   published: number;
+  /** New versions whose redacted render equalled the projection's (no write, nothing published). */
+  skipped: number;
   /** Keys that failed to project (logged; retried on the next version or backfill). */
   failures: number;
 }
@@ -93,9 +111,29 @@ interface Feed {
   replica: Replica;
   store: ResourceStore;
   epoch: string;
+  /** Key → {@link renderDigest} of what the projection document holds, or {@link DELETED} (LRU: Map order). */
+  rendered: Map<string, string>;
 }
 
-const NO_TYPES: ReadonlySet<string> = new Set();
+/** {@link Feed.rendered} of a key whose projection is deleted (or was never written while deleted). */
+const DELETED = 'deleted';
+
+/**
+ * SHA-256 (FIPS 180-4) of the canonical JSON (docs/merge.md) of a projection render, without the
+ * server-managed `meta.versionId` and `meta.lastUpdated` (the merge engine ignores them, so two
+ * renders that differ only there write the same document; src/merge/flatten.ts), as base64 (44
+ * characters). Equal digests: the same projection document content.
+ * @param resource - the redacted, labelled resource about to be written to a projection.
+ * @returns The digest, base64 (never equal to the deleted marker).
+ */
+export function renderDigest(resource: FhirJsonObject): string {
+  let r = resource;
+  if (isJsonObject(r.meta) && ('versionId' in r.meta || 'lastUpdated' in r.meta)) {
+    const { versionId: _v, lastUpdated: _l, ...meta } = r.meta;
+    r = { ...r, meta };
+  }
+  return createHash('sha256').update(canonicalStringify(r)).digest('base64');
+}
 
 /** After a projection store failed to open, how long before it is tried again, ms. */
 const OPEN_RETRY_MS = 30_000;
@@ -179,6 +217,34 @@ export function openProjectionSqlite(storeFile: string, peerId: string, opts: Sq
   return { store, epoch, path, close: () => store.close() };
 }
 
+/**
+ * Says once, at start, which projection peers get every projected resource again because their
+ * projection stores are kept in memory (a memory or PostgreSQL node store: only a SQLite node store
+ * has projection stores at rest, see {@link openProjectionSqlite}). A memory projection store is new
+ * at every start, so it has a new epoch (module doc): its writer's documents are all new, and the
+ * backfill sends every held resource of the peer's projected types to the peer once more. One
+ * warning naming the peers and the types their rules name (`redactedTypes`: config, no resource
+ * content); nothing when no peer has `redact` rules.
+ * @param log - the node's logger.
+ * @param storeKind - the node store's kind (src/store/open.ts).
+ * @param mapping - the mapping in force at start, or undefined (no mapping file).
+ * @returns The peers named (sorted), empty when nothing was logged.
+ */
+export function logProjectionResend(log: Pick<ProjectionLogger, 'warn'>, storeKind: 'memory' | 'postgres' | 'sqlite', mapping: Mapping | undefined): string[] {
+  if (storeKind === 'sqlite' || mapping === undefined) return [];
+  const peers = mapping.peers.filter((p) => mapping.redactionFor(p) !== undefined).sort();
+  if (peers.length === 0) return [];
+  // the projected types are the types the rules name (redact.ts projectedTypesFor)
+  const redactedTypes = Object.fromEntries(peers.map((p) => [p, [...mapping.redactedTypes(p)].sort()]));
+  log.warn(
+    { peers, redactedTypes, store: storeKind, reason: 'projection stores are kept in memory: a new epoch at every start' },
+    storeKind === 'postgres'
+      ? 'projection: with a PostgreSQL store the projection stores are in memory; these redacted peers get every projected resource again after each start (docs/mappings.md "Projection stores")'
+      : 'projection: with a memory store the projection stores are in memory; these redacted peers get every projected resource again after each start',
+  );
+  return peers;
+}
+
 /** One projection store file of a node's store file (see {@link projectionStoreFiles}). */
 export interface ProjectionStoreFile {
   /** `<storeFile>.projection-<peerId>.<epoch>.sqlite` (its key vault: this path + `.keys`). */
@@ -226,8 +292,9 @@ export class ProjectionFeeds {
   readonly #dirty = new Set<string>();
   #running: Promise<void> | undefined;
   #stopped = false;
-  readonly #stats: ProjectionStats = { written: 0, published: 0, failures: 0 };
+  readonly #stats: ProjectionStats = { written: 0, published: 0, skipped: 0, failures: 0 };
   readonly #batchSize: number;
+  readonly #renderCacheSize: number;
   /** Per peer whose projection store failed to open: the error, and when opening may be tried again. */
   readonly #openFailures = new Map<string, { message: string; retryAt: number }>();
   /** Per peer whose last projection write failed (cleared by the next one that succeeds): the error. */
@@ -239,11 +306,13 @@ export class ProjectionFeeds {
   constructor(opts: ProjectionFeedsOptions) {
     this.#opts = opts;
     this.#batchSize = opts.batchSize ?? 100;
+    this.#renderCacheSize = Math.max(0, opts.renderCacheSize ?? 100_000);
   }
 
   /** Resource types projected for `peerId` under the mapping in force (empty: not a projection peer). */
   typesFor(peerId: string): ReadonlySet<string> {
-    return this.#opts.mapping()?.redactedTypes(peerId) ?? NO_TYPES;
+    // the types the rules name (src/mapping/redact.ts projectedTypesFor: one set for feed, Tide and preview)
+    return projectedTypesFor(this.#opts.mapping()?.redactionFor(peerId));
   }
 
   /**
@@ -267,7 +336,8 @@ export class ProjectionFeeds {
       }
       this.#openFailures.delete(peerId);
       const replica = new Replica({ nodeId: `${this.#opts.nodeId}~redacted~${peerId}~${opened.epoch}`, store: opened.store, policy: this.#opts.policy });
-      feed = { replica, store: opened.store, epoch: opened.epoch };
+      // a new feed (new store or epoch) remembers nothing: every key is written once more
+      feed = { replica, store: opened.store, epoch: opened.epoch, rendered: new Map() };
       this.#feeds.set(peerId, feed);
     }
     return feed;
@@ -358,6 +428,8 @@ export class ProjectionFeeds {
     let shredded = 0;
     let unshreddable = 0;
     for (const feed of this.#feeds.values()) {
+      // never skip a later write because of what the document held before the shred
+      for (const k of keys) feed.rendered.delete(k);
       const held = keys.filter((k) => feed.store.get(k) !== undefined);
       if (held.length === 0) continue;
       const store = feed.store as ResourceStore & { shred?: (keys: readonly string[]) => { shredded: string[] } };
@@ -436,6 +508,23 @@ export class ProjectionFeeds {
     }
   }
 
+  /** A new version whose render the projection already holds: counted, marked recently used, not written. */
+  #skip(feed: Feed, key: string): undefined {
+    this.#stats.skipped++;
+    const d = feed.rendered.get(key)!;
+    feed.rendered.delete(key);
+    feed.rendered.set(key, d);
+    return undefined;
+  }
+
+  /** Remembers what the projection document of `key` now holds (LRU, at most `renderCacheSize` keys). */
+  #remember(feed: Feed, key: string, digest: string): void {
+    if (this.#renderCacheSize === 0) return;
+    feed.rendered.delete(key);
+    feed.rendered.set(key, digest);
+    if (feed.rendered.size > this.#renderCacheSize) feed.rendered.delete(feed.rendered.keys().next().value as string);
+  }
+
   /**
    * Writes the projection of `key` for `peerId` from the shared resource's current version.
    * @returns The projection's Yjs update, or undefined when it did not change (or is not due).
@@ -449,18 +538,30 @@ export class ProjectionFeeds {
     if (!this.#opts.mayReceive(peerId, key)) return undefined;
     const feed = this.#feed(peerId);
     let result;
+    let digest: string;
     if (current.deleted || current.body === null) {
+      if (feed.rendered.get(key) === DELETED) return this.#skip(feed, key);
       const mine = feed.replica.current(key);
-      if (mine === undefined || mine.deleted) return undefined;
+      if (mine === undefined || mine.deleted) {
+        this.#remember(feed, key, DELETED);
+        return undefined;
+      }
+      digest = DELETED;
+      feed.rendered.delete(key); // forgotten until the write succeeded
       result = feed.replica.write(key, null);
     } else {
       const parsed = parseFhirJson(current.body);
       if (!isJsonObject(parsed)) return undefined;
       const { resource } = mapping.redact(peerId, parsed as FhirJsonObject);
       // labelled even when nothing was redacted: the peer must never forward a projection
-      result = feed.replica.write(key, withRedactedLabel(resource));
+      const labelled = withRedactedLabel(resource);
+      digest = renderDigest(labelled);
+      if (feed.rendered.get(key) === digest) return this.#skip(feed, key);
+      feed.rendered.delete(key); // forgotten until the write succeeded
+      result = feed.replica.write(key, labelled);
     }
     this.#writeFailures.delete(peerId);
+    this.#remember(feed, key, digest);
     if (result.update === undefined) return undefined;
     this.#stats.written++;
     return result.update;
