@@ -6,8 +6,13 @@
  * - Tide signals: two real Tides on Redis (own key prefix), real tidegate-env/2 envelopes. Each
  *   attack adds one crafted envelope to the victim's inbox queue, as anyone with write access to
  *   its Redis could: a tampered signature, a sender that is not a peer, a replay of a processed
- *   envelope, an envelope validly signed by the peer that does not decrypt, and an `updates`
- *   message of a type the peer may not send. Time = alert raised − `queue.add` started.
+ *   envelope, an envelope validly signed by the peer that does not decrypt, an `updates`
+ *   message of a type the peer may not send, and two `updates` messages validly sealed by the peer
+ *   whose Yjs update the skew check refuses before applying (src/merge/skew.ts, docs/merge.md
+ *   "Clock skew and forged entries"): a real write by a replica whose wall clock is an hour ahead
+ *   (`clock-skew`), and an element in another node's log `n:X` inserted under the peer's own Yjs
+ *   client id (`forged-entry`). The victim's replica checks every update as a node's does
+ *   (`checkUpdate`, all or nothing). Time = alert raised − `queue.add` started.
  * - HTTP signals: a real `fhirApp` with SMART authorization (ES256 JWKS file) on a real port, the
  *   {@link securityMonitor} in front, requests with `fetch`: a burst of requests with an invalid
  *   token, one token reading many patients one by one, one token paging through `_history` (search
@@ -39,8 +44,11 @@ import { generateNodeKeys, seal, signatureInputV2, SUITE_V2 } from '../envelope/
 import type { NodePublicKeys, NodeSecretKeys } from '../envelope/index.ts';
 import { fhirApp } from '../fhir/express.ts';
 import { FhirService } from '../fhir/service.ts';
+import { clientIdFor, logName } from '../merge/doc.ts';
+import { formatStamp, HybridLogicalClock } from '../merge/hlc.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
 import { Replica as MergeReplica } from '../merge/replica.ts';
+import { checkUpdate, DEFAULT_MAX_CLOCK_SKEW_MS, RefusedUpdateError } from '../merge/skew.ts';
 import { MemoryStore } from '../store/store.ts';
 import { BreachDetector, securityMonitor } from '../security/index.ts';
 import type { SecurityAlert, SecuritySignal } from '../security/index.ts';
@@ -110,7 +118,47 @@ export function sealUpdates(from: NodeSecretKeys, to: NodePublicKeys, updates: R
   return { env, messageId };
 }
 
-/** A minimal in-memory Replica for the bench's Tides. */
+/** How far ahead the `clock-skew` attacker's wall clock is, ms (1 hour; the default bound is 5 minutes). */
+const SKEW_AHEAD_MS = 3_600_000;
+
+/**
+ * A real write of `key` by a merge replica of node `nodeId` whose wall clock is `aheadMs` ahead
+ * (a peer with a wrong clock, or forging stamps): its HLC stamps are as far in the future.
+ * @param nodeId - the writing node's id (its log `n:<nodeId>`, its own Yjs client id).
+ * @param key - `Observation/<id>`: an Observation with `status` and `code` is written.
+ * @param aheadMs - how far ahead its wall clock is, ms (default 1 hour).
+ * @returns The write's Yjs update (v1).
+ * @throws Error when the write gives no update (cannot happen for a new key).
+ */
+export function skewedWrite(nodeId: string, key: string, aheadMs: number = SKEW_AHEAD_MS): ResourceUpdate {
+  const r = new MergeReplica({ nodeId, store: new MemoryStore(), policy: loadMergePolicy(), clock: new HybridLogicalClock(() => Date.now() + aheadMs) });
+  const [type = '', id = ''] = key.split('/');
+  const { update } = r.write(key, { resourceType: type, id, status: 'final', code: { text: 'bench' } });
+  if (update === undefined) throw new Error(`skewedWrite: the write of ${key} gave no update`);
+  return { key, update };
+}
+
+/**
+ * A Yjs update that inserts one log element into node `victimLog`'s log (`n:<victimLog>`) under
+ * the Yjs client id of node `writer` (src/merge/doc.ts `clientIdFor`): an entry forged in another
+ * node's name, which the skew check refuses with `ERR_FORGED_ENTRY`.
+ * @param key - the resource key the update is sent for (`Type/id`).
+ * @param victimLog - the node id whose log is forged.
+ * @param writer - the node id whose Yjs client id inserts the element (not `victimLog`).
+ * @returns The crafted update (v1), one element stamped now.
+ */
+export function forgedEntry(key: string, victimLog: string, writer: string): ResourceUpdate {
+  const doc = new Y.Doc({ gc: false });
+  doc.clientID = clientIdFor(writer);
+  doc.getArray<string>(logName(victimLog)).push([JSON.stringify({ t: formatStamp(Date.now(), 0), e: [{ p: 'status', v: '"final"' }] })]);
+  return { key, update: Y.encodeStateAsUpdate(doc) };
+}
+
+/**
+ * A minimal in-memory Replica for the bench's Tides. Like a node's (src/node/node.ts), it checks
+ * every update of a message with the skew check before applying any (src/merge/skew.ts) and throws
+ * {@link RefusedUpdateError} for the first refused one.
+ */
 class MapReplica implements Replica {
   readonly nodeId: string;
   readonly docs = new Map<string, Y.Doc>();
@@ -118,6 +166,10 @@ class MapReplica implements Replica {
     this.nodeId = nodeId;
   }
   async applyRemote(updates: ResourceUpdate[]): Promise<void> {
+    for (const u of updates) {
+      const refused = checkUpdate(u.update, { nowMs: Date.now(), maxSkewMs: DEFAULT_MAX_CLOCK_SKEW_MS, doc: this.docs.get(u.key) });
+      if (refused) throw new RefusedUpdateError(u.key, refused);
+    }
     for (const u of updates) {
       let d = this.docs.get(u.key);
       if (!d) this.docs.set(u.key, (d = new Y.Doc()));
@@ -181,7 +233,7 @@ export async function measureTideSignals(redisUrl: string, reps: number): Promis
   });
   await tide.start();
   const inbox = new Queue(inboxQueueName('victim'), { connection: { url: redisUrl }, prefix, skipMetasUpdate: true });
-  const out: Record<string, number[]> = { 'envelope-signature': [], 'unknown-sender': [], replay: [], 'decryption-failure': [], 'peer-not-allowed': [] };
+  const out: Record<string, number[]> = { 'envelope-signature': [], 'unknown-sender': [], replay: [], 'decryption-failure': [], 'peer-not-allowed': [], 'clock-skew': [], 'forged-entry': [] };
   const attack = async (signal: SecuritySignal, env: string, jobId: string): Promise<void> => {
     const alerted = nextAlert(detector, signal);
     const t0 = Date.now();
@@ -199,6 +251,11 @@ export async function measureTideSignals(redisUrl: string, reps: number): Promis
       await attack('decryption-failure', undecryptable(garbled.env, B.secretKeys), garbled.messageId);
       const typed = sealUpdates(B.secretKeys, A.publicKeys, [oneUpdate(`Patient/p-${i}`)]);
       await attack('peer-not-allowed', typed.env, typed.messageId);
+      // refused before applying (src/merge/skew.ts): validly sealed by the peer, the Yjs update is the attack
+      const skewed = sealUpdates(B.secretKeys, A.publicKeys, [skewedWrite('peer', `Observation/s-${i}`)]);
+      await attack('clock-skew', skewed.env, skewed.messageId);
+      const forged = sealUpdates(B.secretKeys, A.publicKeys, [forgedEntry(`Observation/f-${i}`, 'hospital-z', 'peer')]);
+      await attack('forged-entry', forged.env, forged.messageId);
       // replay: a real message is processed, its completed job removed, then the captured envelope re-added
       const real = sealUpdates(B.secretKeys, A.publicKeys, [oneUpdate(`Observation/r-${i}`)]);
       await inbox.add('updates', { env: real.env }, { jobId: real.messageId, attempts: 1 });
@@ -329,7 +386,7 @@ export const detectionSection: BenchSection = {
       '| --- | --- | ---: | ---: | ---: | --- |',
       ...rows,
       '',
-      'Tide signals: one crafted tidegate-env/2 envelope added to the victim\u2019s inbox on real Redis (tampered signature; a sender that is not a peer; a processed envelope re-added after its completed job was removed; ciphertext changed and validly re-signed by the peer; an `updates` message of a type the peer may not send); the time includes BullMQ delivery and the envelope open (ML-DSA-65 verify) on the crypto worker. HTTP signals: a real `fhirApp` with SMART authorization and the security monitor on a real port, sequential `fetch` requests; "first request" includes sending every request up to the threshold.',
+      'Tide signals: one crafted tidegate-env/2 envelope added to the victim\u2019s inbox on real Redis (tampered signature; a sender that is not a peer; a processed envelope re-added after its completed job was removed; ciphertext changed and validly re-signed by the peer; an `updates` message of a type the peer may not send; an `updates` message validly sealed by the peer whose Yjs update carries HLC stamps an hour ahead, or an element in another node\u2019s log under the peer\u2019s Yjs client id, both refused by the skew check before applying); the time includes BullMQ delivery and the envelope open (ML-DSA-65 verify) on the crypto worker. HTTP signals: a real `fhirApp` with SMART authorization and the security monitor on a real port, sequential `fetch` requests; "first request" includes sending every request up to the threshold.',
       '',
       `Targets ${allMet ? '**met**' : '**not met**'} for every measured signal.`,
     ].join('\n');

@@ -15,7 +15,7 @@ import { jsonPositions, positionOf, toPointer } from './json-position.ts';
 import type { JsonPositions } from './json-position.ts';
 import { isYamlFile, yamlCommentHint, yamlPositions, yamlTypeHint } from './yaml-position.ts';
 import { compileCondition, Router } from './routing.ts';
-import { compileRedactRule, RedactRuleError, redactResource } from './redact.ts';
+import { compileRedactRule, findNestedResource, MAX_NESTED_JSON_DEPTH, MAX_NESTED_RESOURCE_DEPTH, projectedTypesFor, RedactRuleError, redactResource } from './redact.ts';
 import type { CompiledRedactRule } from './redact.ts';
 import type { RouteDecision } from './routing.ts';
 import { MappingFileSchema } from './schema.ts';
@@ -255,21 +255,74 @@ export class Mapping {
   }
 
   /**
-   * May `resource` be sent to `peerId`? See src/mapping/routing.ts.
+   * May `resource` be sent to `peerId`? See {@link explainRoute}.
    * @param peerId - a peer node id.
    * @param resource - plain JSON of the resource's current version.
    */
   routeAllows(peerId: string, resource: unknown): boolean {
-    return this.router.routeAllows(peerId, resource);
+    return this.explainRoute(peerId, resource).allowed;
   }
 
   /**
-   * {@link routeAllows} with the deciding rule.
+   * May `resource` be sent to `peerId`, and why. First the peer's route (src/mapping/routing.ts);
+   * when it allows and the peer has redaction rules (docs/mappings.md "Redaction"), a resource of a
+   * type the rules do not name (so not sent as a projection) that nests a resource of a type they do
+   * name (a contained Patient, https://hl7.org/fhir/R4/references.html#contained; a Patient entry of
+   * a stored Bundle, https://hl7.org/fhir/R4/bundle.html; any object below the root with a
+   * `resourceType`), or nests deeper than redaction walks, is withheld (fail closed:
+   * src/mapping/redact.ts `findNestedResource`). A resource of a named type goes as a projection
+   * and its nested resources are redacted there. Routing decisions reach Tide as withheld labels
+   * (src/tide/peer-authz.ts `outboundLabelsOf`), so fanout, anti-entropy and `map preview` agree.
    * @param peerId - a peer node id.
-   * @param resource - plain JSON of the resource.
+   * @param resource - plain JSON of the resource (`JSON.parse` or `toPlainJson` output).
+   * @returns The decision; `reason` names the rule or the nested resource's type and path (never values).
    */
   explainRoute(peerId: string, resource: unknown): RouteDecision {
-    return this.router.explain(peerId, resource);
+    const decision = this.router.explain(peerId, resource);
+    if (!decision.allowed) return decision;
+    const projected = projectedTypesFor(this.redactionFor(peerId));
+    if (projected.size === 0) return decision;
+    const type = (resource as { resourceType?: unknown } | null)?.resourceType;
+    if (typeof type === 'string' && projected.has(type)) return decision; // a projection: redactResource reaches what it nests
+    const hit = findNestedResource(resource, projected);
+    if (hit === undefined) return decision;
+    if (hit.kind === 'found') return { allowed: false, reason: `holds a nested ${hit.type} that ${peerId}'s redaction rules name: withheld (only ${hit.type} resources themselves go to ${peerId}, as projections), at ${hit.path}` };
+    return { allowed: false, reason: `nests deeper than redaction checks (${MAX_NESTED_RESOURCE_DEPTH} levels of resources, ${MAX_NESTED_JSON_DEPTH} JSON levels in one; at ${hit.path}) and ${peerId} has redaction rules: withheld, fail closed` };
+  }
+
+  /**
+   * The peers a resource stays withheld from because an **earlier** version of it nested a type
+   * their redaction rules name (see {@link explainRoute}). The shared document of a resource
+   * carries its history (src/merge/doc.ts: an earlier version's entries stay in the document while
+   * any of them is not superseded), so removing the nested resource does not make the document
+   * safe to send: the withholding is permanent for that resource and peer (fail closed). A cheap
+   * text test (`"resourceType"` more than once) skips versions that nest nothing.
+   * @param type - the resource type (a peer whose rules name it gets projections instead: skipped).
+   * @param bodies - FHIR JSON texts of the earlier versions (null/undefined for deletions: skipped).
+   * @returns Peer ids, each once; empty when no peer has redaction rules.
+   */
+  nestedInHistory(type: string, bodies: Iterable<string | null | undefined>): string[] {
+    const peers = this.peers.filter((p) => {
+      const projected = projectedTypesFor(this.redactionFor(p));
+      return projected.size > 0 && !projected.has(type);
+    });
+    if (peers.length === 0) return [];
+    const out = new Set<string>();
+    for (const body of bodies) {
+      if (!body) continue;
+      const first = body.indexOf('"resourceType"');
+      if (first < 0 || body.indexOf('"resourceType"', first + 1) < 0) continue;
+      let resource: unknown;
+      try {
+        resource = JSON.parse(body);
+      } catch {
+        for (const p of peers) out.add(p); // unreadable: fail closed
+        continue;
+      }
+      for (const p of peers) if (!out.has(p) && findNestedResource(resource, projectedTypesFor(this.redactionFor(p))) !== undefined) out.add(p);
+      if (out.size === peers.length) break;
+    }
+    return [...out];
   }
 
   /**

@@ -21,7 +21,7 @@ import type { CodingChange } from './translate.ts';
 import type { IdentifierChange } from './identifiers.ts';
 import { ConsentGate } from './consent.ts';
 import type { ConsentDecision } from './consent.ts';
-import { withRedactedLabel } from './redact.ts';
+import { projectedTypesFor, withRedactedLabel } from './redact.ts';
 import { isKnownResourceType, validateFhirResource } from '../fhir/validate.ts';
 
 /** One reason the node would refuse a file given to the preview (no values of the resource). */
@@ -46,7 +46,7 @@ export interface MapPreview {
   identifiers: IdentifierChange[];
   /** Set when a `reject` map refused the resource: the message. */
   rejected: string | undefined;
-  /** Element paths redacted for the peer (its route's `redact` rules; no values), `[]` when none. */
+  /** Element paths redacted for the peer (its route's `redact` rules; no values), `[]` when none; nested resources' as FHIRPath (`Observation.contained.ofType(Patient).telecom`). */
   redacted: string[];
   /** The Consent decision for the peer (src/mapping/consent.ts), with the Consents given; undefined without `--peer` or when routing withheld it. */
   consent: ConsentDecision | undefined;
@@ -99,9 +99,11 @@ export function previewResource(mapping: Mapping, resource: FhirJsonObject, peer
     consent = gate.explain(peer, toPlainJson(output) as Record<string, unknown>);
     if (!consent.allowed) output = undefined;
   }
-  // redaction: a projection peer receives the redacted copy (src/mapping/redact.ts)
+  // redaction: a projection peer receives the redacted copy (src/mapping/redact.ts) of the types its
+  // rules name (projectedTypesFor, as the node decides); one of another type nesting such a resource
+  // was withheld above (explainRoute)
   let redacted: string[] = [];
-  if (output !== undefined && peer !== undefined && mapping.redactedTypes(peer).has(String(output['resourceType']))) {
+  if (output !== undefined && peer !== undefined && projectedTypesFor(mapping.redactionFor(peer)).has(String(output['resourceType']))) {
     ({ resource: output, redacted } = mapping.redact(peer, output));
     output = withRedactedLabel(output); // a projection always carries the label (src/mapping/projection.ts)
   }

@@ -17,8 +17,16 @@
  * against the R4 StructureDefinitions (`@medplum/core` `tryGetDataType`); `[x]` matches the typed
  * variants (`Observation.value[x]` → `valueQuantity`, `valueString`, …).
  *
+ * Nested resources: rules reach resources nested in the one sent (contained resources,
+ * `Bundle.entry.resource`, any element of type `Resource`), recursively up to
+ * {@link MAX_NESTED_RESOURCE_DEPTH} levels; each gets the rules of its own type ({@link redactResource}).
+ * A peer with rules receives as projections only the types its rules name ({@link projectedTypesFor});
+ * a resource of another type that nests one of them is withheld from the peer (`Mapping.explainRoute`
+ * with {@link findNestedResource}). Copies of values held as other elements
+ * (`Observation.subject.display`, attachments, free text) are not found: they need rules of their own.
+ *
  * When anything was redacted, the narrative (`text`, which may repeat a redacted value in its XHTML)
- * is removed too, and the resource gets the security label
+ * is removed too (the root's and every nested resource's), and the resource gets the security label
  * `http://terminology.hl7.org/CodeSystem/v3-ObservationValue|REDACTED`
  * (https://terminology.hl7.org/CodeSystem-v3-ObservationValue.html) in `meta.security`.
  */
@@ -244,42 +252,275 @@ function isRedactedLabel(c: FhirJson): boolean {
 }
 
 /**
- * Redacts a resource for one peer. Never mutates `resource`.
- * @param resource - FHIR JSON (plain `JSON.parse` output or `parseFhirJson` output with lossless numbers).
- * @param rules - the peer's compiled rules ({@link compileRedactRule}); rules of other resource types are skipped.
- * @param onError - told about each `where` that failed to evaluate (the rule was applied: fail closed); the error's message holds no resource content.
- * @returns The redacted copy (the input itself when nothing applied) and the element paths redacted
- *   (`Patient.telecom`, no values), in rule order without duplicates, then `Type.text` when the
- *   narrative was removed with them. When the list is non-empty the copy carries the REDACTED security label ({@link REDACTED_TOKEN}) in `meta.security`.
+ * Most levels of resources nested in one another that redaction walks (a Bundle entry holding an
+ * Observation that contains a Patient is 2 below the Bundle). A resource nested deeper is removed
+ * from what the peer receives (fail closed); R4 forbids contained resources to contain others
+ * (dom-2), so real documents stay far below.
  */
-export function redactResource<T extends FhirJsonObject>(resource: T, rules: readonly CompiledRedactRule[], onError?: (rule: CompiledRedactRule, err: Error) => void): { resource: T; redacted: string[] } {
-  const type = resource.resourceType;
-  const out = { ...resource } as FhirJsonObject;
-  const redacted: string[] = [];
+export const MAX_NESTED_RESOURCE_DEPTH = 8;
+/** Most JSON levels (objects and arrays) redaction descends into below one resource; a deeper member is removed (fail closed). */
+export const MAX_NESTED_JSON_DEPTH = 128;
+const MAX_JSON_DEPTH = MAX_NESTED_JSON_DEPTH;
+
+/** What one {@link redactResource} call collects while walking the resource tree. */
+interface RedactWalk {
+  rules: readonly CompiledRedactRule[];
+  onError: ((rule: CompiledRedactRule, err: Error) => void) | undefined;
+  /** Element paths redacted, without duplicates, in the order met. */
+  redacted: string[];
+}
+
+/** Adds `path` to `list` once. */
+function note(list: string[], path: string): void {
+  if (!list.includes(path)) list.push(path);
+}
+
+/**
+ * Redacts the resource `res` (the root or a nested one) and every resource nested in it, copying
+ * what changes. `at` is the FHIRPath of `res` from the root (`Observation.contained.ofType(Patient)`),
+ * `level` its nesting level (0 for the root).
+ * @returns `res` itself when nothing changed, else the redacted copy.
+ */
+function redactTree(res: FhirJsonObject, at: string, level: number, walk: RedactWalk): FhirJsonObject {
+  const type = res.resourceType;
+  const out = { ...res };
+  let changed = false;
   let plain: unknown;
-  for (const rule of rules) {
+  for (const rule of walk.rules) {
     if (rule.type !== type) continue;
     if (rule.where !== undefined) {
       let holds: boolean;
       try {
-        plain ??= toPlainJson(resource);
+        plain ??= toPlainJson(res);
         holds = conditionHolds(evalFhirPath(rule.where, plain));
       } catch (err) {
-        onError?.(rule, conditionErrorWithoutValues(err));
+        walk.onError?.(rule, conditionErrorWithoutValues(err));
         holds = true;
       }
       if (!holds) continue;
     }
-    if (redactIn(out, rule.steps, rule.action) && !redacted.includes(rule.path)) redacted.push(rule.path);
+    if (redactIn(out, rule.steps, rule.action)) {
+      changed = true;
+      note(walk.redacted, level === 0 ? rule.path : `${at}.${rule.steps.join('.')}`);
+    }
   }
-  if (redacted.length === 0) return { resource, redacted };
-  // the narrative may repeat what was redacted (a phone number in text.div): it goes too
-  if (out.text !== undefined) {
-    delete out.text;
-    redacted.push(`${String(type)}.text`);
+  // resources nested in this one: contained[], Bundle.entry.resource, Parameters.parameter.resource, …
+  for (const [name, value] of Object.entries(out)) {
+    if (name === 'resourceType' || value === null || typeof value !== 'object') continue;
+    const next = redactNested(value, `${at}.${name.replace(/^_/, '')}`, level, 1, walk);
+    if (next === value) continue;
+    changed = true;
+    if (next === undefined) delete out[name];
+    else out[name] = next;
   }
-  return { resource: withRedactedLabel(out as T), redacted };
+  return changed ? out : res;
 }
+
+/**
+ * Walks a member value below a resource for nested resources (any object with a string
+ * `resourceType`: R4 puts resources only where an element's type is `Resource`, and an object
+ * anywhere else that claims to be one is treated as one, fail closed).
+ * @returns `value` itself when nothing changed, the copy, or undefined when the member goes (too deep).
+ */
+function redactNested(value: FhirJson, path: string, level: number, jsonDepth: number, walk: RedactWalk): FhirJson | undefined {
+  if (value === null || typeof value !== 'object' || isLosslessNumber(value)) return value;
+  if (jsonDepth > MAX_JSON_DEPTH) {
+    note(walk.redacted, path);
+    return undefined;
+  }
+  if (Array.isArray(value)) {
+    let copy: FhirJson[] | undefined;
+    value.forEach((item, i) => {
+      const next = redactNested(item, path, level, jsonDepth + 1, walk);
+      if (next === item) return;
+      copy ??= [...value];
+      copy[i] = next === undefined ? null : next;
+    });
+    if (copy === undefined) return value;
+    // removed items go (a null would be an item without value); aligned `_x` companions are primitive only, never resources
+    const kept = copy.filter((item, i) => item !== null || value[i] === null);
+    return kept.length > 0 ? kept : undefined;
+  }
+  if (typeof value.resourceType === 'string') {
+    const nested = `${path}.ofType(${value.resourceType})`;
+    if (level + 1 > MAX_NESTED_RESOURCE_DEPTH) {
+      note(walk.redacted, nested);
+      return undefined;
+    }
+    return redactTree(value, nested, level + 1, walk);
+  }
+  let copy: FhirJsonObject | undefined;
+  for (const [name, v] of Object.entries(value)) {
+    const next = redactNested(v, `${path}.${name.replace(/^_/, '')}`, level, jsonDepth + 1, walk);
+    if (next === v) continue;
+    copy ??= { ...value };
+    if (next === undefined) delete copy[name];
+    else copy[name] = next;
+  }
+  if (copy === undefined) return value;
+  return Object.keys(copy).length > 0 ? copy : undefined;
+}
+
+/**
+ * Removes the narrative (`text`) of `res` and of every resource nested in it, copying what
+ * changes; notes each removed one's path (`Observation.text`, `Bundle.entry.resource.ofType(Composition).text`).
+ * @returns `res` itself when it held no narrative, else the copy.
+ */
+function withoutNarratives(res: FhirJsonObject, at: string, level: number, redacted: string[]): FhirJsonObject {
+  let out: FhirJsonObject = res;
+  if (out.text !== undefined) {
+    out = { ...res };
+    delete out.text;
+    note(redacted, `${at}.text`);
+  }
+  const strip = (value: FhirJson, path: string, jsonDepth: number): FhirJson => {
+    if (value === null || typeof value !== 'object' || isLosslessNumber(value) || jsonDepth > MAX_JSON_DEPTH) return value;
+    if (Array.isArray(value)) {
+      let copy: FhirJson[] | undefined;
+      value.forEach((item, i) => {
+        const next = strip(item, path, jsonDepth + 1);
+        if (next !== item) (copy ??= [...value])[i] = next;
+      });
+      return copy ?? value;
+    }
+    if (typeof value.resourceType === 'string') return level + 1 > MAX_NESTED_RESOURCE_DEPTH ? value : withoutNarratives(value, `${path}.ofType(${value.resourceType})`, level + 1, redacted);
+    let copy: FhirJsonObject | undefined;
+    for (const [name, v] of Object.entries(value)) {
+      const next = strip(v, `${path}.${name}`, jsonDepth + 1);
+      if (next !== v) (copy ??= { ...value })[name] = next;
+    }
+    return copy ?? value;
+  };
+  for (const [name, value] of Object.entries(out)) {
+    if (name === 'resourceType' || name === 'text' || value === null || typeof value !== 'object') continue;
+    const next = strip(value, `${at}.${name}`, 1);
+    if (next !== value) {
+      if (out === res) out = { ...res };
+      out[name] = next;
+    }
+  }
+  return out;
+}
+
+/**
+ * Redacts a resource for one peer, and every resource nested in it: its contained resources
+ * (https://hl7.org/fhir/R4/references.html#contained), the resources of a Bundle's entries
+ * (https://hl7.org/fhir/R4/bundle.html, a stored document or collection), of
+ * `Parameters.parameter.resource`, recursively up to {@link MAX_NESTED_RESOURCE_DEPTH} levels; each
+ * nested resource gets the rules of its own type, a `where` evaluated on that nested resource.
+ * Never mutates `resource`.
+ * @param resource - FHIR JSON (plain `JSON.parse` output or `parseFhirJson` output with lossless numbers).
+ * @param rules - the peer's compiled rules ({@link compileRedactRule}); rules of other resource types are skipped.
+ * @param onError - told about each `where` that failed to evaluate (the rule was applied: fail closed); the error's message holds no resource content.
+ * @returns The redacted copy (the input itself when nothing applied) and the element paths redacted
+ *   (no values), without duplicates: the root's as configured (`Patient.telecom`) in rule order,
+ *   a nested resource's as FHIRPath from the root (`Observation.contained.ofType(Patient).telecom`,
+ *   `Bundle.entry.resource.ofType(Patient).telecom`), a nested resource removed for being too deep
+ *   as its own path, then the narratives removed (`Patient.text`, `Bundle.entry.resource.ofType(Composition).text`).
+ *   When anything was redacted anywhere, the narrative of the root and of every nested resource is
+ *   removed (a container's or a document's XHTML may repeat what was redacted), and the root (only:
+ *   R4 dom-5 forbids security labels on contained resources) carries the REDACTED security label
+ *   ({@link REDACTED_TOKEN}) in `meta.security`.
+ */
+export function redactResource<T extends FhirJsonObject>(resource: T, rules: readonly CompiledRedactRule[], onError?: (rule: CompiledRedactRule, err: Error) => void): { resource: T; redacted: string[] } {
+  const type = String(resource.resourceType);
+  const walk: RedactWalk = { rules, onError, redacted: [] };
+  let out = redactTree(resource, type, 0, walk);
+  if (walk.redacted.length === 0) return { resource, redacted: [] };
+  // the narrative may repeat what was redacted (a phone number in text.div): it goes too, in every nested resource
+  out = withoutNarratives(out, type, 0, walk.redacted);
+  return { resource: withRedactedLabel(out as T), redacted: walk.redacted };
+}
+
+/** {@link projectedTypesFor} per rule list (a Mapping's rule lists live as long as the Mapping). */
+const projectedCache = new WeakMap<readonly CompiledRedactRule[], ReadonlySet<string>>();
+
+/**
+ * The resource types a peer receives as projections (src/mapping/projection.ts) under its redaction
+ * rules: exactly the types the rules name. {@link redactResource} reaches the resources nested in a
+ * projected resource; a resource of another type that nests one of these types is withheld from the
+ * peer instead (`Mapping.explainRoute`, {@link findNestedResource}). Used alike by the live feed,
+ * Tide's fanout and anti-entropy (through `ProjectionSource.types`) and `map preview`, so they agree.
+ * @param rules - the peer's compiled rules (`Mapping.redactionFor`), or undefined.
+ * @returns Empty without rules (not a projection peer); the same set object for the same rule list.
+ */
+export function projectedTypesFor(rules: readonly CompiledRedactRule[] | undefined): ReadonlySet<string> {
+  if (rules === undefined || rules.length === 0) return NO_TYPES;
+  let types = projectedCache.get(rules);
+  if (types === undefined) {
+    types = new Set(rules.map((r) => r.type));
+    projectedCache.set(rules, types);
+  }
+  return types;
+}
+
+/** What {@link findNestedResource} reports. */
+export interface NestedResourceHit {
+  /** `found`: a nested resource of a type asked for; `too-deep`: the walk stopped at a bound (what lies below is unknown). */
+  kind: 'found' | 'too-deep';
+  /** `found`: the nested resource's type; `too-deep`: the type of the resource the walk stopped in or at. */
+  type: string;
+  /** FHIRPath from the root, without indices: `Observation.contained.ofType(Patient)`, `Bundle.entry.resource.ofType(Observation).contained.ofType(Patient)`. */
+  path: string;
+}
+
+/**
+ * Looks for a resource of one of `types` nested (at any depth) in `resource`: contained resources
+ * (https://hl7.org/fhir/R4/references.html#contained), the resources of a Bundle's entries
+ * (https://hl7.org/fhir/R4/bundle.html), `Parameters.parameter.resource` (and `part[].resource`),
+ * and any object below the root with a string `resourceType` (treated as a resource, as
+ * {@link redactResource} treats it: fail closed). The root itself is not compared. Depth-first,
+ * stops at the first hit. Bounds, the same as {@link redactResource}'s: at most
+ * {@link MAX_NESTED_RESOURCE_DEPTH} levels of resources nested in one another, and at most
+ * {@link MAX_NESTED_JSON_DEPTH} JSON levels (objects and arrays) below each resource; where a bound is reached the walk stops and
+ * reports `too-deep` (the caller cannot know what lies below: withhold, fail closed). The walk is
+ * linear in the number of JSON values (the input is already parsed, so bounded by the body size the
+ * node accepts) and never recurses more than 8 × 128 levels.
+ * @param resource - plain JSON (`JSON.parse` output) or `parseFhirJson` output of a resource; not modified.
+ *   Anything that is not an object gives undefined.
+ * @param types - the resource types looked for (e.g. {@link projectedTypesFor}); empty: only the bounds are checked.
+ * @returns The first nested resource of one of `types`, or where a bound was reached, or undefined when neither.
+ */
+export function findNestedResource(resource: unknown, types: ReadonlySet<string>): NestedResourceHit | undefined {
+  if (resource === null || typeof resource !== 'object' || Array.isArray(resource)) return undefined;
+  const root = resource as FhirJsonObject;
+  const rootType = typeof root.resourceType === 'string' ? root.resourceType : 'Resource';
+  return findBelow(root, rootType, rootType, 0, types);
+}
+
+/** The members of the resource `res` (type `type`, FHIRPath `at`, nesting `level`), searched by {@link findNestedResource}. */
+function findBelow(res: FhirJsonObject, type: string, at: string, level: number, types: ReadonlySet<string>): NestedResourceHit | undefined {
+  const visit = (value: FhirJson, path: string, jsonDepth: number): NestedResourceHit | undefined => {
+    if (value === null || typeof value !== 'object' || isLosslessNumber(value)) return undefined;
+    if (jsonDepth > MAX_JSON_DEPTH) return { kind: 'too-deep', type, path };
+    if (Array.isArray(value)) {
+      for (const item of value) {
+        const hit = visit(item, path, jsonDepth + 1);
+        if (hit !== undefined) return hit;
+      }
+      return undefined;
+    }
+    if (typeof value.resourceType === 'string') {
+      const nested = `${path}.ofType(${value.resourceType})`;
+      if (types.has(value.resourceType)) return { kind: 'found', type: value.resourceType, path: nested };
+      if (level + 1 > MAX_NESTED_RESOURCE_DEPTH) return { kind: 'too-deep', type: value.resourceType, path: nested };
+      return findBelow(value, value.resourceType, nested, level + 1, types);
+    }
+    for (const [name, v] of Object.entries(value)) {
+      const hit = visit(v, `${path}.${name.replace(/^_/, '')}`, jsonDepth + 1);
+      if (hit !== undefined) return hit;
+    }
+    return undefined;
+  };
+  for (const [name, value] of Object.entries(res)) {
+    if (name === 'resourceType') continue;
+    const hit = visit(value, `${at}.${name.replace(/^_/, '')}`, 1);
+    if (hit !== undefined) return hit;
+  }
+  return undefined;
+}
+
+const NO_TYPES: ReadonlySet<string> = new Set();
 
 /**
  * The resource with the REDACTED security label ({@link REDACTED_TOKEN}) in `meta.security`; the

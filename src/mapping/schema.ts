@@ -56,7 +56,7 @@ export const PeerRouteSchema = z.strictObject({
   redact: z
     .array(RedactRuleSchema)
     .optional()
-    .describe('elements removed or masked in what this peer receives; such a peer gets a read-only projection of the resource types named here (docs/mappings.md "Redaction")'),
+    .describe('elements removed or masked in what this peer receives; such a peer gets a read-only projection of the resource types named here; a resource of another type that nests one of them is withheld from the peer (docs/mappings.md "Redaction")'),
   consentActors: z
     .array(z.string().regex(/^[A-Z][A-Za-z]+\/[A-Za-z0-9.-]{1,64}$/, 'a relative reference such as "Organization/hospital-b"'))
     .optional()

@@ -37,7 +37,7 @@ import express from 'express';
 import type { AuthSetup } from '../auth/setup.ts';
 import { BreachDetector, RevocationList, securityMonitor, securityRouter } from '../security/index.ts';
 import type { SecurityConfig } from '../security/index.ts';
-import { outboundLabelsOf, routeLabelRule } from '../tide/peer-authz.ts';
+import { outboundLabelsOf, ROUTE_LABEL_SYSTEM, routeLabelRule } from '../tide/peer-authz.ts';
 import { REDACTED_LABEL_RULE, V3_OBSERVATION_VALUE } from '../tide/peer-authz.ts';
 import { holdsProjectionWriter, ProjectionFeeds } from '../mapping/projection.ts';
 import type { OpenedProjectionStore } from '../mapping/projection.ts';
@@ -294,11 +294,18 @@ export class TidegateNode {
         stateVector: (key) => replica.stateVector(key),
         // A document with a change not durable yet is not sent (it could still be rolled back).
         diffFor: (key, sv) => (store.unsettled?.(key) ? undefined : replica.diffFor(key, sv)),
-        // Peer authorization: labels of the current version; a deleted resource keeps those of its last live version.
+        // Peer authorization: labels of the current version (a deleted resource keeps those of its last live
+        // version), and the route labels of peers an earlier version nested a redacted type for (Mapping.nestedInHistory).
         securityLabels: (key) => {
-          for (const v of replica.history(key)) {
+          const history = replica.history(key);
+          for (const [i, v] of history.entries()) {
             if (v.deleted || !v.body) continue;
             const labels = [...outboundLabelsOf(v.body, mapping()), ...this.consent.labels(key, v.body)];
+            // an earlier version that nested a redacted type stays in the shared document's history
+            const m = mapping();
+            if (m !== undefined && i + 1 < history.length) {
+              for (const peer of m.nestedInHistory(key.slice(0, key.indexOf('/')), history.slice(i + 1).map((h) => h.body))) labels.push({ system: ROUTE_LABEL_SYSTEM, code: `withhold:${peer}` });
+            }
             // a projection received here stays one even when an edit here dropped its REDACTED label
             const labelled = labels.some((l) => l.system === V3_OBSERVATION_VALUE && l.code === 'REDACTED');
             if (!labelled && holdsProjectionWriter(store.get(key)?.state)) labels.push({ system: V3_OBSERVATION_VALUE, code: 'REDACTED' });
