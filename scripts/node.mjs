@@ -43,6 +43,14 @@ if (major < 22 || (major === 22 && minor < 18)) {
 // timeout), so it can shut down cleanly instead of being orphaned.
 const child = spawn(nodeBin, process.argv.slice(2), { stdio: 'inherit', env });
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(sig, () => child.kill(sig));
+// A launcher of this launcher (bin/tidegate.js, npm) killed with SIGKILL cannot forward it: when this
+// process is re-parented, its parent is gone, so the child is told to shut down as on SIGTERM.
+const parent = process.ppid;
+if (parent > 1) {
+  setInterval(() => {
+    if (process.ppid !== parent) child.kill('SIGTERM');
+  }, 1000).unref();
+}
 child.on('error', (err) => {
   console.error(err.message);
   process.exit(1);

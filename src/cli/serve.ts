@@ -156,6 +156,19 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
+      // Run by a launcher (scripts/node.mjs, bin/tidegate.js) that was killed with SIGKILL, which it
+      // cannot forward: re-parented means the launcher is gone, so shut down as on SIGTERM rather
+      // than run on orphaned, holding the port, the inbox and the store.
+      const parent = process.ppid;
+      if (parent > 1) {
+        const watch = setInterval(() => {
+          if (process.ppid === parent) return;
+          clearInterval(watch);
+          log.warn({ parent }, 'the launcher process is gone: shutting down');
+          resolve();
+        }, 1000);
+        watch.unref();
+      }
     });
     log.info('shutting down');
     await node.stop();
