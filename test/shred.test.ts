@@ -336,6 +336,15 @@ describe('shred on a running node (admin route, two nodes, Redis)', () => {
       assert.equal(oo.resourceType, 'OperationOutcome');
       assert.equal(oo.issue[0]!.code, 'deleted');
       assert.equal((await fetch(`${b.baseUrl}/Patient/pat-q`)).status, 200);
+      // New data about the erased patient is refused too (410), directly and inside a transaction;
+      // data about another patient is not.
+      const about = await put(b, { resourceType: 'Observation', id: 'obs-after', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/pat-p' }, note: [{ text: 'new PHI' }] });
+      assert.equal(about.status, 410);
+      assert.equal(((await about.json()) as { issue: Array<{ code: string }> }).issue[0]!.code, 'deleted');
+      const tx = await fetch(b.baseUrl, { method: 'POST', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry: [{ resource: { resourceType: 'Condition', subject: { reference: 'Patient/pat-p' }, code: { text: 'y' } }, request: { method: 'POST', url: 'Condition' } }] }) });
+      assert.equal(tx.status, 410);
+      assert.equal((await fetch(`${b.baseUrl}/Observation/obs-after`)).status, 404, 'nothing written');
+      assert.equal((await put(b, { resourceType: 'Observation', id: 'obs-q', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/pat-q' } })).status, 201);
 
       // A later update of the patient at A reaches B and is refused, not resurrected.
       assert.equal((await put(a, { resourceType: 'Patient', id: 'pat-p', name: [{ family: FAMILY }], gender: 'female' })).status, 200);

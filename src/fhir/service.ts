@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Parameters, ParametersParameter } from '@medplum/fhirtypes';
 import { canonicalStringify, isJsonObject, parseFhirJson, FhirJsonError } from './json.ts';
-import type { FhirJsonObject } from './json.ts';
+import type { FhirJson, FhirJsonObject } from './json.ts';
 import { badRequest, FhirError, gone, notFound, outcome, preconditionFailed, unprocessable, unsupportedMediaType } from './outcomes.ts';
 import { FHIR_ID, isKnownResourceType } from './validate.ts';
 import { capabilityStatement } from './capability.ts';
@@ -174,7 +174,7 @@ export class FhirService {
   /** A staging service: same node id, profiles and merge policy; writes stay in an overlay and are recorded, nothing is gossiped. */
   private stage(): Staging {
     const replica = new StagingReplica({ nodeId: this.nodeId, store: new OverlayStore(this.replica), policy: this.mergePolicy });
-    const service = new FhirService(replica, () => {}, { profiles: this.profiles, mergePolicy: this.mergePolicy });
+    const service = new FhirService(replica, () => {}, { profiles: this.profiles, mergePolicy: this.mergePolicy, isShredded: this.isShredded });
     return { service, replica };
   }
 
@@ -490,6 +490,10 @@ export class FhirService {
     const all = validateWithProfiles(body, this.profiles);
     const issues = all.filter(isBlocking);
     if (issues.length > 0) throw unprocessable(issues);
+    if (this.isShredded !== undefined && refersToShreddedPatient(body, this.isShredded)) {
+      // docs/storage.md "Crypto-shredding": new data about an erased patient is not stored (nor gossiped)
+      throw new FhirError(410, outcome('error', 'deleted', 'This resource refers to a patient erased on this node (crypto-shredded): it cannot be written'));
+    }
     const key = `${type}/${id}`;
     let baseVersionId: string | undefined;
     if (!isCreate) {
@@ -553,3 +557,33 @@ export class FhirService {
     return parsed;
   }
 }
+
+/**
+ * Whether a resource refers to a crypto-shredded Patient: the Patient itself, or any `reference`
+ * (at any depth, `Patient/<id>` relative, optionally versioned) naming a Patient whose key is
+ * shredded on this node. Broader than the Patient compartment on purpose: any resource that
+ * points at an erased patient is data about them.
+ * @param body - the resource as parsed FHIR JSON.
+ * @param isShredded - the store's tombstone test (`ResourceStore.isShredded`), given `Type/id`.
+ * @returns True when one is found. Walks the resource once (bounded by the node's JSON limits).
+ */
+function refersToShreddedPatient(body: FhirJson, isShredded: (key: string) => boolean): boolean {
+  const stack: FhirJson[] = [body];
+  while (stack.length > 0) {
+    const v = stack.pop()!;
+    if (Array.isArray(v)) {
+      for (const x of v) if (typeof x === 'object' && x !== null) stack.push(x);
+    } else if (isJsonObject(v)) {
+      for (const [k, x] of Object.entries(v)) {
+        if (k === 'reference' && typeof x === 'string') {
+          const m = SHREDDABLE_REF.exec(x);
+          if (m && isShredded(`Patient/${m[1]}`)) return true;
+        } else if (typeof x === 'object' && x !== null) stack.push(x);
+      }
+    }
+  }
+  return false;
+}
+
+/** `Patient/<id>` with an optional `/_history/<vid>`: a relative reference to a Patient. */
+const SHREDDABLE_REF = /^Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
