@@ -84,8 +84,11 @@ test('a worker that cannot start is not respawned forever: calls reject with a c
   const b = generateNodeKeys('node-b');
   await assert.rejects(
     async () => {
-      // Early failures are retried a few times with backoff, then the pool gives up.
-      for (let i = 0; i < 50; i++) {
+      // Early failures are retried a few times with backoff (100 … 800 ms), then the pool gives up.
+      // Polled until a generous deadline rather than a fixed 50 tries × 50 ms, which a loaded
+      // machine's slow worker spawns can outlast.
+      const deadline = Date.now() + 60_000;
+      for (let i = 0; Date.now() < deadline; i++) {
         await pool.seal({ kind: 'updates', messageId: `m${i}`, resources: [], plaintext: new Uint8Array([1]) }, a.secretKeys, b.publicKeys).catch((e: Error) => {
           if (/cannot start/.test(e.message)) throw e;
         });
@@ -95,4 +98,49 @@ test('a worker that cannot start is not respawned forever: calls reject with a c
     /cannot start/,
   );
   await pool.close();
+});
+
+/** Nice value of every thread of this process, by thread id (Linux /proc, proc(5): field 19 of stat). */
+async function threadNices(): Promise<Map<string, number>> {
+  const { readdirSync, readFileSync } = await import('node:fs');
+  const out = new Map<string, number>();
+  for (const tid of readdirSync('/proc/self/task')) {
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    out.set(tid, Number(fields[16]));
+  }
+  return out;
+}
+
+test('worker threads run at a lower priority than the event loop (Linux), the main thread keeps its own', { skip: process.platform !== 'linux' && 'Linux only' }, async () => {
+  const { DEFAULT_WORKER_NICE } = await import('../src/envelope/pool.ts');
+  const before = await threadNices();
+  const mainNice = before.get(String(process.pid));
+  const reniced = new EnvelopeCryptoPool(2);
+  try {
+    // A call on each worker, so both have loaded the worker module.
+    await Promise.all([reniced.seal(input, a.secretKeys, b.publicKeys), reniced.seal({ ...input, messageId: 'm-2' }, a.secretKeys, b.publicKeys)]);
+    const during = await threadNices();
+    const added = [...during].filter(([tid]) => !before.has(tid));
+    assert.equal(added.filter(([, n]) => n === (mainNice ?? 0) + DEFAULT_WORKER_NICE).length, 2, `new threads and their nice values: ${JSON.stringify(added)}`);
+    assert.equal(during.get(String(process.pid)), mainNice, 'the event loop thread is not reniced');
+  } finally {
+    await reniced.close();
+  }
+  const beforePlain = await threadNices();
+  const plain = new EnvelopeCryptoPool(1, { workerNice: 0 });
+  try {
+    await plain.seal(input, a.secretKeys, b.publicKeys);
+    const added = [...(await threadNices())].filter(([tid]) => !beforePlain.has(tid));
+    assert.ok(added.length >= 1);
+    assert.ok(added.every(([, n]) => n === mainNice), `workerNice 0 leaves threads at the process priority: ${JSON.stringify(added)}`);
+  } finally {
+    await plain.close();
+  }
+});
+
+test('workerNice outside 0..19 is refused with a RangeError and starts no worker', () => {
+  for (const bad of [-1, 20, 1.5, Number.NaN]) {
+    assert.throws(() => new EnvelopeCryptoPool(1, { workerNice: bad }), RangeError);
+  }
 });

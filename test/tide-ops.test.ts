@@ -35,13 +35,19 @@ function tamper(env: string, field: string): string {
 const JOB_OPTS = { attempts: 3, backoff: { type: 'exponential', delay: 400 } } as const;
 
 describe('tide quarantine and ops', { timeout: 120_000 }, () => {
-  test('poison messages are quarantined with an alert and do not block the messages behind them', async () => {
+  test('poison messages are quarantined with an alert and do not block the messages behind them', async (t) => {
     const cl = new Cluster(['q-a', 'q-b'], [11, 12], { quarantineMaxEntries: 4 });
     try {
       await cl.startAll();
       const B = cl.node('q-b');
-      // the store refuses any batch containing this key, on every attempt
-      B.replica.poison = (ups) => ups.some((u) => u.key === 'Patient/refused');
+      // the store refuses any batch containing this key, on every attempt; at each attempt, note
+      // how many good messages were already applied
+      const goodAppliedAtAttempt: number[] = [];
+      B.replica.poison = (ups) => {
+        const refuse = ups.some((u) => u.key === 'Patient/refused');
+        if (refuse) goodAppliedAtAttempt.push(B.replica.applied.filter((k) => k.startsWith('Patient/good-')).length);
+        return refuse;
+      };
       await cl.stop('q-b'); // pile the jobs up while B is down, so they are processed in order
       const inbox = cl.inbox('q-b');
       const donor = new DocReplica('donor');
@@ -77,7 +83,11 @@ describe('tide quarantine and ops', { timeout: 120_000 }, () => {
       assert.ok(refused, 'ERR_APPLY_FAILED quarantined');
       const lastGood = B2.replica.appliedAt.get('Patient/good-4') ?? Infinity;
       assert.ok(lastGood < refused.quarantinedAt, 'good messages behind the poison were not held up');
-      assert.ok(lastGood - t0 < 1000, `good messages applied within 1 s (${lastGood - t0} ms)`);
+      // BullMQ puts a retried job back at the end of the wait list (one worker, FIFO): every good
+      // message behind the refused one is applied before its first retry. (Not a wall-clock bound:
+      // on a loaded 2-core machine starting B and opening 10 envelopes took 2.6 s.)
+      assert.deepEqual(goodAppliedAtAttempt, [0, 5, 5], 'good messages applied between the first attempt and the first retry');
+      t.diagnostic(`good messages applied ${lastGood - t0} ms after B started`);
       assert.equal(refused.attempts, 3);
 
       // counters and the bounded Redis list (max 4 of 5)
@@ -214,7 +224,9 @@ describe('tide quarantine and ops', { timeout: 120_000 }, () => {
     const cl = new Cluster(['r-a', 'r-b', 'r-c'], [11, 12, 13], {
       relayGraceMs: 200,
       attempts: 2,
-      sendTimeoutMs: 300,
+      // the unreachable peer (port 1) fails at once (not connected); a healthy link must not be
+      // given up (and dropped for 60 s) because one add took over 300 ms on a loaded machine
+      sendTimeoutMs: 5000,
       peerDownMs: 60_000,
       stopTimeoutMs: 2000,
     });
@@ -241,8 +253,8 @@ describe('tide quarantine and ops', { timeout: 120_000 }, () => {
 
       // new writes at A now reach C through B, with no further anti-entropy
       A.tide.publish([A.replica.set('Patient/x2', { name: 'second' }), A.replica.set('Patient/x1', { gender: 'other' })]);
-      await waitFor('C has x2 through B', () => C.replica.json('Patient/x2') !== undefined, 5000);
-      await waitFor('C has the x1 edit', () => C.replica.json('Patient/x1')?.gender === 'other', 5000);
+      await waitFor('C has x2 through B', () => C.replica.json('Patient/x2') !== undefined);
+      await waitFor('C has the x1 edit', () => C.replica.json('Patient/x1')?.gender === 'other');
       await A.tide.flush();
       await cl.quiesce();
       assert.deepEqual(C.replica.snapshot(), A.replica.snapshot());
@@ -345,7 +357,7 @@ describe('tide quarantine and ops', { timeout: 120_000 }, () => {
       assert.equal((await A.tide.health()).ready, true);
       await killRedisServer(server);
       killed = true;
-      await waitFor('A not ready', async () => !(await A.tide.health(300)).ready, 5000);
+      await waitFor('A not ready', async () => !(await A.tide.health(300)).ready);
       A.tide.publish([A.replica.set('Patient/s-2', { name: 'during the outage' })]);
       const t0 = Date.now();
       await cl.stop('s-a');
@@ -353,7 +365,7 @@ describe('tide quarantine and ops', { timeout: 120_000 }, () => {
       assert.ok(took < 1500 + 1500, `stop() took ${took} ms`);
       assert.equal((await A.tide.health()).state, 'stopped');
       // the peer that was sent to still got what was pending (its Redis was fine)
-      await waitFor('B has s-2', () => B.replica.json('Patient/s-2') !== undefined, 5000);
+      await waitFor('B has s-2', () => B.replica.json('Patient/s-2') !== undefined);
     } finally {
       await cl.cleanup();
       if (!killed) await killRedisServer(server);

@@ -139,7 +139,7 @@ describe('tide retries and shutdown', { timeout: 120_000 }, () => {
       assert.ok(took < 1500 + 1500, `stop() took ${took} ms`);
       assert.equal((await A.tide.health()).state, 'stopped');
       // the peer's Redis was fine: what was pending for it was still sent
-      await waitFor('B has h-2', () => B.replica.json('Patient/h-2') !== undefined, 5000);
+      await waitFor('B has h-2', () => B.replica.json('Patient/h-2') !== undefined);
     } finally {
       proxy.stalled = false;
       await cl.cleanup();
