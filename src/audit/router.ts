@@ -23,6 +23,7 @@ import { AuthError } from '../auth/errors.ts';
 import { sendAuthError } from '../auth/middleware.ts';
 import { FhirError, methodNotAllowed, notFound, toOutcome, unsupportedMediaType } from '../fhir/outcomes.ts';
 import { parseSearchQuery } from '../fhir/search.ts';
+import { fhirBaseUrl } from '../fhir/base-url.ts';
 import { parseAuditQuery } from './search.ts';
 import type { AuditEvent } from './types.ts';
 
@@ -68,9 +69,8 @@ function send(res: Response, status: number, body: unknown): void {
   res.send(JSON.stringify(body));
 }
 
-function baseUrlOf(req: Request): string {
-  return `${req.protocol}://${req.get('host') ?? 'localhost'}${req.baseUrl}`;
-}
+/** The request's FHIR base: the configured public base, or proxy-aware (src/fhir/base-url.ts). */
+const baseUrlOf = (req: Request): string => fhirBaseUrl(req);
 
 /**
  * Builds the router (see module doc).

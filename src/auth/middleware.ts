@@ -11,6 +11,8 @@
  */
 import express from 'express';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { decodeJwt } from 'jose';
+import type { JWTPayload } from 'jose';
 import type { Logger } from 'pino';
 import { AuthError, wwwAuthenticate } from './errors.ts';
 import type { AuthErrorReason } from './errors.ts';
@@ -25,8 +27,12 @@ import { canonicalStringify, isJsonObject, parseFhirJson, toPlainJson } from '..
 import type { FhirJson } from '../fhir/json.ts';
 import { FhirError, notFound, methodNotAllowed, outcome, toOutcome, badRequest } from '../fhir/outcomes.ts';
 import { parseSearchQuery } from '../fhir/search.ts';
+import { fhirBaseUrl } from '../fhir/base-url.ts';
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+/** Methods whose request body the middleware reads before authorizing (upper case, as Node gives them). */
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+const FORM_MEDIA = /^application\/x-www-form-urlencoded\b/i;
 
 /** One authorization decision, for the audit trail (no token, no body, no PHI beyond ids). */
 export interface AuthDecisionEvent {
@@ -67,6 +73,64 @@ export interface SmartAuthOptions {
   log?: Logger;
   /** Called once per request with the decision (audit hook). */
   onDecision?: (event: AuthDecisionEvent) => void;
+  /**
+   * Remember verified tokens ({@link VerifiedTokenCacheOptions}) so that a client's next requests
+   * skip the signature check. Off (`false`, the default) unless given: whoever turns it on passes
+   * the verifier's revocation hook, which the cache runs on every request it answers.
+   */
+  tokenCache?: VerifiedTokenCacheOptions | false;
+}
+
+/**
+ * The verified-token cache of {@link smartAuth}. A token is verified in full by the verifier
+ * (token.ts: header, algorithm, key, signature, `iss`, `aud`, `exp`, `nbf`, `iat`, revocation) the
+ * first time; its {@link AccessContext} is then reused, keyed by the exact token text, while all of
+ * these hold: the token's `exp` has not passed (no clock skew allowed here, so the cache never
+ * accepts a token the verifier would refuse as expired), it was verified less than `maxAgeMs` ago,
+ * and `isRevoked` (run on every reuse, with the token's claims) says no. Refusals are never cached.
+ * The signature check (an ECDSA/RSA verification, ~0.1 ms of CPU each) is what it saves.
+ */
+export interface VerifiedTokenCacheOptions {
+  /** The revocation hook the verifier runs (createAuth's `isRevoked`); run on every cache hit too. */
+  isRevoked?: ((jti: string | undefined, claims: JWTPayload) => boolean) | undefined;
+  /** Most tokens kept (oldest dropped first). Default 1024. */
+  maxEntries?: number;
+  /** Longest reuse of one verification, ms. Default 60,000. */
+  maxAgeMs?: number;
+  /** Clock, ms since the epoch (the verifier's; default `Date.now`). */
+  now?: (() => number) | undefined;
+}
+
+/** A token verifier that reuses verifications (see {@link VerifiedTokenCacheOptions}). */
+function cachingVerifier(verifier: Pick<TokenVerifier, 'verify'>, o: VerifiedTokenCacheOptions): (token: string) => Promise<AccessContext> {
+  const maxEntries = o.maxEntries ?? 1024;
+  const maxAgeMs = o.maxAgeMs ?? 60_000;
+  const now = o.now ?? Date.now;
+  if (!Number.isSafeInteger(maxEntries) || maxEntries < 1) throw new RangeError('tokenCache.maxEntries must be a positive integer');
+  if (!Number.isSafeInteger(maxAgeMs) || maxAgeMs < 1) throw new RangeError('tokenCache.maxAgeMs must be a positive integer (ms)');
+  const cache = new Map<string, { ctx: AccessContext; verifiedAt: number }>();
+  return async (token: string) => {
+    const hit = cache.get(token);
+    if (hit !== undefined) {
+      const t = now();
+      let fresh = t < hit.ctx.expiresAtMs && t - hit.verifiedAt < maxAgeMs && t >= hit.verifiedAt;
+      if (fresh && o.isRevoked !== undefined) {
+        let claims: JWTPayload;
+        try {
+          claims = decodeJwt(token);
+        } catch {
+          claims = {};
+        }
+        fresh = !o.isRevoked(hit.ctx.jti, claims);
+      }
+      if (fresh) return hit.ctx;
+      cache.delete(token); // the verifier decides again (and names the reason: expired, revoked)
+    }
+    const ctx = await verifier.verify(token);
+    if (cache.size >= maxEntries) cache.delete(cache.keys().next().value!);
+    cache.set(token, { ctx, verifiedAt: now() });
+    return ctx;
+  };
 }
 
 /**
@@ -239,6 +303,7 @@ export function smartAuth(opts: SmartAuthOptions): RequestHandler {
   const realm = opts.realm ?? 'tidegate';
   const limit = opts.maxBodyBytes ?? 16 * 1024 * 1024;
   const baseUrls = opts.baseUrls ?? [];
+  const verify = opts.tokenCache ? cachingVerifier(opts.verifier, opts.tokenCache) : (token: string) => opts.verifier.verify(token);
 
   const decide = (req: Request, ctx: AccessContext | undefined, info: FhirRequestInfo | undefined, err?: FhirError) => {
     const i = info?.kind === 'interaction' ? info : undefined;
@@ -265,10 +330,11 @@ export function smartAuth(opts: SmartAuthOptions): RequestHandler {
     if (info.kind === 'public') return true;
     let ctx: AccessContext | undefined;
     try {
-      ctx = await opts.verifier.verify(bearerToken(req.get('authorization')));
+      ctx = await verify(bearerToken(req.get('authorization')));
       res.locals.auth = ctx;
       if (info.kind === 'unknown') throw info.status === 405 ? methodNotAllowed(`Method ${req.method} is not allowed`) : notFound(`No FHIR interaction at ${req.path}`);
-      if (['POST', 'PUT', 'PATCH', 'DELETE'].includes(req.method.toUpperCase())) {
+      const method = req.method.toUpperCase();
+      if (BODY_METHODS.has(method)) {
         try {
           await readBody(req, res, limit, opts.bodyReader);
         } catch (err) {
@@ -277,14 +343,13 @@ export function smartAuth(opts: SmartAuthOptions): RequestHandler {
       }
       const body = typeof req.body === 'string' ? req.body : undefined;
       if (info.kind === 'batch') {
-        if (body !== undefined) authorizeBundle(ctx, body, opts, `${req.protocol}://${req.get('host') ?? 'localhost'}${req.baseUrl}`);
+        if (body !== undefined) authorizeBundle(ctx, body, opts, fhirBaseUrl(req));
         filterResponses(res, ctx, { interaction: 'batch' }, realm, baseUrls);
         decide(req, ctx, info);
         return true;
       }
       const searching = info.interaction === 'search-type' || info.interaction === 'search-system';
-      const isForm = /^application\/x-www-form-urlencoded\b/i.test(req.get('content-type') ?? '');
-      const searchParams = searching ? [...parseSearchQuery(query), ...(req.method.toUpperCase() === 'POST' && isForm && body ? parseSearchQuery(body) : [])] : [];
+      const searchParams = searching ? [...parseSearchQuery(query), ...(method === 'POST' && body && FORM_MEDIA.test(req.get('content-type') ?? '') ? parseSearchQuery(body) : [])] : [];
       const result = authorizeInteraction(ctx, info, { body, contentType: req.get('content-type'), searchParams, current: opts.current, compartment: { baseUrls } });
       if (result.searchConstraint) appendQuery(req, result.searchConstraint);
       if (result.filterResponse) filterResponses(res, ctx, info, realm, baseUrls);

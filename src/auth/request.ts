@@ -32,6 +32,8 @@ function segmentsOf(path: string): string[] | undefined {
   if (p === '/' || p === '') return [];
   if (!p.startsWith('/')) return undefined;
   const raw = p.slice(1).split('/');
+  // Most paths have no escape: nothing to decode.
+  if (!p.includes('%')) return raw.includes('') ? undefined : raw;
   try {
     const segs = raw.map((s) => decodeURIComponent(s));
     // An empty segment (`//`) does not match any route of the router.
@@ -57,7 +59,8 @@ function interaction(interaction: Interaction, resourceType?: string, id?: strin
  *   status the router would answer (404 unknown path, 405 unknown method).
  */
 export function classifyFhirRequest(method: string, path: string, hasQuery: boolean, ifNoneExist: boolean): FhirRequestInfo {
-  const m = method.toUpperCase() === 'HEAD' ? 'GET' : method.toUpperCase();
+  const upper = method.toUpperCase();
+  const m = upper === 'HEAD' ? 'GET' : upper;
   const segs = segmentsOf(path);
   if (!METHODS.has(m)) return { kind: 'unknown', status: 405 };
   if (segs === undefined) return { kind: 'unknown', status: 404 };

@@ -101,6 +101,7 @@ export function createAuth(cfg: AuthConfig, opts: CreateAuthOptions = {}): AuthS
     endpoints: { ...(tokenUrl ? { token: tokenUrl } : {}), ...(cfg.authorizationEndpoint ? { authorize: cfg.authorizationEndpoint } : {}) },
     tokenEndpoint: issuer ? tokenEndpointHandler(issuer, opts.log) : undefined,
     issuer,
-    middleware: (m = {}) => smartAuth({ ...(opts.log ? { log: opts.log } : {}), ...m, verifier }),
+    // verified tokens are reused (no second signature check) under the same revocation hook and clock
+    middleware: (m = {}) => smartAuth({ ...(opts.log ? { log: opts.log } : {}), tokenCache: { isRevoked: opts.isRevoked, now: opts.now }, ...m, verifier }),
   };
 }

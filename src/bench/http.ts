@@ -30,12 +30,13 @@ import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { availableParallelism, loadavg } from 'node:os';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { generateNodeKeys } from '../envelope/index.ts';
+import { DEFAULT_WORKER_NICE } from '../envelope/pool.ts';
 import { canonicalStringify, isJsonObject } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import { HospitalClient } from '../hospital/index.ts';
@@ -87,6 +88,62 @@ export interface EventLoopFigures {
   p99Ms: number;
   maxMs: number;
   meanMs: number;
+  /**
+   * Event-loop turns that came more than {@link EVENT_LOOP_TARGET_MS} late (a {@link StallWatch}),
+   * and how many of them the main thread spent at least that long on its own CPU: the others waited
+   * for a core (other threads or processes ran), they were not blocked by the node's own work.
+   * Absent where `process.threadCpuUsage` is missing (Node < 23.9).
+   */
+  stalls?: number;
+  stallsOwnCpu?: number;
+  /** Most main-thread CPU time spent inside any one late turn, ms. */
+  maxStallCpuMs?: number;
+}
+
+/**
+ * Watches the main thread's event loop with a 1 ms interval timer and, for each turn that came more
+ * than `thresholdMs` late, measures the CPU time this thread used meanwhile
+ * (`process.threadCpuUsage`, user + system). A late turn with little CPU of its own is the thread
+ * waiting to be scheduled (other threads or processes held the cores, or GC helper threads were
+ * waited for), not work of the node holding the loop.
+ */
+class StallWatch {
+  readonly #threshold: number;
+  readonly #timer: NodeJS.Timeout | undefined;
+  #last = performance.now();
+  #lastCpu = 0;
+  stalls = 0;
+  ownCpu = 0;
+  maxCpuMs = 0;
+  readonly available: boolean;
+
+  constructor(thresholdMs: number) {
+    this.#threshold = thresholdMs;
+    const cpu = (process as { threadCpuUsage?: () => NodeJS.CpuUsage }).threadCpuUsage?.bind(process);
+    this.available = cpu !== undefined;
+    if (!cpu) return;
+    const us = (): number => {
+      const c = cpu();
+      return c.user + c.system;
+    };
+    this.#lastCpu = us();
+    this.#timer = setInterval(() => {
+      const now = performance.now();
+      const c = us();
+      if (now - this.#last > this.#threshold + 1) {
+        const cpuMs = (c - this.#lastCpu) / 1000;
+        this.stalls++;
+        if (cpuMs >= this.#threshold) this.ownCpu++;
+        if (cpuMs > this.maxCpuMs) this.maxCpuMs = cpuMs;
+      }
+      this.#last = now;
+      this.#lastCpu = c;
+    }, 1);
+  }
+
+  stop(): void {
+    if (this.#timer) clearInterval(this.#timer);
+  }
 }
 
 /** One autocannon run against one target. Latencies in ms (exact per-request times, not autocannon's integer histogram). */
@@ -103,6 +160,14 @@ export interface LoadRunFigures {
   timeouts: number;
   seconds: number;
   eventLoop: EventLoopFigures;
+  /**
+   * Time the bench process's main thread (where the tidegate node runs; autocannon is on a worker)
+   * was busy per 2xx response, µs (`performance.eventLoopUtilization`: active time ÷ responses).
+   * For `tidegate` runs it is the node's own cost per request (CPU and system calls, not its waits
+   * for the hospital or the client; a preemption mid-callback counts); for `direct` runs the main
+   * thread does nearly nothing.
+   */
+  mainThreadUsPerOk: number;
 }
 
 /** Medians over the rounds of one target (throughput, p50, p99; event-loop max is the worst round). */
@@ -115,7 +180,10 @@ export interface TargetFigures {
   non2xx: number;
   errors: number;
   timeouts: number;
-  eventLoop: { p99Ms: number; maxMs: number };
+  /** stalls / stallsOwnCpu: summed over rounds; maxStallCpuMs: the worst round (see {@link EventLoopFigures}). */
+  eventLoop: { p99Ms: number; maxMs: number; stalls?: number; stallsOwnCpu?: number; maxStallCpuMs?: number };
+  /** Median over rounds of {@link LoadRunFigures.mainThreadUsPerOk}, µs. */
+  mainThreadUsPerOk: number;
   perRound: LoadRunFigures[];
 }
 
@@ -324,12 +392,16 @@ async function measure(gen: LoadGenerator, base: string, kind: Kind, o: { connec
   }));
   const h = monitorEventLoopDelay({ resolution: EVENT_LOOP_RESOLUTION_MS });
   h.enable();
+  const watch = new StallWatch(EVENT_LOOP_TARGET_MS);
+  const elu0 = performance.eventLoopUtilization();
   let res: LoadResult;
   try {
     res = await gen.run(base, requests, { ...o, unique: kind.write });
   } finally {
     h.disable();
+    watch.stop();
   }
+  const elu = performance.eventLoopUtilization(elu0);
   const sorted = [...res.latencies].sort((a, b) => a - b);
   const ms = (ns: number): number => round(ns / 1e6, 2);
   return {
@@ -342,7 +414,14 @@ async function measure(gen: LoadGenerator, base: string, kind: Kind, o: { connec
     errors: res.errors,
     timeouts: res.timeouts,
     seconds: round(res.seconds, 2),
-    eventLoop: { p50Ms: ms(h.percentile(50)), p99Ms: ms(h.percentile(99)), maxMs: ms(h.max), meanMs: ms(h.mean) },
+    eventLoop: {
+      p50Ms: ms(h.percentile(50)),
+      p99Ms: ms(h.percentile(99)),
+      maxMs: ms(h.max),
+      meanMs: ms(h.mean),
+      ...(watch.available ? { stalls: watch.stalls, stallsOwnCpu: watch.ownCpu, maxStallCpuMs: round(watch.maxCpuMs, 2) } : {}),
+    },
+    mainThreadUsPerOk: res.ok > 0 ? round((elu.active * 1000) / res.ok, 1) : 0,
   };
 }
 
@@ -363,7 +442,18 @@ function summarizeRuns(runs: LoadRunFigures[]): TargetFigures {
     non2xx: runs.reduce((a, r) => a + r.non2xx, 0),
     errors: runs.reduce((a, r) => a + r.errors, 0),
     timeouts: runs.reduce((a, r) => a + r.timeouts, 0),
-    eventLoop: { p99Ms: round(median(runs.map((r) => r.eventLoop.p99Ms)), 2), maxMs: Math.max(0, ...runs.map((r) => r.eventLoop.maxMs)) },
+    eventLoop: {
+      p99Ms: round(median(runs.map((r) => r.eventLoop.p99Ms)), 2),
+      maxMs: Math.max(0, ...runs.map((r) => r.eventLoop.maxMs)),
+      ...(runs.length > 0 && runs.every((r) => r.eventLoop.stalls !== undefined)
+        ? {
+            stalls: runs.reduce((a, r) => a + r.eventLoop.stalls!, 0),
+            stallsOwnCpu: runs.reduce((a, r) => a + r.eventLoop.stallsOwnCpu!, 0),
+            maxStallCpuMs: Math.max(0, ...runs.map((r) => r.eventLoop.maxStallCpuMs!)),
+          }
+        : {}),
+    },
+    mainThreadUsPerOk: round(median(runs.map((r) => r.mainThreadUsPerOk)), 1),
     perRound: runs,
   };
 }
@@ -884,12 +974,12 @@ export function renderHttp(f: HttpBenchFigures): { markdown: string; text: strin
       `autocannon on its own worker thread, ${f.options.connections} connections, ${f.options.durationS} s per run, ${f.options.rounds} rounds alternating direct/tidegate (order swapped every round) after a discarded ${f.options.warmupS} s warm-up of each; figures are medians over rounds, latencies exact per request. ` +
       `Layout as in a deployment, where the hospital FHIR server is a separate system: the Medplum stand-in hospital server runs in a child process of its own (\`src/hospital/medplum-main.ts\`), the tidegate node (0 peers) and the bare proxy on the bench process's main thread, autocannon on a worker thread. \`direct\` is autocannon → hospital process; \`tidegate\` is autocannon → node → the same hospital process. The machine has ${cpus} core${cpus === 1 ? '' : 's'}, shared by the three.`,
     '',
-    '| request | direct req/s | tidegate req/s | tidegate / direct | direct p50 / p99 | tidegate p50 / p99 | bare proxy / direct |',
-    '|---|---:|---:|---:|---:|---:|---:|',
+    '| request | direct req/s | tidegate req/s | tidegate / direct | direct p50 / p99 | tidegate p50 / p99 | node busy / request | bare proxy / direct |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|',
   );
   for (const c of f.comparisons) {
     md.push(
-      `| ${LABELS[c.id] ?? c.id}: \`${c.request}\` (${c.distinct} distinct) | ${c.direct.requestsPerSecond} | ${c.tidegate.requestsPerSecond} | **${pct(c.throughputRatio)}** (rounds ${c.roundRatios.map(pct).join(', ')}) | ${fmtMs(c.direct.p50Ms)} / ${fmtMs(c.direct.p99Ms)} | ${fmtMs(c.tidegate.p50Ms)} / ${fmtMs(c.tidegate.p99Ms)} | ${c.bareProxy ? `${pct(c.bareProxyRatio ?? null)} (${c.bareProxy.requestsPerSecond}/s)` : '—'} |`,
+      `| ${LABELS[c.id] ?? c.id}: \`${c.request}\` (${c.distinct} distinct) | ${c.direct.requestsPerSecond} | ${c.tidegate.requestsPerSecond} | **${pct(c.throughputRatio)}** (rounds ${c.roundRatios.map(pct).join(', ')}) | ${fmtMs(c.direct.p50Ms)} / ${fmtMs(c.direct.p99Ms)} | ${fmtMs(c.tidegate.p50Ms)} / ${fmtMs(c.tidegate.p99Ms)} | ${c.tidegate.mainThreadUsPerOk} µs | ${c.bareProxy ? `${pct(c.bareProxyRatio ?? null)} (${c.bareProxy.requestsPerSecond}/s)` : '—'} |`,
     );
     text.push(`http ${(LABELS[c.id] ?? c.id).padEnd(22)} direct ${String(c.direct.requestsPerSecond).padStart(8)}/s  tidegate ${String(c.tidegate.requestsPerSecond).padStart(8)}/s  ratio ${pct(c.throughputRatio).padStart(6)}  p50 ${fmtMs(c.direct.p50Ms)} → ${fmtMs(c.tidegate.p50Ms)}`);
   }
@@ -902,7 +992,8 @@ export function renderHttp(f: HttpBenchFigures): { markdown: string; text: strin
   md.push(
     `**Target** (issue 6): reads and searches through tidegate at ≥ ${HTTP_RATIO_TARGET * 100} % of the direct throughput — **${f.targetMet ? 'met' : 'not met'}**.`,
     '',
-    '`bare proxy` is a do-nothing reverse proxy (a `node:http` server forwarding each GET with `fetch`, body passed through) in front of the same server, measured in the same rounds: what any Node proxy in front of the hospital pays for one more HTTP server and one HTTP client before doing any work. Where the stand-in answers in well under a millisecond, that alone is most of the gap to the target. ' +
+    '`node busy / request` is the time the main thread, where the node runs, was busy per answered request during the tidegate runs (median over rounds; `performance.eventLoopUtilization`): the node\'s own cost in CPU and system calls, not counting the time it waited for the hospital or the client (time the machine took the core away mid-request still counts, so compare it between rounds of one run). ' +
+      '`bare proxy` is a do-nothing reverse proxy (a `node:http` server forwarding each GET with `fetch`, body passed through) in front of the same server, measured in the same rounds: what any Node proxy in front of the hospital pays for one more HTTP server and one HTTP client before doing any work. Where the stand-in answers in well under a millisecond, that alone is most of the gap to the target. ' +
       'Reads are answered from the node\'s own replica (the merged current version), without a round trip to the hospital server. Searches are forwarded to the hospital server and its searchset is rewritten into the node\'s view (ids, references, paging links, and each entry the node holds replaced by its current version). ' +
       `The compartment search uses \`subject=Patient/[id]\` rather than \`patient=\`: the stand-in's \`MemoryRepository\` evaluates \`patient\`'s FHIRPath \`…subject.where(resolve() is Patient)\` on every resource of the type, about 0.8 ms each (≈ 0.9 s per search over 1215 Encounters), which would measure the stand-in and not tidegate; a real Medplum server answers both from the same index.` +
       (w ? ` Writes through tidegate are accepted once merged; the node's hospital outbox then writes the merged version to the same Medplum server (it needed a median ${fmtMs(w.drainMs ?? 0)} after each run to catch up, not timed).` : ''),
@@ -924,6 +1015,16 @@ export function renderHttp(f: HttpBenchFigures): { markdown: string; text: strin
       `Signing adds **${signed(s.p50AddedMs)}** at p50 and **${signed(s.p99AddedMs)}** at p99 to a write; ${s.envelopesPerRound} envelopes per round (${s.updatesPerEnvelope ?? 'n/a'} updates each), and the batcher needed a median ${fmtMs(s.drainMs)} after a round to send what it still held. ` +
         `Event loop blocked for more than ${EVENT_LOOP_TARGET_MS} ms during the write load: **${f.eventLoopTargetMet ? 'never (target met)' : 'yes (target not met)'}**.`,
     );
+    const late = (t: TargetFigures): string =>
+      t.eventLoop.stalls === undefined ? 'n/a' : `${t.eventLoop.stalls} late turns, ${t.eventLoop.stallsOwnCpu} with ≥ ${EVENT_LOOP_TARGET_MS} ms of own CPU, at most ${fmtMs(t.eventLoop.maxStallCpuMs ?? 0)} of own CPU in one`;
+    if (s.noPeers.eventLoop.stalls !== undefined) {
+      md.push(
+        '',
+        `Own work or waiting for a core: for each event-loop turn more than ${EVENT_LOOP_TARGET_MS} ms late (a 1 ms timer), the CPU time the main thread itself used meanwhile (\`process.threadCpuUsage\`); a late turn with less CPU than that waited to be scheduled (crypto worker, load generator, hospital processes, GC helper threads or other processes held the cores). ` +
+          `0 peers: ${late(s.noPeers)}; ${s.peers} peer${s.peers === 1 ? '' : 's'}: ${late(s.withPeers)}. Tide's crypto worker threads run at nice ${DEFAULT_WORKER_NICE} (src/envelope/pool.ts), so on a busy core the event loop gets most of the CPU.`,
+      );
+      text.push(`http late turns  0 peers: ${late(s.noPeers)}; ${s.peers} peers: ${late(s.withPeers)}`);
+    }
     text.push(
       `http write latency  0 peers p50 ${fmtMs(s.noPeers.p50Ms)} p99 ${fmtMs(s.noPeers.p99Ms)}  ${s.peers} peers p50 ${fmtMs(s.withPeers.p50Ms)} p99 ${fmtMs(s.withPeers.p99Ms)}  (signing adds ${signed(s.p50AddedMs)} / ${signed(s.p99AddedMs)})`,
       `http event-loop delay max ${fmtMs(Math.max(s.noPeers.eventLoop.maxMs, s.withPeers.eventLoop.maxMs))} (target ≤ ${EVENT_LOOP_TARGET_MS} ms: ${f.eventLoopTargetMet ? 'met' : 'not met'})`,

@@ -3,7 +3,7 @@
  * that turns anything thrown into an OperationOutcome (https://hl7.org/fhir/R4/http.html).
  */
 import express from 'express';
-import type { NextFunction, Request, Response, Router } from 'express';
+import type { NextFunction, Request, RequestHandler, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import { FhirService } from './service.ts';
 import type { FhirResult } from './service.ts';
@@ -18,6 +18,8 @@ import { adminAuth } from '../auth/admin.ts';
 import { clientRateLimit, failedAuthRateLimit, fhirBodyReader, noStore, resolveHardening, securityHeaders } from './hardening.ts';
 import type { HardeningOptions } from './hardening.ts';
 import type { AuditWiring } from '../audit/index.ts';
+import { applyProxySettings, fhirBaseUrl } from './base-url.ts';
+import type { ProxyOptions } from './base-url.ts';
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
@@ -26,7 +28,8 @@ export const MAX_BODY_BYTES = 16 * 1024 * 1024;
 
 function send(res: Response, result: FhirResult): void {
   res.status(result.status);
-  for (const [k, v] of Object.entries(result.headers)) res.setHeader(k, v);
+  const headers = result.headers;
+  for (const k in headers) res.setHeader(k, headers[k]!);
   if (result.body === undefined) {
     res.end();
     return;
@@ -36,12 +39,11 @@ function send(res: Response, result: FhirResult): void {
 }
 
 /**
- * The FHIR base URL of a request: `protocol://Host/fhir`. No proxy is trusted (`trust proxy` is
- * not set), so `req.protocol` is the socket's and `X-Forwarded-Proto`/`-Host` are ignored.
+ * The FHIR base URL of a request (base-url.ts `fhirBaseUrl`): the configured `publicBaseUrl`, else
+ * `scheme://host/fhir` from the socket and `Host`, or from `X-Forwarded-Proto`/`-Host` when the
+ * connecting address is a trusted proxy (`trustProxy`; none by default).
  */
-function baseUrlOf(req: Request): string {
-  return `${req.protocol}://${req.get('host') ?? 'localhost'}${req.baseUrl}`;
-}
+const baseUrlOf = fhirBaseUrl;
 
 /** A URI with a scheme (RFC 3986 §3.1), i.e. already absolute. */
 const ABSOLUTE_URI = /^[A-Za-z][A-Za-z0-9+.-]*:/;
@@ -83,6 +85,41 @@ const JSON_MEDIA = ['application/fhir+json', 'application/json', 'application/js
 const JSON_FORMATS = new Set([...JSON_MEDIA, 'json']);
 
 /**
+ * True when some parameter name of a raw query may be `_format`: a name containing `format`, or
+ * one with a `%` escape or `+` (which could spell it encoded). Most queries have neither, and are
+ * then not parsed a second time here.
+ */
+function mayNameFormat(query: string): boolean {
+  if (query === '') return false;
+  let start = 0;
+  while (start <= query.length) {
+    let end = query.indexOf('&', start);
+    if (end < 0) end = query.length;
+    const eq = query.indexOf('=', start);
+    const name = query.slice(start, eq < 0 || eq > end ? end : eq);
+    if (name.includes('format') || name.includes('%') || name.includes('+')) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+/** Answers of `req.accepts(JSON_MEDIA)` by `Accept` value (clients send a handful of values). */
+const acceptVerdicts = new Map<string, boolean>();
+/** Most `Accept` values remembered; the map starts over when full. */
+const MAX_ACCEPT_VERDICTS = 256;
+
+/** True when the `Accept` header allows a JSON form (RFC 9110 §12.5.1, negotiated by express's `req.accepts`). */
+function acceptsJson(req: Request, accept: string): boolean {
+  const known = acceptVerdicts.get(accept);
+  if (known !== undefined) return known;
+  const ok = req.accepts(JSON_MEDIA) !== false;
+  if (accept.length > 512) return ok; // not worth keeping
+  if (acceptVerdicts.size >= MAX_ACCEPT_VERDICTS) acceptVerdicts.clear();
+  acceptVerdicts.set(accept, ok);
+  return ok;
+}
+
+/**
  * Refuses a request whose `_format` (which overrides `Accept`) or `Accept` allows no JSON form
  * with 406 and an OperationOutcome (JSON): this node answers only JSON
  * (https://hl7.org/fhir/R4/http.html#mime-type). No `Accept`, wildcard types and the JSON
@@ -90,7 +127,8 @@ const JSON_FORMATS = new Set([...JSON_MEDIA, 'json']);
  * @throws {@link FhirError} 406 `not-supported`.
  */
 function requireJsonAnswer(req: Request): void {
-  const formats = parseSearchQuery(rawQuery(req)).filter(([n]) => n === '_format').map(([, v]) => v);
+  const query = rawQuery(req);
+  const formats = mayNameFormat(query) ? parseSearchQuery(query).filter(([n]) => n === '_format').map(([, v]) => v) : [];
   if (formats.length > 0) {
     for (const f of formats) {
       const media = f.split(';')[0]!.trim().replace(/ /g, '+').toLowerCase();
@@ -98,9 +136,20 @@ function requireJsonAnswer(req: Request): void {
     }
     return;
   }
-  if (header(req, 'accept') !== undefined && req.accepts(JSON_MEDIA) === false) {
+  const accept = header(req, 'accept');
+  if (accept !== undefined && !acceptsJson(req, accept)) {
     throw notAcceptable('The Accept header allows no JSON form: this server answers only JSON (application/fhir+json or application/json)');
   }
+}
+
+/**
+ * True when a request may carry a body: `Transfer-Encoding` or `Content-Length` is present
+ * (RFC 9112 §6.3, body-parser's `hasBody`), or a `Content-Type` is (whose charset the body reader
+ * checks even without a body). Other requests (most GETs) skip the body reader.
+ */
+function mayHaveBody(req: Request): boolean {
+  const h = req.headers;
+  return h['transfer-encoding'] !== undefined || h['content-length'] !== undefined || h['content-type'] !== undefined;
 }
 
 function notAcceptable(diagnostics: string): FhirError {
@@ -189,15 +238,18 @@ function operationGate(req: Request, res: Response, next: NextFunction): void {
  */
 export function fhirRouter(service: FhirService, log: Logger, hardening: HardeningOptions = {}): Router {
   const r = express.Router();
-  r.use((req, _res, next) => {
+  const readBody = fhirBodyReader(resolveHardening(hardening));
+  // One layer for both: the answer must be JSON, then the body (when there may be one) is read.
+  r.use((req, res, next) => {
     try {
       requireJsonAnswer(req);
-      next();
     } catch (err) {
       next(err);
+      return;
     }
+    if (mayHaveBody(req)) readBody(req, res, next);
+    else next();
   });
-  r.use(fhirBodyReader(resolveHardening(hardening)));
   // An answer leaves only once everything stored so far is durable (FhirServiceOptions.durable).
   const settle = (req: Request, res: Response, next: NextFunction, answer: FhirResult) => {
     const result = withAbsoluteLocation(answer, baseUrlOf(req));
@@ -267,12 +319,14 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
   })));
   r.get('/', ha((req) => service.searchAll(parseSearchQuery(rawQuery(req)), baseUrlOf(req), header(req, 'prefer'))));
   r.get('/:type/_history', h(() => { throw notImplemented('Type-level history is not supported; GET [type]/[id]/_history'); }));
-  r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'), req.get('if-none-match'), ifModifiedSince(req.get('if-modified-since')))));
+  // _summary/_elements of a read, vread or history (subset.ts).
+  const shape = (req: Request) => ({ query: parseSearchQuery(rawQuery(req)), prefer: header(req, 'prefer') });
+  r.get('/:type/:id', h((req) => service.read(p(req, 'type'), p(req, 'id'), req.get('if-none-match'), ifModifiedSince(req.get('if-modified-since')), shape(req))));
   r.put('/:type/:id', h((req) => service.update({ ...writeReq(req), id: p(req, 'id') })));
   r.delete('/:type/:id', h((req) => service.delete(p(req, 'type'), p(req, 'id'), header(req, 'x-tidegate-author'), req.get('if-match'), header(req, 'prefer'))));
   r.patch('/:type/:id', h((req) => service.patch({ ...writeReq(req), id: p(req, 'id') })));
-  r.get('/:type/:id/_history', h((req) => service.history(p(req, 'type'), p(req, 'id'), baseUrlOf(req))));
-  r.get('/:type/:id/_history/:vid', h((req) => service.vread(p(req, 'type'), p(req, 'id'), p(req, 'vid'))));
+  r.get('/:type/:id/_history', h((req) => service.history(p(req, 'type'), p(req, 'id'), baseUrlOf(req), shape(req))));
+  r.get('/:type/:id/_history/:vid', h((req) => service.vread(p(req, 'type'), p(req, 'id'), p(req, 'vid'), shape(req))));
   r.post('/:type/:id/:op', h((req) => {
     if (p(req, 'op') === '$resolve-conflict') {
       return service.resolveConflict(p(req, 'type'), p(req, 'id'), { text: typeof req.body === 'string' ? req.body : '', contentType: header(req, 'content-type'), author: header(req, 'x-tidegate-author'), prefer: header(req, 'prefer') });
@@ -300,6 +354,50 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
 }
 
 /**
+ * The headers a middleware sets regardless of the request (helmet's, as hardening.ts
+ * `securityHeaders` configures it: no nonces, nothing taken from the request), captured once and
+ * set in one loop per answer instead of through helmet's chain of 13 middlewares. The capture runs
+ * twice with different stand-in requests; unless both set the same headers synchronously and call
+ * `next()` without an error, the middleware itself is returned and runs per request as before.
+ * @param mw - e.g. `securityHeaders()`.
+ * @returns A middleware setting the same headers (and removing the same ones).
+ */
+export function precomputedHeaders(mw: RequestHandler): RequestHandler {
+  const capture = (method: string, url: string): { set: Array<[string, string]>; removed: string[] } | undefined => {
+    const set: Array<[string, string]> = [];
+    const removed: string[] = [];
+    let ok = false;
+    const res = {
+      setHeader: (name: string, value: unknown) => {
+        if (typeof value !== 'string') throw new TypeError('not a fixed string header');
+        set.push([name, value]);
+        return res;
+      },
+      removeHeader: (name: string) => {
+        removed.push(name);
+      },
+    };
+    try {
+      mw({ method, url, headers: {} } as Request, res as unknown as Response, (err?: unknown) => {
+        ok = err === undefined;
+      });
+    } catch {
+      return undefined;
+    }
+    return ok ? { set, removed } : undefined;
+  };
+  const a = capture('GET', '/fhir/Patient/a');
+  const b = capture('POST', '/other?x=1');
+  if (a === undefined || b === undefined || JSON.stringify(a) !== JSON.stringify(b)) return mw;
+  const { set, removed } = a;
+  return (_req: Request, res: Response, next: NextFunction) => {
+    for (let i = 0; i < set.length; i++) res.setHeader(set[i]![0], set[i]![1]);
+    for (let i = 0; i < removed.length; i++) res.removeHeader(removed[i]!);
+    next();
+  };
+}
+
+/**
  * An express application serving the FHIR API under `/fhir` and a liveness probe at `/healthz`.
  * @param service - the node's FHIR interactions.
  * @param log - pino logger.
@@ -314,14 +412,20 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
  *   FHIR interaction, auth refusals through the auth decision hook, and `GET /fhir/AuditEvent`.
  * @param hardening - hostile-input limits and the rate limit (hardening.ts, docs/security.md
  *   "Hostile input"); security headers (helmet) and `Cache-Control: no-store` are always set.
+ *   With `trustProxy` / `publicBaseUrl` (base-url.ts, node config `http`): which proxies are
+ *   trusted for `X-Forwarded-*` (links, client address of rate limits, audit and breach
+ *   detection), and a fixed public FHIR base for links.
  * @param operations - optional Router of extra operations mounted under `/fhir` after authorization,
  *   audit and rate limits, before the FHIR router (the mapping's `ConceptMap/$translate`).
+ * @throws RangeError for an invalid `trustProxy` or `publicBaseUrl` (base-url.ts).
  */
-export function fhirApp(service: FhirService, log: Logger, health: () => object = () => ({}), extra?: Router, auth?: AuthSetup, audit?: AuditWiring, hardening: HardeningOptions = {}, operations?: Router): express.Express {
+export function fhirApp(service: FhirService, log: Logger, health: () => object = () => ({}), extra?: Router, auth?: AuthSetup, audit?: AuditWiring, hardening: HardeningOptions & ProxyOptions = {}, operations?: Router): express.Express {
   const limits = resolveHardening(hardening);
   const app = express();
   app.disable('x-powered-by');
-  app.use(securityHeaders());
+  applyProxySettings(app, hardening);
+  if (hardening.trustProxy === true) log.warn('http.trustProxy is true: every address is trusted as a proxy, so X-Forwarded-For (rate limits, audit client address) is the client\'s to set; use a hop count or the proxy addresses unless only the proxy can reach this node');
+  app.use(precomputedHeaders(securityHeaders()));
   app.use('/fhir', noStore());
   app.set('etag', false);
   app.get('/healthz', (_req, res) => {

@@ -349,19 +349,25 @@ export interface HttpConfigSection {
   requestTimeoutMs: number;
   keepAliveTimeoutMs: number;
   rateLimit: RateLimitOptions | false;
+  /** Trusted proxies and the public FHIR base (src/fhir/base-url.ts `ProxyOptions`). */
+  trustProxy?: boolean | number | readonly string[] | undefined;
+  publicBaseUrl?: string | undefined;
 }
 
 /**
  * Maps the config's `http` section to the node's hardening options.
  * @param http - the validated section.
- * @returns `hardening` (limits, rate limit) and `timeouts` for {@link createFhirServer}.
+ * @returns `hardening` (limits, rate limit, and the proxy settings fhirApp applies: src/fhir/base-url.ts)
+ *   and `timeouts` for {@link createFhirServer}.
  */
-export function hardeningFromConfig(http: HttpConfigSection): { hardening: HardeningOptions; timeouts: HttpTimeouts } {
+export function hardeningFromConfig(http: HttpConfigSection): { hardening: HardeningOptions & Pick<HttpConfigSection, 'trustProxy' | 'publicBaseUrl'>; timeouts: HttpTimeouts } {
   return {
     hardening: {
       maxBodyBytes: http.maxBodyBytes,
       json: { maxDepth: http.maxJsonDepth, maxArrayItems: http.maxArrayItems, maxStringLength: http.maxStringLength },
       rateLimit: http.rateLimit,
+      ...(http.trustProxy !== undefined ? { trustProxy: http.trustProxy } : {}),
+      ...(http.publicBaseUrl !== undefined ? { publicBaseUrl: http.publicBaseUrl } : {}),
     },
     timeouts: { headersTimeoutMs: http.headersTimeoutMs, requestTimeoutMs: http.requestTimeoutMs, keepAliveTimeoutMs: http.keepAliveTimeoutMs },
   };

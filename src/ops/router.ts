@@ -5,7 +5,7 @@
  * | route | answer |
  * | --- | --- |
  * | `GET /metrics` | Prometheus text format (prom-client, this node's own Registry) |
- * | `GET /readyz` | 200 `{status:'ready',…}` / 503 `{status:'not-ready',…}`: own Redis answers PING, workers run |
+ * | `GET /readyz` | 200 `{status:'ready',…}` / 503 `{status:'not-ready',…}`: own Redis answers PING, workers run, own queues and anti-entropy scheduler set up in Redis (`queues`; a Redis that lost its data is not ready until the node has set them up again) |
  * | `GET /admin/peers` | `{ node, peers: [...] }`: per peer status, last contact, backlog, lag, last error, quarantined |
  * | `GET /admin/audit` | FHIR R4 `searchset` Bundle of the quarantine AuditEvents, newest first (`?_count=N`) |
  * | `GET /admin/quarantine` | `{ node, key, entries: [...] }`: newest quarantine records from Redis (no envelopes) (`?_count=N`) |
@@ -97,7 +97,12 @@ export function opsRouter(opts: OpsRouterOptions): Router {
     res.status(h.ready ? 200 : 503).json({ status: h.ready ? 'ready' : 'not-ready', node: nodeId, ...h });
   });
 
-  r.get('/admin/peers', (_req: Request, res: Response) => {
+  // The /admin routes sit in one sub-router: every other request (all of /fhir) passes them with
+  // one path test instead of one per route.
+  const admin = express.Router();
+  r.use('/admin', admin);
+
+  admin.get('/peers', (_req: Request, res: Response) => {
     const peers = tide.peers().map((p) => ({
       ...p,
       lastContactAt: iso(p.lastContactAt),
@@ -105,16 +110,17 @@ export function opsRouter(opts: OpsRouterOptions): Router {
       lastReceivedAt: iso(p.lastReceivedAt),
       lastDigestAt: iso(p.lastDigestAt),
       lastError: p.lastError ? { at: iso(p.lastError.at), message: p.lastError.message } : undefined,
+      policy: { ...p.policy, reportedAt: iso(p.policy.reportedAt) },
     }));
     res.json({ node: nodeId, peers });
   });
 
-  r.get('/admin/audit', (req: Request, res: Response) => {
+  admin.get('/audit', (req: Request, res: Response) => {
     res.setHeader('Content-Type', 'application/fhir+json; charset=utf-8');
     res.send(JSON.stringify(tide.auditLog.bundle(countParam(req, 100))));
   });
 
-  r.get('/admin/quarantine', async (req: Request, res: Response) => {
+  admin.get('/quarantine', async (req: Request, res: Response) => {
     try {
       const entries = await tide.quarantined(countParam(req, 100), false);
       res.json({
@@ -127,7 +133,7 @@ export function opsRouter(opts: OpsRouterOptions): Router {
     }
   });
 
-  r.post('/admin/reload', async (_req: Request, res: Response) => {
+  admin.post('/reload', async (_req: Request, res: Response) => {
     const outcome = (status: number, code: string, diagnostics: string): void => {
       res.status(status).type('application/fhir+json').send(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics }] }));
     };
@@ -147,7 +153,7 @@ export function opsRouter(opts: OpsRouterOptions): Router {
     }
   });
   // Any other method: 405 with Allow, as /fhir/metadata answers (src/fhir/express.ts)
-  r.all('/admin/reload', (req: Request, res: Response) => {
+  admin.all('/reload', (req: Request, res: Response) => {
     res.status(405).setHeader('Allow', 'POST');
     res.type('application/fhir+json').send(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'not-supported', diagnostics: `${req.method} is not allowed on /admin/reload: use POST /admin/reload to re-read the mapping file and the peers' public key files` }] }));
   });
