@@ -238,7 +238,7 @@ program
     process.exitCode = p.rejected || p.invalid.length > 0 ? 1 : 0;
   });
 
-program
+const hospitalCommand = program
   .command('hospital')
   .description('run a stand-in hospital FHIR server (Medplum FhirRouter + MemoryRepository over HTTP) for trying nodes by hand')
   .option('--port <n>', 'TCP port (0 = any free port)', tcpPort, 8103)
@@ -252,6 +252,19 @@ program
       process.once('SIGTERM', resolve);
     });
     await h.close();
+  });
+
+hospitalCommand
+  .command('resync')
+  .description('resend the running node\'s current version of every resource (or of --type) to its hospital, e.g. after the hospital lost data; deleted resources are sent as DELETE, crypto-shredded ones never')
+  .requiredOption('--config <file>', 'node configuration JSON (its listen address gives the node URL)')
+  .option('--node-url <url>', 'base URL of the running node (default from --config)')
+  .option('--type <type>', 'resource type to resend (repeatable; default all)', collect, [])
+  .option('--wait', 'wait until every version is handed to the outbox, printing progress', false)
+  .action(async (o: { config: string; nodeUrl?: string; type: string[]; wait: boolean }) => {
+    const { runHospitalResync } = await import('./hospital-resync.ts');
+    const result = await runHospitalResync({ ...o, onProgress: (st) => process.stderr.write(`${JSON.stringify(st)}\n`) });
+    process.stdout.write(`${JSON.stringify(result)}\n`);
   });
 
 program

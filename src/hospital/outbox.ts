@@ -124,6 +124,8 @@ export interface HospitalOutboxStats {
   inSync: number;
   /** Failed write attempts (each retry counts). */
   attemptsFailed: number;
+  /** Versions queued by {@link HospitalOutbox.resend} (a resync), each written even when the hospital is thought to hold it. */
+  resent: number;
 }
 
 interface OutboxItem {
@@ -135,6 +137,8 @@ interface OutboxItem {
   d: boolean;
   /** Canonical JSON body, or null for a deletion. */
   b: string | null;
+  /** Resend (resync): written even when this version is recorded as written or held by the hospital. */
+  f?: true;
 }
 
 interface OutboxJobData {
@@ -249,7 +253,9 @@ export class HospitalOutbox {
   readonly #failed = new Map<string, string>();
   /** Keys dropped by {@link drop} (crypto-shredded): never written again by this process. */
   readonly #dropped = new Set<string>();
-  readonly #stats: HospitalOutboxStats = { written: 0, superseded: 0, stale: 0, inSync: 0, attemptsFailed: 0 };
+  /** Keys in {@link #pending} queued by {@link resend}: their jobs carry the resend flag. */
+  readonly #forced = new Set<string>();
+  readonly #stats: HospitalOutboxStats = { written: 0, superseded: 0, stale: 0, inSync: 0, attemptsFailed: 0, resent: 0 };
   #waiters: Array<() => void> = [];
 
   /**
@@ -355,6 +361,37 @@ export class HospitalOutbox {
   }
 
   /**
+   * Queues `versions` to be written to the hospital again, even where this outbox recorded them as
+   * written or the ledger says the hospital holds them: for a hospital that lost data (an operator
+   * resync, src/hospital/resync.ts). The writes are idempotent (update-as-create PUT, or DELETE of
+   * a deleted resource, https://hl7.org/fhir/R4/http.html#update); a version older than one already
+   * written is still skipped, and crypto-shredded keys ({@link drop}) are never queued. Resolves
+   * once the versions are handed to Redis (so a caller queueing in batches holds one batch in
+   * memory), or at once when Redis cannot take them now (they stay pending and are retried).
+   * @param versions - `[key, version]` pairs, `key` = `Type/id`; the caller's batch (e.g. 500).
+   * @returns How many were queued (shredded keys and calls after {@link stop} are left out).
+   * @throws Error when called before {@link start}.
+   */
+  async resend(versions: ReadonlyArray<readonly [string, VersionRecord]>): Promise<number> {
+    if (this.#state === 'new') throw new Error('HospitalOutbox: resend() before start()');
+    if (this.#state !== 'running') return 0;
+    let n = 0;
+    for (const [key, version] of versions) {
+      if (this.#dropped.has(key)) continue;
+      this.#pending.set(key, version);
+      this.#forced.add(key);
+      n++;
+    }
+    this.#stats.resent += n;
+    if (this.#flushTimer !== undefined) {
+      clearTimeout(this.#flushTimer);
+      this.#flushTimer = undefined;
+    }
+    await this.#flush();
+    return n;
+  }
+
+  /**
    * Resolves when nothing is pending, queued or being written: every enqueued version has been
    * written, skipped as superseded, or has failed for good. While the hospital is down this waits
    * until it returns. Resolves at once after {@link stop}.
@@ -423,6 +460,7 @@ export class HospitalOutbox {
     for (const k of keys) {
       this.#dropped.add(k);
       if (this.#pending.delete(k)) n++;
+      this.#forced.delete(k);
       this.#latestQueued.delete(k);
       this.#writtenCache.delete(k);
       this.#failed.delete(k);
@@ -493,7 +531,7 @@ export class HospitalOutbox {
       const batch = [...this.#pending].slice(0, ADD_BATCH);
       const jobs = batch.map(([key, version]) => ({
         name: JOB_NAME,
-        data: this.#encrypt({ k: key, v: version.versionId, d: version.deleted || version.body === null, b: version.body }),
+        data: this.#encrypt({ k: key, v: version.versionId, d: version.deleted || version.body === null, b: version.body, ...(this.#forced.has(key) ? { f: true as const } : {}) }),
         opts: {
           attempts: this.#attempts,
           backoff: { type: BACKOFF_TYPE },
@@ -512,7 +550,10 @@ export class HospitalOutbox {
       this.#addFailures = 0;
       for (const [i, [key, version]] of batch.entries()) {
         // A newer version enqueued meanwhile stays pending; this one is in Redis now.
-        if (this.#pending.get(key) === version) this.#pending.delete(key);
+        if (this.#pending.get(key) === version) {
+          this.#pending.delete(key);
+          this.#forced.delete(key);
+        }
         const prev = this.#latestQueued.get(key);
         if (prev === undefined || !(clockSum(prev) >= clockSum(version.versionId))) this.#latestQueued.set(key, version.versionId);
         const id = added[i]?.id;
@@ -570,11 +611,12 @@ export class HospitalOutbox {
       return 'superseded';
     }
     const written = await this.#writtenVersion(key);
-    if (written !== undefined && (written === item.v || clockSum(written) > sum)) {
+    // a resend (resync) writes the version again even when it is recorded as written
+    if (written !== undefined && ((written === item.v && item.f !== true) || clockSum(written) > sum)) {
       this.#stats.stale++;
       return 'stale';
     }
-    if (this.ledger.holds(key) === item.v) {
+    if (item.f !== true && this.ledger.holds(key) === item.v) {
       await this.#setWritten(key, item.v);
       this.#stats.inSync++;
       return 'in-sync';

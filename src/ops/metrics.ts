@@ -102,6 +102,8 @@ export function tideMetricsRegistry(tide: MetricsSource, nodeId: string, securit
   counter('tidegate_tide_send_failures_total', 'Messages not delivered to a peer (given up, dropped while down or backlog full).', () => tide.stats().sendFailures);
   counter('tidegate_tide_apply_failures_total', 'Failed replica.applyRemote calls (each attempt).', () => tide.stats().applyFailures);
   counter('tidegate_tide_anti_entropy_runs_total', 'Completed anti-entropy rounds started by this node.', () => tide.stats().antiEntropyRuns);
+  counter('tidegate_tide_anti_entropy_scheduler_restored_total', 'Times the own queues and anti-entropy job scheduler were found lost in the own Redis (it lost its data) and set up again.', () => tide.stats().aeSchedulerRestored);
+  counter('tidegate_tide_anti_entropy_fallback_runs_total', 'Anti-entropy rounds run locally because no scheduled round ran for 3 intervals.', () => tide.stats().aeFallbackRuns);
   counter('tidegate_tide_digests_received_total', 'Anti-entropy digests received and processed.', () => tide.stats().digestsReceived);
   counter('tidegate_tide_anti_entropy_messages_sent_total', 'Anti-entropy envelopes (ae-tree, ae-digest, ae-reply) sent.', () => tide.stats().aeMessagesSent);
   counter('tidegate_tide_anti_entropy_sent_bytes_total', 'Bytes of anti-entropy envelopes sent.', () => tide.stats().aeBytesSent);

@@ -286,6 +286,16 @@ export class Tide {
   #inboxQueue: Queue<InboxJobData> | undefined;
   #controlWorker: Worker | undefined;
   #controlQueue: Queue | undefined;
+  /** Periodic check that the own queues and the anti-entropy scheduler are still in Redis. */
+  #watchdog: NodeJS.Timeout | undefined;
+  /** The check in progress (one at a time). */
+  #checking: Promise<boolean> | undefined;
+  /** The fallback anti-entropy round in progress (one at a time). */
+  #fallback: Promise<void> | undefined;
+  /** When the last anti-entropy round completed (or the node started), ms since the epoch. */
+  #lastAeRunAt = 0;
+  /** True from a detected loss of the own queues until they are set up again (logged once per loss). */
+  #queuesLost = false;
   readonly #stats: TideStats = {
     messagesSent: 0,
     messagesReceived: 0,
@@ -297,6 +307,8 @@ export class Tide {
     applyFailures: 0,
     sendFailures: 0,
     antiEntropyRuns: 0,
+    aeSchedulerRestored: 0,
+    aeFallbackRuns: 0,
     digestsReceived: 0,
     quarantined: {},
     updatesRelayed: 0,
@@ -436,7 +448,10 @@ export class Tide {
    * inbox Queue and Worker (concurrency 1, lock `lockDurationMs`) on its own Redis, and — when
    * `antiEntropyIntervalMs` > 0 — a control queue whose job scheduler (`upsertJobScheduler`,
    * https://docs.bullmq.io/guide/job-schedulers) runs {@link Tide.runAntiEntropy} every
-   * `antiEntropyIntervalMs` ms (first run right away); with 0 the scheduler is removed.
+   * `antiEntropyIntervalMs` ms (first run right away); with 0 the scheduler is removed. While
+   * running, a check every `antiEntropyIntervalMs` sets the own queues and the scheduler up again
+   * when the own Redis lost them (FLUSHALL, a restart without persistence), and runs a round
+   * itself when none completed for 3 intervals (docs/tide.md "Failures").
    * Resolves once the own Redis connections are ready (peers' Redis may still be connecting).
    * @throws Error when called twice, or when the own Redis cannot be reached.
    */
@@ -559,9 +574,105 @@ export class Tide {
       throw err;
     }
     this.#state = 'running';
+    this.#lastAeRunAt = Date.now();
+    if (this.#aeIntervalMs > 0) {
+      // A Redis that lost its data without a reconnect (FLUSHALL, a failover to an empty replica)
+      // loses the scheduler silently: check every interval, and run a round here when none ran.
+      this.#watchdog = setInterval(() => void this.#checkQueues(), Math.max(250, this.#aeIntervalMs));
+      this.#watchdog.unref();
+    }
     // Updates published between construction and start() are sent now.
     for (const peerId of this.#links.keys()) this.#scheduleOrSend(peerId);
     this.#log.info({ node: this.nodeId, peers: this.#links.size }, 'tide: started');
+  }
+
+  /**
+   * Checks that the own queues are set up in Redis: the inbox and control queues' meta hashes
+   * (BullMQ `Queue.getVersion()` is null without them) and, when scheduled, the anti-entropy job
+   * scheduler (`getJobScheduler`). What is missing is set up again: the meta hashes by opening a
+   * fresh Queue handle (BullMQ writes them on init), the scheduler by `upsertJobScheduler`; each
+   * restoration is counted (`aeSchedulerRestored`) and logged once per loss. When no round
+   * completed for 3 × `antiEntropyIntervalMs` (the scheduled job lost, or its worker stuck), one is
+   * run here (`aeFallbackRuns`). One check at a time; never throws.
+   * @returns true when the queues were set up at the time of the check.
+   */
+  #checkQueues(): Promise<boolean> {
+    this.#checking ??= this.#checkQueuesNow().finally(() => {
+      this.#checking = undefined;
+    });
+    return this.#checking;
+  }
+
+  async #checkQueuesNow(): Promise<boolean> {
+    const inbox = this.#inboxQueue;
+    const control = this.#controlQueue;
+    if (this.#state !== 'running' || !inbox || !control) return false;
+    const bound = Math.max(1000, Math.min(this.#aeIntervalMs || 5000, 5000));
+    let ok: boolean;
+    try {
+      const [inboxMeta, controlMeta, scheduler] = await withTimeout(
+        Promise.all([
+          inbox.getVersion(),
+          control.getVersion(),
+          this.#aeIntervalMs > 0 ? control.getJobScheduler(AE_SCHEDULER_ID) : Promise.resolve(true),
+        ]),
+        bound,
+        'queue check timed out',
+      );
+      ok = inboxMeta !== null && controlMeta !== null && scheduler !== undefined;
+    } catch (err) {
+      this.#warnRateLimited('qcheck', { err: errText(err) }, 'tide: checking the own queues failed');
+      return false;
+    }
+    if (!ok) {
+      if (!this.#queuesLost) {
+        this.#queuesLost = true;
+        this.#log.warn({ node: this.nodeId }, 'tide: own queues and anti-entropy scheduler lost (Redis lost its data?); setting them up again');
+      }
+      try {
+        await withTimeout(this.#restoreQueues(), bound * 2, 'restoring the queues timed out');
+        this.#stats.aeSchedulerRestored++;
+        this.#queuesLost = false;
+        this.#log.info({ node: this.nodeId }, 'tide: own queues and anti-entropy scheduler set up again');
+      } catch (err) {
+        this.#warnRateLimited('qrestore', { err: errText(err) }, 'tide: setting up the own queues failed');
+      }
+    }
+    if (this.#aeIntervalMs > 0 && this.#fallback === undefined && Date.now() - this.#lastAeRunAt > 3 * this.#aeIntervalMs) {
+      // not awaited: a round must not hold up the check (health() waits for it)
+      this.#fallback = this.#fallbackRound(control, ok).finally(() => {
+        this.#fallback = undefined;
+      });
+    }
+    return ok;
+  }
+
+  /** A round run by the node itself when no scheduled one ran for 3 intervals (see {@link #checkQueues}). */
+  async #fallbackRound(control: Queue, schedulerPresent: boolean): Promise<void> {
+    if (this.#state !== 'running') return;
+    this.#stats.aeFallbackRuns++;
+    this.#warnRateLimited('aefallback', { node: this.nodeId }, 'tide: no scheduled anti-entropy round ran for 3 intervals; running one locally');
+    try {
+      if (schedulerPresent) await this.#upsertScheduler(control); // puts back a lost next job of an existing scheduler
+      if (this.#state === 'running') await this.runAntiEntropy();
+    } catch (err) {
+      this.#warnRateLimited('aefallback-err', { err: errText(err) }, 'tide: local anti-entropy round failed');
+    }
+  }
+
+  /** Writes the inbox and control queues' meta hashes again and re-registers the scheduler. */
+  async #restoreQueues(): Promise<void> {
+    const streams = { events: { maxLen: this.#eventsMaxLen } };
+    for (const name of [inboxQueueName(this.nodeId), controlQueueName(this.nodeId)]) {
+      const q = new Queue(name, { connection: { url: this.#redisUrl }, prefix: this.#prefix, streams });
+      q.on('error', () => {});
+      try {
+        await q.getVersion(); // resolves after the meta hash is written
+      } finally {
+        await q.close().catch(() => {});
+      }
+    }
+    if (this.#aeIntervalMs > 0 && this.#controlQueue) await this.#upsertScheduler(this.#controlQueue);
   }
 
   /** `upsertJobScheduler` of the anti-entropy job (https://docs.bullmq.io/guide/job-schedulers). */
@@ -794,6 +905,7 @@ export class Tide {
     }
     await Promise.all(sends);
     this.#stats.antiEntropyRuns++;
+    this.#lastAeRunAt = Date.now();
   }
 
   /**
@@ -862,9 +974,11 @@ export class Tide {
   }
 
   /**
-   * Readiness: PINGs the own Redis (bounded by `timeoutMs`) and checks that the inbox worker
+   * Readiness: PINGs the own Redis (bounded by `timeoutMs`), checks that the inbox worker
    * (and the control worker, when scheduled) is running and not paused (BullMQ
-   * `Worker.isRunning()` / `isPaused()`). Never throws.
+   * `Worker.isRunning()` / `isPaused()`), and that the own queues are set up in Redis (queue meta
+   * hashes and the anti-entropy job scheduler; `queues`, bounded by `timeoutMs`). Missing queues
+   * are set up again by the same check, so a later call can be ready. Never throws.
    * @param timeoutMs - PING bound, ms. Default 1000.
    */
   async health(timeoutMs = 1000): Promise<TideHealth> {
@@ -883,7 +997,14 @@ export class Tide {
     }
     const running = (w: Worker | undefined): boolean => w !== undefined && w.isRunning() && !w.isPaused();
     const workers = running(this.#inboxWorker) && (this.#aeIntervalMs === 0 || running(this.#controlWorker));
-    return { ready: state === 'running' && redis && workers, state, redis, redisLatencyMs, workers };
+    // a Redis that lost its data answers PING but holds none of the queues: not ready (and the
+    // check sets them up again, so a later call can say ready)
+    let queues = false;
+    if (redis && state === 'running') {
+      const check = this.#checkQueues();
+      queues = await withTimeout(check, timeoutMs, 'queue check timed out').catch(() => false);
+    }
+    return { ready: state === 'running' && redis && workers && queues, state, redis, redisLatencyMs, workers, queues };
   }
 
   /** The bounded in-memory log of quarantine AuditEvents (FHIR R4), newest first. */
@@ -1281,6 +1402,8 @@ export class Tide {
 
   /** Closes every queue, worker and connection; each close() bounded by `closeMs`, then disconnected. */
   async #closeAll(closeMs = 2000): Promise<void> {
+    if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
+    this.#watchdog = undefined;
     for (const l of this.#links.values()) {
       if (l.outbox.timer !== undefined) clearTimeout(l.outbox.timer);
       l.outbox.timer = undefined;

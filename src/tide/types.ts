@@ -295,7 +295,7 @@ export interface PeerStatus {
 
 /** Result of {@link Tide.health}. */
 export interface TideHealth {
-  /** True when state is running, the own Redis answered PING within the timeout and the workers run. */
+  /** True when state is running, the own Redis answered PING within the timeout, the workers run and the own queues are set up. */
   ready: boolean;
   state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
   /** Own Redis answered PING. */
@@ -304,6 +304,12 @@ export interface TideHealth {
   redisLatencyMs: number | undefined;
   /** Inbox worker (and control worker when scheduled) running and not paused. */
   workers: boolean;
+  /**
+   * The own queues are set up in Redis: the inbox and control queues' meta hashes exist and, when
+   * anti-entropy is scheduled, its job scheduler. False after the own Redis lost its data (FLUSHALL,
+   * a restart without persistence) until the node has set them up again (it does so on the check).
+   */
+  queues: boolean;
 }
 
 /** Counters since construction. Bytes are UTF-16 code units of the envelope strings (= bytes: they are ASCII). */
@@ -332,6 +338,13 @@ export interface TideStats {
   sendFailures: number;
   /** Completed `runAntiEntropy()` calls (manual or scheduled). */
   antiEntropyRuns: number;
+  /**
+   * Times the own queues and the anti-entropy job scheduler were found missing in the own Redis
+   * (it lost its data) and set up again by the periodic check or a readiness check.
+   */
+  aeSchedulerRestored: number;
+  /** Anti-entropy rounds run by the node itself because no scheduled round ran for 3 intervals. */
+  aeFallbackRuns: number;
   /** Anti-entropy digests (`ae-digest` and `ae-reply`) received and processed. */
   digestsReceived: number;
   /** Messages written to the quarantine, by reason code (rejections and `ERR_APPLY_FAILED`). */
