@@ -30,7 +30,36 @@ interface Slot {
 export interface EnvelopeCryptoPoolOptions {
   /** Worker module (default `./worker.ts`); for tests. */
   workerUrl?: URL;
+  /**
+   * Nice value of each worker thread (Linux only: `setpriority(2)` on the thread itself), 0..19;
+   * default {@link DEFAULT_WORKER_NICE}. 0 leaves the threads at the process's priority.
+   */
+  workerNice?: number;
 }
+
+/**
+ * Default nice value of the crypto worker threads. On a host with fewer free cores than runnable
+ * threads, a worker thread at the event loop's own priority takes whole scheduler slices from it
+ * while it signs (ML-DSA-65: tens of ms of CPU per envelope), and the event loop then stalls
+ * without doing any work of its own. At nice 5 the Linux scheduler (CFS/EEVDF weights 1024 vs 335)
+ * gives the event loop about three quarters of a contended core; an idle core still runs the
+ * workers at full speed. Lowering a thread's priority needs no privilege.
+ */
+export const DEFAULT_WORKER_NICE = 5;
+
+/**
+ * Bootstrap of a pool worker (CommonJS, run with `eval`): lowers this thread's priority, then loads
+ * the worker module. On Linux `setpriority(PRIO_PROCESS, 0, …)` applies to the calling thread only
+ * (man 2 setpriority, NOTES; pthreads(7)); elsewhere it would renice the whole process, so it is
+ * skipped. A module that fails to load is rethrown as an uncaught error: the pool sees 'error'.
+ */
+const WORKER_BOOT = `
+const { workerData } = require('node:worker_threads');
+if (workerData.nice > 0 && process.platform === 'linux') {
+  try { require('node:os').setPriority(0, workerData.nice); } catch {}
+}
+import(workerData.url).catch((err) => { setImmediate(() => { throw err; }); });
+`;
 
 /** A worker that dies within this many ms of its spawn counts as failing to start. */
 const EARLY_EXIT_MS = 2_000;
@@ -67,6 +96,7 @@ export class EnvelopeCryptoPool {
   private nextId = 1;
   private closed = false;
   private readonly workerUrl: URL;
+  private readonly workerNice: number;
   private earlyFailures = 0;
   /** Set once workers failed to start {@link MAX_EARLY_FAILURES} times in a row; every call rejects with it. */
   private broken: Error | undefined;
@@ -74,9 +104,13 @@ export class EnvelopeCryptoPool {
   /**
    * @param size - worker threads; default: available cores minus one, at least 1, at most 4.
    * @param opts - see {@link EnvelopeCryptoPoolOptions}.
+   * @throws RangeError when `opts.workerNice` is not an integer 0..19.
    */
   constructor(size = Math.max(1, Math.min(4, availableParallelism() - 1)), opts: EnvelopeCryptoPoolOptions = {}) {
     this.workerUrl = opts.workerUrl ?? new URL('./worker.ts', import.meta.url);
+    const nice = opts.workerNice ?? DEFAULT_WORKER_NICE;
+    if (!Number.isInteger(nice) || nice < 0 || nice > 19) throw new RangeError(`EnvelopeCryptoPool: workerNice must be an integer 0..19, got ${nice}`);
+    this.workerNice = nice;
     for (let i = 0; i < size; i++) this.slots.push(this.spawn());
   }
 
@@ -84,7 +118,11 @@ export class EnvelopeCryptoPool {
     // Inherit this process's flags unless some must go (passing them all explicitly would fail on
     // flags workers refuse, which the test runner's children carry).
     const execArgv = workerExecArgv(process.execArgv);
-    const worker = new Worker(this.workerUrl, execArgv.length === process.execArgv.length ? {} : { execArgv });
+    const worker = new Worker(WORKER_BOOT, {
+      eval: true,
+      workerData: { url: this.workerUrl.href, nice: this.workerNice },
+      ...(execArgv.length === process.execArgv.length ? {} : { execArgv }),
+    });
     const slot: Slot = { worker, busy: 0, spawnedAt: performance.now() };
     worker.on('message', (msg: { id: number; ok: boolean; value?: unknown; error?: { name: string; code?: string; message: string } }) => {
       const p = this.pending.get(msg.id);
