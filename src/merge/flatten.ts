@@ -113,6 +113,27 @@ function pruneEmpty(v: FhirJson): FhirJson | undefined {
 
 /** Most cached top-level flattens kept per policy before the cache is emptied. */
 const FLATTEN_CACHE_SIZE = 4096;
+/**
+ * Most JSON values (objects, arrays, primitives) of a top-level element group whose leaves are
+ * cached. A bigger group (e.g. 60,000 identifiers: 180,000 values, 3 MB of text) is flattened anew:
+ * its entry would keep megabytes per version alive (up to {@link FLATTEN_CACHE_SIZE} of them), the
+ * garbage collector's work on that heap cost more than the flatten it saves, and its key alone (the
+ * group's canonical text) costs about as much to build as a flatten.
+ */
+const FLATTEN_CACHE_MAX_VALUES = 4096;
+
+/** True when `v` holds more than `budget` JSON values (counting stops there). */
+function holdsMoreThan(v: FhirJson, budget: number): boolean {
+  let left = budget;
+  const stack: FhirJson[] = [v];
+  while (stack.length > 0) {
+    const x = stack.pop()!;
+    if (--left < 0) return true;
+    if (Array.isArray(x)) for (const y of x) stack.push(y);
+    else if (isJsonObject(x)) for (const k in x) stack.push(x[k]!);
+  }
+  return false;
+}
 
 /**
  * Leaves of top-level elements already flattened, per policy: key `<element>\u0000<canonical text>`,
@@ -201,7 +222,7 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
   for (const [g, sub] of groups) {
     // `meta` holds the server-managed versionId/lastUpdated, which differ in every version. With
     // element rules for this type, the leaves also depend on the type.
-    const key = g === 'meta' ? undefined : `${root ? `${type}\u0001` : ''}${g}\u0000${canonicalStringify(sub)}`;
+    const key = g === 'meta' || holdsMoreThan(sub, FLATTEN_CACHE_MAX_VALUES) ? undefined : `${root ? `${type}\u0001` : ''}${g}\u0000${canonicalStringify(sub)}`;
     const hit = key === undefined ? undefined : cache.get(key);
     if (hit && hit.orders.every(([itemPath, o]) => orders.get(itemPath) === o)) {
       for (const [path, text] of hit.leaves) result.set(path, text);
@@ -222,25 +243,30 @@ export function flatten(resource: FhirJsonObject, policy: MergePolicy, orders: R
 
 /**
  * Order numbers for items in their new order: an item keeps its old number while that keeps the
- * sequence increasing; otherwise it gets the midpoint between its neighbours' numbers.
+ * sequence increasing; otherwise it gets the midpoint between its neighbours' numbers (the next
+ * later item whose old number is above the previous one).
+ *
+ * Linear time: assigned numbers strictly increase, so a later item found unusable as the upper
+ * neighbour (no old number, or one not above the previous number) stays unusable for every later
+ * item; the search resumes where it stopped instead of rescanning to the end for each new item
+ * (which made a write of n new items O(n²): 60,000 new identifiers cost ~5 s of CPU here alone).
  */
 function assignOrders(itemPaths: string[], orders: ReadonlyMap<string, number>): number[] {
+  const n = itemPaths.length;
+  const olds: Array<number | undefined> = itemPaths.map((p) => orders.get(p));
   const result: number[] = [];
   let prev = Number.NEGATIVE_INFINITY;
-  for (let i = 0; i < itemPaths.length; i++) {
-    const old = orders.get(itemPaths[i]!);
+  // Every index in (i, scan) is known to hold no old number above `prev`.
+  let scan = 0;
+  for (let i = 0; i < n; i++) {
+    const old = olds[i];
     let o: number;
     if (old !== undefined && old > prev) {
       o = old;
     } else {
-      let next: number | undefined;
-      for (let j = i + 1; j < itemPaths.length; j++) {
-        const cand = orders.get(itemPaths[j]!);
-        if (cand !== undefined && cand > prev) {
-          next = cand;
-          break;
-        }
-      }
+      if (scan <= i) scan = i + 1;
+      while (scan < n && !(olds[scan] !== undefined && olds[scan]! > prev)) scan++;
+      const next = scan < n ? olds[scan] : undefined;
       if (prev === Number.NEGATIVE_INFINITY) o = next === undefined ? 0 : next - 1;
       else o = next === undefined ? prev + 1 : (prev + next) / 2;
     }
@@ -285,8 +311,14 @@ export function parseLeaf(text: string): FhirJson {
 
 interface Node {
   value?: FhirJson; // atomic or primitive leaf
-  children: Map<string, Node>; // by element name, or by item segment for array items
+  children: Map<string, Node>; // by element name, or by item segment for array items; NO_CHILDREN when none
 }
+
+/**
+ * The children of a node that has none yet, shared (never mutated): most nodes are leaves, and a
+ * Map each cost a big resource (180,000 leaves for 60,000 identifiers) allocation and GC time.
+ */
+const NO_CHILDREN: Map<string, Node> = new Map();
 
 const ITEM = /^([^[\]]+)\[([^[\]]*)\]$/;
 
@@ -317,7 +349,8 @@ export function unflatten(leaves: ReadonlyMap<string, string>, cache?: Unflatten
     for (const seg of splitPath(path)) {
       let child = node.children.get(seg);
       if (!child) {
-        child = { children: new Map() };
+        child = { children: NO_CHILDREN };
+        if (node.children === NO_CHILDREN) node.children = new Map();
         node.children.set(seg, child);
       }
       node = child;
