@@ -17,7 +17,7 @@ import { peekHeader } from '../src/envelope/index.ts';
 import { canonicalJson, peerPolicy, policyDigest, policyDigestSource, readPolicyRules, sensitiveTypes, sensitiveTypesSource } from '../src/mapping/policy-digest.ts';
 import { LiveMapping, loadMappingOrThrow } from '../src/mapping/index.ts';
 import { decodePolicy, encodePolicy, POLICY_DIGEST_BYTES } from '../src/tide/codec.ts';
-import { PolicyAgreement } from '../src/tide/policy.ts';
+import { PolicyAgreement, PROBE_EVERY_ROUNDS } from '../src/tide/policy.ts';
 import { opsRouter, tideMetricsRegistry } from '../src/ops/index.ts';
 import { Cluster, PATIENT_NAME, waitFor } from './fixtures/tide/harness.ts';
 import { startMappedNodes } from './fixtures/mapped-nodes.ts';
@@ -137,7 +137,10 @@ describe('policy digests', () => {
     ]);
     const p = new PolicyAgreement(() => mine);
     assert.deepEqual(p.outgoing(C)?.map((e) => e.peer), [B, R]);
-    assert.equal(p.outgoing(C), undefined, 'a peer not known to be capable is probed once per start');
+    assert.equal(p.outgoing(C), undefined, 'a peer not known to be capable is not probed every round');
+    const probe = new PolicyAgreement(() => mine);
+    const sent = Array.from({ length: 2 * PROBE_EVERY_ROUNDS + 1 }, () => probe.outgoing(C) !== undefined);
+    assert.deepEqual(sent.flatMap((s, i) => (s ? [i] : [])), [0, PROBE_EVERY_ROUNDS, 2 * PROBE_EVERY_ROUNDS], 'probed again every PROBE_EVERY_ROUNDS rounds (a lost probe is not final)');
     const raw = (h: string): Uint8Array => Buffer.from(h.repeat(64), 'hex');
     // C advertises other rules about B? No: about R. About itself it sends nothing; its digest for A is not ours to compare.
     assert.deepEqual(p.receive(C, [{ peer: A, digest: raw('f') }, { peer: B, digest: raw('a') }, { peer: R, digest: raw('d') }], 1), [R]);
@@ -334,7 +337,8 @@ describe('fail-closed policy agreement (policyEnforcement, real Redis)', () => {
     assert.equal(sensitiveTypes(other('s1.json', { routes: { [R]: { send: [{ resourceType: 'Observation' }] } } }), { nodeId: R }), '*');
     assert.equal(sensitiveTypes(other('s2.json', { consent: { noConsent: 'deny' } }), { nodeId: R }), '*');
     assert.equal(sensitiveTypes(other('s3.json', { routes: { [R]: { withhold: [{ where: 'true' }] } } }), { nodeId: R }), '*');
-    assert.deepEqual([...(sensitiveTypes(other('s4.json', { routes: { [R]: { withhold: [{ resourceType: ['Condition', 'Observation'] }] } } }), { nodeId: R }) as Set<string>)], ['Condition', 'Observation']);
+    assert.equal(sensitiveTypes(other('s4.json', { routes: { [R]: { withhold: [{ resourceType: ['Condition', 'Observation'] }] } } }), { nodeId: R }), '*', 'a resource of any type may nest a withheld Condition');
+    assert.deepEqual([...(sensitiveTypes(other('s5.json', { routes: { [R]: { description: 'no rules' } } }), { nodeId: R }) as Set<string>)], []);
   });
 
   test('a sensitive type goes only to peers that advertised the same rules for R; fixing C releases it', async () => {

@@ -15,7 +15,9 @@
  *   what comes back, whether or not the hospital applied them: each resource is the subset of the
  *   node's version (or of the hospital copy when the node does not hold it), tagged SUBSETTED;
  *   `_summary=count` answers `total` and no entries (the node adds `_total=accurate` to the
- *   hospital query when the client gave no `_total`), and no paging links but `self`. Invalid
+ *   hospital query when the client gave no `_total`, and, when its store crypto-shreds, asks for
+ *   `_elements=id` instead of the count so the shredded matches drop out of `total` as below), and
+ *   no paging links but `self`. Invalid
  *   values are 400 under `Prefer: handling=strict`, otherwise dropped like unknown parameters;
  * - an entry (match, `_include` or `_revinclude`) whose key the node's store reports as
  *   crypto-shredded (src/store/shred.ts) is left out, and `total` drops by the matches left out:
@@ -80,13 +82,19 @@ export function parseSearchQuery(query: string): Array<[string, string]> {
   return [...new URLSearchParams(query)].filter(([name]) => name !== '');
 }
 
-/** Groups `[name, value]` pairs into the record the hospital client takes. */
+/**
+ * Groups `[name, value]` pairs into the record the hospital client takes. Linear: a repeated name
+ * appends to its own array in place (a `POST _search` body may repeat one parameter 10⁵ times;
+ * copying the array per repeat was quadratic, minutes of a blocked event loop). Own members only
+ * (`Object.hasOwn`): `constructor` is not an inherited value to append to.
+ */
 function toRecord(pairs: ReadonlyArray<[string, string]>): SearchParamRecord {
   const out: SearchParamRecord = {};
   for (const [name, value] of pairs) {
-    const prev = out[name];
+    const prev = Object.hasOwn(out, name) ? out[name] : undefined;
     if (prev === undefined) out[name] = value;
-    else out[name] = Array.isArray(prev) ? [...prev, value] : [prev, value];
+    else if (Array.isArray(prev)) prev.push(value);
+    else out[name] = [prev, value];
   }
   return out;
 }
@@ -133,8 +141,10 @@ export async function searchType(ctx: SearchContext, type: string, given: Readon
   if (!isKnownResourceType(type)) throw new FhirError(404, outcome('error', 'not-found', `Unknown resource type ${type}`));
   const { subset, pairs } = parseSubset([type], appliedParams([type], given, strict), strict, 'search');
   const held = new Map<string, VersionRecord>();
-  const bundle = await forward(ctx, type, hospitalQuery(pairs, subset), held);
-  await toNodeView(ctx, bundle, nodeBase, subset, held, (url) => nodeLink(ctx, url, nodeBase, type), subset?.kind === 'count' ? SELF_ONLY : PAGING_RELATIONS);
+  const shredAware = ctx.isShredded !== undefined;
+  const bundle = await forward(ctx, type, hospitalQuery(pairs, subset, shredAware), held);
+  const link = subset?.kind === 'count' && shredAware ? (url: string) => countSelfLink(ctx, url, nodeBase, type, pairs) : (url: string) => nodeLink(ctx, url, nodeBase, type);
+  await toNodeView(ctx, bundle, nodeBase, subset, held, link, subset?.kind === 'count' ? SELF_ONLY : PAGING_RELATIONS);
   return canonicalStringify(bundle);
 }
 
@@ -179,7 +189,7 @@ export async function searchSystem(ctx: SearchContext, given: ReadonlyArray<[str
     const { subset, pairs: params } = parseSubset([type], given, false, 'search');
     count ||= subset?.kind === 'count';
     const held = new Map<string, VersionRecord>();
-    const bundle = await forward(ctx, type, hospitalQuery(params, subset), held);
+    const bundle = await forward(ctx, type, hospitalQuery(params, subset, ctx.isShredded !== undefined), held);
     const found: { next?: Array<[string, string]> } = {};
     await toNodeView(ctx, bundle, nodeBase, subset, held, async (url) => {
       const mapped = await nodeLink(ctx, url, nodeBase, type);
@@ -227,10 +237,32 @@ const SELF_ONLY: ReadonlySet<string> = new Set(['self']);
 /**
  * The parameters sent to the hospital: the applied ones, plus `_total=accurate` for
  * `_summary=count` when the client gave no `_total`, so a hospital that ignores `_summary` still
- * reports the total (https://hl7.org/fhir/R4/search.html#total).
+ * reports the total (https://hl7.org/fhir/R4/search.html#total). With `shredAware` (the node's
+ * store reports crypto-shredded keys), `_summary=count` (and `_elements`) go to the hospital as
+ * `_elements=id`: a hospital that honours `_summary=count` sends no entries, so the node could not
+ * leave out the shredded matches the hospital still holds, and the count would disclose them; with
+ * the ids of the page, `total` drops by them exactly as for the same search without `_summary`.
  */
-function hospitalQuery(pairs: Array<[string, string]>, subset: Subset | undefined): Array<[string, string]> {
-  return subset?.kind === 'count' && !pairs.some(([n]) => n === '_total') ? [...pairs, ['_total', 'accurate']] : pairs;
+function hospitalQuery(pairs: Array<[string, string]>, subset: Subset | undefined, shredAware: boolean): Array<[string, string]> {
+  if (subset?.kind !== 'count') return pairs;
+  const q: Array<[string, string]> = shredAware ? [...pairs.filter(([n]) => n !== '_summary' && n !== '_elements'), ['_elements', 'id']] : [...pairs];
+  if (!q.some(([n]) => n === '_total')) q.push(['_total', 'accurate']);
+  return q;
+}
+
+/**
+ * The node's `self` link of a `_summary=count` search sent as `_elements=id` ({@link hospitalQuery}):
+ * the hospital's link mapped by {@link nodeLink}, with the client's `_summary`/`_elements` in place
+ * of the `_elements=id` the node sent.
+ */
+async function countSelfLink(ctx: SearchContext, url: string, nodeBase: string, type: string, pairs: ReadonlyArray<[string, string]>): Promise<string | undefined> {
+  const mapped = await nodeLink(ctx, url, nodeBase, type);
+  if (mapped === undefined) return undefined;
+  const u = new URL(mapped);
+  const params = [...u.searchParams].filter(([n]) => n !== '_elements' && n !== '_summary');
+  params.push(...pairs.filter(([n]) => n === '_summary' || n === '_elements'));
+  u.search = new URLSearchParams(params).toString();
+  return u.toString();
 }
 
 /**

@@ -60,16 +60,14 @@ interface TypeInfo {
   readonly modifiers: ReadonlySet<string>;
 }
 
-const typeInfos = new Map<string, TypeInfo | null>();
+/** Indexed R4 resource types (at most ~150): a `resourceType` that is no R4 type (a hospital's answer is not validated) is not remembered, so the map stays bounded. */
+const typeInfos = new Map<string, TypeInfo>();
 function typeInfo(type: string): TypeInfo | undefined {
   const known = typeInfos.get(type);
-  if (known !== undefined) return known ?? undefined;
+  if (known !== undefined) return known;
   ensureFhirDefinitionsLoaded();
   const schema = tryGetDataType(type);
-  if (!schema || schema.kind !== 'resource') {
-    typeInfos.set(type, null);
-    return undefined;
-  }
+  if (!schema || schema.kind !== 'resource') return undefined;
   const keys = new Map<string, string>();
   for (const [path, el] of Object.entries(schema.elements)) {
     if (path.includes('.')) continue;
@@ -91,6 +89,15 @@ function typeInfo(type: string): TypeInfo | undefined {
   };
   typeInfos.set(type, info);
   return info;
+}
+
+/**
+ * How many resource types subsetting has indexed (at most the R4 resource types: a `resourceType`
+ * that is not one is never remembered). For tests and diagnostics.
+ * @returns The number of indexed types.
+ */
+export function subsetTypeCacheSize(): number {
+  return typeInfos.size;
 }
 
 /** The element names of `type` (`value` for `value[x]`); empty for an unknown type. */
@@ -123,7 +130,8 @@ export function parseSubset(
   interaction: SubsetInteraction,
 ): { subset: Subset | undefined; pairs: Array<[string, string]> } {
   let summary: string | undefined;
-  let names: string[] | undefined;
+  // a Set, not an array copied per parameter: a batch entry's URL may repeat `_elements` 10⁵ times (linear, not quadratic)
+  let names: Set<string> | undefined;
   const known = types.map(elementNames);
   const refuse = (msg: string, name: string): void => {
     if (strict) throw badRequest(`${msg} (Prefer: handling=strict)`, [name]);
@@ -159,16 +167,17 @@ export function parseSubset(
     }
     if (listed.every((n) => n === '')) refuse('_elements needs at least one element name', '_elements');
     if (good.length === 0) continue;
-    names = [...(names ?? []), ...good];
+    names ??= new Set();
+    for (const n of good) names.add(n);
     if (elementsAt < 0) {
       elementsAt = out.length;
       out.push([name, '']);
     }
   }
-  if (names !== undefined) out[elementsAt] = ['_elements', [...new Set(names)].join(',')];
+  if (names !== undefined) out[elementsAt] = ['_elements', [...names].join(',')];
   let subset: Subset | undefined;
   if (summary === 'count') subset = { kind: 'count' };
-  else if (names !== undefined) subset = { kind: 'elements', names: new Set(names) };
+  else if (names !== undefined) subset = { kind: 'elements', names };
   else if (summary === 'true' || summary === 'text' || summary === 'data') subset = { kind: 'summary', mode: summary };
   return { subset, pairs: out };
 }

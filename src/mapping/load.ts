@@ -15,7 +15,7 @@ import { jsonPositions, positionOf, toPointer } from './json-position.ts';
 import type { JsonPositions } from './json-position.ts';
 import { isYamlFile, yamlCommentHint, yamlPositions, yamlTypeHint } from './yaml-position.ts';
 import { compileCondition, Router } from './routing.ts';
-import { compileRedactRule, findNestedResource, MAX_NESTED_JSON_DEPTH, MAX_NESTED_RESOURCE_DEPTH, projectedTypesFor, RedactRuleError, redactResource } from './redact.ts';
+import { compileRedactRule, findNestedResourceWhere, MAX_NESTED_JSON_DEPTH, MAX_NESTED_RESOURCE_DEPTH, projectedTypesFor, RedactRuleError, redactResource } from './redact.ts';
 import type { CompiledRedactRule } from './redact.ts';
 import type { RouteDecision } from './routing.ts';
 import { MappingFileSchema } from './schema.ts';
@@ -192,9 +192,11 @@ export class Mapping {
   readonly #log: MappingLogger | undefined;
   readonly #redactions: ReadonlyMap<string, readonly CompiledRedactRule[]>;
   readonly #redactedTypes = new Map<string, ReadonlySet<string>>();
+  /** The routes' `withhold` rules alone (no `send` rules), applied to nested resources (see {@link explainRoute}). */
+  readonly #withholding: Router | undefined;
 
   /** Use {@link loadMapping} or {@link loadMappingOrThrow}. */
-  constructor(file: string, router: Router, conceptMaps: readonly ActiveConceptMap[], logger?: MappingLogger, identity: { identifierSystems?: readonly ActiveIdentifierSystem[]; patientMatching?: PatientMatchingConfig; redactions?: ReadonlyMap<string, readonly CompiledRedactRule[]>; consent?: ConsentPolicy; consentActors?: ReadonlyMap<string, readonly string[]> } = {}) {
+  constructor(file: string, router: Router, conceptMaps: readonly ActiveConceptMap[], logger?: MappingLogger, identity: { identifierSystems?: readonly ActiveIdentifierSystem[]; patientMatching?: PatientMatchingConfig; redactions?: ReadonlyMap<string, readonly CompiledRedactRule[]>; consent?: ConsentPolicy; consentActors?: ReadonlyMap<string, readonly string[]>; withholding?: Router } = {}) {
     this.file = file;
     this.router = router;
     this.conceptMaps = conceptMaps;
@@ -204,6 +206,25 @@ export class Mapping {
     this.#redactions = identity.redactions ?? new Map();
     this.consent = identity.consent ?? { honour: true, scopes: ['patient-privacy'], noConsent: 'permit' };
     this.#consentActors = identity.consentActors ?? new Map();
+    this.#withholding = identity.withholding;
+  }
+
+  /** True when the peer's route has `withhold` rules (then they also reach nested resources). */
+  #withholds(peerId: string): boolean {
+    return this.#withholding?.peers.includes(peerId) ?? false;
+  }
+
+  /**
+   * The test {@link explainRoute} applies to each resource nested in a resource sent to `peerId`:
+   * of a type the peer's redaction rules name (when the root is not one: it is not a projection),
+   * or withheld by the peer's `withhold` rules (a condition that fails to evaluate withholds).
+   */
+  #nestedTest(peerId: string, rootType: unknown): ((nested: FhirJsonObject) => boolean) | undefined {
+    const projected = projectedTypesFor(this.redactionFor(peerId));
+    const byType = projected.size > 0 && !(typeof rootType === 'string' && projected.has(rootType));
+    const withholds = this.#withholds(peerId);
+    if (!byType && !withholds) return undefined;
+    return (nested) => (byType && projected.has(nested.resourceType as string)) || (withholds && !this.#withholding!.explain(peerId, nested).allowed);
   }
 
   /**
@@ -271,7 +292,10 @@ export class Mapping {
    * a stored Bundle, https://hl7.org/fhir/R4/bundle.html; any object below the root with a
    * `resourceType`), or nests deeper than redaction walks, is withheld (fail closed:
    * src/mapping/redact.ts `findNestedResource`). A resource of a named type goes as a projection
-   * and its nested resources are redacted there. Routing decisions reach Tide as withheld labels
+   * and its nested resources are redacted there. The peer's `withhold` rules reach nested resources
+   * too: a resource (projection or not) nesting one they withhold is withheld (an Observation whose
+   * `contained[]` holds a withheld Condition, a Bundle with such an entry; a condition that fails
+   * to evaluate withholds; `send` rules apply to the resource sent only). Routing decisions reach Tide as withheld labels
    * (src/tide/peer-authz.ts `outboundLabelsOf`), so fanout, anti-entropy and `map preview` agree.
    * @param peerId - a peer node id.
    * @param resource - plain JSON of the resource (`JSON.parse` or `toPlainJson` output).
@@ -280,33 +304,39 @@ export class Mapping {
   explainRoute(peerId: string, resource: unknown): RouteDecision {
     const decision = this.router.explain(peerId, resource);
     if (!decision.allowed) return decision;
-    const projected = projectedTypesFor(this.redactionFor(peerId));
-    if (projected.size === 0) return decision;
-    const type = (resource as { resourceType?: unknown } | null)?.resourceType;
-    if (typeof type === 'string' && projected.has(type)) return decision; // a projection: redactResource reaches what it nests
-    const hit = findNestedResource(resource, projected);
+    const test = this.#nestedTest(peerId, (resource as { resourceType?: unknown } | null)?.resourceType);
+    if (test === undefined) return decision; // no redaction rules (or a projection) and no withhold rules
+    const hit = findNestedResourceWhere(resource, test);
     if (hit === undefined) return decision;
-    if (hit.kind === 'found') return { allowed: false, reason: `holds a nested ${hit.type} that ${peerId}'s redaction rules name: withheld (only ${hit.type} resources themselves go to ${peerId}, as projections), at ${hit.path}` };
-    return { allowed: false, reason: `nests deeper than redaction checks (${MAX_NESTED_RESOURCE_DEPTH} levels of resources, ${MAX_NESTED_JSON_DEPTH} JSON levels in one; at ${hit.path}) and ${peerId} has redaction rules: withheld, fail closed` };
+    const projected = projectedTypesFor(this.redactionFor(peerId));
+    const isProjection = projected.has(String((resource as { resourceType?: unknown }).resourceType));
+    // a projection's redaction removes what lies below the bounds (redact.ts): nothing unknown is sent
+    if (hit.kind === 'too-deep' && isProjection) return decision;
+    if (hit.kind === 'found' && projected.has(hit.type) && !isProjection) {
+      return { allowed: false, reason: `holds a nested ${hit.type} that ${peerId}'s redaction rules name: withheld (only ${hit.type} resources themselves go to ${peerId}, as projections), at ${hit.path}` };
+    }
+    if (hit.kind === 'found') return { allowed: false, reason: `holds a nested ${hit.type} that ${peerId}'s withhold rules withhold: withheld, at ${hit.path}` };
+    return { allowed: false, reason: `nests deeper than redaction checks (${MAX_NESTED_RESOURCE_DEPTH} levels of resources, ${MAX_NESTED_JSON_DEPTH} JSON levels in one; at ${hit.path}) and ${peerId} has ${projected.size > 0 ? 'redaction' : 'withhold'} rules: withheld, fail closed` };
   }
 
   /**
    * The peers a resource stays withheld from because an **earlier** version of it nested a type
-   * their redaction rules name (see {@link explainRoute}). The shared document of a resource
+   * their redaction rules name, or a resource their `withhold` rules withhold (see {@link explainRoute}). The shared document of a resource
    * carries its history (src/merge/doc.ts: an earlier version's entries stay in the document while
    * any of them is not superseded), so removing the nested resource does not make the document
    * safe to send: the withholding is permanent for that resource and peer (fail closed). A cheap
    * text test (`"resourceType"` more than once) skips versions that nest nothing.
-   * @param type - the resource type (a peer whose rules name it gets projections instead: skipped).
+   * @param type - the resource type (for a peer whose redaction rules name it, only its withhold rules are checked: it gets projections).
    * @param bodies - FHIR JSON texts of the earlier versions (null/undefined for deletions: skipped).
-   * @returns Peer ids, each once; empty when no peer has redaction rules.
+   * @returns Peer ids, each once; empty when no peer has redaction or withhold rules.
    */
   nestedInHistory(type: string, bodies: Iterable<string | null | undefined>): string[] {
-    const peers = this.peers.filter((p) => {
-      const projected = projectedTypesFor(this.redactionFor(p));
-      return projected.size > 0 && !projected.has(type);
-    });
-    if (peers.length === 0) return [];
+    const tests = new Map<string, (nested: FhirJsonObject) => boolean>();
+    for (const p of this.peers) {
+      const test = this.#nestedTest(p, type);
+      if (test !== undefined) tests.set(p, test);
+    }
+    if (tests.size === 0) return [];
     const out = new Set<string>();
     for (const body of bodies) {
       if (!body) continue;
@@ -316,14 +346,20 @@ export class Mapping {
       try {
         resource = JSON.parse(body);
       } catch {
-        for (const p of peers) out.add(p); // unreadable: fail closed
+        for (const p of tests.keys()) out.add(p); // unreadable: fail closed
         continue;
       }
-      for (const p of peers) if (!out.has(p) && findNestedResource(resource, projectedTypesFor(this.redactionFor(p))) !== undefined) out.add(p);
-      if (out.size === peers.length) break;
+      for (const [p, test] of tests) {
+        if (out.has(p)) continue;
+        const hit = findNestedResourceWhere(resource, test);
+        // as explainRoute: below the bounds of a projection, redaction removes what is there
+        if (hit !== undefined && !(hit.kind === 'too-deep' && projectedTypesFor(this.redactionFor(p)).has(type))) out.add(p);
+      }
+      if (out.size === tests.size) break;
     }
     return [...out];
   }
+
 
   /**
    * Translates codings (src/mapping/translate.ts), then identifiers (src/mapping/identifiers.ts:
@@ -557,8 +593,11 @@ export function loadMapping(file: string, opts: LoadMappingOptions = {}): { mapp
   }
   issues.sort((a, b) => (a.file === b.file ? a.line - b.line || a.column - b.column : 0));
   if (issues.some((i) => i.severity === 'error')) return { mapping: undefined, issues, files };
-  const router = new Router(cfg.routes, opts.logger ? { onError: (peerId, where, err) => opts.logger!.warn({ peer: peerId, rule: where, err: err.message }, 'mapping: routing condition failed; resource withheld') } : {});
-  return { mapping: new Mapping(path, router, active, opts.logger, { identifierSystems: idSystems, ...(patientMatching !== undefined ? { patientMatching } : {}), redactions, consent: cfg.consent, consentActors: new Map(Object.entries(cfg.routes).map(([peer, r]) => [peer, r.consentActors ?? []])) }), issues, files };
+  const onError = opts.logger ? { onError: (peerId: string, where: string, err: Error) => opts.logger!.warn({ peer: peerId, rule: where, err: err.message }, 'mapping: routing condition failed; resource withheld') } : {};
+  const router = new Router(cfg.routes, onError);
+  // the withhold rules alone, for the resources nested in one sent (Mapping.explainRoute)
+  const withholding = new Router(Object.fromEntries(Object.entries(cfg.routes).filter(([, r]) => (r.withhold ?? []).length > 0).map(([peer, r]) => [peer, { withhold: r.withhold }])), onError);
+  return { mapping: new Mapping(path, router, active, opts.logger, { identifierSystems: idSystems, ...(patientMatching !== undefined ? { patientMatching } : {}), redactions, consent: cfg.consent, consentActors: new Map(Object.entries(cfg.routes).map(([peer, r]) => [peer, r.consentActors ?? []])), withholding }), issues, files };
 }
 
 /**

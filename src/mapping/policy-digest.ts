@@ -65,6 +65,15 @@ export function canonicalJson(value: unknown): string {
 
 const sortedUnique = (xs: readonly string[]): string[] => [...new Set(xs)].sort();
 
+/**
+ * The mapping file's route of a peer, or undefined. Own members only: `routes` is a plain object,
+ * and a valid node id such as `constructor` or `toString` would otherwise read an `Object.prototype`
+ * member as a route (routing.ts reads `Object.entries(routes)`, so it has no such route).
+ */
+function routeOf(mapping: MappingFile | undefined, peerId: string): MappingFile['routes'][string] | undefined {
+  return mapping !== undefined && Object.hasOwn(mapping.routes, peerId) ? mapping.routes[peerId] : undefined;
+}
+
 /** A send/withhold rule in canonical form: types (sorted, null = any) and condition (null = always). */
 function routeRule(rule: RouteRule): { types: string[] | null; where: string | null } {
   const types = rule.resourceType === undefined ? null : sortedUnique(typeof rule.resourceType === 'string' ? [rule.resourceType] : rule.resourceType);
@@ -84,7 +93,7 @@ function ruleSet(rules: readonly RouteRule[]): { types: string[] | null; where: 
  * @returns A plain JSON object (version 1 of the form); give it to {@link canonicalJson}.
  */
 export function peerPolicy(mapping: MappingFile | undefined, peer: PolicyPeer): Record<string, unknown> {
-  const route = mapping?.routes[peer.nodeId];
+  const route = routeOf(mapping, peer.nodeId);
   const consent = mapping?.consent ?? { honour: true, scopes: ['patient-privacy'], noConsent: 'permit' as const };
   return {
     v: 1,
@@ -168,29 +177,24 @@ export function policyDigestSource(peers: readonly PolicyPeer[], live?: LiveMapp
  * policy agreement (Tide `policyEnforcement`, docs/tide.md "Policy agreement"): `'*'` (every type)
  * when the peer has `withheldLabels`, a `resourceTypes` subscription, `send` rules, a `withhold`
  * rule without `resourceType`, or Consent settings that can deny it (`noConsent: deny` or
- * `consentActors`), or `redact` rules (a resource of any type may nest a redacted type); otherwise
- * the types named by its `withhold` rules (possibly none).
+ * `consentActors`), `withhold` or `redact` rules (a resource of any type may nest a withheld or
+ * redacted one); otherwise none.
  * @param mapping - the parsed mapping file, or undefined.
  * @param peer - the peer as in the node config.
  * @returns `'*'` or the set of type names.
  */
 export function sensitiveTypes(mapping: MappingFile | undefined, peer: PolicyPeer): '*' | ReadonlySet<string> {
   if ((peer.withheldLabels ?? []).length > 0 || peer.resourceTypes !== undefined) return '*';
-  const route = mapping?.routes[peer.nodeId];
+  const route = routeOf(mapping, peer.nodeId);
   const consent = mapping?.consent;
   if (consent?.honour && (consent.noConsent === 'deny' || (route?.consentActors ?? []).length > 0)) return '*';
   if (route === undefined) return new Set();
   if (route.send !== undefined) return '*';
-  const types = new Set<string>();
-  for (const w of route.withhold ?? []) {
-    if (w.resourceType === undefined) return '*';
-    for (const t of typeof w.resourceType === 'string' ? [w.resourceType] : w.resourceType) types.add(t);
-  }
-  // redact rules: a resource of any type may nest one of the named types (contained[], a Bundle
-  // entry), and such a resource is withheld from the peer (src/mapping/load.ts routeAllows), so
-  // every type is sensitive
-  if ((route.redact ?? []).length > 0) return '*';
-  return types;
+  // withhold and redact rules: a resource of any type may nest a withheld or redacted one
+  // (contained[], a Bundle entry), and such a resource is withheld from the peer too
+  // (src/mapping/load.ts explainRoute), so every type is sensitive
+  if ((route.withhold ?? []).length > 0 || (route.redact ?? []).length > 0) return '*';
+  return new Set();
 }
 
 /**

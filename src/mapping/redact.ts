@@ -266,13 +266,13 @@ const MAX_JSON_DEPTH = MAX_NESTED_JSON_DEPTH;
 interface RedactWalk {
   rules: readonly CompiledRedactRule[];
   onError: ((rule: CompiledRedactRule, err: Error) => void) | undefined;
-  /** Element paths redacted, without duplicates, in the order met. */
-  redacted: string[];
+  /** Element paths redacted, without duplicates, in the order met (a Set: a walk may note 10⁴ paths, and a list search per note would be quadratic). */
+  redacted: Set<string>;
 }
 
-/** Adds `path` to `list` once. */
-function note(list: string[], path: string): void {
-  if (!list.includes(path)) list.push(path);
+/** Adds `path` to `list` once (insertion order kept). */
+function note(list: Set<string>, path: string): void {
+  list.add(path);
 }
 
 /**
@@ -366,7 +366,7 @@ function redactNested(value: FhirJson, path: string, level: number, jsonDepth: n
  * changes; notes each removed one's path (`Observation.text`, `Bundle.entry.resource.ofType(Composition).text`).
  * @returns `res` itself when it held no narrative, else the copy.
  */
-function withoutNarratives(res: FhirJsonObject, at: string, level: number, redacted: string[]): FhirJsonObject {
+function withoutNarratives(res: FhirJsonObject, at: string, level: number, redacted: Set<string>): FhirJsonObject {
   let out: FhirJsonObject = res;
   if (out.text !== undefined) {
     out = { ...res };
@@ -424,12 +424,12 @@ function withoutNarratives(res: FhirJsonObject, at: string, level: number, redac
  */
 export function redactResource<T extends FhirJsonObject>(resource: T, rules: readonly CompiledRedactRule[], onError?: (rule: CompiledRedactRule, err: Error) => void): { resource: T; redacted: string[] } {
   const type = String(resource.resourceType);
-  const walk: RedactWalk = { rules, onError, redacted: [] };
+  const walk: RedactWalk = { rules, onError, redacted: new Set() };
   let out = redactTree(resource, type, 0, walk);
-  if (walk.redacted.length === 0) return { resource, redacted: [] };
+  if (walk.redacted.size === 0) return { resource, redacted: [] };
   // the narrative may repeat what was redacted (a phone number in text.div): it goes too, in every nested resource
   out = withoutNarratives(out, type, 0, walk.redacted);
-  return { resource: withRedactedLabel(out as T), redacted: walk.redacted };
+  return { resource: withRedactedLabel(out as T), redacted: [...walk.redacted] };
 }
 
 /** {@link projectedTypesFor} per rule list (a Mapping's rule lists live as long as the Mapping). */
@@ -482,14 +482,26 @@ export interface NestedResourceHit {
  * @returns The first nested resource of one of `types`, or where a bound was reached, or undefined when neither.
  */
 export function findNestedResource(resource: unknown, types: ReadonlySet<string>): NestedResourceHit | undefined {
+  return findNestedResourceWhere(resource, (nested) => types.has(nested.resourceType as string));
+}
+
+/**
+ * {@link findNestedResource} with a test of each nested resource instead of a set of types (the
+ * same walk, bounds and fail-closed `too-deep`): e.g. "a nested resource that a peer's `withhold`
+ * rules withhold" (`Mapping.explainRoute`).
+ * @param resource - plain JSON or `parseFhirJson` output of a resource; not modified. Anything that is not an object gives undefined.
+ * @param matches - called with each nested resource (an object with a string `resourceType`), outermost first; must not modify it.
+ * @returns The first nested resource `matches` accepts (`found`), or where a bound was reached (`too-deep`), or undefined.
+ */
+export function findNestedResourceWhere(resource: unknown, matches: (nested: FhirJsonObject) => boolean): NestedResourceHit | undefined {
   if (resource === null || typeof resource !== 'object' || Array.isArray(resource)) return undefined;
   const root = resource as FhirJsonObject;
   const rootType = typeof root.resourceType === 'string' ? root.resourceType : 'Resource';
-  return findBelow(root, rootType, rootType, 0, types);
+  return findBelow(root, rootType, rootType, 0, matches);
 }
 
-/** The members of the resource `res` (type `type`, FHIRPath `at`, nesting `level`), searched by {@link findNestedResource}. */
-function findBelow(res: FhirJsonObject, type: string, at: string, level: number, types: ReadonlySet<string>): NestedResourceHit | undefined {
+/** The members of the resource `res` (type `type`, FHIRPath `at`, nesting `level`), searched by {@link findNestedResourceWhere}. */
+function findBelow(res: FhirJsonObject, type: string, at: string, level: number, matches: (nested: FhirJsonObject) => boolean): NestedResourceHit | undefined {
   const visit = (value: FhirJson, path: string, jsonDepth: number): NestedResourceHit | undefined => {
     if (value === null || typeof value !== 'object' || isLosslessNumber(value)) return undefined;
     if (jsonDepth > MAX_JSON_DEPTH) return { kind: 'too-deep', type, path };
@@ -502,9 +514,9 @@ function findBelow(res: FhirJsonObject, type: string, at: string, level: number,
     }
     if (typeof value.resourceType === 'string') {
       const nested = `${path}.ofType(${value.resourceType})`;
-      if (types.has(value.resourceType)) return { kind: 'found', type: value.resourceType, path: nested };
+      if (matches(value)) return { kind: 'found', type: value.resourceType, path: nested };
       if (level + 1 > MAX_NESTED_RESOURCE_DEPTH) return { kind: 'too-deep', type: value.resourceType, path: nested };
-      return findBelow(value, value.resourceType, nested, level + 1, types);
+      return findBelow(value, value.resourceType, nested, level + 1, matches);
     }
     for (const [name, v] of Object.entries(value)) {
       const hit = visit(v, `${path}.${name.replace(/^_/, '')}`, jsonDepth + 1);

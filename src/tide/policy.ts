@@ -37,6 +37,9 @@ export interface PeerPolicyStatus {
   reportedAt: number | undefined;
 }
 
+/** A peer not known to send `ae-policy` is probed at start and then once every this many anti-entropy rounds. */
+export const PROBE_EVERY_ROUNDS = 20;
+
 /** What is known of one peer's advertised digests. */
 interface Advertised {
   /** Peer id → hex digest, as last advertised. */
@@ -54,7 +57,8 @@ export class PolicyAgreement {
   readonly #source: (() => ReadonlyMap<string, string>) | undefined;
   readonly #enforcement: (() => ReadonlyMap<string, '*' | ReadonlySet<string>>) | undefined;
   readonly #advertised = new Map<string, Advertised>();
-  readonly #probed = new Set<string>();
+  /** Rounds since the last probe of a peer not known to be capable (absent: never probed). */
+  readonly #sinceProbe = new Map<string, number>();
 
   /**
    * @param source - this node's policy digests (peer id → 64 hex characters), read at each use; undefined: none advertised.
@@ -103,13 +107,19 @@ export class PolicyAgreement {
    * node but the recipient's own (the rules about it are not its business to check).
    * @param peerId - the recipient.
    * @returns The entries, or undefined: nothing to send (no source, or a peer not known to be
-   *   capable that was probed already since start).
+   *   capable that was probed less than {@link PROBE_EVERY_ROUNDS} rounds ago).
    */
   outgoing(peerId: string): PolicyDigestEntry[] | undefined {
     if (this.#source === undefined) return undefined;
     if (!this.#advertised.has(peerId)) {
-      if (this.#probed.has(peerId)) return undefined;
-      this.#probed.add(peerId);
+      // probe a peer not known to be capable at start, then every PROBE_EVERY_ROUNDS rounds (a lost
+      // probe must not leave two nodes silent for good; an old node quarantines one per probe)
+      const since = this.#sinceProbe.get(peerId);
+      if (since !== undefined && since + 1 < PROBE_EVERY_ROUNDS) {
+        this.#sinceProbe.set(peerId, since + 1);
+        return undefined;
+      }
+      this.#sinceProbe.set(peerId, 0);
     }
     const out: PolicyDigestEntry[] = [];
     for (const [peer, d] of this.mine()) if (peer !== peerId && HEX_DIGEST_RE.test(d)) out.push({ peer, digest: Buffer.from(d, 'hex') });
