@@ -6,6 +6,7 @@ import { loadNodeConfig } from '../config/config.ts';
 import { assertAuthOrInsecureDev } from '../auth/config.ts';
 import { createAuth } from '../auth/setup.ts';
 import { KeyFileError, PeerKeyring, readPublicKeys, readSecretKeys } from '../envelope/index.ts';
+import { assertSecretKeyFileMode } from '../envelope/keys.ts';
 import { logReloadFailure } from '../ops/router.ts';
 import { FileCursorStore, HospitalClient } from '../hospital/index.ts';
 import { loadMergePolicy } from '../merge/policy.ts';
@@ -62,7 +63,8 @@ export async function serve(configPath: string, opts: { insecureDev?: boolean } 
   await assertPortFree(cfg.listen.port, cfg.listen.host);
   // HTTPS certificate and key, read (and the key file's mode checked) before anything is opened
   const serverTls = cfg.tls ? readServerTls(cfg.tls) : undefined;
-  const secretKeys = await readSecretKeys(cfg.secretKeyFile).catch((err: unknown) => {
+  // A secret key file group or others may read is refused (src/envelope/keys.ts assertSecretKeyFileMode).
+  const secretKeys = await Promise.resolve().then(() => { assertSecretKeyFileMode(cfg.secretKeyFile); return readSecretKeys(cfg.secretKeyFile); }).catch((err: unknown) => {
     throw settingReadError('secretKeyFile', cfg.secretKeyFile, err);
   });
   if (secretKeys.nodeId !== cfg.nodeId) throw new Error(`secretKeyFile: ${cfg.secretKeyFile} is ${secretKeys.nodeId}'s secret key file; give ${cfg.nodeId}'s (the config's nodeId is ${cfg.nodeId})`);

@@ -8,6 +8,7 @@
  * and truncated to 128 bits. The KEM key and the signature key each have their own kid.
  */
 import { randomBytes } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { open as fsOpen, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hkdf } from '@noble/hashes/hkdf.js';
@@ -266,6 +267,36 @@ async function writeWithMode(path: string, text: string, flags: string, mode: nu
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * What is wrong with the permissions of a secret key file: group or others may read it (any bit
+ * of `mode & 0o077`), as OpenSSH refuses for its private keys (ssh(1) FILES: "must not be
+ * accessible by others"). `tidegate keys generate` writes it 0600. On a platform without POSIX
+ * modes (Windows) nothing is checked; a file that cannot be stat'ed is left to the reader's error.
+ * @param path - the secret key file.
+ * @returns The message (path, octal mode, the chmod fix), or undefined when the mode is fine.
+ */
+export function secretKeyFileModeProblem(path: string): string | undefined {
+  if (process.platform === 'win32') return undefined;
+  let mode: number;
+  try {
+    mode = statSync(path).mode;
+  } catch {
+    return undefined;
+  }
+  if ((mode & 0o077) === 0) return undefined;
+  return `secret key file ${path} is readable by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); it holds the node's private keys: run \`chmod 600 ${path}\``;
+}
+
+/**
+ * Refuses a secret key file that group or others may read (see {@link secretKeyFileModeProblem}).
+ * @param path - the secret key file.
+ * @throws {@link KeyFileError} naming the file, its mode and the chmod fix.
+ */
+export function assertSecretKeyFileMode(path: string): void {
+  const problem = secretKeyFileModeProblem(path);
+  if (problem !== undefined) throw new KeyFileError(problem);
 }
 
 /**

@@ -9,7 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { loadNodeConfig, NodeConfigSchema, unknownConfigKeyMessage } from '../config/config.ts';
 import type { NodeConfig } from '../config/config.ts';
 import { DEFAULT_PROFILES_DIR } from '../fhir/profiles.ts';
-import { publicKeysFromJson } from '../envelope/keys.ts';
+import { publicKeysFromJson, secretKeyFileModeProblem } from '../envelope/keys.ts';
 import { toFhirJson } from '../fhir/json.ts';
 import type { FhirJsonObject } from '../fhir/json.ts';
 import { validateFhirResource } from '../fhir/validate.ts';
@@ -206,6 +206,8 @@ function referencedFileIssues(path: string, positions: JsonPositions, cfg: NodeC
   read(['secretKeyFile'], cfg.secretKeyFile, 'create it with `tidegate keys generate --node <nodeId> --out <folder>`');
   const secretProblem = unreadableFile(cfg.secretKeyFile) ? undefined : keyFileProblem(cfg.secretKeyFile, 'secret', cfg.nodeId);
   if (secretProblem) at(['secretKeyFile'], secretProblem.message, secretProblem.hint);
+  const modeProblem = unreadableFile(cfg.secretKeyFile) ? undefined : secretKeyFileModeProblem(cfg.secretKeyFile);
+  if (modeProblem) at(['secretKeyFile'], modeProblem, `the file holds this node's private keys: \`chmod 600 ${cfg.secretKeyFile}\` (as \`tidegate keys generate\` writes it)`);
   cfg.peers.forEach((p, i) => {
     read(['peers', i, 'publicKeyFile'], p.publicKeyFile, `copy ${p.nodeId}'s <nodeId>.public.json here (from its \`tidegate keys generate\`)`);
     const publicProblem = unreadableFile(p.publicKeyFile) ? undefined : keyFileProblem(p.publicKeyFile, 'public', p.nodeId);

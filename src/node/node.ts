@@ -25,6 +25,7 @@ import type { PeerConfig, ResourceUpdate, TideStats } from '../tide/index.ts';
 import type { NodeSecretKeys } from '../envelope/index.ts';
 import type { HospitalWriter } from '../hospital/sync.ts';
 import { HospitalOutbox } from '../hospital/outbox.ts';
+import { HospitalResync, hospitalResyncRouter } from '../hospital/resync.ts';
 import { HospitalPoller } from '../hospital/poller.ts';
 import type { HospitalHistorySource } from '../hospital/poller.ts';
 import { RedisCursorStore } from '../hospital/cursor.ts';
@@ -52,6 +53,7 @@ import { matchesRouter } from '../mapping/matches-router.ts';
 import { ConsentGate } from '../mapping/consent.ts';
 import { auditWiring, bridgeAuditLog, lifecycleEvent, mergeEvent } from '../audit/index.ts';
 import type { AuditTrail } from '../audit/index.ts';
+import { InstanceLease } from './instance-lease.ts';
 
 /** Options of {@link TidegateNode}. Durations in ms. */
 export interface TidegateNodeOptions {
@@ -79,6 +81,8 @@ export interface TidegateNodeOptions {
   hospitalPollTypes?: string[];
   /** Where the poller keeps its cursor; default the Redis key `<queuePrefix>:hospital-cursor:<nodeId>` on `redisUrl`. */
   hospitalCursor?: HospitalCursorStore;
+  /** Renewal period of the node id's instance lease (src/node/instance-lease.ts), ms; it lives 3 × this. Default 5000. */
+  instanceLeaseRenewMs?: number;
   /** Outbox retry delays, ms: base (default 200) and cap (default 30000). */
   hospitalBackoffMs?: number;
   hospitalMaxBackoffMs?: number;
@@ -161,6 +165,8 @@ export class TidegateNode {
   private readonly store: ResourceStore;
   private readonly redisUrl: string;
   private readonly queuePrefix: string;
+  /** The node id's instance lease (src/node/instance-lease.ts). */
+  readonly lease: InstanceLease;
   /** The audit trail, when configured. */
   readonly audit: AuditTrail | undefined;
   private readonly keyIds: { kem: string; sig: string };
@@ -186,6 +192,8 @@ export class TidegateNode {
     this.store = store;
     this.redisUrl = opts.redisUrl;
     this.queuePrefix = opts.queuePrefix ?? 'tidegate';
+    // One process per node id: another instance taking the lease stops this one's inbox (/readyz 503).
+    this.lease = new InstanceLease({ redisUrl: opts.redisUrl, prefix: this.queuePrefix, nodeId: this.nodeId, log: this.log, ...(opts.instanceLeaseRenewMs !== undefined ? { renewMs: opts.instanceLeaseRenewMs } : {}), onLost: () => void this.tide.stop() });
     // A write-behind store (src/store/pg-store.ts) acknowledges a write with its barrier: nothing
     // that depends on a write leaves the node before it resolves. When it rejects, the store has
     // rolled the write back and the client got a 503, so the dependent step is dropped.
@@ -301,7 +309,7 @@ export class TidegateNode {
           for (const [i, v] of history.entries()) {
             if (v.deleted || !v.body) continue;
             const labels = [...outboundLabelsOf(v.body, mapping()), ...this.consent.labels(key, v.body)];
-            // an earlier version that nested a redacted type stays in the shared document's history
+            // an earlier version that nested a redacted or withheld resource stays in the shared document's history
             const m = mapping();
             if (m !== undefined && i + 1 < history.length) {
               for (const peer of m.nestedInHistory(key.slice(0, key.indexOf('/')), history.slice(i + 1).map((h) => h.body))) labels.push({ system: ROUTE_LABEL_SYSTEM, code: `withhold:${peer}` });
@@ -379,9 +387,11 @@ export class TidegateNode {
    * @param port - TCP port; 0 picks a free one.
    * @param host - interface to bind. Default 127.0.0.1.
    * @returns The FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
-   * @throws when Redis is unreachable or the port is taken.
+   * @throws InstanceLeaseError (src/node/instance-lease.ts) when another process runs this node id;
+   *   Error when Redis is unreachable or the port is taken.
    */
   async start(port = 0, host = '127.0.0.1'): Promise<string> {
+    await this.lease.acquire(); // InstanceLeaseError when another process runs this node id
     await this.hospitalSync.start();
     await this.tide.start();
     // redaction: bring every projection up to date in the background (batches yield to the event loop)
@@ -397,6 +407,8 @@ export class TidegateNode {
     admin.use(securityRouter({ nodeId: this.nodeId, detector: this.detector, tide: this.tide, revocations: this.revocations }));
     if (this.patientMatcher !== undefined) admin.use(matchesRouter({ nodeId: this.nodeId, review: this.patientMatcher.review }));
     admin.use(shredRouter({ shred: (key, requestor) => this.shred(key, requestor) }));
+    // hospital resync (src/hospital/resync.ts): resend every current version to a hospital that lost data
+    admin.use(hospitalResyncRouter(new HospitalResync({ store: this.store, outbox: this.hospitalSync, logger: this.log })));
     const app = fhirApp(this.service, this.log, () => ({ node: this.nodeId, hospitalBacklog: this.hospitalSync.backlog }), admin, this.auth, this.audit ? auditWiring(this.audit, this.nodeId, { open: !this.auth, log: this.log }) : undefined, this.hardening, this.liveMapping ? translateRouter({ maps: (url, version) => this.mapping()!.maps(url, version) }) : undefined);
     this.server = await new Promise<Server>((resolve, reject) => {
       // listen errors (EADDRINUSE, EACCES) come as the server's 'error' event
@@ -491,6 +503,7 @@ export class TidegateNode {
       this.audit.record(lifecycleEvent({ nodeId: this.nodeId, what: 'stop', at: new Date() }));
       await this.audit.flush();
     }
+    await this.lease.release();
   }
 }
 

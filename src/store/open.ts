@@ -28,7 +28,10 @@ export interface OpenedStore {
  *   `:memory:` / undefined for a {@link MemoryStore} (lost on restart).
  * @param opts - options of the SQLite store (see {@link SqliteStoreOptions}).
  * @returns The store and its closer.
- * @throws Error when the file cannot be opened as a tidegate store (see {@link SqliteStore}).
+ * @throws Error when the file cannot be opened as a tidegate store (see {@link SqliteStore});
+ *   KeyVaultError (src/store/vault.ts openBoundVault) for a sealed store whose vault is missing
+ *   (`ERR_VAULT_MISSING`), another store's (`ERR_VAULT_MISMATCH`) or older than the data file
+ *   (`ERR_VAULT_INCOMPLETE`): the message names both files and what to do.
  */
 export function openStore(storeFile: string | undefined, opts: SqliteStoreOptions = {}): OpenedStore {
   if (storeFile === undefined || storeFile === MEMORY_STORE) {
@@ -49,7 +52,8 @@ export function openStore(storeFile: string | undefined, opts: SqliteStoreOption
  * @returns The store and its closer.
  * @throws StoreUnavailableError when PostgreSQL is unreachable; StoreFormatError when its schema
  *   holds another store schema version or the other sealing; KeyVaultError when the vault is in use
- *   or cannot be opened with the keys; Error as {@link openStore} for a file.
+ *   or cannot be opened with the keys, or is older than the schema (`ERR_VAULT_INCOMPLETE`); a missing
+ *   `keyVaultFile` is a StoreFormatError saying so; Error/KeyVaultError as {@link openStore} for a file.
  */
 export async function openConfiguredStore(
   cfg: { storeFile?: string | undefined; storeUrl?: string | undefined; storeSchema?: string | undefined; keyVaultFile?: string | undefined },

@@ -46,7 +46,7 @@ import type { ResourceRecord, ResourceStore, VersionRecord } from './store.ts';
 import type { NodeSecretKeys } from '../envelope/keys.ts';
 import { RecordKind, decodeVersionMeta, encodeVersionMeta, openRecord, resourceTag, sealRecord } from './seal.ts';
 import type { RecordKindId } from './seal.ts';
-import { KeyVault, KeyVaultError } from './vault.ts';
+import { discardNewVault, incompleteVaultMessage, KeyVault, KeyVaultError, lostVaultAdvice, vaultFileExists } from './vault.ts';
 import type { RewrapResult } from './vault.ts';
 import { ResourceShreddedError } from './sqlite-store.ts';
 import type { StoreShredResult } from './sqlite-store.ts';
@@ -408,8 +408,10 @@ export class PgStore implements ResourceStore {
     const schema = opts.schema ?? 'tidegate';
     const q = quoteIdent(schema);
     let vault: KeyVault | undefined;
+    let vaultExisted = true;
     if (opts.secretKeys !== undefined) {
       if (opts.keyVaultFile === undefined || opts.keyVaultFile === '') throw new TypeError('PgStore: a sealed store (secretKeys) needs keyVaultFile');
+      vaultExisted = vaultFileExists(opts.keyVaultFile);
       vault = new KeyVault(opts.keyVaultFile, {
         secretKeys: opts.secretKeys,
         ...(opts.vaultPoolSize !== undefined ? { poolSize: opts.vaultPoolSize } : {}),
@@ -420,6 +422,11 @@ export class PgStore implements ResourceStore {
       return await PgStore.openWith(opts, schema, q, vault);
     } catch (err) {
       vault?.close();
+      // A vault created just now in place of a missing one: delete it again and say it was missing.
+      if (!vaultExisted && err instanceof StoreFormatError && /not the key vault/.test(err.message)) {
+        discardNewVault(opts.keyVaultFile!);
+        throw new StoreFormatError(`${err.message}: the file did not exist, and a new empty vault reads none of the schema's sealed records. ${lostVaultAdvice(opts.keyVaultFile!, `PostgreSQL schema ${schema}`)}`, { cause: err });
+      }
       throw err;
     }
   }
@@ -515,6 +522,11 @@ export class PgStore implements ResourceStore {
     const tombstones = new Set<string>();
     try {
       for (const r of (await client.query(`SELECT tag FROM ${q}.shredded`)).rows) tombstones.add(hexOf(fromBuffer(r.tag) ?? EMPTY));
+      if (vault) {
+        // A vault backup older than the schema would make the newer rows read as shredded: refuse it.
+        const above = Number((await client.query(`SELECT count(*) AS n FROM ${q}.resource WHERE slot > $1`, [vault.highWater])).rows[0].n);
+        if (above > 0) throw new KeyVaultError('ERR_VAULT_INCOMPLETE', incompleteVaultMessage(String(opts.keyVaultFile), `PostgreSQL schema ${schema}`, above, vault.highWater));
+      }
       loaded = await loadEntries(client, q, codec, undefined, tombstones);
       if (vault) {
         vault.setUsed(loaded.slots);

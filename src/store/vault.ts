@@ -29,7 +29,8 @@ import type { StatementSync } from 'node:sqlite';
 import { ml_kem768_x25519 } from '@noble/post-quantum/hybrid.js';
 import type { NodeSecretKeys } from '../envelope/keys.ts';
 import { b64uEncode } from '../envelope/suite.ts';
-import { deriveKek, INDEX_KEY_SLOT, STORE_FORMAT, unwrapKey, wrapKey } from './seal.ts';
+import { existsSync, rmSync } from 'node:fs';
+import { deriveKek, INDEX_KEY_SLOT, resourceTag, STORE_FORMAT, unwrapKey, wrapKey } from './seal.ts';
 import type { RandomSource } from './seal.ts';
 
 /** Stable codes of {@link KeyVaultError}. */
@@ -41,7 +42,13 @@ export type KeyVaultErrorCode =
   /** The vault file is not a tidegate key vault, or is damaged. */
   | 'ERR_VAULT_INVALID'
   /** Another process holds the vault (a running node). */
-  | 'ERR_VAULT_IN_USE';
+  | 'ERR_VAULT_IN_USE'
+  /** The vault file does not exist, but the store holds sealed records that need its keys. */
+  | 'ERR_VAULT_MISSING'
+  /** The vault is not the one the store was sealed with (another store's, or a new empty one). */
+  | 'ERR_VAULT_MISMATCH'
+  /** The vault is older than the store: the store references content keys the vault never created. */
+  | 'ERR_VAULT_INCOMPLETE';
 
 /** Error of the key vault; messages carry slot numbers and key ids only. */
 export class KeyVaultError extends Error {
@@ -327,6 +334,17 @@ export class KeyVault {
     return { from, to: { gen: next.gen, kid: next.kid }, keys: count + 1 };
   }
 
+  /**
+   * The highest slot this vault ever created (SQLite `AUTOINCREMENT` keeps it after deletes,
+   * https://sqlite.org/autoinc.html), 0 for none. A store slot at or below it without a key was
+   * destroyed (crypto-shredded); one above it was created by a newer copy of this vault.
+   */
+  get highWater(): number {
+    this.#check();
+    const row = this.#db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'content_key'").get() as { seq?: unknown } | undefined;
+    return row === undefined ? 0 : num(row.seq);
+  }
+
   /** Number of content keys held (slots in use and free). */
   get size(): number {
     this.#check();
@@ -414,3 +432,117 @@ export function vaultPathOf(storeFile: string): string {
   return storeFile === ':memory:' ? storeFile : `${storeFile}.keys`;
 }
 
+
+/** Tagged (HMAC under the vault's index key) into a store's `vault_check`; not a `Type/id`. Same value as src/store/pg-store.ts. */
+const VAULT_CHECK = 'tidegate-store/1 vault-check';
+
+/**
+ * The identity check of a vault: hex of the HMAC-SHA-256 tag (`resourceTag`, src/store/seal.ts) of a
+ * fixed label under the vault's index key. Stable across re-wraps; reveals nothing of the key.
+ * @param indexKey - the vault's 32-byte index key.
+ * @returns 64 hex characters.
+ */
+export function vaultCheckOf(indexKey: Uint8Array): string {
+  return Buffer.from(resourceTag(indexKey, VAULT_CHECK)).toString('hex');
+}
+
+/** What a store's data file knows about its key vault (see {@link openBoundVault}). */
+export interface VaultBinding {
+  /** The store, for messages: an absolute file path or `host:port/db schema` (no credentials). */
+  store: string;
+  /** The `vault_check` the store recorded ({@link vaultCheckOf}), or undefined (new store, or written before it was recorded). */
+  recorded: string | undefined;
+  /** True when the store holds sealed records or shred tombstones (which only the vault's keys read). */
+  holdsSealed: boolean;
+  /** The content key slots the store references (read only after the vault opened). */
+  usedSlots: () => Iterable<number>;
+  /** Records the vault's check in the store; called when `recorded` is undefined. */
+  record: (check: string) => void;
+}
+
+/**
+ * Opens the key vault of a sealed store and checks that it is the store's vault, so that a lost,
+ * foreign or outdated vault stops the node at start instead of reading as an empty store (every
+ * resource 404, new writes under version ids the peers hold with other content):
+ *
+ * - the vault file is absent but the store recorded a vault check or holds sealed records →
+ *   `ERR_VAULT_MISSING` (a new empty vault is **not** created);
+ * - the vault's {@link vaultCheckOf} differs from the recorded one → `ERR_VAULT_MISMATCH`;
+ * - the store references a slot above the vault's {@link KeyVault.highWater} → `ERR_VAULT_INCOMPLETE`
+ *   (a vault backup older than the store). A slot at or below it without a key was crypto-shredded
+ *   and reads as such (`ERR_CONTENT_KEY_DESTROYED`), e.g. a data backup restored with today's vault.
+ *
+ * Then marks the free slots ({@link KeyVault.setUsed}) and records the check when the store had none.
+ * @param path - the vault file (`:memory:` in tests).
+ * @param opts - see {@link KeyVaultOptions}.
+ * @param binding - see {@link VaultBinding}.
+ * @returns The open vault (the caller closes it).
+ * @throws KeyVaultError with the codes above (the message names both files and what to do), or as
+ *   the {@link KeyVault} constructor.
+ */
+export function openBoundVault(path: string, opts: KeyVaultOptions, binding: VaultBinding): KeyVault {
+  const what = lostVaultAdvice(path, binding.store);
+  if (path !== ':memory:' && !existsSync(path) && (binding.recorded !== undefined || binding.holdsSealed)) {
+    throw new KeyVaultError('ERR_VAULT_MISSING', `Key vault ${path} does not exist, but store ${binding.store} holds sealed records that only its keys read. Refusing to start with a new empty vault. ${what}`);
+  }
+  const vault = new KeyVault(path, opts);
+  try {
+    const check = vaultCheckOf(vault.indexKey);
+    if (binding.recorded !== undefined && binding.recorded !== check) {
+      throw new KeyVaultError('ERR_VAULT_MISMATCH', `Key vault ${path} is not the key vault of store ${binding.store} (another store's vault, or one created anew). ${what}`);
+    }
+    const used = [...binding.usedSlots()];
+    const high = vault.highWater;
+    const newer = used.filter((s) => s > high);
+    if (newer.length > 0) {
+      throw new KeyVaultError('ERR_VAULT_INCOMPLETE', incompleteVaultMessage(path, binding.store, newer.length, high));
+    }
+    vault.setUsed(used);
+    if (binding.recorded === undefined) binding.record(check);
+    return vault;
+  } catch (err) {
+    vault.close();
+    throw err;
+  }
+}
+
+/**
+ * True when a vault file exists (`:memory:` counts as existing: nothing to lose).
+ * @param path - vault file path.
+ */
+export function vaultFileExists(path: string): boolean {
+  return path === ':memory:' || existsSync(path);
+}
+
+/**
+ * Deletes a vault this process just created by mistake (e.g. in place of a missing one), with its
+ * `-wal` and `-shm` files, so the next start sees the vault still missing. Never throws.
+ * @param path - vault file path (`:memory:` is ignored).
+ */
+export function discardNewVault(path: string): void {
+  if (path === ':memory:') return;
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) rmSync(f, { force: true });
+}
+
+/**
+ * The "what to do" text of a missing or wrong vault (used in error messages).
+ * @param path - vault file path.
+ * @param store - the store (file path, or `host:port/db schema`).
+ */
+export function lostVaultAdvice(path: string, store: string): string {
+  return (
+    `Restore ${path} from the backup made with this store. Or, to give up this node's copy deliberately, move ${store} away as well ` +
+    `(a file with its -wal file; a PostgreSQL schema: drop or rename it) and restart: the node starts empty and the peers restore it by anti-entropy (see docs/storage.md, "Losing the key vault").`
+  );
+}
+
+/**
+ * The message of `ERR_VAULT_INCOMPLETE`: the store references slots above the vault's {@link KeyVault.highWater}.
+ * @param path - vault file path.
+ * @param store - the store.
+ * @param count - how many slots are above it.
+ * @param high - the vault's high-water slot.
+ */
+export function incompleteVaultMessage(path: string, store: string, count: number, high: number): string {
+  return `Key vault ${path} is older than store ${store}: ${count} content key(s) of the store (slots above ${high}) were created after this copy of the vault. ${lostVaultAdvice(path, store)}`;
+}
