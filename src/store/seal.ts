@@ -6,7 +6,8 @@
  *
  * - **Content key** (CK): 32 random bytes per resource (one per `Type/id`), never stored in clear.
  * - **Sealed record** = `0x01 || nonce(12) || AES-256-GCM(CK, nonce, plaintext, AAD)` with the
- *   16-byte tag appended (NIST SP 800-38D; `@noble/ciphers` `gcm`). The nonce is 96 random bits per
+ *   16-byte tag appended (NIST SP 800-38D; node:crypto (OpenSSL) for records and tags, `@noble/ciphers`
+ *   `gcm` for key wrapping; test/store-seal-native.test.ts checks records against `@noble/ciphers`). The nonce is 96 random bits per
  *   seal (SP 800-38D §8.2.2, RBG-based IVs: at most 2^32 seals per key; a resource gets far fewer).
  * - **AAD** = `"tidegate-store/1" || 0x00 || kind(1) || u64be(seq) || utf8(Type/id)`: the format
  *   version, the record kind, the version sequence number (0 for per-resource records) and the
@@ -21,9 +22,9 @@
  *   under which a backend files a resource instead of its key. `indexKey` is a random 32-byte key
  *   wrapped like a content key (slot {@link INDEX_KEY_SLOT}), so tags are stable across rotations.
  */
+import { createCipheriv, createDecipheriv, createHmac, randomFillSync } from 'node:crypto';
 import { gcm } from '@noble/ciphers/aes.js';
 import { hkdf } from '@noble/hashes/hkdf.js';
-import { hmac } from '@noble/hashes/hmac.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 
 /** Frozen parameter table of the `tidegate-store/1` format. Lengths in bytes. */
@@ -156,11 +157,22 @@ export function recordAad(kind: RecordKindId, resourceKey: string, seq = 0): Uin
  * @returns `0x01 || nonce(12) || ciphertext || tag(16)`: plaintext length + 29 bytes.
  * @throws TypeError for a content key that is not 32 bytes.
  */
-export function sealRecord(contentKey: Uint8Array, kind: RecordKindId, resourceKey: string, seq: number, plaintext: Uint8Array, random: RandomSource = csprng): Uint8Array {
+export function sealRecord(contentKey: Uint8Array, kind: RecordKindId, resourceKey: string, seq: number, plaintext: Uint8Array, random?: RandomSource): Uint8Array {
   checkKey(contentKey, 'sealRecord: contentKey');
-  const nonce = random(STORE_FORMAT.nonce);
-  const ct = gcm(contentKey, nonce, recordAad(kind, resourceKey, seq)).encrypt(plaintext);
-  return concat(new Uint8Array([STORE_FORMAT.version]), nonce, ct);
+  const aad = recordAad(kind, resourceKey, seq);
+  const out = new Uint8Array(STORE_FORMAT.overhead + plaintext.length);
+  out[0] = STORE_FORMAT.version;
+  const nonce = out.subarray(1, 1 + STORE_FORMAT.nonce);
+  if (random) nonce.set(random(STORE_FORMAT.nonce));
+  else randomFillSync(nonce);
+  const cipher = createCipheriv('aes-256-gcm', contentKey, nonce, { authTagLength: STORE_FORMAT.tag });
+  cipher.setAAD(aad);
+  const ct = cipher.update(plaintext);
+  const rest = cipher.final();
+  out.set(ct, 1 + STORE_FORMAT.nonce);
+  out.set(rest, 1 + STORE_FORMAT.nonce + ct.length);
+  out.set(cipher.getAuthTag(), out.length - STORE_FORMAT.tag);
+  return out;
 }
 
 /**
@@ -180,11 +192,21 @@ export function openRecord(contentKey: Uint8Array, kind: RecordKindId, resourceK
   const what = `sealed ${KIND_NAMES[kind] ?? `kind-${kind}`} record`;
   if (!(sealed instanceof Uint8Array) || sealed.length < STORE_FORMAT.overhead) throw new SealedRecordError('ERR_SEALED_MALFORMED', `${what}: too short to be sealed`);
   if (sealed[0] !== STORE_FORMAT.version) throw new SealedRecordError('ERR_SEALED_UNSUPPORTED', `${what}: format version ${sealed[0]} is not supported`);
+  let plain: Buffer;
   try {
-    return gcm(contentKey, sealed.subarray(1, 13), recordAad(kind, resourceKey, seq)).decrypt(sealed.subarray(13));
+    const decipher = createDecipheriv('aes-256-gcm', contentKey, sealed.subarray(1, 1 + STORE_FORMAT.nonce), { authTagLength: STORE_FORMAT.tag });
+    decipher.setAAD(recordAad(kind, resourceKey, seq));
+    decipher.setAuthTag(sealed.subarray(sealed.length - STORE_FORMAT.tag));
+    const head = decipher.update(sealed.subarray(1 + STORE_FORMAT.nonce, sealed.length - STORE_FORMAT.tag));
+    const tail = decipher.final();
+    plain = tail.length === 0 ? head : Buffer.concat([head, tail]);
   } catch {
     throw new SealedRecordError('ERR_SEALED_AUTH_FAILED', `${what}: authentication failed (damaged, moved, or sealed under another key)`);
   }
+  // a plain Uint8Array (not a view of a pooled Buffer)
+  const out = new Uint8Array(plain.length);
+  out.set(plain);
+  return out;
 }
 
 /**
@@ -245,7 +267,10 @@ export function unwrapKey(kek: Uint8Array, gen: number, slot: number, wrapped: U
  */
 export function resourceTag(indexKey: Uint8Array, resourceKey: string): Uint8Array {
   checkKey(indexKey, 'resourceTag: indexKey');
-  return hmac(sha256, indexKey, utf8.encode(resourceKey));
+  const mac = createHmac('sha256', indexKey).update(utf8.encode(resourceKey)).digest();
+  const out = new Uint8Array(mac.length);
+  out.set(mac);
+  return out;
 }
 
 /**

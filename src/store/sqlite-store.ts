@@ -42,7 +42,6 @@ import { dirname, resolve } from 'node:path';
 import type { ResourceRecord, ResourceStore, VersionRecord } from './store.ts';
 import type { NodeSecretKeys } from '../envelope/keys.ts';
 import { FhirError, outcome } from '../fhir/outcomes.ts';
-import { createCipheriv, createDecipheriv, createHmac, randomFillSync } from 'node:crypto';
 import { RecordKind, STORE_FORMAT, decodeVersionMeta, encodeVersionMeta, openRecord, recordAad, resourceTag, sealRecord } from './seal.ts';
 import type { RecordKindId } from './seal.ts';
 import { KeyVault, openBoundVault, vaultPathOf } from './vault.ts';
@@ -947,28 +946,28 @@ export class SqliteStore implements ResourceStore {
 
   /** Row id of a key (column `key`): its HMAC tag (sealed store) or the key text itself (unsealed). */
   private tagOf(key: string): RowKey {
-    return this.vault ? resourceTagNative(this.vault.indexKey, key) : key;
+    return this.vault ? resourceTag(this.vault.indexKey, key) : key;
   }
 
   private seal(slot: number, kind: RecordKindId, key: string, seq: number, bytes: Uint8Array): Uint8Array {
-    return this.vault ? sealRecordNative(this.vault.contentKey(slot), kind, key, seq, bytes) : bytes;
+    return this.vault ? sealRecord(this.vault.contentKey(slot), kind, key, seq, bytes) : bytes;
   }
 
   private open(slot: number, kind: RecordKindId, key: string, seq: number, bytes: Uint8Array): Uint8Array {
-    return this.vault ? openRecordNative(this.vault.contentKey(slot), kind, key, seq, bytes) : bytes;
+    return this.vault ? openRecord(this.vault.contentKey(slot), kind, key, seq, bytes) : bytes;
   }
 
   /** The sealed name record of a key: bound to its tag (hex) instead of the key, which the reader does not know yet. */
   private sealName(tag: RowKey, slot: number, key: string): Uint8Array {
     const bytes = new TextEncoder().encode(key);
-    return this.vault ? sealRecordNative(this.vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, bytes) : bytes;
+    return this.vault ? sealRecord(this.vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, bytes) : bytes;
   }
 
   private openName(tag: RowKey, slot: number, name: Uint8Array): string {
     if (!this.vault) return new TextDecoder().decode(name);
     if (typeof tag === 'string') throw new Error(`Store ${this.path}: a resource row of a sealed store is filed under a plain key`);
-    const key = new TextDecoder().decode(openRecordNative(this.vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, name));
-    if (Buffer.compare(resourceTagNative(this.vault.indexKey, key), tag) !== 0) throw new Error(`Store ${this.path}: a resource name does not match its tag`);
+    const key = new TextDecoder().decode(openRecord(this.vault.contentKey(slot), RecordKind.key, hexOf(tag), 0, name));
+    if (Buffer.compare(resourceTag(this.vault.indexKey, key), tag) !== 0) throw new Error(`Store ${this.path}: a resource name does not match its tag`);
     return key;
   }
 
@@ -1231,83 +1230,3 @@ export class SqliteStore implements ResourceStore {
 
 // ---- sealed records on native AES-GCM ----
 //
-// The store seals several fields per write and opens them on every read that misses its cache, all
-// on the event loop. src/store/seal.ts implements `tidegate-store/1` on @noble/ciphers' JavaScript
-// AES-GCM (about 2 ms for a 20 KB document here); node:crypto's (OpenSSL, AES-NI) gives the same
-// bytes 10-20 times faster. AES-GCM is deterministic for a key, nonce and AAD, so the records are
-// byte-identical: seal.ts opens what these seal and the other way round (test/store-seal-native.test.ts).
-
-const GCM_TAG = STORE_FORMAT.tag;
-const GCM_NONCE = STORE_FORMAT.nonce;
-
-/**
- * {@link sealRecord} (src/store/seal.ts, docs/storage.md "Encryption at rest") on node:crypto's
- * AES-256-GCM (NIST SP 800-38D; 96-bit random nonce, 128-bit tag).
- * @param contentKey - the resource's 32-byte content key.
- * @param kind - the field's record kind ({@link RecordKind}).
- * @param resourceKey - `Type/id` (bound in the AAD, not stored).
- * @param seq - version sequence number, 0 for per-resource fields.
- * @param plaintext - the field's bytes (any length, may be empty).
- * @returns `0x01 || nonce(12) || ciphertext || tag(16)`, a fresh Uint8Array of plaintext length + 29 bytes.
- * @throws TypeError for a content key that is not 32 bytes (from sealRecord); RangeError for a bad `seq`.
- */
-export function sealRecordNative(contentKey: Uint8Array, kind: RecordKindId, resourceKey: string, seq: number, plaintext: Uint8Array): Uint8Array {
-  if (!(contentKey instanceof Uint8Array) || contentKey.length !== STORE_FORMAT.contentKey) return sealRecord(contentKey, kind, resourceKey, seq, plaintext);
-  const out = new Uint8Array(STORE_FORMAT.overhead + plaintext.length);
-  out[0] = STORE_FORMAT.version;
-  const nonce = randomFillSync(out.subarray(1, 1 + GCM_NONCE));
-  const cipher = createCipheriv('aes-256-gcm', contentKey, nonce, { authTagLength: GCM_TAG });
-  cipher.setAAD(recordAad(kind, resourceKey, seq));
-  const ct = cipher.update(plaintext);
-  const rest = cipher.final();
-  out.set(ct, 1 + GCM_NONCE);
-  out.set(rest, 1 + GCM_NONCE + ct.length);
-  out.set(cipher.getAuthTag(), out.length - GCM_TAG);
-  return out;
-}
-
-/**
- * {@link openRecord} (src/store/seal.ts) on node:crypto's AES-256-GCM: same input, output and errors.
- * @returns The plaintext, a fresh Uint8Array.
- * @throws SealedRecordError `ERR_SEALED_MALFORMED`, `ERR_SEALED_UNSUPPORTED` or
- *   `ERR_SEALED_AUTH_FAILED` (damaged, moved, or wrong key), exactly as openRecord (which builds
- *   them: any record this cannot open is handed to it); TypeError for a bad content key.
- */
-export function openRecordNative(contentKey: Uint8Array, kind: RecordKindId, resourceKey: string, seq: number, sealed: Uint8Array): Uint8Array {
-  if (
-    !(contentKey instanceof Uint8Array) ||
-    contentKey.length !== STORE_FORMAT.contentKey ||
-    !(sealed instanceof Uint8Array) ||
-    sealed.length < STORE_FORMAT.overhead ||
-    sealed[0] !== STORE_FORMAT.version
-  ) {
-    return openRecord(contentKey, kind, resourceKey, seq, sealed);
-  }
-  let plain: Buffer;
-  try {
-    const decipher = createDecipheriv('aes-256-gcm', contentKey, sealed.subarray(1, 1 + GCM_NONCE), { authTagLength: GCM_TAG });
-    decipher.setAAD(recordAad(kind, resourceKey, seq));
-    decipher.setAuthTag(sealed.subarray(sealed.length - GCM_TAG));
-    const head = decipher.update(sealed.subarray(1 + GCM_NONCE, sealed.length - GCM_TAG));
-    const tail = decipher.final();
-    plain = tail.length === 0 ? head : Buffer.concat([head, tail]);
-  } catch {
-    // Authentication failed: openRecord fails the same way and throws its SealedRecordError.
-    return openRecord(contentKey, kind, resourceKey, seq, sealed);
-  }
-  const out = new Uint8Array(plain.length);
-  out.set(plain);
-  return out;
-}
-
-/**
- * {@link resourceTag} (src/store/seal.ts): HMAC-SHA256(indexKey, utf8(Type/id)) (RFC 2104) on node:crypto.
- * @returns the 32-byte tag, a fresh Uint8Array.
- */
-export function resourceTagNative(indexKey: Uint8Array, resourceKey: string): Uint8Array {
-  if (!(indexKey instanceof Uint8Array) || indexKey.length !== STORE_FORMAT.contentKey) return resourceTag(indexKey, resourceKey);
-  const mac = createHmac('sha256', indexKey).update(resourceKey, 'utf8').digest();
-  const out = new Uint8Array(mac.length);
-  out.set(mac);
-  return out;
-}
