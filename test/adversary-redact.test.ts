@@ -11,7 +11,8 @@
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { isMainThread, parentPort, Worker } from 'node:worker_threads';
+import { isMainThread, parentPort } from 'node:worker_threads';
+import { runInWorker } from './fixtures/in-worker.ts';
 import { getResourceTypes } from '@medplum/core';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -46,25 +47,7 @@ function job(): Outcome {
   return { count: redacted.length, unique: new Set(redacted).size, first: redacted[0], leaks: text.includes('555-0100'), narratives: text.includes('"div"'), types: types.length };
 }
 
-/** Runs {@link job} in a worker thread (this file), so a hang is cut at `ms`: a blocked main thread could not time out. */
-function inWorker(ms: number): Promise<Outcome> {
-  const worker = new Worker(new URL(import.meta.url));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      void worker.terminate();
-      reject(new Error(`redaction still running after ${ms} ms`));
-    }, ms);
-    worker.once('message', (m: Outcome) => {
-      clearTimeout(timer);
-      void worker.terminate();
-      resolve(m);
-    });
-    worker.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
-}
+const inWorker = (ms: number): Promise<Outcome> => runInWorker(new URL(import.meta.url), ms, 'redaction');
 
 if (!isMainThread) parentPort!.postMessage(job());
 

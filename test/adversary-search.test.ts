@@ -8,7 +8,8 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { isMainThread, parentPort, Worker } from 'node:worker_threads';
+import { isMainThread, parentPort } from 'node:worker_threads';
+import { runInWorker } from './fixtures/in-worker.ts';
 import request from 'supertest';
 import { makeHarness } from './fhir-harness.ts';
 
@@ -24,24 +25,7 @@ async function job(): Promise<{ status: number; code: string | undefined; total:
   }
 }
 
-function inWorker(ms: number): Promise<Awaited<ReturnType<typeof job>>> {
-  const worker = new Worker(new URL(import.meta.url));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      void worker.terminate();
-      reject(new Error(`search still running after ${ms} ms`));
-    }, ms);
-    worker.once('message', (m: Awaited<ReturnType<typeof job>>) => {
-      clearTimeout(timer);
-      void worker.terminate();
-      resolve(m);
-    });
-    worker.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
-}
+const inWorker = (ms: number): Promise<Awaited<ReturnType<typeof job>>> => runInWorker(new URL(import.meta.url), ms, 'search');
 
 if (!isMainThread) void job().then((r) => parentPort!.postMessage(r));
 

@@ -12,7 +12,8 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { isMainThread, parentPort, Worker } from 'node:worker_threads';
+import { isMainThread, parentPort } from 'node:worker_threads';
+import { runInWorker } from './fixtures/in-worker.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import request from 'supertest';
@@ -59,25 +60,7 @@ function manyElements(): { kind: string | undefined; names: string[]; cleaned: A
   return { kind: subset?.kind, names: subset?.kind === 'elements' ? [...subset.names] : [], cleaned };
 }
 
-/** Runs {@link manyElements} in a worker thread (this file), so a hang is cut at `ms`: a blocked main thread could not time out. */
-function inWorker(ms: number): Promise<ReturnType<typeof manyElements>> {
-  const worker = new Worker(new URL(import.meta.url));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      void worker.terminate();
-      reject(new Error(`parseSubset still running after ${ms} ms`));
-    }, ms);
-    worker.once('message', (m: ReturnType<typeof manyElements>) => {
-      clearTimeout(timer);
-      void worker.terminate();
-      resolve(m);
-    });
-    worker.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
-}
+const inWorker = (ms: number): Promise<ReturnType<typeof manyElements>> => runInWorker(new URL(import.meta.url), ms, 'subset');
 
 if (!isMainThread) parentPort!.postMessage(manyElements());
 
