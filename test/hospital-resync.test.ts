@@ -120,6 +120,12 @@ describe('hospital resync after the hospital lost its data', () => {
     assert.equal(bad.status, 400);
     assert.equal(((await bad.json()) as { resourceType: string }).resourceType, 'OperationOutcome');
     assert.equal((await resyncStatus()).state, 'idle');
+    for (const q of ['?type=Patinet', '?type=Patient,Bogus', '?type=']) {
+      const unknown = await resync(q);
+      assert.equal(unknown.status, 400, `${q}: an unknown or empty type is refused, not a silent resync of nothing (or of everything)`);
+      assert.match(((await unknown.json()) as { issue: Array<{ diagnostics: string }> }).issue[0]!.diagnostics, /resource type/);
+    }
+    assert.equal((await resyncStatus()).state, 'idle');
 
     // only Observations
     const obs = await resync('?type=Observation');

@@ -538,6 +538,24 @@ describe('HospitalPoller on its own (one replica, one hospital)', () => {
     }
   });
 
+  it('a hospital-side resource that references a crypto-shredded Patient is not merged (the erasure holds on the poller path too)', async () => {
+    const store = new MemoryStore();
+    const shredded = new Set(['Patient/shr-gone']);
+    (store as MemoryStore & { isShredded(key: string): boolean }).isShredded = (key) => shredded.has(key);
+    const r = new Replica({ nodeId: 'poll-node', store, policy: loadMergePolicy() });
+    const updates: string[] = [];
+    const p = new HospitalPoller({ source: client, replica: r, cursor: new MemoryCursorStore(), intervalMs: 0, onUpdate: (k) => updates.push(k) });
+    await p.start();
+    await fhirFetch(`${hosp.url}/Observation/shr-obs`, { method: 'PUT', body: { resourceType: 'Observation', id: 'shr-obs', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/shr-gone' } } });
+    await fhirFetch(`${hosp.url}/Observation/shr-ok`, { method: 'PUT', body: { resourceType: 'Observation', id: 'shr-ok', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/shr-kept' } } });
+    const res = await p.pollNow();
+    await p.stop();
+    assert.equal(r.current('Observation/shr-obs'), undefined, 'not merged');
+    assert.ok(r.current('Observation/shr-ok'), 'a resource about another patient is merged');
+    assert.ok(updates.includes('Observation/shr-ok') && !updates.includes('Observation/shr-obs'), 'only the other patient\u2019s resource is gossiped');
+    assert.ok(res.rejected >= 1);
+  });
+
   it('Redis cursor store round-trips and rejects garbage', async () => {
     const key = `tidegate-test-${randomBytes(4).toString('hex')}:cursor`;
     const store = new RedisCursorStore({ redisUrl: REDIS_URL, key });

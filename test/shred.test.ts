@@ -344,6 +344,8 @@ describe('shred on a running node (admin route, two nodes, Redis)', () => {
       const tx = await fetch(b.baseUrl, { method: 'POST', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry: [{ resource: { resourceType: 'Condition', subject: { reference: 'Patient/pat-p' }, code: { text: 'y' } }, request: { method: 'POST', url: 'Condition' } }] }) });
       assert.equal(tx.status, 410);
       assert.equal((await fetch(`${b.baseUrl}/Observation/obs-after`)).status, 404, 'nothing written');
+      const absolute = await put(b, { resourceType: 'Observation', id: 'obs-abs', status: 'final', code: { text: 'x' }, subject: { reference: `${b.baseUrl}/Patient/pat-p` } });
+      assert.equal(absolute.status, 410, 'an absolute reference to the erased Patient (the node’s own base URL) is refused too');
       assert.equal((await put(b, { resourceType: 'Observation', id: 'obs-q', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/pat-q' } })).status, 201);
 
       // A later update of the patient at A reaches B and is refused, not resurrected.

@@ -5,7 +5,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Parameters, ParametersParameter } from '@medplum/fhirtypes';
 import { canonicalStringify, isJsonObject, parseFhirJson, FhirJsonError } from './json.ts';
-import type { FhirJson, FhirJsonObject } from './json.ts';
+import type { FhirJsonObject } from './json.ts';
+import { refersToShreddedPatient } from '../store/compartment.ts';
 import { badRequest, FhirError, gone, notFound, outcome, preconditionFailed, unprocessable, unsupportedMediaType } from './outcomes.ts';
 import { FHIR_ID, isKnownResourceType } from './validate.ts';
 import { capabilityStatement } from './capability.ts';
@@ -276,11 +277,14 @@ export class FhirService {
       const parsed = parseFhirJson(body);
       return subset === undefined || subset.kind === 'count' || !isJsonObject(parsed) ? parsed : subsetResource(parsed, subset);
     };
-    const entry = versions.map((v) => ({
+    // The version that created the resource (the oldest, or the first after a delete) answers 201,
+    // as its create did (https://hl7.org/fhir/R4/http.html#history: the status of the interaction).
+    const created = (i: number) => i === versions.length - 1 || versions[i + 1]!.deleted;
+    const entry = versions.map((v, i) => ({
       fullUrl: `${baseUrl}/${type}/${id}`,
       ...(v.body ? { resource: resourceOf(v.body) } : {}),
       request: { method: v.deleted ? 'DELETE' : 'PUT', url: `${type}/${id}` },
-      response: { status: v.deleted ? '204' : '200', etag: `W/"${v.versionId}"`, lastModified: v.lastUpdated },
+      response: { status: v.deleted ? '204' : created(i) ? '201' : '200', etag: `W/"${v.versionId}"`, lastModified: v.lastUpdated },
     }));
     // Bodies are parsed losslessly and re-serialized canonically, so decimals keep their lexical form.
     // _summary=count: no entry element at all (FHIR forbids empty arrays).
@@ -557,33 +561,3 @@ export class FhirService {
     return parsed;
   }
 }
-
-/**
- * Whether a resource refers to a crypto-shredded Patient: the Patient itself, or any `reference`
- * (at any depth, `Patient/<id>` relative, optionally versioned) naming a Patient whose key is
- * shredded on this node. Broader than the Patient compartment on purpose: any resource that
- * points at an erased patient is data about them.
- * @param body - the resource as parsed FHIR JSON.
- * @param isShredded - the store's tombstone test (`ResourceStore.isShredded`), given `Type/id`.
- * @returns True when one is found. Walks the resource once (bounded by the node's JSON limits).
- */
-function refersToShreddedPatient(body: FhirJson, isShredded: (key: string) => boolean): boolean {
-  const stack: FhirJson[] = [body];
-  while (stack.length > 0) {
-    const v = stack.pop()!;
-    if (Array.isArray(v)) {
-      for (const x of v) if (typeof x === 'object' && x !== null) stack.push(x);
-    } else if (isJsonObject(v)) {
-      for (const [k, x] of Object.entries(v)) {
-        if (k === 'reference' && typeof x === 'string') {
-          const m = SHREDDABLE_REF.exec(x);
-          if (m && isShredded(`Patient/${m[1]}`)) return true;
-        } else if (typeof x === 'object' && x !== null) stack.push(x);
-      }
-    }
-  }
-  return false;
-}
-
-/** `Patient/<id>` with an optional `/_history/<vid>`: a relative reference to a Patient. */
-const SHREDDABLE_REF = /^Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?$/;

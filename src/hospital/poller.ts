@@ -23,6 +23,7 @@
  *
  * Logs carry error codes, HTTP statuses, counts and FHIRPath expressions only, never resource content.
  */
+import { refersToShreddedPatient } from '../store/compartment.ts';
 import { createHash } from 'node:crypto';
 import { isJsonObject, isLosslessNumber, parseFhirJson } from '../fhir/json.ts';
 import type { FhirJson, FhirJsonObject, LosslessNumber } from '../fhir/json.ts';
@@ -412,6 +413,12 @@ export class HospitalPoller {
         } catch (err) {
           this.#log?.warn({ type, err: describe(err) }, 'hospital poller: patient matching failed; merged without match links');
         }
+      }
+      const isShredded = this.#replica.isShredded;
+      if (isShredded !== undefined && refersToShreddedPatient(body, isShredded)) {
+        // docs/storage.md "Crypto-shredding": new data about an erased patient is not merged (nor gossiped)
+        this.#log?.warn({ type }, 'hospital poller: hospital version refers to a crypto-shredded Patient, not merged');
+        return 'rejected';
       }
       const issues = validateFhirResource(body);
       if (issues.length > 0) {

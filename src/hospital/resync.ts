@@ -23,6 +23,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import express from 'express';
 import type { Request, Response, Router } from 'express';
 import type { ResourceStore, VersionRecord } from '../store/store.ts';
+import { isKnownResourceType } from '../fhir/validate.ts';
 
 /** Resource type name (https://hl7.org/fhir/R4/datatypes.html#code, as the FHIR type list uses). */
 const RESOURCE_TYPE_RE = /^[A-Z][A-Za-z]{0,63}$/;
@@ -89,7 +90,7 @@ export class ResyncError extends Error {
 export function parseResyncTypes(types: readonly string[] | undefined): string[] | undefined {
   if (types === undefined || types.length === 0) return undefined;
   for (const t of types) {
-    if (typeof t !== 'string' || !RESOURCE_TYPE_RE.test(t)) throw new ResyncError('ERR_RESYNC_BAD_TYPE', `Not a resource type name: ${JSON.stringify(String(t).slice(0, 70))}`);
+    if (typeof t !== 'string' || !RESOURCE_TYPE_RE.test(t) || !isKnownResourceType(t)) throw new ResyncError('ERR_RESYNC_BAD_TYPE', `Not an R4 resource type: ${JSON.stringify(String(t).slice(0, 70))}`);
   }
   return [...new Set(types)].sort();
 }
@@ -201,8 +202,11 @@ export function hospitalResyncRouter(resync: HospitalResync): Router {
   const r = express.Router();
   r.post('/admin/hospital/resync', (req: Request, res: Response) => {
     const raw = req.query['type'];
-    const list = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).flatMap((v) => String(v).split(',')).filter((v) => v !== '');
+    const given = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).flatMap((v) => String(v).split(','));
+    const list = given.filter((v) => v !== '');
     try {
+      // `?type=` (or a stray comma) names no type: refused rather than read as "every type"
+      if (given.length > list.length) throw new ResyncError('ERR_RESYNC_BAD_TYPE', 'Empty resource type in ?type= (leave type out to resend every type)');
       const st = resync.start(list);
       res.status(202).json({ status: 'started', total: st.total, shredded: st.shredded, types: st.types ?? null });
     } catch (err) {

@@ -156,6 +156,15 @@ export class Replica {
     return this.store.get(key)?.versions.find((v) => v.versionId === versionId);
   }
 
+  /**
+   * The store's crypto-shredding tombstone test (`ResourceStore.isShredded`, src/store/store.ts),
+   * given `Type/id`; undefined when the store cannot shred.
+   */
+  get isShredded(): ((key: string) => boolean) | undefined {
+    const store = this.store;
+    return store.isShredded === undefined ? undefined : (key) => store.isShredded!(key);
+  }
+
   /** All versions, newest first (FHIR `_history` order). */
   history(key: string): VersionRecord[] {
     return [...(this.store.get(key)?.versions ?? [])].reverse();

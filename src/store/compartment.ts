@@ -84,3 +84,37 @@ export function inPatientCompartment(resource: { resourceType?: unknown; id?: un
   }
   return false;
 }
+
+/**
+ * Whether a resource refers to a crypto-shredded Patient: the Patient itself, or any `reference`
+ * (at any depth, relative or absolute, optionally versioned: {@link SHREDDABLE_REF}) naming a
+ * Patient whose key is shredded on this node. Broader than the Patient compartment on purpose: any resource that
+ * points at an erased patient is data about them.
+ * @param body - the resource as parsed FHIR JSON.
+ * @param isShredded - the store's tombstone test (`ResourceStore.isShredded`), given `Type/id`.
+ * @returns True when one is found. Walks the resource once (bounded by the node's JSON limits).
+ */
+export function refersToShreddedPatient(body: unknown, isShredded: (key: string) => boolean): boolean {
+  const stack: unknown[] = [body];
+  while (stack.length > 0) {
+    const v = stack.pop()!;
+    if (Array.isArray(v)) {
+      for (const x of v) if (typeof x === 'object' && x !== null) stack.push(x);
+    } else if (typeof v === 'object' && v !== null) {
+      for (const [k, x] of Object.entries(v)) {
+        if (k === 'reference' && typeof x === 'string') {
+          const m = SHREDDABLE_REF.exec(x);
+          if (m && isShredded(`Patient/${m[1]}`)) return true;
+        } else if (typeof x === 'object' && x !== null) stack.push(x);
+      }
+    }
+  }
+  return false;
+}
+
+/**
+ * A reference ending in `Patient/<id>` (optionally `/_history/<vid>`): relative, or absolute with any
+ * base (this node's own, or a base that is not known to be this node's: fail closed, an erased
+ * patient's id is refused whatever server the reference names).
+ */
+const SHREDDABLE_REF = /(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
