@@ -234,6 +234,15 @@ describe('demo', () => {
 });
 
 describe('messages', () => {
+  test('shred of a dot-segment id and hospital resync of an unreachable node say what is wrong', async () => {
+    const shred = await cli(['shred', 'Patient/..', '--config', 'unused.json', '--node-url', 'http://127.0.0.1:9'], ROOT);
+    assert.notEqual(shred.code, 0);
+    assert.match(shred.stderr, /dot segment/);
+    const resync = await cli(['hospital', 'resync', '--config', 'unused.json', '--node-url', 'http://127.0.0.1:9'], ROOT);
+    assert.notEqual(resync.code, 0);
+    assert.match(resync.stderr, /Cannot reach the node at http:\/\/127\.0\.0\.1:9 .*is it running\?/);
+  });
+
   test('hospital --port abc', async () => {
     const out = await cli(['hospital', '--port', 'abc'], ROOT);
     assert.notEqual(out.code, 0);

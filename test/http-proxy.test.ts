@@ -205,6 +205,8 @@ describe('trust proxy and public base URL over HTTP', () => {
       assert.equal(await implementationFor({ host: 'evil.example/x?y=' }), 'http://localhost/fhir');
       assert.equal(await implementationFor({ host: `127.0.0.1:${port}`, 'x-forwarded-host': 'user@evil.example' }), 'http://localhost/fhir');
       assert.equal(await implementationFor({ host: `127.0.0.1:${port}`, 'x-forwarded-host': '[::1]:8443', 'x-forwarded-proto': 'https' }), 'https://[::1]:8443/fhir');
+      assert.equal(await implementationFor({ host: `127.0.0.1:${port}`, 'x-forwarded-host': 'h.example', 'x-forwarded-proto': 'gopher' }), 'http://h.example/fhir', 'a scheme other than http/https is not used');
+      assert.equal(await implementationFor({ host: `127.0.0.1:${port}`, 'x-forwarded-host': 'h.example:99999' }), 'http://localhost/fhir', 'a port above 65535 is no authority');
     } finally {
       await s.stop();
     }
@@ -227,7 +229,7 @@ describe('trust proxy and public base URL over HTTP', () => {
     for (const ok of [true, 2, ['loopback', '10.0.0.0/8', '::1', 'fc00::/7', '192.0.2.4']]) assert.equal(parse({ trustProxy: ok }).success, true, JSON.stringify(ok));
     for (const bad of [0, 'yes', ['10.0.0.0/40'], ['proxy.example'], []]) assert.equal(parse({ trustProxy: bad }).success, false, JSON.stringify(bad));
     assert.equal(parse({ publicBaseUrl: 'https://fhir.example.org/fhir' }).success, true);
-    for (const bad of ['fhir.example.org/fhir', 'https://fhir.example.org/fhir?x=1', 'ftp://fhir.example.org/fhir']) assert.equal(parse({ publicBaseUrl: bad }).success, false, bad);
+    for (const bad of ['fhir.example.org/fhir', 'https://fhir.example.org/fhir?x=1', 'ftp://fhir.example.org/fhir', 'https://u:p@fhir.example.org/fhir', 'https://u@fhir.example.org/fhir']) assert.equal(parse({ publicBaseUrl: bad }).success, false, bad);
     const cfg = parse({ trustProxy: ['loopback'], publicBaseUrl: 'https://cfg.example.org/fhir', rateLimit: false });
     assert.ok(cfg.success);
     const s = await serve(h, hardeningFromConfig(cfg.data.http).hardening);

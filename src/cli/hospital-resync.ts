@@ -55,7 +55,10 @@ export async function runHospitalResync(o: HospitalResyncCliOptions): Promise<Re
   const headers: Record<string, string> = token ? { Authorization: `Bearer ${token}` } : {};
   const url = new URL('/admin/hospital/resync', base);
   for (const t of o.type ?? []) url.searchParams.append('type', t);
-  const res = await fetch(url, { method: 'POST', headers });
+  const res = await fetch(url, { method: 'POST', headers }).catch((err: unknown) => {
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    throw new Error(`Cannot reach the node at ${url.origin} (${cause?.code ?? cause?.message ?? (err as Error).message}): is it running? Give its address with --node-url`);
+  });
   const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
   if (res.status !== 202) throw new Error(`Node answered ${res.status}: ${JSON.stringify(body)}`);
   if (!o.wait) return body;

@@ -74,6 +74,7 @@ export async function runShred(patientKey: string, o: ShredCliOptions): Promise<
   if (o.nodeUrl !== undefined) {
     const m = /^Patient\/([A-Za-z0-9\-.]{1,64})$/.exec(patientKey);
     if (!m) throw new Error('Expected Patient/<id> (FHIR id: 1-64 of A-Z a-z 0-9 - .)');
+    if (m[1] === '.' || m[1] === '..') throw new Error(`Patient/${m[1]} cannot be addressed in a URL (a dot segment): no resource can have that id here`);
     // A node with `auth` wants an operator token (scope tidegate/admin): TIDEGATE_ADMIN_TOKEN.
     const token = (o.env ?? process.env).TIDEGATE_ADMIN_TOKEN;
     const res = await fetch(new URL(`/admin/shred/Patient/${m[1]}`, o.nodeUrl), { method: 'POST', ...(token ? { headers: { Authorization: `Bearer ${token}` } } : {}) });

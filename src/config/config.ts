@@ -38,7 +38,7 @@ const HttpHardeningSchema = z
     /** Proxies trusted for X-Forwarded-Proto/-Host/-For (src/fhir/base-url.ts): false, true, a hop count, or addresses/CIDRs/loopback|linklocal|uniquelocal. */
     trustProxy: z.union([z.boolean(), z.number().int().min(1).max(64), z.array(z.union([z.enum(['loopback', 'linklocal', 'uniquelocal']), z.ipv4(), z.ipv6(), z.cidrv4(), z.cidrv6()])).min(1)]).default(false),
     /** The FHIR base clients reach the node at (links use it, whatever the request says), e.g. "https://fhir.example.org/fhir". */
-    publicBaseUrl: z.url({ protocol: /^https?$/ }).refine((u) => !/[?#]/.test(u), 'must not have a query or a fragment').optional(),
+    publicBaseUrl: z.url({ protocol: /^https?$/ }).refine((u) => !/[?#]/.test(u), 'must not have a query or a fragment').refine((u) => !/^[a-z]+:\/\/[^/]*@/i.test(u), 'must not carry credentials (user:password@)').optional(),
   })
   .refine((h) => h.headersTimeoutMs <= h.requestTimeoutMs, { message: 'headersTimeoutMs must not exceed requestTimeoutMs', path: ['headersTimeoutMs'] });
 

@@ -39,7 +39,13 @@ export interface ProxyOptions {
 const PUBLIC_BASE_SETTING = 'tidegate public base url';
 
 /** An RFC 3986 §3.2.2 host (DNS name, IPv4, bracketed IPv6) with an optional port. */
-const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::\d{1,5})?$/;
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::(\d{1,5}))?$/;
+
+/** {@link AUTHORITY} with a port, when given, of at most 65535. */
+function isAuthority(host: string): boolean {
+  const m = AUTHORITY.exec(host);
+  return m !== null && (m[1] === undefined || Number(m[1]) <= 65535);
+}
 
 /**
  * Checks a {@link ProxyOptions.publicBaseUrl} and returns it without a trailing `/`.
@@ -118,5 +124,7 @@ export function fhirBaseUrl(req: Request): string {
   const fixed: unknown = req.app?.settings?.[PUBLIC_BASE_SETTING];
   if (typeof fixed === 'string') return fixed;
   const host = req.host;
-  return `${req.protocol}://${host !== undefined && AUTHORITY.test(host) ? host : 'localhost'}${req.baseUrl}`;
+  // a forwarded scheme other than http/https is not used: the socket's instead
+  const scheme = req.protocol === 'https' || req.protocol === 'http' ? req.protocol : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+  return `${scheme}://${host !== undefined && isAuthority(host) ? host : 'localhost'}${req.baseUrl}`;
 }
