@@ -129,7 +129,7 @@ describe('instance lease of a node id', () => {
     }
   });
 
-  it('a lease left by a process killed with SIGKILL refuses at once, then is free within 3 × the renewal period', async () => {
+  it('a lease left by a process killed with SIGKILL on this host is waited out (its pid is gone), not refused: free within 3 × the renewal period', async () => {
     const renewMs = 300;
     const src = new URL('../src/node/instance-lease.ts', import.meta.url).href;
     const code = `import { InstanceLease } from ${JSON.stringify(src)};
@@ -141,24 +141,8 @@ await l.acquire(); process.stdout.write('held\\n'); setInterval(() => {}, 1000);
     child.kill('SIGKILL');
     await exited;
     const killedAt = Date.now();
-    const early = new InstanceLease({ redisUrl: REDIS_URL, prefix: PREFIX, nodeId: 'lease-d', renewMs });
-    await assert.rejects(early.acquire(), (err: unknown) => {
-      assert.ok(err instanceof InstanceLeaseError && err.code === 'ERR_NODE_ID_IN_USE');
-      assert.match(err.message, new RegExp(`pid ${child.pid}`));
-      assert.match(err.message, /expires within \d+ ms: start again then/);
-      return true;
-    });
-    let acquired: InstanceLease | undefined;
-    while (acquired === undefined) {
-      const l = new InstanceLease({ redisUrl: REDIS_URL, prefix: PREFIX, nodeId: 'lease-d', renewMs });
-      try {
-        await l.acquire();
-        acquired = l;
-      } catch (err) {
-        assert.equal((err as InstanceLeaseError).code, 'ERR_NODE_ID_IN_USE');
-        await sleep(50);
-      }
-    }
+    const acquired = new InstanceLease({ redisUrl: REDIS_URL, prefix: PREFIX, nodeId: 'lease-d', renewMs });
+    await acquired.acquire(); // waits for the dead holder's lease to expire instead of refusing
     // Bounded by the lease's lifetime (3 × renewMs), with a wide margin for a loaded machine.
     assert.ok(Date.now() - killedAt < 3 * renewMs + 5000, `free after ${Date.now() - killedAt} ms`);
     assert.equal(acquired.state, 'held');

@@ -15,8 +15,9 @@
  * - **release** at stop: the key is deleted only when it is still this instance's.
  *
  * A second process refuses at once while the holder renews (its lease has more than
- * `ttlMs − 1.5 × renewMs` left); a lease that looks abandoned (not renewed on time) is waited for
- * until it expires, so a restart after a crash waits at most `ttlMs`.
+ * `ttlMs − 1.5 × renewMs` left); a lease that looks abandoned (not renewed on time), or whose
+ * holder ran on this host under a pid that no longer exists, is waited for until it expires, so a
+ * restart after a crash waits at most `ttlMs`.
  *
  * **Losing the lease while running.** When the renewal finds the key **gone** (Redis flushed or
  * restarted without persistence), no other instance holds it: the lease is taken again at once
@@ -113,6 +114,17 @@ function parseHolder(v: unknown): LeaseHolder | undefined {
   return undefined;
 }
 
+/** Whether a process with this pid runs on this host (signal 0: EPERM means it exists). */
+function pidAlive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 function describe(h: LeaseHolder | undefined): string {
   return h ? `host ${h.host}, pid ${h.pid}, started ${h.startedAt}` : 'an unknown holder';
 }
@@ -180,7 +192,9 @@ export class InstanceLease {
         const left = typeof pttl === 'number' ? pttl : -2;
         if (left === -2) continue; // expired between SET and GET
         const stale = left >= 0 && left <= this.ttlMs - 1.5 * this.renewMs;
-        if (!stale || Date.now() + left > deadline) {
+        // a holder on this host whose process is gone (killed): wait its lease out, do not refuse
+        const dead = holder !== undefined && holder.host === hostname() && !pidAlive(holder.pid);
+        if ((!stale && !dead) || Date.now() + left > deadline) {
           throw new InstanceLeaseError(
             'ERR_NODE_ID_IN_USE',
             `Node id ${this.#opts.nodeId} is already running (${describe(holder)}; lease ${this.key} on its Redis). ` +
