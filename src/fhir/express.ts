@@ -292,7 +292,19 @@ export function fhirRouter(service: FhirService, log: Logger, hardening: Hardeni
 
   r.all(['/:type/:op', '/:type/:id/:op'], operationGate);
   r.get('/metadata', h((req) => service.metadata(baseUrlOf(req))));
-  r.all('/metadata', h(() => { throw methodNotAllowed('Only GET is allowed on /metadata'); }));
+  // RFC 9110 §15.5.6: a 405 carries Allow, listing the methods served.
+  r.all('/metadata', (_req: Request, res: Response, next: NextFunction) => {
+    res.setHeader('Allow', 'GET');
+    next(methodNotAllowed('Only GET is allowed on /metadata'));
+  });
+  r.use((req: Request, res: Response, next: NextFunction) => {
+    if (['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH'].includes(req.method)) {
+      next();
+      return;
+    }
+    res.setHeader('Allow', 'GET, POST, PUT, DELETE, PATCH');
+    next(methodNotAllowed(`Method ${req.method} is not allowed`));
+  });
   r.post('/_search', ha((req) => service.searchAll(formSearchParams(req), baseUrlOf(req), header(req, 'prefer'))));
   r.get('/:type', ha((req) => {
     if (isOperationName(p(req, 'type'))) throw notImplemented(`Operation ${p(req, 'type')} is not supported`);

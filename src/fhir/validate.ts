@@ -2,7 +2,7 @@
  * Validation of resources against the base R4 StructureDefinitions, with Medplum's validator.
  * https://hl7.org/fhir/R4/validation.html
  */
-import { isResourceType, validateResource } from '@medplum/core';
+import { crawlTypedValue, isResourceType, toTypedValue, validateResource } from '@medplum/core';
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { ensureFhirDefinitionsLoaded } from '../hospital/definitions.ts';
 import { requiredBindingIssues } from './bindings.ts';
@@ -30,6 +30,13 @@ export interface ValidateFhirOptions {
    * write path and `$validate` (`validateWithProfiles` in ./profiles.ts) always check them.
    */
   requiredBindings?: boolean;
+  /**
+   * Also apply {@link primitiveFormIssues} (no empty strings; a time zone on every dateTime with a
+   * time). Default false here, so the hospital poller keeps accepting what it
+   * accepted before; the write path and `$validate` (`validateWithProfiles` in ./profiles.ts)
+   * always check them.
+   */
+  primitiveForms?: boolean;
 }
 
 /**
@@ -44,6 +51,7 @@ export function validateFhirResource(resource: FhirJsonObject, opts: ValidateFhi
   // Object.prototype (`constructor`, `toString`, …) pass as known elements: refuse them here.
   const inherited = inheritedNameIssues(resource);
   if (inherited.length > 0) return inherited;
+  const forms = opts.primitiveForms === true ? primitiveFormIssues(resource) : [];
   const plain = toPlainJson(resource) as Resource;
   let issues: OperationOutcomeIssue[];
   try {
@@ -53,7 +61,7 @@ export function validateFhirResource(resource: FhirJsonObject, opts: ValidateFhi
     if (!e.outcome?.issue) return [{ severity: 'error', code: 'invalid', diagnostics: 'Resource could not be validated' }];
     issues = e.outcome.issue;
   }
-  return withConcreteChoiceNames(resource, opts.requiredBindings === true ? [...issues, ...requiredBindingIssues(plain)] : issues);
+  return withConcreteChoiceNames(resource, [...forms, ...issues, ...(opts.requiredBindings === true ? requiredBindingIssues(plain) : [])]);
 }
 
 /** One step of a validator expression: `name`, `name[x]`, each with optional `[i]` indexes. */
@@ -122,4 +130,62 @@ function inheritedNames(value: unknown, path: string, out: string[] = []): strin
     }
   }
   return out;
+}
+
+/**
+ * A dateTime with a time and no time zone: `YYYY-MM-DDThh:mm(:ss(.fff))` and nothing
+ * after. Only a candidate: the element's type decides (a `string` may hold the same text).
+ */
+const ZONELESS_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/;
+
+/**
+ * Lexical rules of R4 primitives that Medplum's validator lets through:
+ * - a string value is never empty (https://hl7.org/fhir/R4/json.html: "string property values can
+ *   never be empty"; the validator skips `""` as if the element were absent, and the merge then
+ *   drops it, so a client's `"family": ""` would be silently lost);
+ * - a dateTime with hours and minutes has a time zone (https://hl7.org/fhir/R4/datatypes.html#dateTime:
+ *   "If hours and minutes are specified, a time zone SHALL be populated"; an instant without a zone,
+ *   https://hl7.org/fhir/R4/datatypes.html#instant, is already refused by the validator). Types come from the R4 definitions (Medplum's
+ *   typed crawler), so a `valueString` that looks like a dateTime is not refused. Primitive
+ *   extensions (`_birthDate`) are checked for empty strings only.
+ *
+ * Cost: one walk of the resource; the typed crawl runs only when some string looks like a
+ * zone-less date and time.
+ *
+ * @param resource - parsed FHIR JSON (a resource; its `resourceType` starts every expression).
+ * @returns One `error` issue per offending value, code `value`, with its FHIRPath expression
+ *   (`Patient.name[0].family`; a choice element by its concrete name, `Observation.effectiveDateTime`);
+ *   never quoting the value (PHI). Empty when there is none.
+ */
+export function primitiveFormIssues(resource: FhirJsonObject): OperationOutcomeIssue[] {
+  const root = String(resource.resourceType);
+  const issues: OperationOutcomeIssue[] = [];
+  let zoneless = false;
+  const walk = (value: unknown, path: string): void => {
+    if (typeof value === 'string') {
+      if (value === '') issues.push({ severity: 'error', code: 'value', diagnostics: 'A string value must not be empty (omit the element instead)', expression: [path] });
+      else if (!zoneless && ZONELESS_TIME.test(value)) zoneless = true;
+    } else if (Array.isArray(value)) value.forEach((v, i) => walk(v, `${path}[${i}]`));
+    else if (isJsonObject(value)) for (const [k, v] of Object.entries(value)) if (k !== 'resourceType') walk(v, `${path}.${k}`);
+  };
+  walk(resource, root);
+  if (zoneless) {
+    const plain = toPlainJson(resource);
+    const zonelessIssues: OperationOutcomeIssue[] = [];
+    try {
+      crawlTypedValue(toTypedValue(plain), {
+        visitProperty(_parent, _key, _path, values) {
+          for (const v of values.flat()) {
+            if (v.type === 'dateTime' && typeof v.value === 'string' && ZONELESS_TIME.test(v.value)) {
+              zonelessIssues.push({ severity: 'error', code: 'value', diagnostics: `A ${v.type} with a time must have a time zone (Z or +hh:mm)`, expression: [v.path] });
+            }
+          }
+        },
+      });
+    } catch {
+      // A resource the crawler cannot walk (unknown type or element): the validator reports that.
+    }
+    issues.push(...withConcreteChoiceNames(resource, zonelessIssues));
+  }
+  return issues;
 }
