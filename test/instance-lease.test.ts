@@ -93,16 +93,26 @@ describe('instance lease of a node id', () => {
     await third.stop();
   });
 
-  it('losing the lease to another instance while running stops the inbox and makes /readyz 503', async () => {
+  it('losing the lease to another instance while running stops the inbox, makes /readyz 503 and refuses FHIR writes (503), reads still served', async () => {
     const keys = keyStoreToSecretKeys(createKeyStore('lease-b'));
     const node = nodeOf(keys, 100);
     await node.start();
+    const put = (id: string): Promise<Response> => fetch(`${node.baseUrl}/Patient/${id}`, { method: 'PUT', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', id, gender: 'female' }) });
     try {
       assert.equal(await readyz(node), 200);
+      assert.equal((await put('lease-w1')).status, 201);
       // Another process took the lease (as after a pause of this one longer than its lifetime).
       await redis.set(node.lease.key, JSON.stringify({ nodeId: 'lease-b', host: 'elsewhere', pid: 4242, startedAt: new Date().toISOString(), token: 'other' }), 'PX', 60_000);
       await until('the lease to be lost', 5000, () => node.lease.state === 'lost');
       await until('/readyz 503', 5000, async () => (await readyz(node)) === 503);
+      const refused = await put('lease-w2');
+      assert.equal(refused.status, 503);
+      assert.equal(((await refused.json()) as { resourceType: string }).resourceType, 'OperationOutcome');
+      assert.equal((await fetch(`${node.baseUrl}/Patient/lease-w2`)).status, 404, 'nothing written');
+      const tx = await fetch(node.baseUrl, { method: 'POST', headers: { 'Content-Type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry: [{ resource: { resourceType: 'Patient', gender: 'male' }, request: { method: 'POST', url: 'Patient' } }] }) });
+      assert.equal(tx.status, 503);
+      assert.equal((await fetch(`${node.baseUrl}/Patient/lease-w1`, { method: 'DELETE' })).status, 503);
+      assert.equal((await fetch(`${node.baseUrl}/Patient/lease-w1`)).status, 200, 'reads are still served');
       // It does not take the other's lease back.
       await sleep(300);
       assert.match(String(await redis.get(node.lease.key)), /elsewhere/);

@@ -81,6 +81,13 @@ export interface FhirServiceOptions {
    * leaves out every resource whose `Type/id` it reports as shredded (search.ts). Absent: none is.
    */
   isShredded?: ((key: string) => boolean) | undefined;
+  /**
+   * Whether the node may take writes now: undefined when it may, else the reason (e.g. its node-id
+   * lease was taken by another process, src/node/instance-lease.ts). While it gives a reason, every
+   * write (create, update, patch, delete, conditional writes, Bundle entries) is refused with 503
+   * and nothing is written; reads and searches are served.
+   */
+  writeGate?: (() => string | undefined) | undefined;
 }
 
 /**
@@ -129,6 +136,7 @@ export class FhirService {
   private readonly translate: boolean;
   private readonly smart: { token?: string; authorize?: string } | undefined;
   private readonly isShredded: ((key: string) => boolean) | undefined;
+  private readonly writeGate: (() => string | undefined) | undefined;
 
   /**
    * @param replica - the node's merge engine.
@@ -147,6 +155,7 @@ export class FhirService {
     this.translate = opts.translate === true;
     this.smart = opts.smart;
     this.isShredded = opts.isShredded;
+    this.writeGate = opts.writeGate;
     if (!Number.isInteger(this.maxBundleEntries) || this.maxBundleEntries < 1) throw new RangeError('maxBundleEntries must be a positive integer');
   }
 
@@ -185,6 +194,7 @@ export class FhirService {
    * gossiped, and the error is rethrown (500).
    */
   private commitStaged(writes: StagedWrite[]): void {
+    this.assertWritable();
     for (const w of writes) {
       const res = this.replica.write(w.key, w.body, w.opts);
       if (res.update) this.sink(w.key, res.update);
@@ -401,6 +411,7 @@ export class FhirService {
    */
   delete(type: string, id: string, author?: string, ifMatch?: string, prefer?: string): FhirResult {
     this.checkTypeAndId(type, id);
+    this.assertWritable();
     const prefs = parsePrefer(prefer);
     const key = `${type}/${id}`;
     const cur = this.replica.current(key);
@@ -485,7 +496,14 @@ export class FhirService {
     return applyPrefer(this.versionResult(200, res.version), parsePrefer(req.prefer));
   }
 
+  /** Throws 503 (OperationOutcome `transient`) while {@link FhirServiceOptions.writeGate} gives a reason. */
+  private assertWritable(): void {
+    const reason = this.writeGate?.();
+    if (reason !== undefined) throw new FhirError(503, outcome('error', 'transient', `This node takes no writes now: ${reason}`));
+  }
+
   private write(type: string, id: string, body: FhirJsonObject, req: WriteRequest, isCreate: boolean, strictIfMatch = true): FhirResult {
+    this.assertWritable();
     const prefs = parsePrefer(req.prefer);
     // https://hl7.org/fhir/R4/search.html#summary: a SUBSETTED resource must not overwrite a whole one (HAPI FHIR answers 422 too).
     if (isSubsetted(body)) {

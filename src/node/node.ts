@@ -375,6 +375,8 @@ export class TidegateNode {
       hospital: isHospitalSearcher(opts.hospital) ? opts.hospital : undefined,
       ...(store.durable ? { durable: () => store.durable!() } : {}),
       ...(store.isShredded ? { isShredded: (key: string) => store.isShredded!(key) } : {}),
+      // another process took this node id's lease: it must not write under the same Yjs client id
+      writeGate: () => (this.lease.state === 'lost' ? `another process holds node id ${this.nodeId} (README "One process per node id")` : undefined),
       mergePolicy: policy,
       ...(opts.maxBundleEntries !== undefined ? { maxBundleEntries: opts.maxBundleEntries } : {}),
       translate: live !== undefined,
