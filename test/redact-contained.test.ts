@@ -14,13 +14,13 @@
  * research as a shared document (two-way); a Patient reaches it redacted; removing the contained
  * Patient releases the Observation to research without the earlier version's phone.
  */
+import { settleNodes } from './fixtures/mapped-nodes.ts';
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import pino from 'pino';
 import { Queue } from 'bullmq';
 import { validateFhirResource } from '../src/fhir/validate.ts';
@@ -364,17 +364,7 @@ describe('withheld nested resources end to end: three nodes, three Medplum hospi
   const nodes: TidegateNode[] = [];
   let started: boolean[] = [];
 
-  const settle = async (which: TidegateNode[] = nodes.filter((_n, i) => started[i])): Promise<void> => {
-    const deadline = Date.now() + 60_000;
-    let quietRuns = 0;
-    while (quietRuns < 2) {
-      if (Date.now() > deadline) throw new Error('nodes did not settle');
-      for (const n of which) await n.hospitalPoller?.pollNow();
-      const q = await Promise.all(which.map((n) => n.quiet()));
-      quietRuns = q.every(Boolean) ? quietRuns + 1 : 0;
-      await sleep(50);
-    }
-  };
+  const settle = (which: TidegateNode[] = nodes.filter((_n, i) => started[i])): Promise<void> => settleNodes(which);
   const antiEntropy = async (): Promise<void> => {
     for (const [i, n] of nodes.entries()) if (started[i]) await n.tide.runAntiEntropy();
     await settle();
